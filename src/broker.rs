@@ -1,0 +1,147 @@
+//! The broker's token source: which profile and organisation a request means, and fetching for a
+//! cache key with the current configuration generation and the retry policy.
+//!
+//! A *generation* is everything a reload may replace (key, kid, client id, endpoints, profiles).
+//! It is swapped atomically; fetches in flight finish with the generation they started with, and
+//! tokens made with an old key stay cached until they expire.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::cache::{CacheKey, TokenSource};
+use crate::clock::Clock;
+use crate::fetch::{FetchError, Fetcher};
+use crate::org::OrgNumber;
+use crate::profile::{Profile, Profiles, SystemUser};
+use crate::retry::RetryPolicy;
+use crate::token::Token;
+
+/// What a reload replaces.
+#[derive(Debug)]
+pub struct Generation {
+    pub fetcher: Fetcher,
+    pub profiles: Profiles,
+    pub default_org: Option<OrgNumber>,
+}
+
+/// Why a request does not name a token the broker can make.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("there is no profile named {name:?}; the profiles are: {known}")]
+    UnknownProfile { name: String, known: String },
+    #[error("profile {profile:?} does not use a system user, so it takes no org parameter")]
+    OrgNotAllowed { profile: String },
+    #[error(
+        "profile {profile:?} needs a system user: pass ?org=<organisation number> or set default_org in the config"
+    )]
+    OrgRequired { profile: String },
+}
+
+/// Why the source has no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+pub struct Broker {
+    generation: ArcSwap<Generation>,
+    clock: Arc<Clock>,
+    retry: RetryPolicy,
+}
+
+impl Broker {
+    pub fn new(generation: Generation, clock: Arc<Clock>, retry: RetryPolicy) -> Self {
+        Broker {
+            generation: ArcSwap::from_pointee(generation),
+            clock,
+            retry,
+        }
+    }
+
+    pub fn generation(&self) -> Arc<Generation> {
+        self.generation.load_full()
+    }
+
+    /// Install a new generation (key rotation, config reload).
+    pub fn replace(&self, generation: Generation) {
+        self.generation.store(Arc::new(generation));
+    }
+
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// Turn a request's profile name and optional org into a cache key, applying the profile's
+    /// system-user rule and the configured default organisation.
+    pub fn resolve(
+        &self,
+        name: &str,
+        org: Option<OrgNumber>,
+    ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
+        let generation = self.generation.load();
+        let profile =
+            generation
+                .profiles
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ResolveError::UnknownProfile {
+                    name: name.to_owned(),
+                    known: generation.profiles.names().join(", "),
+                })?;
+        let org = match (profile.system_user, org) {
+            (SystemUser::None, Some(_)) => {
+                return Err(ResolveError::OrgNotAllowed {
+                    profile: name.to_owned(),
+                });
+            }
+            (SystemUser::None, None) => None,
+            (SystemUser::Optional, org) => org,
+            (SystemUser::Required, Some(org)) => Some(org),
+            (SystemUser::Required, None) => Some(generation.default_org.clone().ok_or_else(
+                || ResolveError::OrgRequired {
+                    profile: name.to_owned(),
+                },
+            )?),
+        };
+        let key = CacheKey {
+            profile: profile.name.clone(),
+            org,
+        };
+        Ok((profile, key))
+    }
+}
+
+impl TokenSource for Broker {
+    type Error = SourceError;
+
+    async fn fetch(&self, key: &CacheKey) -> Result<Token, SourceError> {
+        let generation = self.generation.load_full();
+        let profile = generation
+            .profiles
+            .get(key.profile.as_str())
+            .cloned()
+            .ok_or_else(|| ResolveError::UnknownProfile {
+                name: key.profile.to_string(),
+                known: generation.profiles.names().join(", "),
+            })?;
+        let org = key.org.as_ref();
+        let clock = &self.clock;
+        let fetcher = &generation.fetcher;
+        Ok(self
+            .retry
+            .run(|| fetcher.fetch(&profile, org, clock))
+            .await?)
+    }
+
+    fn is_permanent(error: &SourceError) -> bool {
+        match error {
+            SourceError::Resolve(_) => true,
+            SourceError::Fetch(FetchError::Grant(_)) => true,
+            SourceError::Fetch(FetchError::Upstream(u)) => !u.is_transient(),
+        }
+    }
+}

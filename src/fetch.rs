@@ -1,0 +1,162 @@
+//! The token source: (profile, organisation) → grant → Maskinporten → (Altinn) → [`Token`].
+//!
+//! This is where the protocol steps meet: it signs a grant with the current key, posts it, checks
+//! that the answer belongs to the configured environment, and exchanges it at Altinn when the
+//! profile says so. It makes one attempt per upstream; retrying and caching are the callers' job.
+
+use std::time::{Duration, SystemTime};
+
+use crate::altinn::AltinnClient;
+use crate::clock::Clock;
+use crate::config::Endpoints;
+use crate::grant::{GrantError, GrantRequest, MAX_GRANT_LIFETIME, build_jwt_grant};
+use crate::key::SigningKey;
+use crate::maskinporten::MaskinportenClient;
+use crate::org::OrgNumber;
+use crate::profile::{Exchange, Profile};
+use crate::secret::Secret;
+use crate::token::{Token, from_unix_seconds, unverified_claims};
+use crate::upstream::{Target, UpstreamError};
+
+/// Everything needed to get a token from one environment with one key.
+#[derive(Debug)]
+pub struct Fetcher {
+    pub client_id: String,
+    pub key: SigningKey,
+    pub endpoints: Endpoints,
+    maskinporten: MaskinportenClient,
+    altinn: AltinnClient,
+}
+
+/// Why no token could be fetched.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Grant(#[from] std::sync::Arc<GrantError>),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl Fetcher {
+    pub fn new(
+        client_id: String,
+        key: SigningKey,
+        endpoints: Endpoints,
+        http: reqwest::Client,
+        timeout: Duration,
+    ) -> Self {
+        Fetcher {
+            maskinporten: MaskinportenClient::new(
+                http.clone(),
+                endpoints.token_url.clone(),
+                timeout,
+            ),
+            altinn: AltinnClient::new(http, endpoints.altinn_exchange_url.clone(), timeout),
+            client_id,
+            key,
+            endpoints,
+        }
+    }
+
+    /// The signed grant for a profile (also what `maskinporten-broker grant` prints).
+    pub fn grant(
+        &self,
+        profile: &Profile,
+        org: Option<&OrgNumber>,
+        now: SystemTime,
+    ) -> Result<Secret, GrantError> {
+        build_jwt_grant(
+            &self.key,
+            &GrantRequest {
+                client_id: &self.client_id,
+                audience: &self.endpoints.issuer,
+                profile,
+                org,
+                now,
+                lifetime: MAX_GRANT_LIFETIME,
+            },
+        )
+    }
+
+    /// One attempt at a fresh token for `profile` (and the system user of `org`).
+    pub async fn fetch(
+        &self,
+        profile: &Profile,
+        org: Option<&OrgNumber>,
+        clock: &Clock,
+    ) -> Result<Token, FetchError> {
+        let grant = self
+            .grant(profile, org, clock.now())
+            .map_err(std::sync::Arc::new)?;
+        let started = clock.now();
+        let mp = self.maskinporten.request_token(&grant).await?;
+        observe_date(clock, mp.server_date);
+        self.check_maskinporten_token(&mp.access_token, clock.now())?;
+        let maskinporten_token = Token {
+            value: mp.access_token,
+            issued_at: started,
+            expires_at: started + mp.expires_in,
+            scope: mp.scope,
+        };
+        match profile.exchange {
+            Exchange::None => Ok(maskinporten_token),
+            Exchange::Altinn => {
+                let altinn = self.altinn.exchange(&maskinporten_token.value).await?;
+                observe_date(clock, altinn.server_date);
+                let now = clock.now();
+                if altinn.expires_at <= now {
+                    return Err(UpstreamError::Invalid {
+                        target: Target::Altinn,
+                        reason:
+                            "the Altinn token has already expired (check the clock of this host)"
+                                .into(),
+                    }
+                    .into());
+                }
+                Ok(Token {
+                    value: altinn.token,
+                    issued_at: now.min(altinn.expires_at),
+                    expires_at: altinn.expires_at,
+                    scope: maskinporten_token.scope,
+                })
+            }
+        }
+    }
+
+    /// A Maskinporten token must come from the configured issuer and not be expired already: a
+    /// token from another environment would only fail later, with a confusing 401 at the API.
+    fn check_maskinporten_token(
+        &self,
+        token: &Secret,
+        now: SystemTime,
+    ) -> Result<(), UpstreamError> {
+        let invalid = |reason: String| UpstreamError::Invalid {
+            target: Target::Maskinporten,
+            reason,
+        };
+        // Maskinporten's tokens are JWTs; an opaque (by-reference) token has nothing to check.
+        let Ok(claims) = unverified_claims(token.expose()) else {
+            return Ok(());
+        };
+        if let Some(iss) = &claims.iss
+            && iss.trim_end_matches('/') != self.endpoints.issuer.trim_end_matches('/')
+        {
+            return Err(invalid(format!(
+                "the token was issued by {iss}, not by the configured issuer {}: a token from another environment",
+                self.endpoints.issuer
+            )));
+        }
+        if let Some(exp) = claims.exp
+            && from_unix_seconds(exp) <= now
+        {
+            return Err(invalid("the access token has already expired".into()));
+        }
+        Ok(())
+    }
+}
+
+fn observe_date(clock: &Clock, date: Option<SystemTime>) {
+    if let Some(date) = date {
+        clock.observe(date, SystemTime::now());
+    }
+}
