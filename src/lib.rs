@@ -4,17 +4,22 @@
 //! One request flows one way: HTTP route → profile → cache → grant → upstream → cache → response.
 
 pub mod altinn;
+pub mod app;
 pub mod broker;
 pub mod cache;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod fetch;
 pub mod grant;
+pub mod http;
 pub mod key;
 pub mod maskinporten;
 pub mod org;
 pub mod profile;
 pub mod retry;
 pub mod secret;
+pub mod simulator;
+pub mod telemetry;
 pub mod token;
 pub mod upstream;

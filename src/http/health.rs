@@ -1,0 +1,39 @@
+//! `/healthz` (the process answers) and `/readyz` (config and key are loaded, tokens can be made).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::json;
+
+use super::AppState;
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let generation = state.tokens.source().generation();
+    let cached: Vec<_> = state
+        .tokens
+        .snapshot()
+        .into_iter()
+        .map(|(key, left)| {
+            json!({
+                "profile": key.profile.as_str(),
+                "org": key.org.as_ref().map(|o| o.as_str()),
+                "expires_in": left.as_secs(),
+            })
+        })
+        .collect();
+    (
+        StatusCode::OK,
+        Json(json!({
+            "status": "ready",
+            "env": state.env.to_string(),
+            "client_id": generation.fetcher.client_id,
+            "kid": generation.fetcher.key.kid(),
+            "issuer": generation.fetcher.endpoints.issuer,
+            "cached_tokens": cached,
+        })),
+    )
+}

@@ -1,0 +1,56 @@
+//! The HTTP face of the broker: the router, the shared state, and the handlers' modules.
+
+pub mod health;
+pub mod problem;
+pub mod token;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use axum::routing::get;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::broker::Broker;
+use crate::cache::TokenCache;
+use crate::config::Environment;
+
+/// The broker's cache of tokens, filled from the broker's source.
+pub type Tokens = TokenCache<Broker>;
+
+/// Everything handlers share; built once at start-up.
+#[derive(Clone)]
+pub struct AppState {
+    pub tokens: Tokens,
+    pub env: Environment,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The routes, with request ids and tracing. `request_timeout` bounds every request.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/token", get(token::list_profiles))
+        .route("/token/{profile}", get(token::get_token))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .with_state(state)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            // The path only: the query may carry an org number but never a secret; keep it short.
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}

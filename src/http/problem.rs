@@ -1,0 +1,234 @@
+//! RFC 9457 problem details: the one error shape every route answers with.
+//!
+//! [`ApiError`] maps each failure of the layers below to a status and a sentence a person can act
+//! on. It never includes a token, grant or key: upstream details are limited to the status, the
+//! OAuth `error`, the MP-code and its hint.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::broker::{ResolveError, SourceError};
+use crate::cache::CacheError;
+use crate::fetch::FetchError;
+use crate::org::OrgError;
+use crate::upstream::UpstreamError;
+
+/// When a transient failure leaves no token, callers are told to come back after this long.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// An RFC 9457 problem, ready to send.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        slug: &str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem {
+            kind: format!("urn:maskinporten-broker:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            extra: Default::default(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    fn retry_after(mut self, wait: Option<Duration>) -> Self {
+        let wait = wait
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .max(Duration::from_secs(1));
+        self.retry_after = Some(wait);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(wait) = self.retry_after {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(wait.as_secs().max(1)),
+            );
+        }
+        response
+    }
+}
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("org: {0}")]
+    BadOrg(#[from] OrgError),
+    #[error("{0}")]
+    BadQuery(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError<SourceError>),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.problem().into_response()
+    }
+}
+
+impl ApiError {
+    pub fn problem(&self) -> Problem {
+        let detail = self.to_string();
+        match self {
+            ApiError::Resolve(ResolveError::UnknownProfile { .. }) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-profile",
+                "Unknown profile",
+                detail,
+            ),
+            ApiError::Resolve(_) | ApiError::BadOrg(_) | ApiError::BadQuery(_) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                detail,
+            ),
+            ApiError::Cache(CacheError::TooShortLived { .. }) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "token-too-short-lived",
+                "Upstream token too short-lived",
+                detail,
+            ),
+            ApiError::Cache(CacheError::Source(source)) => match source.as_ref() {
+                SourceError::Resolve(r) => ApiError::Resolve(r.clone()).problem(),
+                SourceError::Fetch(FetchError::Grant(_)) => Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "grant-failed",
+                    "Cannot sign the grant",
+                    detail,
+                ),
+                SourceError::Fetch(FetchError::Upstream(u)) => upstream_problem(u),
+            },
+        }
+    }
+}
+
+fn upstream_problem(u: &UpstreamError) -> Problem {
+    let detail = u.to_string();
+    let target = u.target().as_str();
+    match u {
+        UpstreamError::Refused {
+            status,
+            error,
+            code,
+            hint,
+            ..
+        } => {
+            let detail = match hint {
+                Some(h) => format!("{detail}. Hint: {h}"),
+                None => detail,
+            };
+            let mut p = Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-refused",
+                "Upstream refused the request",
+                detail,
+            )
+            .with("upstream", target)
+            .with("upstream_status", *status);
+            if let Some(e) = error {
+                p = p.with("error", e.as_str());
+            }
+            if let Some(c) = code {
+                p = p.with("mp_code", c.as_str());
+            }
+            if let Some(h) = hint {
+                p = p.with("hint", *h);
+            }
+            p
+        }
+        UpstreamError::Invalid { .. } => Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream-invalid",
+            "Upstream sent an unusable token",
+            detail,
+        )
+        .with("upstream", target),
+        UpstreamError::Unavailable {
+            status,
+            retry_after,
+            ..
+        } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream-unavailable",
+            "Upstream unavailable",
+            detail,
+        )
+        .with("upstream", target)
+        .with("upstream_status", *status)
+        .retry_after(*retry_after),
+        UpstreamError::Unreachable { .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream-unreachable",
+            "Upstream unreachable",
+            detail,
+        )
+        .with("upstream", target)
+        .retry_after(None),
+        UpstreamError::Timeout { .. } => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            "Upstream timed out",
+            detail,
+        )
+        .with("upstream", target)
+        .retry_after(None),
+    }
+}
+
+/// 404 for routes that do not exist.
+pub async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz",
+    )
+}
+
+/// 405 for a method a route does not take.
+pub async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        "this route only answers GET (and HEAD)",
+    )
+}

@@ -1,0 +1,175 @@
+//! `GET /token/{profile}` and `GET /token`: the broker's reason to exist.
+//!
+//! Handlers stay short: parse the query, resolve the profile, ask the cache, shape the answer.
+//! The token leaves the process here and only here, in the body of the response to the caller.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::org::OrgNumber;
+use crate::profile::Profile;
+use crate::token::rfc3339;
+
+use super::AppState;
+use super::problem::ApiError;
+
+/// The query of `/token/{profile}`: only `org` is known.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    pub org: Option<String>,
+}
+
+/// Parse a raw query string; unknown or repeated parameters are caller mistakes worth a 400.
+pub fn parse_query(raw: Option<&str>) -> Result<Option<OrgNumber>, ApiError> {
+    let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+        return Ok(None);
+    };
+    let query: TokenQuery = serde_urlencoded::from_str(raw).map_err(|e| {
+        ApiError::BadQuery(format!(
+            "the query string is not valid ({e}); the only parameter is org=<organisation number>"
+        ))
+    })?;
+    Ok(query.org.map(|o| o.trim().parse()).transpose()?)
+}
+
+/// The JSON answer.
+#[derive(Debug, Serialize)]
+pub struct TokenResponse<'a> {
+    pub access_token: &'a str,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+    pub expires_at: String,
+    pub scope: &'a str,
+    pub profile: &'a str,
+    pub org: Option<&'a str>,
+}
+
+/// Whether the caller asked for the bare token (`Accept: text/plain`).
+fn wants_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    accept.contains("text/plain") && !accept.contains("application/json")
+}
+
+pub async fn get_token(
+    State(state): State<AppState>,
+    Path(profile): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let org = parse_query(query.as_deref())?;
+    let (profile, key) = state.tokens.source().resolve(&profile, org)?;
+    let (token, outcome) = state.tokens.get(&key).await?;
+    let now = state.tokens.source().clock().now();
+    tracing::info!(
+        profile = %key.profile,
+        org = key.org.as_ref().map(|o| o.as_str()),
+        cache = outcome.as_str(),
+        expires_at = %rfc3339(token.expires_at),
+        fingerprint = %token.value.fingerprint(),
+        "token served"
+    );
+    let scope = if token.scope.is_empty() {
+        profile.scope()
+    } else {
+        token.scope.clone()
+    };
+    let mut response = if wants_text(&headers) {
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            token.value.expose().to_owned(),
+        )
+            .into_response()
+    } else {
+        Json(TokenResponse {
+            access_token: token.value.expose(),
+            token_type: "Bearer",
+            expires_in: token.remaining(now).as_secs(),
+            expires_at: rfc3339(token.expires_at),
+            scope: &scope,
+            profile: key.profile.as_str(),
+            org: key.org.as_ref().map(|o| o.as_str()),
+        })
+        .into_response()
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// One profile in the `GET /token` listing.
+#[derive(Debug, Serialize)]
+pub struct ProfileListing {
+    pub profiles: Vec<Arc<Profile>>,
+    pub default_org: Option<OrgNumber>,
+    pub env: String,
+}
+
+pub async fn list_profiles(State(state): State<AppState>) -> Json<ProfileListing> {
+    let generation = state.tokens.source().generation();
+    Json(ProfileListing {
+        profiles: generation.profiles.iter().cloned().collect(),
+        default_org: generation.default_org.clone(),
+        env: state.env.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_no_query_and_a_valid_org() {
+        assert_eq!(parse_query(None).unwrap(), None);
+        assert_eq!(parse_query(Some("")).unwrap(), None);
+        assert_eq!(
+            parse_query(Some("org=991825827"))
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "991825827"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_parameters_and_bad_orgs() {
+        assert!(matches!(
+            parse_query(Some("orgnr=991825827")),
+            Err(ApiError::BadQuery(_))
+        ));
+        assert!(matches!(
+            parse_query(Some("org=991825828")),
+            Err(ApiError::BadOrg(_))
+        ));
+        assert!(matches!(
+            parse_query(Some("org=")),
+            Err(ApiError::BadOrg(_))
+        ));
+        assert!(parse_query(Some("org=991825827&org=974761076")).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_query_string_parses_or_fails_cleanly(q in ".{0,200}") {
+            let _ = parse_query(Some(&q));
+        }
+
+        #[test]
+        fn org_like_queries_never_panic(q in "org=[0-9%a-z&=]{0,30}") {
+            let _ = parse_query(Some(&q));
+        }
+    }
+}

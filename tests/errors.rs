@@ -1,0 +1,158 @@
+//! Every error case of the token API: status, RFC 9457 body, and what the caller can act on.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test]
+async fn unknown_profile_is_a_404_listing_the_profiles() {
+    let env = TestEnv::start("").await;
+    let p = env.problem("/token/nope", 404).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("\"nope\"") && detail.contains("admin, altinn, skd"),
+        "{detail}"
+    );
+    assert_eq!(env.mp.calls(), 0);
+}
+
+#[tokio::test]
+async fn malformed_org_numbers_are_400s() {
+    let env = TestEnv::start("").await;
+    let p = env.problem("/token/altinn?org=12345", 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("exactly 9 digits"));
+    let p = env.problem("/token/altinn?org=991825828", 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("check digit"));
+    let p = env.problem("/token/altinn?org=99182582a", 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("only digits"));
+    let p = env.problem("/token/altinn?orgnr=991825827", 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("org="));
+    assert_eq!(env.mp.calls(), 0);
+}
+
+#[tokio::test]
+async fn org_for_a_profile_without_system_user_is_a_400() {
+    let env = TestEnv::start("").await;
+    let p = env.problem(&format!("/token/admin?org={ORG}"), 400).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not use a system user")
+    );
+    assert_eq!(env.mp.calls(), 0);
+}
+
+#[tokio::test]
+async fn skd_without_org_and_without_default_is_a_400() {
+    let env = TestEnv::start("").await;
+    let p = env.problem("/token/skd", 400).await;
+    assert!(p["detail"].as_str().unwrap().contains("default_org"));
+    assert_eq!(env.mp.calls(), 0);
+}
+
+#[tokio::test]
+async fn a_maskinporten_refusal_is_a_502_with_code_and_hint() {
+    let env = TestEnv::start("").await;
+    env.mp.always(Reply::Refuse(
+        "invalid_grant",
+        "Invalid assertion. Client authentication failed. Invalid JWT signature. (MP-124)",
+    ));
+    let p = env.problem("/token/admin", 502).await;
+    assert_eq!(p["upstream"], "maskinporten");
+    assert_eq!(p["upstream_status"], 400);
+    assert_eq!(p["error"], "invalid_grant");
+    assert_eq!(p["mp_code"], "MP-124");
+    assert!(
+        p["hint"]
+            .as_str()
+            .unwrap()
+            .contains("private key does not match kid")
+    );
+    assert!(p["detail"].as_str().unwrap().contains("MP-124"));
+    assert_eq!(env.mp.calls(), 1, "a refusal is not retried");
+}
+
+#[tokio::test]
+async fn an_altinn_refusal_is_a_502_naming_altinn() {
+    let env = TestEnv::start("").await;
+    // Altinn accepts only tokens of the fake Maskinporten; a token with another issuer gets 401.
+    env.mp
+        .always(Reply::Refuse("invalid_scope", "Scope not allowed (MP-200)"));
+    let p = env.problem("/token/altinn", 502).await;
+    assert_eq!(p["mp_code"], "MP-200");
+    assert!(p["hint"].as_str().unwrap().contains("scope"));
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_503_with_retry_after() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let settings = maskinporten_broker::config::Settings::from_yaml(
+        &config_yaml(&mp, &altinn, "").replace(&mp.token_url(), &format!("http://{closed}/token")),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = maskinporten_broker::app::App::spawn(settings, listener)
+        .await
+        .unwrap();
+    let r = reqwest::get(format!("http://{}/token/admin", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["upstream"], "maskinporten");
+    assert!(p["detail"].as_str().unwrap().contains("unreachable"));
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_is_a_504_within_the_timeout() {
+    let env = TestEnv::start("http_client:\n  timeout: 300ms\n").await;
+    env.mp.always(Reply::Hang(Duration::from_secs(30)));
+    let started = std::time::Instant::now();
+    let p = env.problem("/token/admin", 504).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 300ms")
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_problem_bodies() {
+    let env = TestEnv::start("").await;
+    env.problem("/nowhere", 404).await;
+    let r = env
+        .http
+        .post(env.url("/token/altinn"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let env = TestEnv::start("").await;
+    assert_eq!(env.get_json("/healthz", 200).await["status"], "ok");
+    let ready = env.get_json("/readyz", 200).await;
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["kid"], KID);
+    assert!(!ready.to_string().contains("PRIVATE"));
+}

@@ -1,0 +1,529 @@
+//! Strict fake upstreams and a broker started in-process, for the integration tests.
+//!
+//! The fakes run on 127.0.0.1 inside the test. `FakeMaskinporten` verifies every grant the way
+//! Maskinporten does (signature with the client's public key, header, every claim, `jti` reuse) and
+//! records what it saw; it can be scripted to fail. `FakeAltinn` only exchanges tokens that the fake
+//! Maskinporten signed. Nothing here is shared with the product's own simulator.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use maskinporten_broker::app::App;
+use maskinporten_broker::config::Settings;
+
+pub const CLIENT_ID: &str = "test-client";
+pub const KID: &str = "test-kid";
+pub const ORG: &str = "991825827";
+pub const OTHER_ORG: &str = "974761076";
+
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(name)).expect("fixture exists")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Serve `router` on a fresh loopback port.
+pub async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+/// What the fake Maskinporten answers to one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A valid token (after the grant was verified).
+    Token,
+    /// This HTTP status with an empty JSON body.
+    Status(u16),
+    /// 429 or 503 with `Retry-After: secs`.
+    RetryAfter(u16, u64),
+    /// Wait this long before answering with a token.
+    Hang(Duration),
+    /// 200 with a body that is not JSON.
+    Malformed,
+    /// 200 JSON without `access_token`.
+    MissingToken,
+    /// A token whose `iss` is another environment's.
+    WrongIssuer,
+    /// 400 with this OAuth error and description.
+    Refuse(&'static str, &'static str),
+}
+
+/// A grant as the fake received it, after verification.
+#[derive(Debug, Clone)]
+pub struct SeenGrant {
+    pub header: Header,
+    pub claims: Value,
+}
+
+#[derive(Default)]
+struct MpState {
+    issuer: String,
+    grants: Mutex<Vec<SeenGrant>>,
+    calls: AtomicUsize,
+    jtis: Mutex<HashSet<String>>,
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Mutex<Option<Reply>>,
+    expires_in: AtomicU64,
+    violations: Mutex<Vec<String>>,
+    kid: Mutex<String>,
+    public_pem: Mutex<Vec<u8>>,
+}
+
+pub struct FakeMaskinporten {
+    pub addr: SocketAddr,
+    state: Arc<MpState>,
+}
+
+impl FakeMaskinporten {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MpState {
+            issuer: format!("http://{addr}/"),
+            expires_in: AtomicU64::new(120),
+            kid: Mutex::new(KID.into()),
+            public_pem: Mutex::new(read("client-key.pub.pem")),
+            ..Default::default()
+        });
+        let router = Router::new()
+            .route("/token", post(mp_token))
+            .with_state(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        FakeMaskinporten { addr, state }
+    }
+
+    pub fn issuer(&self) -> String {
+        self.state.issuer.clone()
+    }
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+    /// Requests received, verified or not.
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+    /// Grants that passed verification.
+    pub fn grants(&self) -> Vec<SeenGrant> {
+        self.state.grants.lock().unwrap().clone()
+    }
+    /// Everything that was wrong with any grant received; tests assert it stays empty.
+    pub fn violations(&self) -> Vec<String> {
+        self.state.violations.lock().unwrap().clone()
+    }
+    pub fn set_expires_in(&self, secs: u64) {
+        self.state.expires_in.store(secs, Ordering::SeqCst);
+    }
+    /// Answer the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+    /// Answer every request without a scripted reply with this.
+    pub fn always(&self, reply: Reply) {
+        *self.state.fallback.lock().unwrap() = Some(reply);
+    }
+    pub fn heal(&self) {
+        *self.state.fallback.lock().unwrap() = None;
+        self.state.script.lock().unwrap().clear();
+    }
+    /// Accept grants signed by another key under another kid (key rotation).
+    pub fn register_key(&self, kid: &str, public_pem_fixture: &str) {
+        *self.state.kid.lock().unwrap() = kid.into();
+        *self.state.public_pem.lock().unwrap() = read(public_pem_fixture);
+    }
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response()
+}
+
+/// Verify a grant like Maskinporten; returns the problems found.
+fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
+    let header = jsonwebtoken::decode_header(assertion).map_err(|e| format!("header: {e}"))?;
+    let kid = state.kid.lock().unwrap().clone();
+    if header.kid.as_deref() != Some(kid.as_str()) {
+        return Err(format!("kid {:?} is not {kid:?} (MP-124)", header.kid));
+    }
+    if header.alg != Algorithm::RS256 {
+        return Err(format!("alg {:?} is not RS256", header.alg));
+    }
+    let key = DecodingKey::from_rsa_pem(&state.public_pem.lock().unwrap()).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[state.issuer.as_str()]);
+    validation.set_required_spec_claims(&["iss", "sub", "aud", "exp", "iat", "jti", "scope"]);
+    validation.leeway = 0;
+    let data = jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+        .map_err(|e| format!("signature or claims invalid: {e} (MP-124)"))?;
+    let c = &data.claims;
+    let mut problems = Vec::new();
+    if c["iss"] != CLIENT_ID || c["sub"] != CLIENT_ID {
+        problems.push(format!(
+            "iss/sub {} {} are not the client id",
+            c["iss"], c["sub"]
+        ));
+    }
+    if c["aud"] != state.issuer.as_str() {
+        problems.push(format!("aud {} is not the issuer", c["aud"]));
+    }
+    let (iat, exp) = (
+        c["iat"].as_u64().unwrap_or(0),
+        c["exp"].as_u64().unwrap_or(0),
+    );
+    if exp <= iat || exp - iat > 120 {
+        problems.push(format!(
+            "exp - iat = {} is not in 1..=120",
+            exp as i64 - iat as i64
+        ));
+    }
+    if now_secs().abs_diff(iat) > 10 {
+        problems.push("iat is more than 10 s off".into());
+    }
+    let scope = c["scope"].as_str().unwrap_or("");
+    if scope.is_empty() || scope.contains("  ") {
+        problems.push(format!("scope {scope:?} is malformed"));
+    }
+    let jti = c["jti"].as_str().unwrap_or("").to_owned();
+    if jti.len() < 16 || !state.jtis.lock().unwrap().insert(jti) {
+        problems.push("jti reused or too short (MP-012)".into());
+    }
+    if let Some(details) = c.get("authorization_details") {
+        let ok = details.as_array().is_some_and(|a| a.len() == 1)
+            && details[0]["type"] == "urn:altinn:systemuser"
+            && details[0]["systemuser_org"]["authority"] == "iso6523-actorid-upis"
+            && details[0]["systemuser_org"]["ID"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("0192:") && id.len() == 14);
+        if !ok {
+            problems.push(format!("authorization_details malformed: {details}"));
+        }
+    }
+    let allowed: HashSet<&str> = [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "jti",
+        "scope",
+        "authorization_details",
+        "resource",
+        "consumer_org",
+    ]
+    .into();
+    for k in c.as_object().unwrap().keys() {
+        if !allowed.contains(k.as_str()) {
+            problems.push(format!("unexpected claim {k}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(SeenGrant {
+            header,
+            claims: data.claims,
+        })
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+async fn mp_token(
+    State(state): State<Arc<MpState>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    let reply = {
+        let scripted = state.script.lock().unwrap().pop_front();
+        scripted
+            .or_else(|| state.fallback.lock().unwrap().clone())
+            .unwrap_or(Reply::Token)
+    };
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        state
+            .violations
+            .lock()
+            .unwrap()
+            .push("wrong grant_type".into());
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "wrong grant_type",
+        );
+    }
+    let Some(assertion) = form.get("assertion") else {
+        state.violations.lock().unwrap().push("no assertion".into());
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Missing assertion (MP-011)",
+        );
+    };
+    let grant = match verify_grant(&state, assertion) {
+        Ok(g) => g,
+        Err(problem) => {
+            state.violations.lock().unwrap().push(problem.clone());
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &problem);
+        }
+    };
+    let expires_in = state.expires_in.load(Ordering::SeqCst);
+    let token = |iss: &str| mp_access_token(iss, &grant.claims, expires_in);
+    state.grants.lock().unwrap().push(grant.clone());
+    let ok = |access_token: String| {
+        axum::Json(json!({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": grant.claims["scope"]}))
+            .into_response()
+    };
+    match reply {
+        Reply::Token => ok(token(&state.issuer)),
+        Reply::Status(code) => {
+            (StatusCode::from_u16(code).unwrap(), axum::Json(json!({}))).into_response()
+        }
+        Reply::RetryAfter(code, secs) => (
+            StatusCode::from_u16(code).unwrap(),
+            [(header::RETRY_AFTER, secs.to_string())],
+            "",
+        )
+            .into_response(),
+        Reply::Hang(d) => {
+            tokio::time::sleep(d).await;
+            ok(token(&state.issuer))
+        }
+        Reply::Malformed => (StatusCode::OK, "<html>oops</html>").into_response(),
+        Reply::MissingToken => {
+            axum::Json(json!({"token_type": "Bearer", "expires_in": 120})).into_response()
+        }
+        Reply::WrongIssuer => ok(token("https://maskinporten.no/")),
+        Reply::Refuse(error, description) => {
+            oauth_error(StatusCode::BAD_REQUEST, error, description)
+        }
+    }
+}
+
+/// A Maskinporten-like access token, signed with the fake's own key (`other-key.pem`).
+fn mp_access_token(iss: &str, grant: &Value, expires_in: u64) -> String {
+    let now = now_secs();
+    let mut claims = json!({
+        "iss": iss, "client_id": grant["iss"], "scope": grant["scope"],
+        "consumer": {"authority": "iso6523-actorid-upis", "ID": "0192:991825827"},
+        "iat": now, "exp": now + expires_in, "jti": uuid::Uuid::new_v4().to_string(),
+    });
+    if let Some(d) = grant.get("authorization_details") {
+        claims["authorization_details"] = d.clone();
+    }
+    let key = EncodingKey::from_rsa_pem(&read("other-key.pem")).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+}
+
+#[derive(Default)]
+struct AltinnState {
+    mp_issuer: String,
+    calls: AtomicUsize,
+    lifetime: AtomicU64,
+    quoted: AtomicBool,
+    down: AtomicBool,
+    exchanged: Mutex<Vec<Value>>,
+}
+
+/// A fake Altinn exchange that accepts only tokens of the fake Maskinporten.
+pub struct FakeAltinn {
+    pub addr: SocketAddr,
+    state: Arc<AltinnState>,
+}
+
+impl FakeAltinn {
+    pub async fn start(mp: &FakeMaskinporten) -> Self {
+        let state = Arc::new(AltinnState {
+            mp_issuer: mp.issuer(),
+            lifetime: AtomicU64::new(1800),
+            ..Default::default()
+        });
+        let router = Router::new()
+            .route(
+                "/authentication/api/v1/exchange/maskinporten",
+                get(altinn_exchange),
+            )
+            .with_state(state.clone());
+        let addr = serve(router).await;
+        FakeAltinn { addr, state }
+    }
+    pub fn exchange_url(&self) -> String {
+        format!(
+            "http://{}/authentication/api/v1/exchange/maskinporten",
+            self.addr
+        )
+    }
+    pub fn calls(&self) -> usize {
+        self.state.calls.load(Ordering::SeqCst)
+    }
+    /// Claims of the Maskinporten tokens it exchanged.
+    pub fn exchanged(&self) -> Vec<Value> {
+        self.state.exchanged.lock().unwrap().clone()
+    }
+    pub fn set_lifetime(&self, secs: u64) {
+        self.state.lifetime.store(secs, Ordering::SeqCst);
+    }
+    pub fn answer_json_quoted(&self, quoted: bool) {
+        self.state.quoted.store(quoted, Ordering::SeqCst);
+    }
+    pub fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+}
+
+async fn altinn_exchange(State(state): State<Arc<AltinnState>>, headers: HeaderMap) -> Response {
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    if state.down.load(Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let key = DecodingKey::from_rsa_pem(&read("other-key.pub.pem")).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[state.mp_issuer.as_str()]);
+    validation.validate_aud = false;
+    let Some(claims) = bearer
+        .and_then(|t| jsonwebtoken::decode::<Value>(t, &key, &validation).ok())
+        .map(|d| d.claims)
+    else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let now = now_secs();
+    let altinn = json!({
+        "iss": "https://platform.tt02.altinn.no/authentication/api/v1/openid/",
+        "exp": now + state.lifetime.load(Ordering::SeqCst), "iat": now,
+        "scope": claims["scope"], "urn:altinn:orgNumber": "991825827",
+    });
+    state.exchanged.lock().unwrap().push(claims);
+    let key = EncodingKey::from_rsa_pem(&read("other-key.pem")).unwrap();
+    let token = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &altinn, &key).unwrap();
+    if state.quoted.load(Ordering::SeqCst) {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("\"{token}\""),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain")],
+            token,
+        )
+            .into_response()
+    }
+}
+
+/// The YAML of a broker that talks to the fakes; `extra` is appended (top-level keys).
+pub fn config_yaml(mp: &FakeMaskinporten, altinn: &FakeAltinn, extra: &str) -> String {
+    format!(
+        "env: test\nclient_id: {CLIENT_ID}\nkid: {KID}\nkey:\n  path: {}\nendpoints:\n  issuer: {}\n  token_url: {}\n  altinn_exchange_url: {}\n{extra}",
+        fixture("client-key.pem"),
+        mp.issuer(),
+        mp.token_url(),
+        altinn.exchange_url(),
+    )
+}
+
+/// Fakes plus a broker started in-process on a random loopback port.
+pub struct TestEnv {
+    pub mp: FakeMaskinporten,
+    pub altinn: FakeAltinn,
+    pub app: App,
+    pub http: reqwest::Client,
+}
+
+impl TestEnv {
+    pub async fn start(extra: &str) -> Self {
+        let mp = FakeMaskinporten::start().await;
+        let altinn = FakeAltinn::start(&mp).await;
+        Self::start_with(mp, altinn, extra).await
+    }
+
+    pub async fn start_with(mp: FakeMaskinporten, altinn: FakeAltinn, extra: &str) -> Self {
+        let settings =
+            Settings::from_yaml(&config_yaml(&mp, &altinn, extra)).expect("test config parses");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::spawn(settings, listener).await.expect("broker starts");
+        TestEnv {
+            mp,
+            altinn,
+            app,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.app.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// GET and parse JSON, asserting the status.
+    pub async fn get_json(&self, path: &str, status: u16) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status().as_u16(), status, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// GET expecting an RFC 9457 problem with this status; returns the body.
+    pub async fn problem(&self, path: &str, status: u16) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status().as_u16(), status, "GET {path}");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["status"], status);
+        for field in ["type", "title", "detail"] {
+            assert!(
+                body[field].as_str().is_some_and(|s| !s.is_empty()),
+                "problem lacks {field}: {body}"
+            );
+        }
+        body
+    }
+}
+
+/// Claims of a JWT, unverified (for reading what the broker served).
+pub fn claims(jwt: &str) -> Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
