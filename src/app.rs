@@ -68,7 +68,7 @@ pub fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
         _ => {
             tracing::info!(
                 kid,
-                "no key file configured: generated an ephemeral key pair and registered it with the local simulator"
+                "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
             );
             SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
                 field: "key",
@@ -117,6 +117,7 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
         state: AppState {
             tokens,
             env: settings.env,
+            clients: Arc::new(validated.clients),
         },
         simulator,
         settings,
@@ -131,16 +132,13 @@ async fn start_simulator(
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
         .map_err(StartError::Simulator)?;
-    let mut scopes: Vec<String> = profiles.iter().flat_map(|p| p.scopes.clone()).collect();
-    scopes.sort();
-    scopes.dedup();
     let handle = simulator::start(
         SimulatorConfig {
             token_lifetime: settings.local.token_lifetime,
             clients: vec![RegisteredClient {
                 client_id: settings.client_id().to_owned(),
                 keys: vec![(key.kid().to_owned(), key.public_key())],
-                scopes,
+                scopes: profiles.all_scopes(),
             }],
         },
         listener,
@@ -212,7 +210,8 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

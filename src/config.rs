@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::access::{ClientSettings, Clients};
 use crate::key::Algorithm;
 use crate::org::OrgNumber;
 use crate::profile::{ProfileSettings, Profiles};
@@ -70,6 +71,12 @@ pub struct Settings {
     pub local: LocalSettings,
     #[serde(default)]
     pub log: LogSettings,
+    /// API-key clients; when any is configured every token request must present a key.
+    #[serde(default)]
+    pub clients: Vec<ClientSettings>,
+    /// Serve without client authentication on a non-loopback address (say so explicitly).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 /// Where the private key comes from: a PEM file, or PEM text (meant for `BROKER__KEY__PEM` from a
@@ -386,6 +393,20 @@ impl Settings {
                 self.log.level
             ));
         }
+        let clients = match Clients::from_settings(&self.clients) {
+            Ok(c) => c,
+            Err(mut p) => {
+                problems.append(&mut p);
+                Clients::default()
+            }
+        };
+        if !self.listen.ip().is_loopback() && self.clients.is_empty() && !self.allow_unauthenticated
+        {
+            problems.push(format!(
+                "listen: {} is reachable from other hosts, so configure clients (API keys) or write allow_unauthenticated: true",
+                self.listen
+            ));
+        }
         let profiles = match Profiles::from_settings(&self.profiles) {
             Ok(p) => Some(p),
             Err(mut p) => {
@@ -397,6 +418,7 @@ impl Settings {
             Some(profiles) if problems.is_empty() => Ok(Validated {
                 default_org,
                 profiles,
+                clients,
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -431,6 +453,7 @@ impl Settings {
 pub struct Validated {
     pub default_org: Option<OrgNumber>,
     pub profiles: Profiles,
+    pub clients: Clients,
 }
 
 #[cfg(test)]
@@ -538,6 +561,23 @@ mod tests {
             err.to_string()
                 .contains("/nonexistent/broker.yaml does not exist")
         );
+    }
+
+    #[test]
+    fn a_public_listen_address_needs_clients_or_an_explicit_opt_out() {
+        let p = problems(&format!("{MINIMAL}listen: 0.0.0.0:8080\n"));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("listen: 0.0.0.0:8080 is reachable")),
+            "{p:?}"
+        );
+        let open = Settings::from_yaml(&format!(
+            "{MINIMAL}listen: 0.0.0.0:8080\nallow_unauthenticated: true\n"
+        ))
+        .unwrap();
+        assert!(open.validate().is_ok());
+        let loopback6 = Settings::from_yaml(&format!("{MINIMAL}listen: '[::1]:8080'\n")).unwrap();
+        assert!(loopback6.validate().is_ok());
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //!
 //! One request flows one way: HTTP route → profile → cache → grant → upstream → cache → response.
 
+pub mod access;
 pub mod altinn;
 pub mod app;
 pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod fetch;
 pub mod grant;

@@ -1,28 +1,54 @@
-//! The `maskinporten-broker` binary: parse the command line, load the config, start logging, run.
+//! The `maskinporten-broker` binary: parse the command line, load the config, start logging, and
+//! hand over to the library. Errors go to stderr with a non-zero exit.
+
+use std::process::ExitCode;
 
 use clap::Parser;
 use maskinporten_broker::cli::{Cli, Command};
-use maskinporten_broker::config::Settings;
-use maskinporten_broker::{app, telemetry};
+use maskinporten_broker::config::{LogSettings, Settings};
+use maskinporten_broker::{app, commands, telemetry};
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&cli.config).await,
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
-    let settings = Settings::load(path)?;
-    telemetry::init(&settings.log);
-    app::run(settings).await?;
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let load = || -> anyhow::Result<Settings> {
+        let settings = Settings::load(&cli.config)?;
+        telemetry::init(&settings.log);
+        Ok(settings)
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => app::run(load()?).await?,
+        Command::Token { profile, org, json } => {
+            commands::token(load()?, &profile, org.as_deref(), json).await?
+        }
+        Command::Grant { profile, org } => commands::grant(load()?, &profile, org.as_deref())?,
+        Command::Keygen { out, bits } => commands::keygen(&out, bits)?,
+        Command::Check { online } => commands::check(load()?, &cli.config, online).await?,
+        Command::Simulate {
+            listen,
+            jwk,
+            client_id,
+        } => {
+            let settings = if cli.config.exists() {
+                Some(load()?)
+            } else {
+                telemetry::init(&LogSettings::default());
+                None
+            };
+            commands::simulate(settings, listen, jwk.as_deref(), &client_id).await?
+        }
+        Command::Healthcheck { url } => commands::healthcheck(&url).await?,
+        Command::HashKey => commands::hash_key()?,
+    }
     Ok(())
 }

@@ -222,6 +222,14 @@ impl Profiles {
         self.0.values()
     }
 
+    /// Every scope any profile asks for, sorted, once each (what a simulator must allow).
+    pub fn all_scopes(&self) -> Vec<String> {
+        let mut scopes: Vec<String> = self.iter().flat_map(|p| p.scopes.clone()).collect();
+        scopes.sort();
+        scopes.dedup();
+        scopes
+    }
+
     pub fn names(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
     }

@@ -1,5 +1,6 @@
 //! The HTTP face of the broker: the router, the shared state, and the handlers' modules.
 
+pub mod auth;
 pub mod health;
 pub mod problem;
 pub mod token;
@@ -12,6 +13,9 @@ use axum::routing::get;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use std::sync::Arc;
+
+use crate::access::Clients;
 use crate::broker::Broker;
 use crate::cache::TokenCache;
 use crate::config::Environment;
@@ -24,6 +28,8 @@ pub type Tokens = TokenCache<Broker>;
 pub struct AppState {
     pub tokens: Tokens,
     pub env: Environment,
+    /// API-key clients; empty means token routes are open (loopback or explicit opt-out).
+    pub clients: Arc<Clients>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -96,6 +96,15 @@ pub enum ApiError {
     BadQuery(String),
     #[error(transparent)]
     Cache(#[from] CacheError<SourceError>),
+    /// Already a problem (authentication, authorization).
+    #[error("{}", .0.detail)]
+    Problem(Problem),
+}
+
+impl From<Problem> for ApiError {
+    fn from(p: Problem) -> Self {
+        ApiError::Problem(p)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -108,6 +117,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let detail = self.to_string();
         match self {
+            ApiError::Problem(p) => p.clone(),
             ApiError::Resolve(ResolveError::UnknownProfile { .. }) => Problem::new(
                 StatusCode::NOT_FOUND,
                 "unknown-profile",

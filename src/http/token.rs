@@ -11,11 +11,15 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use std::time::SystemTime;
+
+use crate::cache::CacheKey;
 use crate::org::OrgNumber;
 use crate::profile::Profile;
-use crate::token::rfc3339;
+use crate::token::{Token, rfc3339};
 
 use super::AppState;
+use super::auth;
 use super::problem::ApiError;
 
 /// The query of `/token/{profile}`: only `org` is known.
@@ -45,9 +49,27 @@ pub struct TokenResponse<'a> {
     pub token_type: &'static str,
     pub expires_in: u64,
     pub expires_at: String,
-    pub scope: &'a str,
+    pub scope: String,
     pub profile: &'a str,
     pub org: Option<&'a str>,
+}
+
+impl<'a> TokenResponse<'a> {
+    pub fn new(token: &'a Token, key: &'a CacheKey, profile: &Profile, now: SystemTime) -> Self {
+        TokenResponse {
+            access_token: token.value.expose(),
+            token_type: "Bearer",
+            expires_in: token.remaining(now).as_secs(),
+            expires_at: rfc3339(token.expires_at),
+            scope: if token.scope.is_empty() {
+                profile.scope()
+            } else {
+                token.scope.clone()
+            },
+            profile: key.profile.as_str(),
+            org: key.org.as_ref().map(|o| o.as_str()),
+        }
+    }
 }
 
 /// Whether the caller asked for the bare token (`Accept: text/plain`).
@@ -65,11 +87,14 @@ pub async fn get_token(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let caller = auth::authenticate(&state.clients, &headers)?;
     let org = parse_query(query.as_deref())?;
     let (profile, key) = state.tokens.source().resolve(&profile, org)?;
+    auth::authorize(&caller, &key)?;
     let (token, outcome) = state.tokens.get(&key).await?;
     let now = state.tokens.source().clock().now();
     tracing::info!(
+        client = caller.name(),
         profile = %key.profile,
         org = key.org.as_ref().map(|o| o.as_str()),
         cache = outcome.as_str(),
@@ -77,11 +102,6 @@ pub async fn get_token(
         fingerprint = %token.value.fingerprint(),
         "token served"
     );
-    let scope = if token.scope.is_empty() {
-        profile.scope()
-    } else {
-        token.scope.clone()
-    };
     let mut response = if wants_text(&headers) {
         (
             [(
@@ -92,16 +112,7 @@ pub async fn get_token(
         )
             .into_response()
     } else {
-        Json(TokenResponse {
-            access_token: token.value.expose(),
-            token_type: "Bearer",
-            expires_in: token.remaining(now).as_secs(),
-            expires_at: rfc3339(token.expires_at),
-            scope: &scope,
-            profile: key.profile.as_str(),
-            org: key.org.as_ref().map(|o| o.as_str()),
-        })
-        .into_response()
+        Json(TokenResponse::new(&token, &key, &profile, now)).into_response()
     };
     response
         .headers_mut()
@@ -117,13 +128,17 @@ pub struct ProfileListing {
     pub env: String,
 }
 
-pub async fn list_profiles(State(state): State<AppState>) -> Json<ProfileListing> {
+pub async fn list_profiles(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<ProfileListing>, ApiError> {
+    auth::authenticate(&state.clients, &headers)?;
     let generation = state.tokens.source().generation();
-    Json(ProfileListing {
+    Ok(Json(ProfileListing {
         profiles: generation.profiles.iter().cloned().collect(),
         default_org: generation.default_org.clone(),
         env: state.env.to_string(),
-    })
+    }))
 }
 
 #[cfg(test)]

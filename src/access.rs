@@ -1,0 +1,170 @@
+//! Who may ask for which token: API-key clients, their allowed profiles and organisations.
+//!
+//! The config stores only the SHA-256 of each API key (`maskinporten-broker hash-key` prints it);
+//! a presented key is hashed and compared with every stored hash in constant time, so neither
+//! the keys nor timing reveal anything. This module never logs or returns a presented key.
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::org::OrgNumber;
+
+/// One client of a shared broker, as written in `clients:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// Shown in audit lines.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the API key.
+    pub key_sha256: String,
+    /// Profiles this client may use; `["*"]` for all.
+    pub profiles: Vec<String>,
+    /// Organisation numbers it may ask system-user tokens for; absent means none.
+    #[serde(default)]
+    pub orgs: Vec<String>,
+}
+
+/// The hash of an API key, as stored in the config.
+pub fn hash_api_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.trim().as_bytes()))
+}
+
+/// A validated client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub name: String,
+    hash: [u8; 32],
+    profiles: Vec<String>,
+    orgs: Vec<OrgNumber>,
+}
+
+impl Client {
+    pub fn may_use_profile(&self, profile: &str) -> bool {
+        self.profiles.iter().any(|p| p == "*" || p == profile)
+    }
+    pub fn may_use_org(&self, org: &OrgNumber) -> bool {
+        self.orgs.contains(org)
+    }
+}
+
+/// The configured clients; empty means no authentication.
+#[derive(Debug, Clone, Default)]
+pub struct Clients(Vec<Client>);
+
+impl Clients {
+    /// Validate `clients:`; problems carry their field path.
+    pub fn from_settings(settings: &[ClientSettings]) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut clients = Vec::new();
+        for (i, c) in settings.iter().enumerate() {
+            let field = |f: &str| format!("clients[{i}].{f}");
+            let mut hash = [0u8; 32];
+            if hex::decode_to_slice(c.key_sha256.trim().to_ascii_lowercase(), &mut hash).is_err() {
+                problems.push(format!(
+                    "{}: must be 64 hex digits (run `maskinporten-broker hash-key`)",
+                    field("key_sha256")
+                ));
+            }
+            if c.name.trim().is_empty() {
+                problems.push(format!("{}: must not be empty", field("name")));
+            }
+            if c.profiles.is_empty() {
+                problems.push(format!(
+                    "{}: list the profiles, or [\"*\"] for all",
+                    field("profiles")
+                ));
+            }
+            let mut orgs = Vec::new();
+            for o in &c.orgs {
+                match o.parse::<OrgNumber>() {
+                    Ok(org) => orgs.push(org),
+                    Err(e) => problems.push(format!("{}: {o:?}: {e}", field("orgs"))),
+                }
+            }
+            clients.push(Client {
+                name: c.name.clone(),
+                hash,
+                profiles: c.profiles.clone(),
+                orgs,
+            });
+        }
+        if problems.is_empty() {
+            Ok(Clients(clients))
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The client holding `api_key`, comparing against every client in constant time.
+    pub fn authenticate(&self, api_key: &str) -> Option<&Client> {
+        let presented = Sha256::digest(api_key.trim().as_bytes());
+        let mut found = None;
+        for client in &self.0 {
+            if bool::from(client.hash.ct_eq(&presented[..])) {
+                found = Some(client);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients() -> Clients {
+        Clients::from_settings(&[ClientSettings {
+            name: "app-a".into(),
+            key_sha256: hash_api_key("secret-key-a"),
+            profiles: vec!["altinn".into()],
+            orgs: vec!["991825827".into()],
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn authenticates_by_hash() {
+        let c = clients();
+        assert_eq!(c.authenticate("secret-key-a").unwrap().name, "app-a");
+        assert!(c.authenticate("secret-key-b").is_none());
+        assert!(c.authenticate("").is_none());
+    }
+
+    #[test]
+    fn checks_profiles_and_orgs() {
+        let c = clients();
+        let a = c.authenticate("secret-key-a").unwrap();
+        assert!(a.may_use_profile("altinn"));
+        assert!(!a.may_use_profile("admin"));
+        assert!(a.may_use_org(&"991825827".parse().unwrap()));
+        assert!(!a.may_use_org(&"974761076".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let errs = Clients::from_settings(&[ClientSettings {
+            name: "".into(),
+            key_sha256: "xyz".into(),
+            profiles: vec![],
+            orgs: vec!["1".into()],
+        }])
+        .unwrap_err();
+        assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));
+        assert!(errs.iter().any(|e| e.starts_with("clients[0].name")));
+        assert!(errs.iter().any(|e| e.starts_with("clients[0].profiles")));
+        assert!(errs.iter().any(|e| e.starts_with("clients[0].orgs")));
+    }
+
+    #[test]
+    fn the_hash_is_sha256_hex() {
+        assert_eq!(
+            hash_api_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

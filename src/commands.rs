@@ -1,0 +1,325 @@
+//! What each subcommand other than `serve` does. Output for people and scripts goes to stdout,
+//! problems to stderr (through the returned error); the exit code says which.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::access::hash_api_key;
+use crate::app::{self, load_key};
+use crate::config::{Environment, Settings};
+use crate::http::token::TokenResponse;
+use crate::key::{Algorithm, SigningKey, public_key_from_jwk};
+use crate::org::OrgNumber;
+use crate::simulator::{self, RegisteredClient, SimulatorConfig};
+
+fn parse_org(org: Option<&str>) -> anyhow::Result<Option<OrgNumber>> {
+    org.map(|o| {
+        o.parse::<OrgNumber>()
+            .with_context(|| format!("--org {o:?}"))
+    })
+    .transpose()
+}
+
+/// `token PROFILE [--org N] [--json]`
+pub async fn token(
+    settings: Settings,
+    profile: &str,
+    org: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let org = parse_org(org)?;
+    let built = app::build(settings).await?;
+    let tokens = &built.state.tokens;
+    let (profile, key) = tokens.source().resolve(profile, org)?;
+    let (token, _) = tokens.get(&key).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let now = tokens.source().clock().now();
+        serde_json::to_writer_pretty(&mut out, &TokenResponse::new(&token, &key, &profile, now))?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{}", token.value.expose())?;
+    }
+    tokens.shutdown();
+    Ok(())
+}
+
+/// `grant PROFILE [--org N]`: sign, print, do not send.
+pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Result<()> {
+    let org = parse_org(org)?;
+    let validated = settings.validate()?;
+    let key = load_key(&settings)?;
+    let profile = validated.profiles.get(profile).with_context(|| {
+        format!(
+            "there is no profile named {profile:?}; the profiles are: {}",
+            validated.profiles.names().join(", ")
+        )
+    })?;
+    let endpoints = settings.endpoints(None);
+    let grant = crate::grant::build_jwt_grant(
+        &key,
+        &crate::grant::GrantRequest {
+            client_id: settings.client_id(),
+            audience: &endpoints.issuer,
+            profile,
+            org: org
+                .as_ref()
+                .or(validated.default_org.as_ref())
+                .filter(|_| profile.system_user != crate::profile::SystemUser::None),
+            now: std::time::SystemTime::now(),
+            lifetime: crate::grant::MAX_GRANT_LIFETIME,
+        },
+    )?;
+    println!("{}", grant.expose());
+    Ok(())
+}
+
+/// `keygen --out DIR --bits N`
+pub fn keygen(out: &Path, bits: usize) -> anyhow::Result<()> {
+    let date = time::OffsetDateTime::now_utc().date();
+    let kid = format!(
+        "broker-{date}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let key = SigningKey::generate(bits, &kid, Algorithm::RS256)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let pem_path = out.join("maskinporten-key.pem");
+    let jwk_path = out.join("maskinporten-key.jwk.json");
+    for path in [&pem_path, &jwk_path] {
+        if path.exists() {
+            bail!(
+                "{} already exists; refusing to overwrite a key (choose another --out)",
+                path.display()
+            );
+        }
+    }
+    write_private(&pem_path, key.private_pem()?.expose())?;
+    std::fs::write(
+        &jwk_path,
+        serde_json::to_string_pretty(&key.public_jwk())? + "\n",
+    )
+    .with_context(|| format!("cannot write {}", jwk_path.display()))?;
+    println!(
+        "wrote {} (private key, mode 0600) and {} (public JWK)",
+        pem_path.display(),
+        jwk_path.display()
+    );
+    println!(
+        "upload the JWK to your client in Digdir's self-service portal, then put this in broker.yaml:"
+    );
+    println!();
+    println!("kid: {kid}");
+    println!("key:");
+    println!("  path: {}", pem_path.display());
+    Ok(())
+}
+
+fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(pem.as_bytes())?;
+    Ok(())
+}
+
+/// `check [--online]`
+pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyhow::Result<()> {
+    let validated = settings.validate()?;
+    let key = load_key(&settings)?;
+    verify_key_pair(&key)?;
+    println!(
+        "config:          {} (env {})",
+        config_path.display(),
+        settings.env
+    );
+    println!("client_id:       {}", settings.client_id());
+    println!(
+        "kid:             {} (RSA {} bits, {})",
+        key.kid(),
+        key.bits(),
+        key.algorithm().name()
+    );
+    println!("key pair:        ok (a signed grant verifies with the public key)");
+    if settings.env == Environment::Local {
+        println!("endpoints:       the embedded simulator on a loopback port chosen at start");
+    } else {
+        let e = settings.endpoints(None);
+        println!("issuer:          {}", e.issuer);
+        println!("token endpoint:  {}", e.token_url);
+        println!("altinn exchange: {}", e.altinn_exchange_url);
+    }
+    if let Some(org) = &validated.default_org {
+        println!("default_org:     {org}");
+    }
+    println!("profiles:");
+    for p in validated.profiles.iter() {
+        println!(
+            "  {:<14} exchange={:<6} system_user={:<8} scopes={}",
+            p.name.as_str(),
+            format!("{:?}", p.exchange).to_lowercase(),
+            format!("{:?}", p.system_user).to_lowercase(),
+            p.scope()
+        );
+    }
+    if !online {
+        return Ok(());
+    }
+    println!("online:");
+    let built = app::build(settings).await?;
+    let tokens = &built.state.tokens;
+    let mut failures = 0;
+    for p in validated.profiles.iter() {
+        let line = match tokens.source().resolve(p.name.as_str(), None) {
+            Err(e) => format!("skipped: {e}"),
+            Ok((_, key)) => match tokens.get(&key).await {
+                Ok((t, _)) => format!(
+                    "ok (expires in {}s)",
+                    t.remaining(tokens.source().clock().now()).as_secs()
+                ),
+                Err(e) => {
+                    failures += 1;
+                    format!(
+                        "FAILED: {}",
+                        crate::http::problem::ApiError::from(e).problem().detail
+                    )
+                }
+            },
+        };
+        println!("  {:<14} {line}", p.name.as_str());
+    }
+    tokens.shutdown();
+    if failures > 0 {
+        bail!("{failures} profile(s) failed");
+    }
+    Ok(())
+}
+
+/// Sign a grant and verify it with the public half: catches a PEM that is not the pair of itself.
+fn verify_key_pair(key: &SigningKey) -> anyhow::Result<()> {
+    let jwk = key.public_jwk();
+    let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
+        jwk["n"].as_str().unwrap_or_default(),
+        jwk["e"].as_str().unwrap_or_default(),
+    )?;
+    let profile = crate::profile::builtins().remove(0);
+    let grant = crate::grant::build_jwt_grant(
+        key,
+        &crate::grant::GrantRequest {
+            client_id: "check",
+            audience: "check",
+            profile: &profile,
+            org: None,
+            now: std::time::SystemTime::now(),
+            lifetime: Duration::from_secs(60),
+        },
+    )?;
+    let mut validation = jsonwebtoken::Validation::new(key.algorithm().jwt());
+    validation.set_audience(&["check"]);
+    jsonwebtoken::decode::<serde_json::Value>(grant.expose(), &decoding, &validation)
+        .context("the key pair does not verify its own signature")?;
+    Ok(())
+}
+
+/// `simulate --listen ADDR [--jwk FILE --client-id ID]`
+pub async fn simulate(
+    settings: Option<Settings>,
+    listen: std::net::SocketAddr,
+    jwk: Option<&Path>,
+    client_id: &str,
+) -> anyhow::Result<()> {
+    let profiles = match &settings {
+        Some(s) => s.validate()?.profiles,
+        None => crate::profile::Profiles::from_settings(&Default::default())
+            .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+    };
+    let client = match (jwk, &settings) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let jwk: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            let kid = jwk["kid"]
+                .as_str()
+                .context("the JWK has no kid")?
+                .to_owned();
+            let public = public_key_from_jwk(&jwk).context("the JWK is not an RSA public key")?;
+            RegisteredClient {
+                client_id: client_id.to_owned(),
+                keys: vec![(kid, public)],
+                scopes: profiles.all_scopes(),
+            }
+        }
+        (None, Some(s)) => {
+            let key = load_key(s)?;
+            RegisteredClient {
+                client_id: s.client_id().to_owned(),
+                keys: vec![(key.kid().to_owned(), key.public_key())],
+                scopes: profiles.all_scopes(),
+            }
+        }
+        (None, None) => {
+            bail!("no client to register: pass --jwk FILE (from keygen) or a --config with a key")
+        }
+    };
+    let token_lifetime = settings
+        .as_ref()
+        .map(|s| s.local.token_lifetime)
+        .unwrap_or(Duration::from_secs(120));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let registered = client.client_id.clone();
+    let handle = simulator::start(
+        SimulatorConfig {
+            token_lifetime,
+            clients: vec![client],
+        },
+        listener,
+    )
+    .await?;
+    println!(
+        "simulator listening on {} (issuer {}, JWKS {}jwk), client {registered}",
+        handle.base_url(),
+        handle.issuer(),
+        handle.base_url()
+    );
+    app::shutdown_signal().await;
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// `healthcheck --url URL`
+pub async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("{url} does not answer"))?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    Ok(())
+}
+
+/// `hash-key`: the API key comes on stdin so it stays out of shell history and `ps`.
+pub fn hash_key() -> anyhow::Result<()> {
+    let mut key = String::new();
+    std::io::stdin().read_to_string(&mut key)?;
+    if key.trim().is_empty() {
+        bail!(
+            "no API key on standard input (try: printf %s \"$KEY\" | maskinporten-broker hash-key)"
+        );
+    }
+    println!("{}", hash_api_key(&key));
+    Ok(())
+}

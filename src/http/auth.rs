@@ -1,0 +1,85 @@
+//! Client authentication for token routes: who is asking, and may they have this token.
+//!
+//! With no `clients:` configured every caller is the anonymous local caller. Otherwise a request
+//! must carry an API key (`Authorization: Bearer KEY` or `X-Api-Key: KEY`): none or an unknown one
+//! is a 401, a profile or organisation outside the client's list a 403.
+
+use axum::http::{HeaderMap, StatusCode, header};
+
+use crate::access::{Client, Clients};
+use crate::cache::CacheKey;
+
+use super::problem::Problem;
+
+/// Who a request comes from, for the audit line.
+pub enum Caller<'a> {
+    Anonymous,
+    Client(&'a Client),
+}
+
+impl Caller<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            Caller::Anonymous => "-",
+            Caller::Client(c) => &c.name,
+        }
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key);
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
+}
+
+/// Identify the caller; a 401 problem when clients are configured and the key is missing or unknown.
+pub fn authenticate<'a>(clients: &'a Clients, headers: &HeaderMap) -> Result<Caller<'a>, Problem> {
+    if clients.is_empty() {
+        return Ok(Caller::Anonymous);
+    }
+    let unauthorized = |detail: &str| {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )
+    };
+    let key = presented_key(headers).ok_or_else(|| {
+        unauthorized(
+            "this broker requires an API key: send Authorization: Bearer <key> or X-Api-Key: <key>",
+        )
+    })?;
+    clients
+        .authenticate(key)
+        .map(Caller::Client)
+        .ok_or_else(|| unauthorized("the API key is not known to this broker"))
+}
+
+/// A 403 problem when the caller may not have the token for `key`.
+pub fn authorize(caller: &Caller<'_>, key: &CacheKey) -> Result<(), Problem> {
+    let Caller::Client(client) = caller else {
+        return Ok(());
+    };
+    let forbidden =
+        |detail: String| Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail);
+    if !client.may_use_profile(key.profile.as_str()) {
+        return Err(forbidden(format!(
+            "client {:?} may not use profile {:?}",
+            client.name,
+            key.profile.as_str()
+        )));
+    }
+    if let Some(org) = &key.org
+        && !client.may_use_org(org)
+    {
+        return Err(forbidden(format!(
+            "client {:?} may not ask for tokens for organisation {org}",
+            client.name
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! The binary as a user runs it: start-up failures, `serve` against the fakes, and the tools
+//! (`token`, `grant`, `check`, `keygen`, `hash-key`), each with its output and exit code.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maskinporten-broker");
+
+fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join("broker.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+async fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("command finishes")
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn missing_client_id_is_named_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "env: test\nkid: k\nkey:\n  path: {}\n",
+            fixture("client-key.pem")
+        ),
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("client_id: is required"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_key_is_named_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "env: test\nclient_id: c\nkid: k\nkey:\n  path: /nonexistent/key.pem\n",
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("key.path: cannot read /nonexistent/key.pem"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_pem_is_refused_without_quoting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "SECRET-NOT-A-KEY").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "env: test\nclient_id: c\nkid: k\nkey:\n  path: {}\n",
+            key.display()
+        ),
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("key.path: is not an RSA private key in PEM form"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRET-NOT-A-KEY"));
+}
+
+#[tokio::test]
+async fn malformed_yaml_is_reported_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "env: test\nclient_id: [unclosed\n");
+    let out = run(&["--config", cfg.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot load the configuration"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_public_listen_address_without_clients_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "env: test\nclient_id: c\nkid: k\nlisten: 0.0.0.0:0\nkey:\n  path: {}\n",
+            fixture("client-key.pem")
+        ),
+    );
+    let out = run(&["--config", cfg.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("allow_unauthenticated: true"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        &config_yaml(
+            &mp,
+            &altinn,
+            &format!("default_org: '{ORG}'\nlisten: 127.0.0.1:{port}\n"),
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if http.get(format!("{base}/healthz")).send().await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the broker answers /healthz within 10 s");
+    for path in [
+        "/token/altinn",
+        "/token/admin",
+        "/token/skd",
+        &format!("/token/altinn?org={ORG}"),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["access_token"].as_str().unwrap().split('.').count(), 3);
+    }
+    let text = http
+        .get(format!("{base}/token/admin"))
+        .header("accept", "text/plain")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.split('.').count(), 3);
+    assert!(mp.violations().is_empty(), "{:?}", mp.violations());
+
+    // A request in flight when SIGTERM arrives still gets its answer; then the process exits 0.
+    mp.script([Reply::Hang(Duration::from_millis(800))]);
+    let slow = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{base}/token/altinn?org={OTHER_ORG}");
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "in-flight request finished"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
+    let mut log = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut log)
+        .await
+        .unwrap();
+    assert!(log.contains("token served"), "{log}");
+}
+
+#[tokio::test]
+async fn token_prints_the_bare_token_or_json_and_fails_clearly() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config_yaml(&mp, &altinn, ""));
+    let cfg = cfg.to_str().unwrap();
+    let out = run(&["--config", cfg, "token", "admin"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    assert_eq!(claims(&token)["client_id"], CLIENT_ID);
+    let out = run(&["--config", cfg, "token", "altinn", "--org", ORG, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["org"], ORG);
+    assert_eq!(json["profile"], "altinn");
+    let out = run(&["--config", cfg, "token", "nope"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no profile named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+    mp.always(Reply::Refuse("invalid_grant", "bad signature (MP-124)"));
+    let out = run(&["--config", cfg, "token", "admin"]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("MP-124"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn grant_prints_a_signed_grant_without_sending_it() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config_yaml(&mp, &altinn, ""));
+    let out = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "grant",
+        "skd",
+        "--org",
+        ORG,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let grant = stdout(&out).trim().to_owned();
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(
+        &std::fs::read(fixture("client-key.pub.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&[mp.issuer()]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&grant, &key, &v)
+        .unwrap()
+        .claims;
+    assert_eq!(
+        claims["scope"],
+        "skatteetaten:innrapporteringaksjonaerregisteroppgave"
+    );
+    assert_eq!(
+        claims["authorization_details"][0]["systemuser_org"]["ID"],
+        format!("0192:{ORG}")
+    );
+    assert_eq!(mp.calls(), 0, "not sent");
+    let out = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "grant",
+        "skd",
+        "--org",
+        "123",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--org \"123\""), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn check_shows_the_resolved_setup_and_online_reports_each_profile() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &config_yaml(&mp, &altinn, ""));
+    let cfg = cfg.to_str().unwrap();
+    let out = run(&["--config", cfg, "check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("kid:             {KID} (RSA 2048 bits, RS256)")),
+        "{text}"
+    );
+    assert!(text.contains("key pair:        ok"));
+    assert!(text.contains(&mp.token_url()));
+    assert!(!text.contains("PRIVATE KEY"));
+    assert_eq!(mp.calls(), 0);
+    let out = run(&["--config", cfg, "check", "--online"]).await;
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("admin") && l.contains("ok (expires in")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("skd") && l.contains("skipped")),
+        "{text}"
+    );
+    mp.always(Reply::Refuse(
+        "invalid_grant",
+        "Invalid JWT signature (MP-124)",
+    ));
+    let out = run(&["--config", cfg, "check", "--online"]).await;
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("private key does not match kid"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn keygen_writes_a_private_key_0600_and_a_jwk_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("keys");
+    let out = run(&["keygen", "--out", out_dir.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pem = out_dir.join("maskinporten-key.pem");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let jwk: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("maskinporten-key.jwk.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(jwk["kty"], "RSA");
+    let kid = jwk["kid"].as_str().unwrap();
+    assert!(stdout(&out).contains(&format!("kid: {kid}")));
+    assert!(!stdout(&out).contains("PRIVATE"));
+    let key =
+        maskinporten_broker::key::SigningKey::from_file(&pem, kid, Default::default()).unwrap();
+    assert!(key.matches(&maskinporten_broker::key::public_key_from_jwk(&jwk).unwrap()));
+    let again = run(&["keygen", "--out", out_dir.to_str().unwrap()]).await;
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("refusing to overwrite"));
+}
+
+#[tokio::test]
+async fn hash_key_prints_the_sha256_of_standard_input() {
+    let mut child = Command::new(BIN)
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"abc\n")
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        stdout(&out).trim(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
