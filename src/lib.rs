@@ -16,5 +16,6 @@ pub mod org;
 pub mod profile;
 pub mod retry;
 pub mod secret;
+pub mod simulator;
 pub mod token;
 pub mod upstream;
