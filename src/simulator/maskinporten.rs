@@ -110,7 +110,12 @@ pub(super) async fn token(
     let form = parse_form(&headers, &body)?;
     match form.get("grant_type").map(String::as_str) {
         Some(JWT_BEARER) => {}
-        _ => return Err(Refusal::UnsupportedGrantType),
+        Some(_) => return Err(Refusal::UnsupportedGrantType),
+        None => {
+            return Err(Refusal::InvalidRequest(
+                "the grant_type parameter is missing".into(),
+            ));
+        }
     }
     let assertion = form
         .get("assertion")
@@ -321,6 +326,9 @@ fn check_lifetime(claims: &Value, now: i64) -> Result<(), Refusal> {
     }
     if exp <= now {
         return Err(Refusal::BadLifetime("exp is in the past".into()));
+    }
+    if exp <= iat {
+        return Err(Refusal::BadLifetime("exp is not after iat".into()));
     }
     if exp - iat > MAX_GRANT_LIFETIME {
         return Err(Refusal::BadLifetime(format!(

@@ -9,8 +9,8 @@
 //! the neutral helpers `crate::key` and `crate::org`. It must never be lenient where the real
 //! services are strict, or a bug in the broker would pass locally and fail in production.
 //!
-//! - [`maskinporten`]: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.
-//! - [`altinn`]: `GET /authentication/api/v1/exchange/maskinporten`.
+//! - `maskinporten`: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.
+//! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`.
 
 mod altinn;
 mod maskinporten;

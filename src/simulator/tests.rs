@@ -387,6 +387,25 @@ async fn an_expired_grant_is_refused_with_mp_130() {
 }
 
 #[tokio::test]
+async fn an_exp_before_iat_is_refused_with_mp_130() {
+    let sim = simulator().await;
+    let mut claims = grant_claims(&sim);
+    let now = now_unix();
+    claims["iat"] = json!(now + 8);
+    claims["exp"] = json!(now + 5);
+    assert_refused(&sim, &sign(&claims), "invalid_grant", "MP-130").await;
+}
+
+#[tokio::test]
+async fn a_missing_grant_type_is_refused_with_mp_011() {
+    let sim = simulator().await;
+    let grant = sign(&grant_claims(&sim));
+    let (status, body) = post_form(&sim, &[("assertion", &grant)]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_request", "{body}");
+}
+
+#[tokio::test]
 async fn a_reused_jti_is_refused_with_mp_012() {
     let sim = simulator().await;
     let grant = sign(&grant_claims(&sim));
