@@ -1,39 +1,221 @@
-//! Placeholder: the embedded simulator is being written on the `simulator` branch.
+//! The local Maskinporten + Altinn: a strict, embedded stand-in for both services, served over
+//! HTTP on a listener the caller provides.
+//!
+//! It lives in its own world. It generates its own signing key, keeps its own registry of clients
+//! and seen `jti`s, and refuses grants exactly where Maskinporten would, with the same OAuth error
+//! and MP-code (see `PROTOCOL.md`). The broker talks to it only over HTTP, like to the real thing.
+//!
+//! This module must never reach into the broker (cache, fetch, upstream, broker): it may only use
+//! the neutral helpers `crate::key` and `crate::org`. It must never be lenient where the real
+//! services are strict, or a bug in the broker would pass locally and fail in production.
+//!
+//! - `maskinporten`: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.
+//! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`.
 
-use std::time::Duration;
+mod altinn;
+mod maskinporten;
+#[cfg(test)]
+mod tests;
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::routing::{get, post};
+use jsonwebtoken::DecodingKey;
+use rsa::RsaPublicKey;
+use rsa::traits::PublicKeyParts;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use url::Url;
+
+use crate::key::{Algorithm, SigningKey};
+
+/// How long a seen `jti` is remembered: twice the longest grant lifetime Maskinporten accepts
+/// (120 s) plus its clock tolerance, so a replay is caught for as long as the grant could verify.
+const JTI_MEMORY: Duration = Duration::from_secs(2 * 120 + 2 * 10);
+
+/// A client as registered in Digdir's self-service portal: its id, the public keys it may sign
+/// grants with (by `kid`), and the scopes it has been given.
+#[derive(Debug, Clone)]
 pub struct RegisteredClient {
     pub client_id: String,
-    pub keys: Vec<(String, rsa::RsaPublicKey)>,
+    pub keys: Vec<(String, RsaPublicKey)>,
+    /// The scopes a grant from this client may ask for.
     pub scopes: Vec<String>,
 }
 
+/// What the simulator is started with.
+#[derive(Debug, Clone)]
 pub struct SimulatorConfig {
+    /// `expires_in` of the access tokens. Maskinporten's value varies by client; 120 s is common
+    /// and the shortest seen, which makes the broker's refresh logic work hardest.
     pub token_lifetime: Duration,
     pub clients: Vec<RegisteredClient>,
 }
 
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            token_lifetime: Duration::from_secs(120),
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// Everything the handlers share: one per running simulator.
+struct World {
+    base_url: Url,
+    /// `base_url` as a string, trailing slash included: the issuer and the grant `aud`.
+    issuer: String,
+    key: SigningKey,
+    /// The public half of `key`, ready to verify the simulator's own tokens.
+    decoding: DecodingKey,
+    token_lifetime: Duration,
+    /// Registered clients by `client_id`.
+    clients: RwLock<HashMap<String, RegisteredClient>>,
+    /// `jti`s of accepted grants, per client, for replay detection.
+    seen_jtis: moka::future::Cache<String, ()>,
+}
+
+impl World {
+    fn client(&self, client_id: &str) -> Option<RegisteredClient> {
+        // A poisoned lock only means a writer panicked mid-insert of a whole value; the map is
+        // still consistent, so keep serving.
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        clients.get(client_id).cloned()
+    }
+
+    fn register(&self, client: RegisteredClient) {
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        clients.insert(client.client_id.clone(), client);
+    }
+
+    /// Sign claims as the simulator (RS256, with its `kid`), for access and Altinn tokens.
+    fn sign(&self, claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(self.key.kid().to_owned());
+        jsonwebtoken::encode(&header, claims, self.key.encoding_key())
+    }
+
+    fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.key.public_jwk()] })
+    }
+}
+
+/// A verifying key for an RSA public key, for any of RS256/RS384/RS512.
+fn decoding_key(key: &RsaPublicKey) -> DecodingKey {
+    DecodingKey::from_rsa_raw_components(&key.n().to_bytes_be(), &key.e().to_bytes_be())
+}
+
+/// Seconds since the Unix epoch, as JWT claims count time.
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A running simulator. Dropping it stops the server as [`SimulatorHandle::shutdown`] does, but
+/// without waiting for it.
 pub struct SimulatorHandle {
-    base_url: url::Url,
+    world: Arc<World>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
 }
 
 impl SimulatorHandle {
-    pub fn base_url(&self) -> &url::Url {
-        &self.base_url
+    /// `http://127.0.0.1:PORT/`, trailing slash included.
+    pub fn base_url(&self) -> &Url {
+        &self.world.base_url
     }
+
+    /// The Maskinporten issuer, which is also the `aud` every grant must carry.
     pub fn issuer(&self) -> String {
-        self.base_url.to_string()
+        self.world.issuer.clone()
     }
+
+    /// The simulator's own signing keys as a JWKS, the same document `GET /jwk` serves.
     pub fn public_jwks(&self) -> serde_json::Value {
-        serde_json::json!({"keys": []})
+        self.world.jwks()
     }
-    pub fn register_client(&self, _client: RegisteredClient) {}
-    pub async fn shutdown(self) {}
+
+    /// Add a client, or replace the one with the same `client_id` (a key rotation in the portal).
+    pub fn register_client(&self, client: RegisteredClient) {
+        self.world.register(client);
+    }
+
+    /// Stop accepting connections, let in-flight requests finish, and wait for the server task.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "simulator server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "simulator server task failed"),
+        }
+    }
 }
 
+/// Start the simulator on `listener` in a background task, with a freshly generated RSA 2048 key.
 pub async fn start(
-    _config: SimulatorConfig,
-    _listener: tokio::net::TcpListener,
+    config: SimulatorConfig,
+    listener: tokio::net::TcpListener,
 ) -> std::io::Result<SimulatorHandle> {
-    Err(std::io::Error::other("the simulator is not built yet"))
+    let addr = listener.local_addr()?;
+    let base_url = Url::parse(&format!("http://{addr}/")).map_err(std::io::Error::other)?;
+    let kid = format!("simulator-{}", uuid::Uuid::new_v4());
+    // Key generation is CPU-bound; keep it off the async worker threads.
+    let key =
+        tokio::task::spawn_blocking(move || SigningKey::generate(2048, &kid, Algorithm::RS256))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?;
+
+    let world = Arc::new(World {
+        issuer: base_url.to_string(),
+        base_url,
+        decoding: decoding_key(&key.public_key()),
+        key,
+        token_lifetime: config.token_lifetime,
+        clients: RwLock::new(
+            config
+                .clients
+                .into_iter()
+                .map(|c| (c.client_id.clone(), c))
+                .collect(),
+        ),
+        seen_jtis: moka::future::Cache::builder()
+            .max_capacity(1_000_000)
+            .time_to_live(JTI_MEMORY)
+            .build(),
+    });
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = router(world.clone());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                // Either an explicit shutdown or the handle being dropped.
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(issuer = %world.issuer, kid = world.key.kid(), "simulator started");
+    Ok(SimulatorHandle { world, stop, task })
+}
+
+fn router(world: Arc<World>) -> Router {
+    Router::new()
+        .route("/token", post(maskinporten::token))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(maskinporten::metadata),
+        )
+        .route("/jwk", get(maskinporten::jwks))
+        .route(
+            "/authentication/api/v1/exchange/maskinporten",
+            get(altinn::exchange),
+        )
+        .with_state(world)
 }
