@@ -78,9 +78,10 @@ pub fn from_unix_seconds(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// RFC 3339 text for `expires_at` in responses, in UTC.
+/// RFC 3339 text for `expires_at` in responses, in UTC, whole seconds (as JWT `exp`).
 pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
+    let whole = from_unix_seconds(unix_seconds(t));
+    time::OffsetDateTime::from(whole)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
