@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use crate::access::hash_api_key;
 use crate::app::{self, load_key};
 use crate::config::{Environment, Settings};
+use crate::http::problem::ApiError;
 use crate::http::token::TokenResponse;
 use crate::key::{Algorithm, SigningKey, public_key_from_jwk};
 use crate::org::OrgNumber;
@@ -34,7 +35,10 @@ pub async fn token(
     let built = app::build(settings).await?;
     let tokens = &built.state.tokens;
     let (profile, key) = tokens.source().resolve(profile, org)?;
-    let (token, _) = tokens.get(&key).await?;
+    let (token, _) = tokens
+        .get(&key)
+        .await
+        .map_err(|e| anyhow::anyhow!(ApiError::from(e).problem().detail))?;
     let mut out = std::io::stdout().lock();
     if json {
         let now = tokens.source().clock().now();

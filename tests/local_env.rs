@@ -1,0 +1,217 @@
+//! Works out of the box: the shipped broker.yaml (env local) started as a process, and `keygen`
+//! output accepted by the `simulate` subcommand.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
+use serde_json::Value;
+use support::*;
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_maskinporten-broker");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_until_up(http: &reqwest::Client, url: &str) {
+    for _ in 0..300 {
+        if http.get(url).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not answer within 15 s");
+}
+
+/// Verify a token's signature with a JWKS, returning its claims.
+fn verify_with(jwks: &JwkSet, token: &str, issuer: &str) -> Value {
+    let kid = jsonwebtoken::decode_header(token)
+        .unwrap()
+        .kid
+        .expect("kid");
+    let jwk = jwks.find(&kid).expect("kid in the JWKS");
+    let mut v = Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.validate_aud = false;
+    v.set_issuer(&[issuer]);
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk).unwrap(), &v)
+        .expect("signature verifies with the simulator's JWKS")
+        .claims
+}
+
+fn spawn_shipped_broker(port: u16) -> Child {
+    // The README's run command is `cargo run --release`: this binary with ./broker.yaml.
+    Command::new(BIN)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_shipped_config_serves_verifiable_tokens_with_no_credentials() {
+    let port = free_port();
+    let _broker = spawn_shipped_broker(port);
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until_up(&http, &format!("{base}/healthz")).await;
+    let ready: Value = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["env"], "local");
+    let issuer = ready["issuer"].as_str().unwrap().to_owned();
+    assert!(issuer.starts_with("http://127.0.0.1:"), "{issuer}");
+    let jwks: JwkSet = http
+        .get(format!("{issuer}jwk"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(path.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{path}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let altinn = get(format!("{base}/token/altinn")).await;
+    let claims = verify_with(
+        &jwks,
+        altinn["access_token"].as_str().unwrap(),
+        &format!("{issuer}authentication/api/v1/openid/"),
+    );
+    let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+    assert_eq!(lifetime, 1800, "Altinn tokens live 30 minutes");
+
+    let admin = get(format!("{base}/token/admin")).await;
+    let claims = verify_with(&jwks, admin["access_token"].as_str().unwrap(), &issuer);
+    assert!(
+        claims["scope"]
+            .as_str()
+            .unwrap()
+            .contains("systemregister.write")
+    );
+
+    let skd = get(format!("{base}/token/skd")).await;
+    assert_eq!(skd["org"], "991825827", "the shipped default_org");
+    let claims = verify_with(&jwks, skd["access_token"].as_str().unwrap(), &issuer);
+    assert_eq!(
+        claims["authorization_details"][0]["systemuser_org"]["ID"],
+        "0192:991825827"
+    );
+
+    let su = get(format!("{base}/token/altinn?org={OTHER_ORG}")).await;
+    assert_eq!(su["org"], OTHER_ORG);
+    verify_with(
+        &jwks,
+        su["access_token"].as_str().unwrap(),
+        &format!("{issuer}authentication/api/v1/openid/"),
+    );
+}
+
+#[tokio::test]
+async fn keygen_output_round_trips_through_the_standalone_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let out = Command::new(BIN)
+        .args(["keygen", "--out", keys.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let jwk_path = keys.join("maskinporten-key.jwk.json");
+    let jwk: Value = serde_json::from_str(&std::fs::read_to_string(&jwk_path).unwrap()).unwrap();
+    let kid = jwk["kid"].as_str().unwrap();
+
+    let sim_port = free_port();
+    let _sim = Command::new(BIN)
+        .args([
+            "--config",
+            "/nonexistent.yaml",
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{sim_port}"),
+        ])
+        .args([
+            "--jwk",
+            jwk_path.to_str().unwrap(),
+            "--client-id",
+            "my-client",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let sim = format!("http://127.0.0.1:{sim_port}/");
+    wait_until_up(
+        &reqwest::Client::new(),
+        &format!("{sim}.well-known/oauth-authorization-server"),
+    )
+    .await;
+
+    let cfg = dir.path().join("broker.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "env: test\nclient_id: my-client\nkid: {kid}\nkey:\n  path: {}\nendpoints:\n  issuer: {sim}\n  token_url: {sim}token\n  altinn_exchange_url: {sim}authentication/api/v1/exchange/maskinporten\n",
+            keys.join("maskinporten-key.pem").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "token", "altinn"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(claims(token.trim())["client_id"], "my-client");
+
+    // The same broker with another client's key is refused with the simulator's MP-code.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &keys.join("maskinporten-key.pem").display().to_string(),
+            &fixture("client-key.pem"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", cfg.to_str().unwrap(), "token", "admin"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MP-124") && err.contains("private key does not match kid"),
+        "{err}"
+    );
+}
