@@ -6,9 +6,11 @@
 //! configured address and waits for SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +19,7 @@ use url::Url;
 use crate::broker::{Broker, Generation};
 use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
-use crate::config::{ConfigError, Environment, Settings};
+use crate::config::{ConfigError, Environment, Settings, Validated};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState};
 use crate::key::{KeyError, SigningKey};
@@ -60,6 +62,7 @@ pub fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
     }
     match &settings.key.path {
         Some(path) if settings.env != Environment::Local || path.exists() => {
+            warn_if_readable_by_others(path);
             SigningKey::from_file(path, kid, alg).map_err(|source| StartError::Key {
                 field: "key.path",
                 source,
@@ -74,6 +77,18 @@ pub fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
                 field: "key",
                 source,
             })
+        }
+    }
+}
+
+/// A private key readable by group or others is one `cat` away from leaking.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the key file is readable by group or others; chmod 600 it");
         }
     }
 }
@@ -93,34 +108,41 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
         Environment::Local => Some(start_simulator(&settings, &key, &validated.profiles).await?),
         _ => None,
     };
-    let endpoints = settings.endpoints(simulator.as_ref().map(SimulatorHandle::base_url));
-    let http = http_client(&settings.http_client)?;
-    let fetcher = Fetcher::new(
-        settings.client_id().to_owned(),
-        key,
-        endpoints,
-        http,
-        settings.http_client.timeout,
-    );
+    let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
+    let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
+    let generation = generation(&settings, validated, key, local_base)?;
     let clock = Arc::new(Clock::default());
-    let broker = Broker::new(
-        Generation {
-            fetcher,
-            profiles: validated.profiles,
-            default_org: validated.default_org,
-        },
-        clock.clone(),
-        RetryPolicy::default(),
-    );
+    let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let tokens = TokenCache::new(broker, Policy::from(&settings.cache), clock);
     Ok(Built {
         state: AppState {
             tokens,
             env: settings.env,
-            clients: Arc::new(validated.clients),
+            clients,
         },
         simulator,
         settings,
+    })
+}
+
+/// The reloadable part of the broker, from validated settings and a loaded key.
+fn generation(
+    settings: &Settings,
+    validated: Validated,
+    key: SigningKey,
+    local_base: Option<&Url>,
+) -> Result<Generation, StartError> {
+    let fetcher = Fetcher::new(
+        settings.client_id().to_owned(),
+        key,
+        settings.endpoints(local_base),
+        http_client(&settings.http_client)?,
+        settings.http_client.timeout,
+    );
+    Ok(Generation {
+        fetcher,
+        profiles: validated.profiles,
+        default_org: validated.default_org,
     })
 }
 
@@ -185,6 +207,30 @@ impl App {
         self.simulator.as_ref().map(SimulatorHandle::base_url)
     }
 
+    /// Replace key, kid, client id, endpoints, profiles, default org and clients with those of
+    /// `settings`. A config that does not validate or a key that does not load changes nothing.
+    /// Tokens already cached stay until they expire; they are valid whatever key signed the grant.
+    /// `listen`, `cache`, `http_client` timeouts and `log` need a restart.
+    pub fn reload(&self, settings: &Settings) -> Result<(), StartError> {
+        let validated = settings.validate()?;
+        let key = load_key(settings)?;
+        if let Some(sim) = &self.simulator {
+            sim.register_client(RegisteredClient {
+                client_id: settings.client_id().to_owned(),
+                keys: vec![(key.kid().to_owned(), key.public_key())],
+                scopes: validated.profiles.all_scopes(),
+            });
+        }
+        let kid = key.kid().to_owned();
+        self.state
+            .clients
+            .store(Arc::new(validated.clients.clone()));
+        let generation = generation(settings, validated, key, self.simulator_url())?;
+        self.state.tokens.source().replace(generation);
+        tracing::info!(kid, "configuration and key reloaded");
+        Ok(())
+    }
+
     /// Stop accepting, let requests in flight finish, stop background work.
     pub async fn shutdown(self) {
         self.stop.cancel();
@@ -196,18 +242,66 @@ impl App {
     }
 }
 
-/// Run the broker on the configured address until SIGTERM or SIGINT.
-pub async fn run(settings: Settings) -> Result<(), StartError> {
+/// Run the broker on the configured address until SIGTERM or SIGINT; reload on SIGHUP or when
+/// the config or key file changes.
+pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartError> {
     let addr = settings.listen;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
+    let key_path = settings.key.path.clone();
     let app = App::spawn(settings, listener).await?;
     tracing::info!(addr = %app.addr, env = %app.state.env, "maskinporten-broker is listening");
-    shutdown_signal().await;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = reload_on_change(&app, config_path, key_path.as_deref()) => {}
+    }
     tracing::info!("shutting down: finishing requests in flight");
     app.shutdown().await;
     Ok(())
+}
+
+/// How often the config and key files are checked for changes (Kubernetes swaps mounted secrets
+/// by symlink, which file-change notifications miss; a cheap `stat` does not).
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Reload on SIGHUP or when the config or key file changes. Never returns.
+async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let stamp =
+        |p: Option<&Path>| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let mut seen = (stamp(Some(config_path)), stamp(key_path));
+    let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let reason = tokio::select! {
+            _ = hup => "SIGHUP",
+            _ = tick.tick() => {
+                let now = (stamp(Some(config_path)), stamp(key_path));
+                if now == seen { continue; }
+                seen = now;
+                "file change"
+            }
+        };
+        match Settings::load(config_path)
+            .map_err(StartError::from)
+            .and_then(|s| app.reload(&s))
+        {
+            Ok(()) => tracing::info!(reason, "reloaded"),
+            Err(e) => {
+                tracing::error!(reason, error = %e, "reload refused; the previous configuration keeps serving")
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

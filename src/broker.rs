@@ -5,7 +5,8 @@
 //! It is swapped atomically; fetches in flight finish with the generation they started with, and
 //! tokens made with an old key stay cached until they expire.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -13,9 +14,10 @@ use crate::cache::{CacheKey, TokenSource};
 use crate::clock::Clock;
 use crate::fetch::{FetchError, Fetcher};
 use crate::org::OrgNumber;
-use crate::profile::{Profile, Profiles, SystemUser};
+use crate::profile::{Exchange, Profile, Profiles, SystemUser};
 use crate::retry::RetryPolicy;
 use crate::token::Token;
+use crate::upstream::Target;
 
 /// What a reload replaces.
 #[derive(Debug)]
@@ -51,6 +53,17 @@ pub struct Broker {
     generation: ArcSwap<Generation>,
     clock: Arc<Clock>,
     retry: RetryPolicy,
+    health: Mutex<BTreeMap<&'static str, UpstreamHealth>>,
+}
+
+/// What the broker last saw of one upstream, for `/readyz`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct UpstreamHealth {
+    /// Failed fetches since the last success.
+    pub consecutive_failures: u32,
+    /// The last failure, without secrets (status, OAuth error, MP-code).
+    pub last_error: Option<String>,
+    pub last_success: Option<String>,
 }
 
 impl Broker {
@@ -59,6 +72,42 @@ impl Broker {
             generation: ArcSwap::from_pointee(generation),
             clock,
             retry,
+            health: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The state of each upstream that has been called.
+    pub fn health(&self) -> BTreeMap<&'static str, UpstreamHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, profile: &Profile, result: &Result<Token, FetchError>) {
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::token::rfc3339(self.clock.now());
+        let mut ok = |target: Target| {
+            let h = health.entry(target.as_str()).or_default();
+            h.consecutive_failures = 0;
+            h.last_success = Some(now.clone());
+        };
+        match result {
+            Ok(_) => {
+                ok(Target::Maskinporten);
+                if profile.exchange == Exchange::Altinn {
+                    ok(Target::Altinn);
+                }
+            }
+            Err(FetchError::Upstream(e)) => {
+                if e.target() == Target::Altinn {
+                    ok(Target::Maskinporten);
+                }
+                let h = health.entry(e.target().as_str()).or_default();
+                h.consecutive_failures = h.consecutive_failures.saturating_add(1);
+                h.last_error = Some(format!("{now}: {e}"));
+            }
+            Err(FetchError::Grant(_)) => {}
         }
     }
 
@@ -131,10 +180,9 @@ impl TokenSource for Broker {
         let org = key.org.as_ref();
         let clock = &self.clock;
         let fetcher = &generation.fetcher;
-        Ok(self
-            .retry
-            .run(|| fetcher.fetch(&profile, org, clock))
-            .await?)
+        let result = self.retry.run(|| fetcher.fetch(&profile, org, clock)).await;
+        self.record(&profile, &result);
+        Ok(result?)
     }
 
     fn is_permanent(error: &SourceError) -> bool {

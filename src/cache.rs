@@ -30,6 +30,9 @@ use crate::token::Token;
 
 /// How long a permanent refusal is answered from memory.
 pub const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
+/// How long a transient failure is answered from memory: long enough that a crowd of callers
+/// queued behind one failed fetch does not repeat it one by one, short enough to recover fast.
+pub const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
 /// Longest pause between background refresh attempts while the upstream fails.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -137,6 +140,34 @@ impl Policy {
     }
 }
 
+/// A failure answered from memory, and for how long.
+struct Remembered<E: std::error::Error + 'static> {
+    error: CacheError<E>,
+    ttl: Duration,
+}
+
+impl<E: std::error::Error + 'static> Clone for Remembered<E> {
+    fn clone(&self) -> Self {
+        Remembered {
+            error: self.error.clone(),
+            ttl: self.ttl,
+        }
+    }
+}
+
+struct RememberFor;
+
+impl<E: std::error::Error + 'static> moka::Expiry<CacheKey, Remembered<E>> for RememberFor {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Remembered<E>,
+        _created: Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
 struct Slot {
     token: RwLock<Token>,
     /// Held while fetching a successor, so only one fetch per slot runs at a time.
@@ -167,7 +198,7 @@ impl Slot {
 
 struct Inner<S: TokenSource> {
     slots: moka::future::Cache<CacheKey, Arc<Slot>>,
-    refusals: moka::future::Cache<CacheKey, CacheError<S::Error>>,
+    refusals: moka::future::Cache<CacheKey, Remembered<S::Error>>,
     source: S,
     policy: Policy,
     clock: Arc<Clock>,
@@ -194,7 +225,7 @@ impl<S: TokenSource> TokenCache<S> {
             .eviction_listener(|_key, slot: Arc<Slot>, _cause| slot.stop.cancel())
             .build();
         let refusals = moka::future::Cache::builder()
-            .time_to_live(REFUSAL_MEMORY)
+            .expire_after(RememberFor)
             .build();
         TokenCache {
             inner: Arc::new(Inner {
@@ -232,8 +263,8 @@ impl<S: TokenSource> TokenCache<S> {
                 .map(|t| (t, Outcome::Miss));
         }
         if let Some(refusal) = inner.refusals.get(key).await {
-            tracing::debug!(profile = %key.profile, "remembered refusal");
-            return Err(refusal);
+            tracing::debug!(profile = %key.profile, "remembered failure");
+            return Err(refusal.error);
         }
         let this = self.clone();
         let entry = inner
@@ -307,11 +338,17 @@ impl<S: TokenSource> TokenCache<S> {
                 Ok(token)
             }
             Err(e) => {
-                let permanent = S::is_permanent(&e);
+                let ttl = if S::is_permanent(&e) {
+                    REFUSAL_MEMORY
+                } else {
+                    OUTAGE_MEMORY
+                };
                 let err = CacheError::Source(Arc::new(e));
-                if permanent {
-                    inner.refusals.insert(key.clone(), err.clone()).await;
-                }
+                let remembered = Remembered {
+                    error: err.clone(),
+                    ttl,
+                };
+                inner.refusals.insert(key.clone(), remembered).await;
                 Err(err)
             }
         }
@@ -323,13 +360,13 @@ impl<S: TokenSource> TokenCache<S> {
         key: &CacheKey,
         slot: &Slot,
     ) -> Result<Token, CacheError<S::Error>> {
-        if let Some(refusal) = self.inner.refusals.get(key).await {
-            return Err(refusal);
-        }
         let _guard = slot.refreshing.lock().await;
         let current = slot.current();
         if self.inner.policy.servable(&current, self.inner.clock.now()) {
             return Ok(current);
+        }
+        if let Some(refusal) = self.inner.refusals.get(key).await {
+            return Err(refusal.error);
         }
         let token = self.fetch(key).await?;
         slot.replace(token.clone());

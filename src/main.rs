@@ -27,7 +27,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Ok(settings)
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => app::run(load()?).await?,
+        Command::Serve => app::run(load()?, &cli.config).await?,
         Command::Token { profile, org, json } => {
             commands::token(load()?, &profile, org.as_deref(), json).await?
         }

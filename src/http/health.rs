@@ -1,4 +1,9 @@
 //! `/healthz` (the process answers) and `/readyz` (config and key are loaded, tokens can be made).
+//!
+//! `/readyz` answers 200 whenever the broker serves: config and key are loaded before it listens,
+//! and a failing upstream must not make an orchestrator kill a broker that still serves cached
+//! tokens. Upstream trouble shows in the body: `status: degraded` and, per upstream, the failures
+//! since the last success and the last error.
 
 use axum::Json;
 use axum::extract::State;
@@ -25,10 +30,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
             })
         })
         .collect();
+    let upstreams = state.tokens.source().health();
+    let degraded = upstreams.values().any(|h| h.consecutive_failures > 0);
     (
         StatusCode::OK,
         Json(json!({
-            "status": "ready",
+            "status": if degraded { "degraded" } else { "ready" },
+            "upstreams": upstreams,
             "env": state.env.to_string(),
             "client_id": generation.fetcher.client_id,
             "kid": generation.fetcher.key.kid(),

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod limits;
 pub mod problem;
 pub mod token;
 
@@ -14,6 +15,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::access::Clients;
 use crate::broker::Broker;
@@ -29,7 +32,7 @@ pub struct AppState {
     pub tokens: Tokens,
     pub env: Environment,
     /// API-key clients; empty means token routes are open (loopback or explicit opt-out).
-    pub clients: Arc<Clients>,
+    pub clients: Arc<ArcSwap<Clients>>,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +47,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::from_fn(limits::enforce))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,

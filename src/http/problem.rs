@@ -96,6 +96,8 @@ pub enum ApiError {
     BadQuery(String),
     #[error(transparent)]
     Cache(#[from] CacheError<SourceError>),
+    #[error("no valid token is cached and the upstream did not deliver one within {}; try again shortly", humantime::format_duration(*.0))]
+    WaitedTooLong(Duration),
     /// Already a problem (authentication, authorization).
     #[error("{}", .0.detail)]
     Problem(Problem),
@@ -118,6 +120,13 @@ impl ApiError {
         let detail = self.to_string();
         match self {
             ApiError::Problem(p) => p.clone(),
+            ApiError::WaitedTooLong(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-slow",
+                "Upstream too slow",
+                detail,
+            )
+            .retry_after(None),
             ApiError::Resolve(ResolveError::UnknownProfile { .. }) => Problem::new(
                 StatusCode::NOT_FOUND,
                 "unknown-profile",

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::cache::CacheKey;
 use crate::org::OrgNumber;
@@ -21,6 +21,9 @@ use crate::token::{Token, rfc3339};
 use super::AppState;
 use super::auth;
 use super::problem::ApiError;
+
+/// The longest a caller waits for an upstream before getting a 503 (retries included).
+pub const MAX_CALLER_WAIT: Duration = Duration::from_secs(20);
 
 /// The query of `/token/{profile}`: only `org` is known.
 #[derive(Debug, Default, Deserialize)]
@@ -87,11 +90,14 @@ pub async fn get_token(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = auth::authenticate(&state.clients, &headers)?;
+    let clients = state.clients.load();
+    let caller = auth::authenticate(&clients, &headers)?;
     let org = parse_query(query.as_deref())?;
     let (profile, key) = state.tokens.source().resolve(&profile, org)?;
     auth::authorize(&caller, &key)?;
-    let (token, outcome) = state.tokens.get(&key).await?;
+    let (token, outcome) = tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key))
+        .await
+        .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??;
     let now = state.tokens.source().clock().now();
     tracing::info!(
         client = caller.name(),
@@ -132,7 +138,7 @@ pub async fn list_profiles(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<ProfileListing>, ApiError> {
-    auth::authenticate(&state.clients, &headers)?;
+    auth::authenticate(&state.clients.load(), &headers)?;
     let generation = state.tokens.source().generation();
     Ok(Json(ProfileListing {
         profiles: generation.profiles.iter().cloned().collect(),
