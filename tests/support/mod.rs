@@ -78,6 +78,8 @@ pub enum Reply {
 pub struct SeenGrant {
     pub header: Header,
     pub claims: Value,
+    /// The signed grant as sent, for leak checks.
+    pub raw: String,
 }
 
 #[derive(Default)]
@@ -247,6 +249,7 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
         Ok(SeenGrant {
             header,
             claims: data.claims,
+            raw: assertion.to_owned(),
         })
     } else {
         Err(problems.join("; "))
