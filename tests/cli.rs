@@ -397,3 +397,29 @@ async fn hash_key_prints_the_sha256_of_standard_input() {
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
 }
+
+#[tokio::test]
+async fn a_key_file_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::copy(fixture("client-key.pem"), &key).unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "env: test\nclient_id: c\nkid: k\nkey:\n  path: {}\n",
+            key.display()
+        ),
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap(), "check"]).await;
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("readable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run(&["--config", cfg.to_str().unwrap(), "check"]).await;
+    assert!(!stderr(&out).contains("readable by group or others"));
+}

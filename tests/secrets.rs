@@ -1,0 +1,124 @@
+//! Nothing secret in the logs: the whole request matrix at `trace` level, then a search of the
+//! captured output for every token, grant, key line and API key involved.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use maskinporten_broker::access::hash_api_key;
+use serde_json::Value;
+use support::*;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const API_KEY: &str = "very-secret-api-key-123456";
+
+#[tokio::test]
+async fn no_secret_appears_in_trace_logs() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let env = TestEnv::start(&format!(
+        "default_org: '{ORG}'\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\n",
+        hash_api_key(API_KEY)
+    ))
+    .await;
+    let mut served = Vec::new();
+    let get = |path: String, accept: &'static str| {
+        env.http
+            .get(env.url(&path))
+            .header("authorization", format!("Bearer {API_KEY}"))
+            .header("accept", accept)
+            .send()
+    };
+    for path in [
+        "/token/altinn".to_owned(),
+        "/token/admin".into(),
+        "/token/skd".into(),
+        format!("/token/altinn?org={ORG}"),
+    ] {
+        let body: Value = get(path.clone(), "application/json")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        served.push(body["access_token"].as_str().expect(&path).to_owned());
+        served.push(get(path, "text/plain").await.unwrap().text().await.unwrap());
+    }
+    for path in [
+        "/token/nope",
+        "/token/altinn?org=123",
+        "/token",
+        "/readyz",
+        "/healthz",
+    ] {
+        get(path.into(), "application/json").await.unwrap();
+    }
+    env.mp.always(Reply::Refuse(
+        "invalid_grant",
+        "Invalid JWT signature (MP-124)",
+    ));
+    get(format!("/token/skd?org={OTHER_ORG}"), "application/json")
+        .await
+        .unwrap();
+    env.mp
+        .always(Reply::Hang(std::time::Duration::from_secs(5)));
+    get(format!("/token/altinn?org={OTHER_ORG}"), "application/json")
+        .await
+        .unwrap();
+    env.http
+        .get(env.url("/token/admin"))
+        .header("x-api-key", "wrong-key-987654321")
+        .send()
+        .await
+        .unwrap();
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("token served") && logs.contains("TRACE"),
+        "trace output was captured"
+    );
+    let mut secrets: Vec<String> = served;
+    secrets.extend(env.mp.grants().into_iter().map(|g| g.raw));
+    secrets.push(API_KEY.into());
+    secrets.push("wrong-key-987654321".into());
+    let pem = std::fs::read_to_string(fixture("client-key.pem")).unwrap();
+    secrets.extend(
+        pem.lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::to_owned),
+    );
+    assert!(secrets.len() > 20);
+    for secret in &secrets {
+        // Any 24-character window of a secret (signatures, payloads, key lines) must not appear.
+        let chars: Vec<char> = secret.chars().collect();
+        for window in chars.windows(24).step_by(8) {
+            let needle: String = window.iter().collect();
+            // JWT headers are public and shared by all tokens; skip the first segment.
+            if secret.starts_with("eyJ") && secret.split('.').next().unwrap().contains(&needle) {
+                continue;
+            }
+            assert!(
+                !logs.contains(&needle),
+                "a secret fragment {needle:?} appeared in the logs"
+            );
+        }
+    }
+}
