@@ -156,3 +156,39 @@ async fn health_and_readiness() {
     assert_eq!(ready["kid"], KID);
     assert!(!ready.to_string().contains("PRIVATE"));
 }
+
+#[tokio::test]
+async fn oversized_queries_and_headers_are_refused_with_problems() {
+    let env = TestEnv::start("").await;
+    let long = format!("/token/altinn?org={}", "9".repeat(2000));
+    env.problem(&long, 414).await;
+    let r = env
+        .http
+        .get(env.url("/token/altinn"))
+        .header("x-filler", "a".repeat(9000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(env.mp.calls(), 0);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let env = TestEnv::start("").await;
+    let r = env.get("/token/nope").await;
+    assert_eq!(r.headers()["x-request-id"].to_str().unwrap().len(), 36);
+    let r = env
+        .http
+        .get(env.url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "abc-123",
+        "a caller's id is kept"
+    );
+}
