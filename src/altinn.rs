@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::secret::Secret;
 use crate::token::{from_unix_seconds, unverified_claims};
-use crate::upstream::{Target, UpstreamError, retry_after, server_date};
+use crate::upstream::{Target, UpstreamError, call};
 
 /// An exchanged Altinn token.
 #[derive(Debug, Clone)]
@@ -43,20 +43,14 @@ impl AltinnClient {
         maskinporten_token: &Secret,
     ) -> Result<AltinnToken, UpstreamError> {
         let target = Target::Altinn;
-        let response = self
+        let request = self
             .http
             .get(self.exchange_url.clone())
-            .bearer_auth(maskinporten_token.expose())
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_transport(target, &e, self.timeout))?;
-        let status = response.status().as_u16();
-        let date = server_date(response.headers());
-        let wait = retry_after(response.headers());
-        let body = response
-            .text()
-            .await
-            .map_err(|e| UpstreamError::from_transport(target, &e, self.timeout))?;
+            .bearer_auth(maskinporten_token.expose());
+        let answer = call(target, request, self.timeout).await?;
+        let (status, date) = (answer.status, answer.date);
+        let body = String::from_utf8_lossy(&answer.body);
+        let wait = answer.retry_after;
         if !(200..300).contains(&status) {
             let mut err = UpstreamError::from_status(target, status, wait, &body);
             if let UpstreamError::Refused { hint, .. } = &mut err

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::secret::Secret;
-use crate::upstream::{Target, UpstreamError, retry_after, server_date};
+use crate::upstream::{Target, UpstreamError, call};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -63,39 +63,36 @@ impl MaskinportenClient {
         assertion: &Secret,
     ) -> Result<MaskinportenToken, UpstreamError> {
         let target = Target::Maskinporten;
-        let response = self
+        let request = self
             .http
             .post(self.token_url.clone())
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[
                 ("grant_type", JWT_BEARER),
                 ("assertion", assertion.expose()),
-            ])
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_transport(target, &e, self.timeout))?;
-        let status = response.status().as_u16();
-        let date = server_date(response.headers());
-        let wait = retry_after(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::from_transport(target, &e, self.timeout))?;
-        if (200..300).contains(&status) {
-            return parse_success(&body, date);
+            ]);
+        let answer = call(target, request, self.timeout).await?;
+        let (status, body) = (answer.status, &answer.body);
+        if answer.is_success() {
+            return parse_success(body, answer.date);
         }
         if status == 429 || status >= 500 {
-            return Err(UpstreamError::from_status(target, status, wait, ""));
+            return Err(UpstreamError::from_status(
+                target,
+                status,
+                answer.retry_after,
+                "",
+            ));
         }
-        match serde_json::from_slice::<ErrorResponse>(&body) {
+        match serde_json::from_slice::<ErrorResponse>(body) {
             Ok(err) if err.error.is_some() => {
                 Err(refusal(status, err.error, err.error_description))
             }
             _ => Err(UpstreamError::from_status(
                 target,
                 status,
-                wait,
-                &String::from_utf8_lossy(&body),
+                answer.retry_after,
+                &String::from_utf8_lossy(body),
             )),
         }
     }

@@ -147,6 +147,42 @@ impl UpstreamError {
     }
 }
 
+/// What came back from one upstream call, read in full.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The `Date` header, for clock-skew correction.
+    pub date: Option<SystemTime>,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Send a request and read the whole answer; a transport failure becomes an [`UpstreamError`].
+pub async fn call(
+    target: Target,
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Answer, UpstreamError> {
+    let transport = |e: reqwest::Error| UpstreamError::from_transport(target, &e, timeout);
+    let response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let date = server_date(response.headers());
+    let retry_after = retry_after(response.headers());
+    let body = response.bytes().await.map_err(transport)?.to_vec();
+    Ok(Answer {
+        status,
+        date,
+        retry_after,
+        body,
+    })
+}
+
 /// The `Retry-After` header, either seconds or an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers
