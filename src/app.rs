@@ -118,6 +118,7 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
             tokens,
             env: settings.env,
             clients: Arc::new(validated.clients),
+            metrics: crate::metrics::install(),
         },
         simulator,
         settings,
