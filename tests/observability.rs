@@ -39,6 +39,16 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Assert that the samples of `name` with `labels` add up to at least `min`.
+#[track_caller]
+fn assert_at_least(text: &str, name: &str, labels: &[(&str, &str)], min: f64) {
+    let value = sample(text, name, labels);
+    assert!(
+        value >= min,
+        "{name}{labels:?} is {value}, not ≥ {min}:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn metrics_count_a_miss_a_hit_and_the_upstream_calls() {
     let env = TestEnv::start("").await;
@@ -48,38 +58,26 @@ async fn metrics_count_a_miss_a_hit_and_the_upstream_calls() {
 
     let text = scrape(&env).await;
     let lookups = "broker_cache_lookups_total";
-    assert!(
-        sample(&text, lookups, &[("result", "miss")]) >= 1.0,
-        "{text}"
-    );
-    assert!(
-        sample(&text, lookups, &[("result", "hit")]) >= 1.0,
-        "{text}"
-    );
+    assert_at_least(&text, lookups, &[("result", "miss")], 1.0);
+    assert_at_least(&text, lookups, &[("result", "hit")], 1.0);
     for target in ["maskinporten", "altinn"] {
-        assert!(
-            sample(
-                &text,
-                "broker_upstream_requests_total",
-                &[("target", target), ("outcome", "ok")]
-            ) >= 1.0,
-            "{text}"
+        assert_at_least(
+            &text,
+            "broker_upstream_requests_total",
+            &[("target", target), ("outcome", "ok")],
+            1.0,
         );
-        assert!(
-            sample(
-                &text,
-                "broker_upstream_duration_seconds_count",
-                &[("target", target)]
-            ) >= 1.0,
-            "{text}"
+        assert_at_least(
+            &text,
+            "broker_upstream_duration_seconds_count",
+            &[("target", target)],
+            1.0,
         );
-        assert!(
-            sample(
-                &text,
-                "broker_upstream_duration_seconds_bucket",
-                &[("target", target), ("le", "+Inf")]
-            ) >= 1.0,
-            "{text}"
+        assert_at_least(
+            &text,
+            "broker_upstream_duration_seconds_bucket",
+            &[("target", target), ("le", "+Inf")],
+            1.0,
         );
     }
     assert!(
@@ -87,13 +85,11 @@ async fn metrics_count_a_miss_a_hit_and_the_upstream_calls() {
             "broker_upstream_duration_seconds_bucket{target=\"maskinporten\",le=\"0.05\"}"
         )
     );
-    assert!(
-        sample(
-            &text,
-            "broker_token_requests_total",
-            &[("profile", "altinn"), ("outcome", "ok")]
-        ) >= 2.0,
-        "{text}"
+    assert_at_least(
+        &text,
+        "broker_token_requests_total",
+        &[("profile", "altinn"), ("outcome", "ok")],
+        2.0,
     );
     let left = sample(
         &text,
@@ -135,13 +131,11 @@ async fn unknown_profiles_are_counted_without_their_name() {
     env.problem("/token/no-such-profile-xyz", 404).await;
     let text = scrape(&env).await;
     assert!(!text.contains("no-such-profile-xyz"), "{text}");
-    assert!(
-        sample(
-            &text,
-            "broker_token_requests_total",
-            &[("profile", "_unknown"), ("outcome", "client_error")]
-        ) >= 1.0,
-        "{text}"
+    assert_at_least(
+        &text,
+        "broker_token_requests_total",
+        &[("profile", "_unknown"), ("outcome", "client_error")],
+        1.0,
     );
 }
 
@@ -151,21 +145,17 @@ async fn upstream_failures_are_counted_by_outcome() {
     env.mp.always(Reply::Status(503));
     env.problem("/token/admin", 503).await;
     let text = scrape(&env).await;
-    assert!(
-        sample(
-            &text,
-            "broker_upstream_requests_total",
-            &[("target", "maskinporten"), ("outcome", "unavailable")]
-        ) >= 1.0,
-        "{text}"
+    assert_at_least(
+        &text,
+        "broker_upstream_requests_total",
+        &[("target", "maskinporten"), ("outcome", "unavailable")],
+        1.0,
     );
-    assert!(
-        sample(
-            &text,
-            "broker_token_requests_total",
-            &[("profile", "admin"), ("outcome", "upstream_error")]
-        ) >= 1.0,
-        "{text}"
+    assert_at_least(
+        &text,
+        "broker_token_requests_total",
+        &[("profile", "admin"), ("outcome", "upstream_error")],
+        1.0,
     );
 }
 
