@@ -119,6 +119,7 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
             tokens,
             env: settings.env,
             clients,
+            metrics: crate::metrics::install(),
         },
         simulator,
         settings,

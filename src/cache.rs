@@ -417,6 +417,7 @@ impl<S: TokenSource> TokenCache<S> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    crate::metrics::refresh_failure(key.profile.as_str());
                     tracing::warn!(profile = %key.profile, error = %e, failures, "background refresh failed; the cached token is served while it lasts");
                 }
             }

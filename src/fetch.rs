@@ -12,6 +12,7 @@ use crate::config::Endpoints;
 use crate::grant::{GrantError, GrantRequest, MAX_GRANT_LIFETIME, build_jwt_grant};
 use crate::key::SigningKey;
 use crate::maskinporten::MaskinportenClient;
+use crate::metrics;
 use crate::org::OrgNumber;
 use crate::profile::{Exchange, Profile};
 use crate::secret::Secret;
@@ -89,7 +90,11 @@ impl Fetcher {
             .grant(profile, org, clock.now())
             .map_err(std::sync::Arc::new)?;
         let started = clock.now();
-        let mp = self.maskinporten.request_token(&grant).await?;
+        let mp = metrics::observe_upstream(
+            Target::Maskinporten,
+            self.maskinporten.request_token(&grant),
+        )
+        .await?;
         observe_date(clock, mp.server_date);
         self.check_maskinporten_token(&mp.access_token, clock.now())?;
         let maskinporten_token = Token {
@@ -101,7 +106,11 @@ impl Fetcher {
         match profile.exchange {
             Exchange::None => Ok(maskinporten_token),
             Exchange::Altinn => {
-                let altinn = self.altinn.exchange(&maskinporten_token.value).await?;
+                let altinn = metrics::observe_upstream(
+                    Target::Altinn,
+                    self.altinn.exchange(&maskinporten_token.value),
+                )
+                .await?;
                 observe_date(clock, altinn.server_date);
                 let now = clock.now();
                 if altinn.expires_at <= now {

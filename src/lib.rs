@@ -17,6 +17,7 @@ pub mod grant;
 pub mod http;
 pub mod key;
 pub mod maskinporten;
+pub mod metrics;
 pub mod org;
 pub mod profile;
 pub mod retry;

@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod health;
 pub mod limits;
+pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod token;
 
@@ -33,7 +35,19 @@ pub struct AppState {
     pub env: Environment,
     /// API-key clients; empty means token routes are open (loopback or explicit opt-out).
     pub clients: Arc<ArcSwap<Clients>>,
+    /// Renders the process-wide metrics for `GET /metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
+
+/// Every route the router serves; `/openapi.json` must document exactly these (tests/observability.rs).
+pub const ROUTES: &[&str] = &[
+    "/token",
+    "/token/{profile}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -44,6 +58,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/token/{profile}", get(token::get_token))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)

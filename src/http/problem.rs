@@ -20,7 +20,7 @@ use crate::upstream::UpstreamError;
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// An RFC 9457 problem, ready to send.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub kind: String,
@@ -238,7 +238,7 @@ pub async fn not_found() -> Problem {
         StatusCode::NOT_FOUND,
         "not-found",
         "Not found",
-        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz",
+        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz, GET /metrics, GET /openapi.json",
     )
 }
 

@@ -20,7 +20,7 @@ use crate::token::{Token, rfc3339};
 
 use super::AppState;
 use super::auth;
-use super::problem::ApiError;
+use super::problem::{ApiError, Problem};
 
 /// The longest a caller waits for an upstream before getting a 503 (retries included).
 pub const MAX_CALLER_WAIT: Duration = Duration::from_secs(20);
@@ -46,7 +46,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<Option<OrgNumber>, ApiError> {
 }
 
 /// The JSON answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse<'a> {
     pub access_token: &'a str,
     pub token_type: &'static str,
@@ -84,7 +84,54 @@ fn wants_text(headers: &HeaderMap) -> bool {
     accept.contains("text/plain") && !accept.contains("application/json")
 }
 
+/// A token for `profile` (and the system user of `org`): JSON, or the bare token for `Accept: text/plain`.
+#[utoipa::path(
+    get,
+    path = "/token/{profile}",
+    tag = "tokens",
+    params(
+        ("profile" = String, Path, description = "A configured profile: the built-in altinn, admin, skd, or one from broker.yaml"),
+        ("org" = Option<String>, Query, description = "Organisation number (9 digits) of the system user; only for profiles with a system user, defaults to default_org"),
+    ),
+    responses(
+        (status = 200, description = "A token with at least cache.min_remaining left", content(
+            (TokenResponse = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 400, description = "Bad query or org, or org not allowed for this profile", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key's client may not have this profile or org", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such profile", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Maskinporten or Altinn refused, or sent an unusable token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Maskinporten or Altinn timed out; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn get_token(
+    State(state): State<AppState>,
+    Path(profile): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    // A configured name or "_unknown": the raw path must not grow the label set.
+    let label = state
+        .tokens
+        .source()
+        .generation()
+        .profiles
+        .get(&profile)
+        .map_or_else(|| "_unknown".to_owned(), |p| p.name.to_string());
+    let result = serve_token(State(state), Path(profile), RawQuery(query), headers).await;
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(e) => e.problem().status,
+    };
+    crate::metrics::token_request(&label, status);
+    result
+}
+
+async fn serve_token(
     State(state): State<AppState>,
     Path(profile): Path<String>,
     RawQuery(query): RawQuery,
@@ -98,6 +145,7 @@ pub async fn get_token(
     let (token, outcome) = tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key))
         .await
         .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??;
+    crate::metrics::cache_lookup(outcome);
     let now = state.tokens.source().clock().now();
     tracing::info!(
         client = caller.name(),
@@ -127,13 +175,25 @@ pub async fn get_token(
 }
 
 /// One profile in the `GET /token` listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProfileListing {
+    #[schema(value_type = Vec<Object>)]
     pub profiles: Vec<Arc<Profile>>,
+    #[schema(value_type = Option<String>)]
     pub default_org: Option<OrgNumber>,
     pub env: String,
 }
 
+/// The profiles this broker can make tokens for.
+#[utoipa::path(
+    get,
+    path = "/token",
+    tag = "tokens",
+    responses(
+        (status = 200, description = "The configured profiles", body = ProfileListing),
+        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 pub async fn list_profiles(
     State(state): State<AppState>,
     headers: HeaderMap,

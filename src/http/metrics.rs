@@ -1,0 +1,31 @@
+//! `GET /metrics`: the Prometheus text exposition, for a scraper on the same network.
+//!
+//! Open like `/readyz`: it shows profile names, org numbers of cached tokens and counts, never a
+//! token, grant or key (see `crate::metrics`).
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+
+/// The content type of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Counters and histograms of the process, and how long each cached token has left.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain; version=0.0.4"),
+    )
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(&state.metrics, &state.tokens.snapshot());
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,222 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics` (no listener of its own).
+//!
+//! The other layers call the small functions here at their decision points (a request answered, a
+//! cache lookup, an upstream call, a failed background refresh); this module knows the names and
+//! labels so nobody else has to. Labels are bounded and never carry a token, grant, key or API key:
+//! profile names come from the configuration, org labels only from validated cache keys, outcomes
+//! from fixed lists.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::cache::{CacheKey, Outcome};
+use crate::upstream::{Target, UpstreamError};
+
+pub const TOKEN_REQUESTS: &str = "broker_token_requests_total";
+pub const CACHE_LOOKUPS: &str = "broker_cache_lookups_total";
+pub const UPSTREAM_REQUESTS: &str = "broker_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "broker_upstream_duration_seconds";
+pub const REFRESH_FAILURES: &str = "broker_refresh_failures_total";
+pub const TOKEN_EXPIRY: &str = "broker_token_seconds_until_expiry";
+pub const BUILD_INFO: &str = "broker_build_info";
+
+/// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
+/// `http_client.timeout` (seconds), so the buckets span both.
+pub const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The handle of the process-wide recorder, installing it on first use.
+///
+/// A recorder is global by nature (the `metrics` macros write to it from any layer), so it is
+/// installed once per process; every app in the process (tests start several) shares it.
+pub fn install() -> PrometheusHandle {
+    HANDLE.get_or_init(install_recorder).clone()
+}
+
+fn install_recorder() -> PrometheusHandle {
+    let builder = match PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), UPSTREAM_BUCKETS)
+    {
+        Ok(b) => b,
+        // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream latency buckets rejected; using summaries");
+            PrometheusBuilder::new()
+        }
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if let Err(e) = ::metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "another metrics recorder is installed; /metrics stays empty");
+    }
+    describe();
+    ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    handle
+}
+
+fn describe() {
+    ::metrics::describe_counter!(
+        TOKEN_REQUESTS,
+        "Requests for a token, by profile and outcome"
+    );
+    ::metrics::describe_counter!(
+        CACHE_LOOKUPS,
+        "Token cache lookups that found a servable token (hit) or waited for the upstream (miss)"
+    );
+    ::metrics::describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Calls to Maskinporten and the Altinn exchange, by outcome"
+    );
+    ::metrics::describe_histogram!(
+        UPSTREAM_DURATION,
+        ::metrics::Unit::Seconds,
+        "Latency of calls to Maskinporten and the Altinn exchange"
+    );
+    ::metrics::describe_counter!(
+        REFRESH_FAILURES,
+        "Background refreshes that failed (the cached token is served while it lasts)"
+    );
+    ::metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
+}
+
+/// Count one answered `GET /token/{profile}`. `profile` must be a configured name (not the raw
+/// path), so a caller cannot grow the label set; `status` is the HTTP status sent.
+pub fn token_request(profile: &str, status: u16) {
+    let outcome = match status {
+        200..=299 => "ok",
+        400..=499 => "client_error",
+        502..=504 => "upstream_error",
+        _ => "internal_error",
+    };
+    ::metrics::counter!(TOKEN_REQUESTS, "profile" => profile.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Count one cache lookup that produced a token.
+pub fn cache_lookup(outcome: Outcome) {
+    ::metrics::counter!(CACHE_LOOKUPS, "result" => outcome.as_str()).increment(1);
+}
+
+/// Count a background refresh that failed.
+pub fn refresh_failure(profile: &str) {
+    ::metrics::counter!(REFRESH_FAILURES, "profile" => profile.to_owned()).increment(1);
+}
+
+/// Run one upstream call, counting its outcome and timing it.
+pub async fn observe_upstream<T>(
+    target: Target,
+    call: impl Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    let started = Instant::now();
+    let result = call.await;
+    upstream_call(target, result.as_ref().err(), started.elapsed());
+    result
+}
+
+fn upstream_call(target: Target, error: Option<&UpstreamError>, elapsed: Duration) {
+    let outcome = match error {
+        None => "ok",
+        Some(UpstreamError::Refused { .. }) => "refused",
+        Some(UpstreamError::Unavailable { .. }) => "unavailable",
+        Some(UpstreamError::Unreachable { .. }) => "unreachable",
+        Some(UpstreamError::Timeout { .. }) => "timeout",
+        Some(UpstreamError::Invalid { .. }) => "invalid",
+    };
+    let target = target.as_str();
+    ::metrics::counter!(UPSTREAM_REQUESTS, "target" => target, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(UPSTREAM_DURATION, "target" => target).record(elapsed.as_secs_f64());
+}
+
+/// The text exposition: the process-wide metrics, then the remaining lifetime of each token this
+/// app has cached.
+///
+/// The expiry gauge is written from `cached` at each scrape rather than kept in the recorder, so a
+/// token that left the cache disappears from the output instead of staying at its last value.
+pub fn render(handle: &PrometheusHandle, cached: &[(CacheKey, Duration)]) -> String {
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = writeln!(
+        text,
+        "# HELP {TOKEN_EXPIRY} Seconds until each cached token expires\n# TYPE {TOKEN_EXPIRY} gauge"
+    );
+    for (key, left) in cached {
+        let org = key.org.as_ref().map(|o| o.as_str()).unwrap_or("");
+        let _ = writeln!(
+            text,
+            "{TOKEN_EXPIRY}{{profile=\"{}\",org=\"{}\"}} {}",
+            escape(key.profile.as_str()),
+            escape(org),
+            left.as_secs_f64()
+        );
+    }
+    text
+}
+
+/// Escape a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::ProfileName;
+
+    #[test]
+    fn expiry_gauge_lists_each_cached_token() {
+        let handle = install();
+        let keys = [
+            (
+                CacheKey {
+                    profile: ProfileName::new("altinn"),
+                    org: Some("991825827".parse().unwrap()),
+                },
+                Duration::from_secs(90),
+            ),
+            (
+                CacheKey {
+                    profile: ProfileName::new("a\"b"),
+                    org: None,
+                },
+                Duration::from_millis(1500),
+            ),
+        ];
+        let text = render(&handle, &keys);
+        assert!(text.contains(
+            "broker_token_seconds_until_expiry{profile=\"altinn\",org=\"991825827\"} 90\n"
+        ));
+        assert!(
+            text.contains("broker_token_seconds_until_expiry{profile=\"a\\\"b\",org=\"\"} 1.5\n")
+        );
+        assert!(text.contains("broker_build_info{version=\""));
+    }
+
+    #[test]
+    fn token_request_outcomes_follow_the_status() {
+        let handle = install();
+        token_request("unit-test-profile", 503);
+        token_request("unit-test-profile", 403);
+        let text = handle.render();
+        assert!(text.contains(
+            "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"upstream_error\"}"
+        ));
+        assert!(text.contains(
+            "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"client_error\"}"
+        ));
+    }
+}

@@ -1,0 +1,215 @@
+//! `/metrics` and `/openapi.json`: what operators and client authors can see of the broker.
+//!
+//! Metrics are process-wide and these tests run in parallel in one process, so counters are
+//! asserted with ≥; only the expiry gauge, which each app renders from its own cache, is exact.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use maskinporten_broker::http::ROUTES;
+use serde_json::Value;
+use support::*;
+
+/// The scrape, checking the Prometheus text content type.
+async fn scrape(env: &TestEnv) -> String {
+    let r = env.get("/metrics").await;
+    assert_eq!(r.status().as_u16(), 200);
+    let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    r.text().await.unwrap()
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// Assert that the samples of `name` with `labels` add up to at least `min`.
+#[track_caller]
+fn assert_at_least(text: &str, name: &str, labels: &[(&str, &str)], min: f64) {
+    let value = sample(text, name, labels);
+    assert!(
+        value >= min,
+        "{name}{labels:?} is {value}, not ≥ {min}:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_a_miss_a_hit_and_the_upstream_calls() {
+    let env = TestEnv::start("").await;
+    env.get_json("/token/altinn", 200).await;
+    env.get_json("/token/altinn", 200).await;
+    assert_eq!(env.mp.calls(), 1, "the second request is a cache hit");
+
+    let text = scrape(&env).await;
+    let lookups = "broker_cache_lookups_total";
+    assert_at_least(&text, lookups, &[("result", "miss")], 1.0);
+    assert_at_least(&text, lookups, &[("result", "hit")], 1.0);
+    for target in ["maskinporten", "altinn"] {
+        assert_at_least(
+            &text,
+            "broker_upstream_requests_total",
+            &[("target", target), ("outcome", "ok")],
+            1.0,
+        );
+        assert_at_least(
+            &text,
+            "broker_upstream_duration_seconds_count",
+            &[("target", target)],
+            1.0,
+        );
+        assert_at_least(
+            &text,
+            "broker_upstream_duration_seconds_bucket",
+            &[("target", target), ("le", "+Inf")],
+            1.0,
+        );
+    }
+    assert!(
+        text.contains(
+            "broker_upstream_duration_seconds_bucket{target=\"maskinporten\",le=\"0.05\"}"
+        )
+    );
+    assert_at_least(
+        &text,
+        "broker_token_requests_total",
+        &[("profile", "altinn"), ("outcome", "ok")],
+        2.0,
+    );
+    let left = sample(
+        &text,
+        "broker_token_seconds_until_expiry",
+        &[("profile", "altinn"), ("org", "")],
+    );
+    assert!((1700.0..=1800.0).contains(&left), "{left}: {text}");
+    assert!(text.contains(&format!(
+        "broker_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+}
+
+#[tokio::test]
+async fn metrics_never_contain_the_served_token() {
+    let env = TestEnv::start("").await;
+    let body = env.get_json(&format!("/token/altinn?org={ORG}"), 200).await;
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    let text = scrape(&env).await;
+    assert!(
+        text.contains(&format!(
+            "broker_token_seconds_until_expiry{{profile=\"altinn\",org=\"{ORG}\"}}"
+        )),
+        "{text}"
+    );
+    let bytes = token.as_bytes();
+    for window in bytes.windows(20) {
+        let window = std::str::from_utf8(window).unwrap();
+        assert!(
+            !text.contains(window),
+            "/metrics shows {window:?} of the token"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_profiles_are_counted_without_their_name() {
+    let env = TestEnv::start("").await;
+    env.problem("/token/no-such-profile-xyz", 404).await;
+    let text = scrape(&env).await;
+    assert!(!text.contains("no-such-profile-xyz"), "{text}");
+    assert_at_least(
+        &text,
+        "broker_token_requests_total",
+        &[("profile", "_unknown"), ("outcome", "client_error")],
+        1.0,
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_are_counted_by_outcome() {
+    let env = TestEnv::start("").await;
+    env.mp.always(Reply::Status(503));
+    env.problem("/token/admin", 503).await;
+    let text = scrape(&env).await;
+    assert_at_least(
+        &text,
+        "broker_upstream_requests_total",
+        &[("target", "maskinporten"), ("outcome", "unavailable")],
+        1.0,
+    );
+    assert_at_least(
+        &text,
+        "broker_token_requests_total",
+        &[("profile", "admin"), ("outcome", "upstream_error")],
+        1.0,
+    );
+}
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_routes_the_router_serves() {
+    let env = TestEnv::start("").await;
+    let doc = env.get_json("/openapi.json", 200).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    let documented: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let routed: BTreeSet<&str> = ROUTES.iter().copied().collect();
+    assert_eq!(documented, routed);
+    for route in ROUTES {
+        assert!(doc["paths"][route]["get"].is_object(), "GET {route}");
+        let path = route.replace("{profile}", "admin");
+        let status = env.get(&path).await.status().as_u16();
+        assert_ne!(status, 404, "GET {path} is in ROUTES but not served");
+        assert_ne!(status, 405, "GET {path}");
+    }
+}
+
+#[tokio::test]
+async fn openapi_describes_the_token_route_its_org_parameter_and_problems() {
+    let env = TestEnv::start("").await;
+    let doc = env.get_json("/openapi.json", 200).await;
+    let get = &doc["paths"]["/token/{profile}"]["get"];
+    let params = get["parameters"].as_array().unwrap();
+    let param = |name: &str| -> &Value {
+        params
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no parameter {name}: {get}"))
+    };
+    assert_eq!(param("profile")["in"], "path");
+    assert_eq!(param("profile")["required"], true);
+    assert_eq!(param("org")["in"], "query");
+    assert_ne!(param("org")["required"], true);
+
+    let ok = &get["responses"]["200"]["content"];
+    assert!(ok["application/json"].is_object(), "{ok}");
+    assert!(ok["text/plain"].is_object(), "{ok}");
+    for status in ["400", "401", "403", "404", "502", "503", "504"] {
+        let problem = &get["responses"][status]["content"]["application/problem+json"];
+        assert!(problem.is_object(), "{status}: {get}");
+        assert_eq!(
+            problem["schema"]["$ref"], "#/components/schemas/Problem",
+            "{status}"
+        );
+    }
+    for schema in ["TokenResponse", "Problem", "ProfileListing"] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
