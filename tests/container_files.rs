@@ -571,6 +571,26 @@ fn the_kubernetes_configmap_holds_a_valid_broker_config() {
     );
 }
 
+#[test]
+fn the_benchmarks_config_is_a_valid_local_broker_on_loopback() {
+    let yaml = read("bench/broker.yaml");
+    assert_valid_broker_config(&yaml, "bench/broker.yaml");
+    let settings = Settings::from_yaml(&yaml).unwrap();
+    assert_eq!(settings.env.to_string(), "local");
+    assert_eq!(settings.listen, "127.0.0.1:18080".parse().unwrap());
+    // run.sh divides by the lifetime to report upstream calls per lifetime.
+    let script = read("bench/run.sh");
+    let in_script = script
+        .lines()
+        .find_map(|l| l.strip_prefix("TOKEN_LIFETIME_SECONDS="))
+        .expect("bench/run.sh sets TOKEN_LIFETIME_SECONDS");
+    assert_eq!(
+        in_script.trim().parse::<u64>().ok(),
+        Some(settings.local.token_lifetime.as_secs()),
+        "bench/run.sh and bench/broker.yaml disagree on the token lifetime"
+    );
+}
+
 // ---- helpers -------------------------------------------------------------------------------
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
