@@ -238,6 +238,8 @@ for c in "${CONNECTIONS[@]}"; do
 done
 stop_pid "$SAMPLER"; SAMPLER=""
 record baseline_peak_rss_kib "$(cat "$WORK/baseline_peak_rss")"
+# The same burst as (3), for reference: a burst of new connections costs this much anyway.
+burst baseline_burst "$BASELINE_URL/token/altinn" "$BURST"
 stop_pid "$BASELINE_PID"
 
 if [[ $MODE == full ]]; then
@@ -320,15 +322,29 @@ for c in conns:
     ))
     errors = [ok(x)[1] if x else None for x in (b, base)]
     rows.append((f"(1,2) cache hit, {c} conn: non-200 answers", fmt(errors[0]), fmt(errors[1]), ""))
-burst = oha("cold_burst")
+burst, base_burst = oha("cold_burst"), oha("baseline_burst")
+
+def total_ms(run):
+    return run["summary"]["total"] * 1000 if run else None
+
+def burst_latency(run):
+    if not run:
+        return "n/a"
+    return f"{ms(run, 'p50'):,.1f} / {ms(run, 'p99'):,.1f} / {run['summary']['slowest'] * 1000:,.1f}"
+
+def answers(run):
+    return "n/a" if not run else "{} / {}".format(*ok(run))
+
+rows += [
+    ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}",
+     f"{r('burst')} / {r('burst')}", ""),
+    ("(3) cold burst: total time ms", fmt(total_ms(burst)), fmt(total_ms(base_burst)),
+     ratio(total_ms(burst), total_ms(base_burst))),
+    ("(3) cold burst: p50 / p99 / max ms", burst_latency(burst), burst_latency(base_burst), ""),
+    ("(3) cold burst: 200 / other answers", answers(burst), answers(base_burst), ""),
+]
 if burst:
-    good, other = ok(burst)
     rows += [
-        ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}", "", ""),
-        ("(3) cold burst: total time", f"{burst['summary']['total'] * 1000:,.0f} ms", "", ""),
-        ("(3) cold burst: p50 / p99 / max ms",
-         f"{ms(burst, 'p50'):,.1f} / {ms(burst, 'p99'):,.1f} / {burst['summary']['slowest'] * 1000:,.1f}", "", ""),
-        ("(3) cold burst: 200 / other answers", f"{good} / {other}", "", ""),
         ("(3) cold burst: upstream calls maskinporten / altinn",
          f"{r('burst_upstream_maskinporten')} / {r('burst_upstream_altinn')}", "", "1 / 1 expected"),
         ("(3) cold burst: cache misses", r("burst_misses"), "", ""),
