@@ -190,6 +190,15 @@ PY
 
 record() { printf '%s=%s\n' "$1" "$2" >>"$WORK/results.env"; }
 
+# record_metric KEY METRIC [LABEL=VALUE...]: record a counter; a failed scrape stops the run
+# (a command substitution inside an argument would not).
+record_metric() {
+  local key=$1 value
+  shift
+  value=$(metric "$@")
+  record "$key" "$value"
+}
+
 # ---- the runs --------------------------------------------------------------------------------
 
 record date "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -246,17 +255,19 @@ if [[ $MODE == full ]]; then
   # (3) cold burst: a new broker, an empty cache, BURST requests at once.
   start_broker
   burst cold_burst "$BROKER_URL/token/altinn" "$BURST"
-  record burst_upstream_maskinporten "$(metric broker_upstream_requests_total target=maskinporten)"
-  record burst_upstream_altinn "$(metric broker_upstream_requests_total target=altinn)"
-  record burst_misses "$(metric broker_cache_lookups_total result=miss)"
+  record_metric burst_upstream_maskinporten broker_upstream_requests_total target=maskinporten
+  record_metric burst_upstream_altinn broker_upstream_requests_total target=altinn
+  record_metric burst_misses broker_cache_lookups_total result=miss
   record burst_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
 
   # (4) refresh under load: more than two token lifetimes at 16 connections.
   misses_before=$(metric broker_cache_lookups_total result=miss)
   upstream_before=$(metric broker_upstream_requests_total target=maskinporten)
   load refresh "$BROKER_URL/token/altinn" 16 "$REFRESH_SECONDS"
-  record refresh_new_misses "$(($(metric broker_cache_lookups_total result=miss) - misses_before))"
-  record refresh_upstream "$(($(metric broker_upstream_requests_total target=maskinporten) - upstream_before))"
+  misses_after=$(metric broker_cache_lookups_total result=miss)
+  upstream_after=$(metric broker_upstream_requests_total target=maskinporten)
+  record refresh_new_misses "$((misses_after - misses_before))"
+  record refresh_upstream "$((upstream_after - upstream_before))"
   record refresh_seconds "$REFRESH_SECONDS"
   record lifetime_seconds "$TOKEN_LIFETIME_SECONDS"
   stop_pid "$BROKER_PID"
