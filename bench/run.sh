@@ -165,7 +165,7 @@ burst() {
   timeout 120 "$OHA" --no-tui --output-format json -n "$n" -c "$n" "$url" >"$WORK/$name.json"
 }
 
-# metric NAME [LABEL="VALUE"...]: the sum of a Prometheus counter over the series that carry
+# metric NAME [LABEL=VALUE...]: the sum of a Prometheus counter over the series that carry
 # every given label; 0 if no series matches.
 metric() {
   curl -fsS --max-time 5 "$BROKER_URL/metrics" >"$WORK/metrics.txt" ||
