@@ -1,0 +1,386 @@
+#!/usr/bin/env bash
+# bench/run.sh: how fast and how small is maskinporten-broker on this machine?
+#
+#   bench/run.sh                   # everything, about 2.5 minutes after the builds
+#   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
+#
+# Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
+# simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
+# markdown table; bench/README.md says how to read it. Everything it starts is stopped on exit.
+#
+# Knobs (environment): BENCH_SECONDS (5, per load point), BENCH_REFRESH_SECONDS (50),
+# BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
+# broker's measured answer size).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH="$ROOT/bench"
+TOOLS="$BENCH/.tools"
+OHA="$TOOLS/bin/oha"
+OHA_VERSION=1.16.0
+BROKER_BIN="$ROOT/target/release/maskinporten-broker"
+BASELINE_BIN="$ROOT/target/release/examples/bench_baseline"
+BROKER_URL=http://127.0.0.1:18080
+BASELINE_URL=http://127.0.0.1:18081
+SECONDS_PER_POINT=${BENCH_SECONDS:-5}
+REFRESH_SECONDS=${BENCH_REFRESH_SECONDS:-50}
+BURST=${BENCH_BURST:-1000}
+CONNECTIONS=(1 16 64)
+# Must match bench/broker.yaml.
+TOKEN_LIFETIME_SECONDS=20
+
+MODE=full
+case "${1:-}" in
+  "") ;;
+  --baseline-only) MODE=baseline ;;
+  -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--baseline-only]" >&2; exit 2 ;;
+esac
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
+STARTED=()     # pids of everything this script started
+SAMPLER=""
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+stop_pid() {
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$?
+  local pid
+  for pid in ${SAMPLER:+"$SAMPLER"} ${STARTED[@]+"${STARTED[@]}"}; do
+    stop_pid "$pid"
+  done
+  if [[ $status -ne 0 ]]; then
+    log "failed; logs and raw results kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A clean environment for the broker: no BROKER__* overrides from the caller's shell.
+for name in $(compgen -e); do
+  if [[ $name == BROKER_* ]]; then unset "$name"; fi
+done
+
+# 1000 concurrent connections need more than the usual 1024 file descriptors, on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt $((BURST * 2 + 256)) ]]; then
+  log "warning: ulimit -n is $(ulimit -n); the ${BURST}-connection burst may see connection errors"
+fi
+
+# ---- tools and builds ------------------------------------------------------------------------
+
+if [[ ! -x $OHA ]]; then
+  log "installing oha $OHA_VERSION into bench/.tools (once; a few minutes)"
+  cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
+fi
+log "$("$OHA" --version)"
+
+log "building release binaries"
+(cd "$ROOT" && cargo build --release --locked --example bench_baseline)
+if [[ $MODE == full ]]; then
+  (cd "$ROOT" && cargo build --release --locked)
+fi
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+port_free() { ! curl -s --max-time 1 -o /dev/null "$1/"; }
+
+# start NAME COMMAND...: start in the background, log to $WORK/NAME.log, pid in $LAST_PID.
+start() {
+  local name=$1
+  shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  STARTED+=("$LAST_PID")
+}
+
+# wait_healthy URL PID: poll URL/healthz for at most 30 s while PID lives.
+wait_healthy() {
+  local url=$1 pid=$2
+  for _ in $(seq 150); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      tail -n 20 "$WORK"/*.log >&2 || true
+      die "the server at $url exited during start-up"
+    fi
+    if curl -fsS --max-time 1 -o /dev/null "$url/healthz" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  die "$url/healthz did not answer within 30 s"
+}
+
+start_broker() {
+  port_free "$BROKER_URL" || die "something already listens on $BROKER_URL"
+  start broker "$BROKER_BIN" --config "$BENCH/broker.yaml" serve
+  BROKER_PID=$LAST_PID
+  wait_healthy "$BROKER_URL" "$BROKER_PID"
+}
+
+start_baseline() {
+  port_free "$BASELINE_URL" || die "something already listens on $BASELINE_URL"
+  start baseline "$BASELINE_BIN" "$1" 127.0.0.1:18081
+  BASELINE_PID=$LAST_PID
+  wait_healthy "$BASELINE_URL" "$BASELINE_PID"
+}
+
+# rss_kib PID FIELD: VmRSS or VmHWM of a process, in KiB.
+rss_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+# sample_rss PID FILE: write the largest VmRSS seen (KiB) to FILE until stopped.
+sample_rss() {
+  local pid=$1 file=$2 max=0 now
+  while kill -0 "$pid" 2>/dev/null; do
+    now=$(rss_kib "$pid" VmRSS 2>/dev/null || echo 0)
+    if [[ ${now:-0} -gt $max ]]; then max=$now; echo "$max" >"$file"; fi
+    sleep 0.1
+  done
+}
+
+# load NAME URL CONNECTIONS: oha for SECONDS_PER_POINT at CONNECTIONS, JSON to $WORK/NAME.json.
+load() {
+  local name=$1 url=$2 c=$3 seconds=${4:-$SECONDS_PER_POINT}
+  log "load: $name ($c connections, ${seconds}s)"
+  timeout $((seconds + 60)) "$OHA" --no-tui --output-format json \
+    -z "${seconds}s" -c "$c" "$url" >"$WORK/$name.json"
+}
+
+# burst NAME URL N: N requests on N connections at once.
+burst() {
+  local name=$1 url=$2 n=$3
+  log "burst: $name ($n requests on $n connections)"
+  timeout 120 "$OHA" --no-tui --output-format json -n "$n" -c "$n" "$url" >"$WORK/$name.json"
+}
+
+# metric NAME [LABEL=VALUE...]: the sum of a Prometheus counter over the series that carry
+# every given label; 0 if no series matches.
+metric() {
+  curl -fsS --max-time 5 "$BROKER_URL/metrics" >"$WORK/metrics.txt" ||
+    die "GET $BROKER_URL/metrics failed: this broker has no /metrics yet"
+  python3 - "$WORK/metrics.txt" "$@" <<'PY'
+import re, sys
+path, name, wanted = sys.argv[1], sys.argv[2], sys.argv[3:]
+total = 0.0
+for line in open(path):
+    line = line.strip()
+    if not line or line.startswith("#"):
+        continue
+    m = re.match(r'^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)', line)
+    if not m or m.group(1) != name:
+        continue
+    labels = dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+    if all(labels.get(k) == v.strip('"') for k, v in (w.split("=", 1) for w in wanted)):
+        total += float(m.group(4))
+print(int(total) if total.is_integer() else total)
+PY
+}
+
+record() { printf '%s=%s\n' "$1" "$2" >>"$WORK/results.env"; }
+
+# record_metric KEY METRIC [LABEL=VALUE...]: record a counter; a failed scrape stops the run
+# (a command substitution inside an argument would not).
+record_metric() {
+  local key=$1 value
+  shift
+  value=$(metric "$@")
+  record "$key" "$value"
+}
+
+# ---- the runs --------------------------------------------------------------------------------
+
+record date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+record nproc "$(nproc)"
+record memory_mib "$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 }' /proc/meminfo)"
+record oha "$("$OHA" --version)"
+record rustc "$(rustc --version)"
+record mode "$MODE"
+record burst "$BURST"
+
+if [[ $MODE == full ]]; then
+  # (1) cache hits: warm the cache, then load.
+  start_broker
+  curl -fsS --max-time 30 -o "$WORK/answer.json" "$BROKER_URL/token/altinn" ||
+    die "the broker did not serve /token/altinn; see $WORK/broker.log"
+  BODY_SIZE=$(wc -c <"$WORK/answer.json")
+  metric broker_cache_lookups_total >/dev/null # fail early without /metrics
+  sleep 1
+  record broker_idle_rss_kib "$(rss_kib "$BROKER_PID" VmRSS)"
+  for c in "${CONNECTIONS[@]}"; do
+    if [[ $c == "${CONNECTIONS[-1]}" ]]; then
+      sample_rss "$BROKER_PID" "$WORK/broker_peak_rss" &
+      SAMPLER=$!
+    fi
+    load "broker_c$c" "$BROKER_URL/token/altinn" "$c"
+  done
+  stop_pid "$SAMPLER"; SAMPLER=""
+  record broker_peak_rss_kib "$(cat "$WORK/broker_peak_rss")"
+  record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
+  stop_pid "$BROKER_PID"
+else
+  BODY_SIZE=${BENCH_BODY_SIZE:-1024}
+fi
+record body_bytes "$BODY_SIZE"
+
+# (2) the baseline, with a body of the broker's size.
+start_baseline "$BODY_SIZE"
+sleep 1
+record baseline_idle_rss_kib "$(rss_kib "$BASELINE_PID" VmRSS)"
+for c in "${CONNECTIONS[@]}"; do
+  if [[ $c == "${CONNECTIONS[-1]}" ]]; then
+    sample_rss "$BASELINE_PID" "$WORK/baseline_peak_rss" &
+    SAMPLER=$!
+  fi
+  load "baseline_c$c" "$BASELINE_URL/token/altinn" "$c"
+done
+stop_pid "$SAMPLER"; SAMPLER=""
+record baseline_peak_rss_kib "$(cat "$WORK/baseline_peak_rss")"
+# The same burst as (3), for reference: a burst of new connections costs this much anyway.
+burst baseline_burst "$BASELINE_URL/token/altinn" "$BURST"
+stop_pid "$BASELINE_PID"
+
+if [[ $MODE == full ]]; then
+  # (3) cold burst: a new broker, an empty cache, BURST requests at once.
+  start_broker
+  burst cold_burst "$BROKER_URL/token/altinn" "$BURST"
+  record_metric burst_upstream_maskinporten broker_upstream_requests_total target=maskinporten
+  record_metric burst_upstream_altinn broker_upstream_requests_total target=altinn
+  record_metric burst_misses broker_cache_lookups_total result=miss
+  record burst_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
+
+  # (4) refresh under load: more than two token lifetimes at 16 connections.
+  misses_before=$(metric broker_cache_lookups_total result=miss)
+  upstream_before=$(metric broker_upstream_requests_total target=maskinporten)
+  load refresh "$BROKER_URL/token/altinn" 16 "$REFRESH_SECONDS"
+  misses_after=$(metric broker_cache_lookups_total result=miss)
+  upstream_after=$(metric broker_upstream_requests_total target=maskinporten)
+  record refresh_new_misses "$((misses_after - misses_before))"
+  record refresh_upstream "$((upstream_after - upstream_before))"
+  record refresh_seconds "$REFRESH_SECONDS"
+  record lifetime_seconds "$TOKEN_LIFETIME_SECONDS"
+  stop_pid "$BROKER_PID"
+fi
+
+# ---- the table -------------------------------------------------------------------------------
+
+python3 - "$WORK" "${CONNECTIONS[@]}" <<'PY'
+import json, os, sys
+
+work, conns = sys.argv[1], sys.argv[2:]
+results = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "results.env")))
+
+def oha(name):
+    path = os.path.join(work, name + ".json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
+def ok(run):
+    """Answers with status 200 and everything else (errors and other statuses)."""
+    codes = run.get("statusCodeDistribution") or {}
+    good = int(codes.get("200", 0))
+    other = sum(int(v) for k, v in codes.items() if k != "200")
+    other += sum(int(v) for k, v in (run.get("errorDistribution") or {}).items()
+                 if "deadline" not in k)  # requests cut off by the end of a timed run
+    return good, other
+
+def rps(run):
+    if not run:
+        return None
+    good, _ = ok(run)
+    return good / run["summary"]["total"]
+
+def ms(run, p):
+    return run["latencyPercentiles"][p] * 1000 if run else None
+
+def fmt(value, digits=0):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+def mib(kib):
+    return "n/a" if kib in (None, "") else f"{int(kib) / 1024:.1f} MiB"
+
+def ratio(a, b, digits=2):
+    return "n/a" if a is None or b is None or b == 0 else f"{a / b:.{digits}f}"
+
+r = results.get
+rows = [
+    ("date", r("date"), "", ""),
+    ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; load generator on the same cores", "", ""),
+    ("tools", f"{r('oha')}; {r('rustc')}", "", ""),
+    ("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
+     f"{r('body_bytes')} bytes", ""),
+]
+for c in conns:
+    b, base = oha(f"broker_c{c}"), oha(f"baseline_c{c}")
+    rows.append((f"(1,2) cache hit, {c} conn: req/s", fmt(rps(b)), fmt(rps(base)), ratio(rps(b), rps(base))))
+    rows.append((
+        f"(1,2) cache hit, {c} conn: p50 / p99 / p99.9 ms",
+        " / ".join(fmt(ms(b, p), 2) for p in ("p50", "p99", "p99.9")),
+        " / ".join(fmt(ms(base, p), 2) for p in ("p50", "p99", "p99.9")),
+        ratio(ms(b, "p99"), ms(base, "p99")) + " (p99)",
+    ))
+    errors = [ok(x)[1] if x else None for x in (b, base)]
+    rows.append((f"(1,2) cache hit, {c} conn: non-200 answers", fmt(errors[0]), fmt(errors[1]), ""))
+burst, base_burst = oha("cold_burst"), oha("baseline_burst")
+
+def total_ms(run):
+    return run["summary"]["total"] * 1000 if run else None
+
+def burst_latency(run):
+    if not run:
+        return "n/a"
+    return f"{ms(run, 'p50'):,.1f} / {ms(run, 'p99'):,.1f} / {run['summary']['slowest'] * 1000:,.1f}"
+
+def answers(run):
+    return "n/a" if not run else "{} / {}".format(*ok(run))
+
+rows += [
+    ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}",
+     f"{r('burst')} / {r('burst')}", ""),
+    ("(3) cold burst: total time ms", fmt(total_ms(burst)), fmt(total_ms(base_burst)),
+     ratio(total_ms(burst), total_ms(base_burst))),
+    ("(3) cold burst: p50 / p99 / max ms", burst_latency(burst), burst_latency(base_burst), ""),
+    ("(3) cold burst: 200 / other answers", answers(burst), answers(base_burst), ""),
+]
+if burst:
+    rows += [
+        ("(3) cold burst: upstream calls maskinporten / altinn",
+         f"{r('burst_upstream_maskinporten')} / {r('burst_upstream_altinn')}", "", "1 / 1 expected"),
+        ("(3) cold burst: cache misses", r("burst_misses"), "", ""),
+    ]
+refresh = oha("refresh")
+if refresh:
+    lifetimes = int(r("refresh_seconds")) / int(r("lifetime_seconds"))
+    upstream = int(r("refresh_upstream"))
+    rows += [
+        (f"(4) refresh: {r('refresh_seconds')} s at 16 conn, token lifetime {r('lifetime_seconds')} s: req/s",
+         fmt(rps(refresh)), "", ""),
+        ("(4) refresh: p50 / p99.9 / max ms",
+         f"{ms(refresh, 'p50'):,.2f} / {ms(refresh, 'p99.9'):,.2f} / {refresh['summary']['slowest'] * 1000:,.2f}", "", ""),
+        ("(4) refresh: new cache misses during the run", r("refresh_new_misses"), "", "0 expected"),
+        ("(4) refresh: maskinporten calls (per token lifetime)",
+         f"{upstream} ({upstream / lifetimes:.2f})", "", ""),
+        ("(4) refresh: non-200 answers", fmt(ok(refresh)[1]), "", ""),
+    ]
+rows += [
+    ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
+    (f"(5) peak RSS during the {conns[-1]}-conn load", mib(r("broker_peak_rss_kib")), mib(r("baseline_peak_rss_kib")), ""),
+    ("(5) VmHWM after steps 1-2 / after the cold burst", f"{mib(r('broker_hwm_kib'))} / {mib(r('burst_hwm_kib'))}", "", ""),
+]
+print("| measurement | broker | baseline | broker/baseline, or expected |")
+print("| --- | --- | --- | --- |")
+for row in rows:
+    print("| " + " | ".join(str(x) if x is not None else "n/a" for x in row) + " |")
+PY
