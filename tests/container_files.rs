@@ -312,7 +312,8 @@ fn the_build_needs_nothing_the_build_stage_does_not_copy() {
     // Files compiled into the binary with include_str!/include_bytes! (test modules excepted).
     for file in rust_files(&repo().join("src")) {
         let text = fs::read_to_string(&file).unwrap();
-        let mut in_test_code = false;
+        // A `tests.rs` file is a `#[cfg(test)] mod tests;` of its parent: test code throughout.
+        let mut in_test_code = file.file_name().is_some_and(|n| n == "tests.rs");
         for line in text.lines() {
             in_test_code |= line.trim() == "#[cfg(test)]";
             for mac in ["include_str!(\"", "include_bytes!(\""] {
@@ -529,27 +530,13 @@ fn the_images_config_is_accepted_by_the_broker() {
             .any(|l| l.trim() == "allow_unauthenticated: true"),
         "the image listens on 0.0.0.0 and must say allow_unauthenticated: true"
     );
-    match Settings::from_yaml(&yaml) {
-        Err(e)
-            if e.to_string()
-                .contains("unknown field `allow_unauthenticated`") =>
-        {
-            // PENDING: `allow_unauthenticated` is being added to the broker on main. Until it
-            // is, this checks every other line of the file; once the field exists, the branch
-            // above no longer matches and the whole file is checked.
-            eprintln!(
-                "NOTE: this broker does not know allow_unauthenticated yet; \
-                 validating {IMAGE_CONFIG_SOURCE} without that line"
-            );
-            let without: String = yaml
-                .lines()
-                .filter(|l| !l.trim_start().starts_with("allow_unauthenticated:"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            assert_valid_broker_config(&without, IMAGE_CONFIG_SOURCE);
-        }
-        _ => assert_valid_broker_config(&yaml, IMAGE_CONFIG_SOURCE),
-    }
+    // It listens on all interfaces, so it is valid only thanks to allow_unauthenticated.
+    assert_valid_broker_config(&yaml, IMAGE_CONFIG_SOURCE);
+    let settings = Settings::from_yaml(&yaml).unwrap();
+    assert!(
+        !settings.listen.ip().is_loopback(),
+        "the image listens beyond loopback"
+    );
 }
 
 #[test]
