@@ -10,8 +10,6 @@ use std::time::Duration;
 use support::*;
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_maskinporten-broker");
-
 fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {
     let path = dir.join("broker.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -127,14 +125,6 @@ async fn a_public_listen_address_without_clients_refuses_to_start() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
     let mp = FakeMaskinporten::start().await;
@@ -149,25 +139,10 @@ async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
             &format!("default_org: '{ORG}'\nlisten: 127.0.0.1:{port}\n"),
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_bin(&["--config", cfg.to_str().unwrap()], &[]);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the broker answers /healthz within 10 s");
+    wait_until_up(&format!("{base}/healthz")).await;
     for path in [
         "/token/altinn",
         "/token/admin",
@@ -199,14 +174,7 @@ async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
         async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(child.id().unwrap(), "TERM");
     assert_eq!(
         slow.await.unwrap().unwrap(),
         200,
@@ -217,10 +185,7 @@ async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
         .expect("exits")
         .unwrap();
     assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
-    let mut log = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut log)
-        .await
-        .unwrap();
+    let log = stderr_of(&mut child).await;
     assert!(log.contains("token served"), "{log}");
 }
 

@@ -3,33 +3,11 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::Duration;
 
 use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
 use support::*;
 use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_maskinporten-broker");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_until_up(http: &reqwest::Client, url: &str) {
-    for _ in 0..300 {
-        if http.get(url).send().await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} did not answer within 15 s");
-}
 
 /// Verify a token's signature with a JWKS, returning its claims.
 fn verify_with(jwks: &JwkSet, token: &str, issuer: &str) -> Value {
@@ -48,16 +26,7 @@ fn verify_with(jwks: &JwkSet, token: &str, issuer: &str) -> Value {
 
 fn spawn_shipped_broker(port: u16) -> Child {
     // The README's run command is `cargo run --release`: this binary with ./broker.yaml.
-    Command::new(BIN)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("BROKER__LISTEN", format!("127.0.0.1:{port}"))
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+    spawn_bin(&[], &[("BROKER__LISTEN", format!("127.0.0.1:{port}"))])
 }
 
 #[tokio::test]
@@ -66,7 +35,7 @@ async fn the_shipped_config_serves_verifiable_tokens_with_no_credentials() {
     let _broker = spawn_shipped_broker(port);
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    wait_until_up(&http, &format!("{base}/healthz")).await;
+    wait_until_up(&format!("{base}/healthz")).await;
     let ready: Value = http
         .get(format!("{base}/readyz"))
         .send()
@@ -145,32 +114,22 @@ async fn keygen_output_round_trips_through_the_standalone_simulator() {
     let kid = jwk["kid"].as_str().unwrap();
 
     let sim_port = free_port();
-    let _sim = Command::new(BIN)
-        .args([
+    let _sim = spawn_bin(
+        &[
             "--config",
             "/nonexistent.yaml",
             "simulate",
             "--listen",
             &format!("127.0.0.1:{sim_port}"),
-        ])
-        .args([
             "--jwk",
             jwk_path.to_str().unwrap(),
             "--client-id",
             "my-client",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+        &[],
+    );
     let sim = format!("http://127.0.0.1:{sim_port}/");
-    wait_until_up(
-        &reqwest::Client::new(),
-        &format!("{sim}.well-known/oauth-authorization-server"),
-    )
-    .await;
+    wait_until_up(&format!("{sim}.well-known/oauth-authorization-server")).await;
 
     let cfg = dir.path().join("broker.yaml");
     std::fs::write(

@@ -3,57 +3,24 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_maskinporten-broker");
-
-fn hup(pid: u32) {
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
 
 #[tokio::test]
 async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let cfg = dir.path().join("broker.yaml");
     let base_yaml = config_yaml(&mp, &altinn, &format!("listen: 127.0.0.1:{port}\n"));
     std::fs::write(&cfg, &base_yaml).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--config", cfg.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_bin(&["--config", cfg.to_str().unwrap()], &[]);
     let pid = child.id().unwrap();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..200 {
-        if http.get(format!("{base}/healthz")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up);
+    wait_until_up(&format!("{base}/healthz")).await;
     let token = |path: &'static str| {
         let http = http.clone();
         let url = format!("{base}{path}");
@@ -78,7 +45,7 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
             .replace(&format!("kid: {KID}"), "kid: rotated-kid"),
     )
     .unwrap();
-    hup(pid);
+    signal(pid, "HUP");
     let mut rotated = false;
     for _ in 0..100 {
         let r = http
@@ -108,7 +75,7 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
 
     // A broken config is refused; the rotated key keeps serving.
     std::fs::write(&cfg, "env: test\nclient_id: [broken\n").unwrap();
-    hup(pid);
+    signal(pid, "HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = http
         .get(format!("{base}/token/altinn?org={ORG}"))
@@ -123,10 +90,7 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
 
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    let mut log = String::new();
-    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut log)
-        .await
-        .unwrap();
+    let log = stderr_of(&mut child).await;
     assert!(log.contains("configuration and key reloaded"), "{log}");
     assert!(log.contains("reload refused"), "{log}");
 }

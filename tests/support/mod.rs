@@ -530,3 +530,62 @@ pub fn claims(jwt: &str) -> Value {
     )
     .unwrap()
 }
+
+/// The broker binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_maskinporten-broker");
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start the binary with `args` and `envs`; stderr is piped so tests can read its log.
+pub fn spawn_bin(args: &[&str], envs: &[(&str, String)]) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .env_remove("RUST_LOG")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// Poll `url` until it answers, for at most 15 s.
+pub async fn wait_until_up(url: &str) {
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(url).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not answer within 15 s");
+}
+
+/// Send a signal (`"HUP"`, `"TERM"`) to a process.
+pub fn signal(pid: u32, name: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
+/// Everything a finished child wrote to stderr.
+pub async fn stderr_of(child: &mut tokio::process::Child) -> String {
+    let mut log = String::new();
+    if let Some(err) = child.stderr.as_mut() {
+        tokio::io::AsyncReadExt::read_to_string(err, &mut log)
+            .await
+            .unwrap();
+    }
+    log
+}
