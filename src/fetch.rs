@@ -90,13 +90,14 @@ impl Fetcher {
             .grant(profile, org, clock.now())
             .map_err(std::sync::Arc::new)?;
         let started = clock.now();
-        let mp = metrics::observe_upstream(
-            Target::Maskinporten,
-            self.maskinporten.request_token(&grant),
-        )
+        // The checks run inside the observed call so an unusable answer counts as "invalid".
+        let mp = metrics::observe_upstream(Target::Maskinporten, async {
+            let mp = self.maskinporten.request_token(&grant).await?;
+            observe_date(clock, mp.server_date);
+            self.check_maskinporten_token(&mp.access_token, clock.now())?;
+            Ok(mp)
+        })
         .await?;
-        observe_date(clock, mp.server_date);
-        self.check_maskinporten_token(&mp.access_token, clock.now())?;
         let maskinporten_token = Token {
             value: mp.access_token,
             issued_at: started,
@@ -106,22 +107,19 @@ impl Fetcher {
         match profile.exchange {
             Exchange::None => Ok(maskinporten_token),
             Exchange::Altinn => {
-                let altinn = metrics::observe_upstream(
-                    Target::Altinn,
-                    self.altinn.exchange(&maskinporten_token.value),
-                )
-                .await?;
-                observe_date(clock, altinn.server_date);
-                let now = clock.now();
-                if altinn.expires_at <= now {
-                    return Err(UpstreamError::Invalid {
-                        target: Target::Altinn,
-                        reason:
-                            "the Altinn token has already expired (check the clock of this host)"
-                                .into(),
+                let altinn = metrics::observe_upstream(Target::Altinn, async {
+                    let altinn = self.altinn.exchange(&maskinporten_token.value).await?;
+                    observe_date(clock, altinn.server_date);
+                    if altinn.expires_at <= clock.now() {
+                        return Err(UpstreamError::Invalid {
+                            target: Target::Altinn,
+                            reason: "the Altinn token has already expired (check the clock of this host)".into(),
+                        });
                     }
-                    .into());
-                }
+                    Ok(altinn)
+                })
+                .await?;
+                let now = clock.now();
                 Ok(Token {
                     value: altinn.token,
                     issued_at: now.min(altinn.expires_at),

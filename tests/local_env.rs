@@ -3,7 +3,6 @@
 
 mod support;
 
-
 use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
 use support::*;
