@@ -248,6 +248,17 @@ impl<S: TokenSource> TokenCache<S> {
     }
 
     /// A servable token for `key`, from the cache or, if there is none, from the source.
+    /// The cached token for `key` if it is servable now: the hit path, which never waits.
+    pub async fn get_servable(&self, key: &CacheKey) -> Option<Token> {
+        let slot = self.inner.slots.get(key).await?;
+        slot.touch();
+        let token = slot.current();
+        self.inner
+            .policy
+            .servable(&token, self.inner.clock.now())
+            .then_some(token)
+    }
+
     pub async fn get(&self, key: &CacheKey) -> Result<(Token, Outcome), CacheError<S::Error>> {
         let inner = &self.inner;
         if let Some(slot) = inner.slots.get(key).await {

@@ -102,7 +102,7 @@ impl Fetcher {
             value: mp.access_token,
             issued_at: started,
             expires_at: started + mp.expires_in,
-            scope: mp.scope,
+            scope: mp.scope.into(),
         };
         match profile.exchange {
             Exchange::None => Ok(maskinporten_token),

@@ -58,6 +58,13 @@ impl ProfileName {
     }
 }
 
+/// Look-ups by `&str` without building a `ProfileName` (the hot path of every request).
+impl std::borrow::Borrow<str> for ProfileName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ProfileName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -215,7 +222,7 @@ impl Profiles {
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Profile>> {
-        self.0.get(&ProfileName::new(name))
+        self.0.get(name)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Profile>> {

@@ -4,6 +4,7 @@
 //! comparison, not a guess. Its lifetime always comes from the upstream (`expires_in` from
 //! Maskinporten, `exp` inside Altinn's JWT), never from an assumption.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -19,8 +20,8 @@ pub struct Token {
     /// When the broker received it (local clock); with `expires_at` this gives the lifetime.
     pub issued_at: SystemTime,
     pub expires_at: SystemTime,
-    /// The scopes Maskinporten granted (space separated).
-    pub scope: String,
+    /// The scopes Maskinporten granted (space separated); shared, as tokens are cloned per request.
+    pub scope: Arc<str>,
 }
 
 impl Token {
@@ -132,7 +133,7 @@ mod tests {
             value: Secret::new("t"),
             issued_at: now - Duration::from_secs(10),
             expires_at: now + Duration::from_secs(5),
-            scope: String::new(),
+            scope: "".into(),
         };
         assert_eq!(t.remaining(now), Duration::from_secs(5));
         assert_eq!(t.remaining(now + Duration::from_secs(60)), Duration::ZERO);

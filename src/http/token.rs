@@ -11,9 +11,10 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use crate::cache::CacheKey;
+use crate::cache::{CacheKey, Outcome};
 use crate::org::OrgNumber;
 use crate::profile::Profile;
 use crate::token::{Token, rfc3339};
@@ -52,7 +53,7 @@ pub struct TokenResponse<'a> {
     pub token_type: &'static str,
     pub expires_in: u64,
     pub expires_at: String,
-    pub scope: String,
+    pub scope: Cow<'a, str>,
     pub profile: &'a str,
     pub org: Option<&'a str>,
 }
@@ -65,9 +66,9 @@ impl<'a> TokenResponse<'a> {
             expires_in: token.remaining(now).as_secs(),
             expires_at: rfc3339(token.expires_at),
             scope: if token.scope.is_empty() {
-                profile.scope()
+                Cow::Owned(profile.scope())
             } else {
-                token.scope.clone()
+                Cow::Borrowed(&token.scope)
             },
             profile: key.profile.as_str(),
             org: key.org.as_ref().map(|o| o.as_str()),
@@ -142,9 +143,13 @@ async fn serve_token(
     let org = parse_query(query.as_deref())?;
     let (profile, key) = state.tokens.source().resolve(&profile, org)?;
     auth::authorize(&caller, &key)?;
-    let (token, outcome) = tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key))
-        .await
-        .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??;
+    // A cache hit needs no timer; only waiting for an upstream is bounded.
+    let (token, outcome) = match state.tokens.get_servable(&key).await {
+        Some(token) => (token, Outcome::Hit),
+        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key))
+            .await
+            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
+    };
     crate::metrics::cache_lookup(outcome);
     let now = state.tokens.source().clock().now();
     tracing::info!(
