@@ -157,6 +157,7 @@ async fn start_simulator(
         .map_err(StartError::Simulator)?;
     let handle = simulator::start(
         SimulatorConfig {
+            signing_key: None,
             token_lifetime: settings.local.token_lifetime,
             clients: vec![RegisteredClient {
                 client_id: settings.client_id().to_owned(),

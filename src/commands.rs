@@ -282,6 +282,7 @@ pub async fn simulate(
     let registered = client.client_id.clone();
     let handle = simulator::start(
         SimulatorConfig {
+            signing_key: None,
             token_lifetime,
             clients: vec![client],
         },

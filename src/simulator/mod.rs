@@ -53,6 +53,9 @@ pub struct SimulatorConfig {
     /// and the shortest seen, which makes the broker's refresh logic work hardest.
     pub token_lifetime: Duration,
     pub clients: Vec<RegisteredClient>,
+    /// The simulator's own signing key; `None` generates a fresh one at start (the normal case).
+    /// Tests pass a fixture: generating RSA keys is slow in unoptimised builds.
+    pub signing_key: Option<SigningKey>,
 }
 
 impl Default for SimulatorConfig {
@@ -60,6 +63,7 @@ impl Default for SimulatorConfig {
         SimulatorConfig {
             token_lifetime: Duration::from_secs(120),
             clients: Vec::new(),
+            signing_key: None,
         }
     }
 }
@@ -157,20 +161,25 @@ impl SimulatorHandle {
     }
 }
 
-/// Start the simulator on `listener` in a background task, with a freshly generated RSA 2048 key.
+/// Start the simulator on `listener` in a background task, with a freshly generated RSA 2048 key
+/// unless the config brings one.
 pub async fn start(
     config: SimulatorConfig,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<SimulatorHandle> {
     let addr = listener.local_addr()?;
     let base_url = Url::parse(&format!("http://{addr}/")).map_err(std::io::Error::other)?;
-    let kid = format!("simulator-{}", uuid::Uuid::new_v4());
-    // Key generation is CPU-bound; keep it off the async worker threads.
-    let key =
-        tokio::task::spawn_blocking(move || SigningKey::generate(2048, &kid, Algorithm::RS256))
-            .await
-            .map_err(std::io::Error::other)?
-            .map_err(std::io::Error::other)?;
+    let key = match config.signing_key {
+        Some(key) => key,
+        None => {
+            let kid = format!("simulator-{}", uuid::Uuid::new_v4());
+            // Key generation is CPU-bound; keep it off the async worker threads.
+            tokio::task::spawn_blocking(move || SigningKey::generate(2048, &kid, Algorithm::RS256))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?
+        }
+    };
 
     let world = Arc::new(World {
         issuer: base_url.to_string(),

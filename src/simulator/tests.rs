@@ -13,6 +13,7 @@ use super::*;
 const CLIENT_PEM: &str = include_str!("../../tests/fixtures/client-key.pem");
 const CLIENT_PUB: &str = include_str!("../../tests/fixtures/client-key.pub.pem");
 const OTHER_PEM: &str = include_str!("../../tests/fixtures/other-key.pem");
+const SIMULATOR_PEM: &str = include_str!("../../tests/fixtures/simulator-key.pem");
 const CLIENT_ID: &str = "test-client";
 const KID: &str = "client-kid";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -30,7 +31,10 @@ fn client() -> RegisteredClient {
     }
 }
 
-async fn simulator_with(config: SimulatorConfig) -> SimulatorHandle {
+async fn simulator_with(mut config: SimulatorConfig) -> SimulatorHandle {
+    config.signing_key.get_or_insert_with(|| {
+        SigningKey::from_pem(SIMULATOR_PEM, "simulator-test", Algorithm::RS256).unwrap()
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     start(config, listener).await.unwrap()
 }
@@ -193,6 +197,7 @@ async fn expires_in_follows_the_configured_token_lifetime() {
     let sim = simulator_with(SimulatorConfig {
         token_lifetime: Duration::from_secs(7),
         clients: vec![client()],
+        signing_key: None,
     })
     .await;
     let (status, body) = post_grant(&sim, &sign(&grant_claims(&sim))).await;
