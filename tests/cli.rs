@@ -36,39 +36,37 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Start `serve` with this config in `dir`; it must exit non-zero before listening, saying
+/// `expected` on stderr. Returns stderr.
+async fn refuses_to_start(dir: &Path, yaml: &str, expected: &str) -> String {
+    let cfg = write_config(dir, yaml);
+    let out = run(&["--config", cfg.to_str().unwrap()]).await;
+    assert!(!out.status.success(), "exited non-zero");
+    let err = stderr(&out);
+    assert!(err.contains(expected), "{err}");
+    err
+}
+
 #[tokio::test]
 async fn missing_client_id_is_named_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "env: test\nkid: k\nkey:\n  path: {}\n",
-            fixture("client-key.pem")
-        ),
+    let yaml = format!(
+        "env: test\nkid: k\nkey:\n  path: {}\n",
+        fixture("client-key.pem")
     );
-    let out = run(&["--config", cfg.to_str().unwrap()]).await;
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("client_id: is required"),
-        "{}",
-        stderr(&out)
-    );
+    refuses_to_start(dir.path(), &yaml, "client_id: is required").await;
 }
 
 #[tokio::test]
 async fn an_unreadable_key_is_named_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let yaml = "env: test\nclient_id: c\nkid: k\nkey:\n  path: /nonexistent/key.pem\n";
+    refuses_to_start(
         dir.path(),
-        "env: test\nclient_id: c\nkid: k\nkey:\n  path: /nonexistent/key.pem\n",
-    );
-    let out = run(&["--config", cfg.to_str().unwrap()]).await;
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("key.path: cannot read /nonexistent/key.pem"),
-        "{err}"
-    );
+        yaml,
+        "key.path: cannot read /nonexistent/key.pem",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -76,53 +74,38 @@ async fn a_key_that_is_not_pem_is_refused_without_quoting_it() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key.pem");
     std::fs::write(&key, "SECRET-NOT-A-KEY").unwrap();
-    let cfg = write_config(
+    let yaml = format!(
+        "env: test\nclient_id: c\nkid: k\nkey:\n  path: {}\n",
+        key.display()
+    );
+    let err = refuses_to_start(
         dir.path(),
-        &format!(
-            "env: test\nclient_id: c\nkid: k\nkey:\n  path: {}\n",
-            key.display()
-        ),
-    );
-    let out = run(&["--config", cfg.to_str().unwrap()]).await;
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("key.path: is not an RSA private key in PEM form"),
-        "{err}"
-    );
+        &yaml,
+        "key.path: is not an RSA private key in PEM form",
+    )
+    .await;
     assert!(!err.contains("SECRET-NOT-A-KEY"));
 }
 
 #[tokio::test]
 async fn malformed_yaml_is_reported_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "env: test\nclient_id: [unclosed\n");
-    let out = run(&["--config", cfg.to_str().unwrap()]).await;
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot load the configuration"),
-        "{}",
-        stderr(&out)
-    );
+    refuses_to_start(
+        dir.path(),
+        "env: test\nclient_id: [unclosed\n",
+        "cannot load the configuration",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_public_listen_address_without_clients_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &format!(
-            "env: test\nclient_id: c\nkid: k\nlisten: 0.0.0.0:0\nkey:\n  path: {}\n",
-            fixture("client-key.pem")
-        ),
+    let yaml = format!(
+        "env: test\nclient_id: c\nkid: k\nlisten: 0.0.0.0:0\nkey:\n  path: {}\n",
+        fixture("client-key.pem")
     );
-    let out = run(&["--config", cfg.to_str().unwrap()]).await;
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("allow_unauthenticated: true"),
-        "{}",
-        stderr(&out)
-    );
+    refuses_to_start(dir.path(), &yaml, "allow_unauthenticated: true").await;
 }
 
 #[tokio::test]
