@@ -1,5 +1,6 @@
 //! Request limits: a token broker needs short URLs and few headers, so anything larger is refused
-//! before a handler sees it (414, 431), with a problem body like every other error.
+//! before a handler sees it (414, 431), and no request runs longer than the deadline (503), each
+//! with a problem body like every other error.
 
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -42,4 +43,60 @@ pub async fn enforce(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+/// Answer 503 with a problem body when a request runs past `limit` (a last resort: token requests
+/// already give up waiting for an upstream sooner).
+pub async fn deadline(limit: std::time::Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request-timeout",
+            "Request timed out",
+            format!(
+                "the request took longer than {}",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_request_past_the_deadline_gets_a_503_problem() {
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(|r, n| {
+                deadline(Duration::from_millis(50), r, n)
+            }));
+        let slow = app
+            .clone()
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(slow.headers()["content-type"], "application/problem+json");
+        let fast = app
+            .oneshot(Request::get("/fast").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(fast.status(), StatusCode::OK);
+    }
 }

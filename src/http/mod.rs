@@ -64,10 +64,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)
         .layer(axum::middleware::from_fn(limits::enforce))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            limits::deadline(request_timeout, request, next)
+        }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let id = request
