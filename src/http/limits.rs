@@ -14,7 +14,16 @@ pub const MAX_URI_BYTES: usize = 1024;
 /// Most bytes of header names and values together.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
-pub async fn enforce(request: Request, next: Next) -> Response {
+/// Size limits, then the deadline: one middleware, as each layer costs on every request.
+pub async fn guard(limit: std::time::Duration, request: Request, next: Next) -> Response {
+    if let Some(refusal) = oversized(&request) {
+        return refusal;
+    }
+    deadline(limit, request, next).await
+}
+
+/// A 414 or 431 problem when the request is larger than a token request can be.
+fn oversized(request: &Request) -> Option<Response> {
     let uri_len = request
         .uri()
         .path_and_query()
@@ -26,7 +35,8 @@ pub async fn enforce(request: Request, next: Next) -> Response {
             "URI too long",
             format!("the path and query may have at most {MAX_URI_BYTES} bytes"),
         )
-        .into_response();
+        .into_response()
+        .into();
     }
     let header_bytes: usize = request
         .headers()
@@ -40,9 +50,10 @@ pub async fn enforce(request: Request, next: Next) -> Response {
             "Request headers too large",
             format!("the headers may have at most {MAX_HEADER_BYTES} bytes together"),
         )
-        .into_response();
+        .into_response()
+        .into();
     }
-    next.run(request).await
+    None
 }
 
 /// Answer 503 with a problem body when a request runs past `limit` (a last resort: token requests

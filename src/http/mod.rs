@@ -63,9 +63,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)
-        .layer(axum::middleware::from_fn(limits::enforce))
         .layer(axum::middleware::from_fn(move |request, next| {
-            limits::deadline(request_timeout, request, next)
+            limits::guard(request_timeout, request, next)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
