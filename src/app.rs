@@ -187,11 +187,11 @@ impl App {
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
         let built = build(settings).await?;
         let addr = listener.local_addr().map_err(StartError::Simulator)?;
-        let router = http::router(built.state.clone(), REQUEST_TIMEOUT);
+        let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener, tower::make::Shared::new(service))
                 .with_graceful_shutdown(async move { signal.cancelled().await })
                 .await
         });

@@ -10,9 +10,14 @@ pub mod token;
 
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use axum::Router;
+use axum::body::Body;
 use axum::http::{HeaderName, Request};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -51,8 +56,8 @@ pub const ROUTES: &[&str] = &[
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The routes, with request ids and tracing. `request_timeout` bounds every request.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// The routes. Middleware is added by [`service`], around the whole router.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/token", get(token::list_profiles))
         .route("/token/{profile}", get(token::get_token))
@@ -63,10 +68,21 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)
-        .layer(axum::middleware::from_fn(move |request, next| {
-            limits::guard(request_timeout, request, next)
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+}
+
+/// The router inside its middleware: request ids, tracing, size limits and a deadline of
+/// `request_timeout` for every request. Wrapped once around the router rather than with
+/// `Router::layer`, which would clone the whole stack for every request.
+pub fn service(
+    state: AppState,
+    request_timeout: Duration,
+) -> impl Service<Request<Body>, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let id = request
                 .headers()
@@ -76,5 +92,9 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             // The path only: the query may carry an org number but never a secret; keep it short.
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            limits::guard(request_timeout, request, next)
+        }))
+        .service(router(state))
 }
