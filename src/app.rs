@@ -127,7 +127,7 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
 }
 
 /// The reloadable part of the broker, from validated settings and a loaded key.
-fn generation(
+pub fn generation(
     settings: &Settings,
     validated: Validated,
     key: SigningKey,

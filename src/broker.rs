@@ -27,6 +27,50 @@ pub struct Generation {
     pub default_org: Option<OrgNumber>,
 }
 
+impl Generation {
+    /// The profile called `name`.
+    pub fn profile(&self, name: &str) -> Result<Arc<Profile>, ResolveError> {
+        self.profiles
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ResolveError::UnknownProfile {
+                name: name.to_owned(),
+                known: self.profiles.names().join(", "),
+            })
+    }
+
+    /// Turn a request's profile name and optional org into a cache key, applying the profile's
+    /// system-user rule and the configured default organisation.
+    pub fn resolve(
+        &self,
+        name: &str,
+        org: Option<OrgNumber>,
+    ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
+        let profile = self.profile(name)?;
+        let org =
+            match (profile.system_user, org) {
+                (SystemUser::None, Some(_)) => {
+                    return Err(ResolveError::OrgNotAllowed {
+                        profile: name.to_owned(),
+                    });
+                }
+                (SystemUser::None, None) => None,
+                (SystemUser::Optional, org) => org,
+                (SystemUser::Required, Some(org)) => Some(org),
+                (SystemUser::Required, None) => Some(self.default_org.clone().ok_or_else(
+                    || ResolveError::OrgRequired {
+                        profile: name.to_owned(),
+                    },
+                )?),
+            };
+        let key = CacheKey {
+            profile: profile.name.clone(),
+            org,
+        };
+        Ok((profile, key))
+    }
+}
+
 /// Why a request does not name a token the broker can make.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
@@ -124,43 +168,13 @@ impl Broker {
         &self.clock
     }
 
-    /// Turn a request's profile name and optional org into a cache key, applying the profile's
-    /// system-user rule and the configured default organisation.
+    /// [`Generation::resolve`] with the current generation.
     pub fn resolve(
         &self,
         name: &str,
         org: Option<OrgNumber>,
     ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
-        let generation = self.generation.load();
-        let profile =
-            generation
-                .profiles
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ResolveError::UnknownProfile {
-                    name: name.to_owned(),
-                    known: generation.profiles.names().join(", "),
-                })?;
-        let org = match (profile.system_user, org) {
-            (SystemUser::None, Some(_)) => {
-                return Err(ResolveError::OrgNotAllowed {
-                    profile: name.to_owned(),
-                });
-            }
-            (SystemUser::None, None) => None,
-            (SystemUser::Optional, org) => org,
-            (SystemUser::Required, Some(org)) => Some(org),
-            (SystemUser::Required, None) => Some(generation.default_org.clone().ok_or_else(
-                || ResolveError::OrgRequired {
-                    profile: name.to_owned(),
-                },
-            )?),
-        };
-        let key = CacheKey {
-            profile: profile.name.clone(),
-            org,
-        };
-        Ok((profile, key))
+        self.generation.load().resolve(name, org)
     }
 }
 
@@ -169,14 +183,7 @@ impl TokenSource for Broker {
 
     async fn fetch(&self, key: &CacheKey) -> Result<Token, SourceError> {
         let generation = self.generation.load_full();
-        let profile = generation
-            .profiles
-            .get(key.profile.as_str())
-            .cloned()
-            .ok_or_else(|| ResolveError::UnknownProfile {
-                name: key.profile.to_string(),
-                known: generation.profiles.names().join(", "),
-            })?;
+        let profile = generation.profile(key.profile.as_str())?;
         let org = key.org.as_ref();
         let clock = &self.clock;
         let fetcher = &generation.fetcher;

@@ -251,6 +251,11 @@ impl<S: TokenSource> TokenCache<S> {
     /// The cached token for `key` if it is servable now: the hit path, which never waits.
     pub async fn get_servable(&self, key: &CacheKey) -> Option<Token> {
         let slot = self.inner.slots.get(key).await?;
+        self.servable_in(&slot)
+    }
+
+    /// A caller uses `slot`: note it (idle tracking) and return its token if it may be served.
+    fn servable_in(&self, slot: &Slot) -> Option<Token> {
         slot.touch();
         let token = slot.current();
         self.inner
@@ -262,9 +267,7 @@ impl<S: TokenSource> TokenCache<S> {
     pub async fn get(&self, key: &CacheKey) -> Result<(Token, Outcome), CacheError<S::Error>> {
         let inner = &self.inner;
         if let Some(slot) = inner.slots.get(key).await {
-            slot.touch();
-            let token = slot.current();
-            if inner.policy.servable(&token, inner.clock.now()) {
+            if let Some(token) = self.servable_in(&slot) {
                 tracing::debug!(profile = %key.profile, "cache hit");
                 return Ok((token, Outcome::Hit));
             }
@@ -301,14 +304,12 @@ impl<S: TokenSource> TokenCache<S> {
             Outcome::Hit
         };
         let slot = entry.into_value();
-        slot.touch();
-        let token = slot.current();
-        if inner.policy.servable(&token, inner.clock.now()) {
-            Ok((token, outcome))
-        } else {
-            self.refresh_now(key, &slot)
+        match self.servable_in(&slot) {
+            Some(token) => Ok((token, outcome)),
+            None => self
+                .refresh_now(key, &slot)
                 .await
-                .map(|t| (t, Outcome::Miss))
+                .map(|t| (t, Outcome::Miss)),
         }
     }
 

@@ -56,27 +56,13 @@ pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Re
     let org = parse_org(org)?;
     let validated = settings.validate()?;
     let key = load_key(&settings)?;
-    let profile = validated.profiles.get(profile).with_context(|| {
-        format!(
-            "there is no profile named {profile:?}; the profiles are: {}",
-            validated.profiles.names().join(", ")
-        )
-    })?;
-    let endpoints = settings.endpoints(None);
-    let grant = crate::grant::build_jwt_grant(
-        &key,
-        &crate::grant::GrantRequest {
-            client_id: settings.client_id(),
-            audience: &endpoints.issuer,
-            profile,
-            org: org
-                .as_ref()
-                .or(validated.default_org.as_ref())
-                .filter(|_| profile.system_user != crate::profile::SystemUser::None),
-            now: std::time::SystemTime::now(),
-            lifetime: crate::grant::MAX_GRANT_LIFETIME,
-        },
-    )?;
+    // The same profile and system-user rules, and the same grant, as the server's.
+    let generation = app::generation(&settings, validated, key, None)?;
+    let (profile, key) = generation.resolve(profile, org)?;
+    let grant =
+        generation
+            .fetcher
+            .grant(&profile, key.org.as_ref(), std::time::SystemTime::now())?;
     println!("{}", grant.expose());
     Ok(())
 }

@@ -248,6 +248,22 @@ async fn grant_prints_a_signed_grant_without_sending_it() {
     .await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--org \"123\""), "{}", stderr(&out));
+    // The same system-user rules as GET /token/{profile}.
+    let out = run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "grant",
+        "admin",
+        "--org",
+        ORG,
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not use a system user"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
