@@ -209,6 +209,23 @@ record rustc "$(rustc --version)"
 record mode "$MODE"
 record burst "$BURST"
 
+# The cache-hit series for NAME (broker or baseline): idle RSS, the load at each connection
+# count, and the peak RSS sampled during the largest one.
+load_series() {
+  local name=$1 pid=$2 url=$3 c
+  sleep 1
+  record "${name}_idle_rss_kib" "$(rss_kib "$pid" VmRSS)"
+  for c in "${CONNECTIONS[@]}"; do
+    if [[ $c == "${CONNECTIONS[-1]}" ]]; then
+      sample_rss "$pid" "$WORK/${name}_peak_rss" &
+      SAMPLER=$!
+    fi
+    load "${name}_c$c" "$url" "$c"
+  done
+  stop_pid "$SAMPLER"; SAMPLER=""
+  record "${name}_peak_rss_kib" "$(cat "$WORK/${name}_peak_rss")"
+}
+
 if [[ $MODE == full ]]; then
   # (1) cache hits: warm the cache, then load.
   start_broker
@@ -216,17 +233,7 @@ if [[ $MODE == full ]]; then
     die "the broker did not serve /token/altinn; see $WORK/broker.log"
   BODY_SIZE=$(wc -c <"$WORK/answer.json")
   metric broker_cache_lookups_total >/dev/null # fail early without /metrics
-  sleep 1
-  record broker_idle_rss_kib "$(rss_kib "$BROKER_PID" VmRSS)"
-  for c in "${CONNECTIONS[@]}"; do
-    if [[ $c == "${CONNECTIONS[-1]}" ]]; then
-      sample_rss "$BROKER_PID" "$WORK/broker_peak_rss" &
-      SAMPLER=$!
-    fi
-    load "broker_c$c" "$BROKER_URL/token/altinn" "$c"
-  done
-  stop_pid "$SAMPLER"; SAMPLER=""
-  record broker_peak_rss_kib "$(cat "$WORK/broker_peak_rss")"
+  load_series broker "$BROKER_PID" "$BROKER_URL/token/altinn"
   record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
   stop_pid "$BROKER_PID"
 else
@@ -236,17 +243,7 @@ record body_bytes "$BODY_SIZE"
 
 # (2) the baseline, with a body of the broker's size.
 start_baseline "$BODY_SIZE"
-sleep 1
-record baseline_idle_rss_kib "$(rss_kib "$BASELINE_PID" VmRSS)"
-for c in "${CONNECTIONS[@]}"; do
-  if [[ $c == "${CONNECTIONS[-1]}" ]]; then
-    sample_rss "$BASELINE_PID" "$WORK/baseline_peak_rss" &
-    SAMPLER=$!
-  fi
-  load "baseline_c$c" "$BASELINE_URL/token/altinn" "$c"
-done
-stop_pid "$SAMPLER"; SAMPLER=""
-record baseline_peak_rss_kib "$(cat "$WORK/baseline_peak_rss")"
+load_series baseline "$BASELINE_PID" "$BASELINE_URL/token/altinn"
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
 burst baseline_burst "$BASELINE_URL/token/altinn" "$BURST"
 stop_pid "$BASELINE_PID"
