@@ -21,7 +21,7 @@ use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Environment, Settings, Validated};
 use crate::fetch::Fetcher;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Shared};
 use crate::key::{KeyError, SigningKey};
 use crate::retry::RetryPolicy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
@@ -115,12 +115,13 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let tokens = TokenCache::new(broker, Policy::from(&settings.cache), clock);
     Ok(Built {
-        state: AppState {
+        state: AppState::new(Shared {
             tokens,
+            bodies: Default::default(),
             env: settings.env,
             clients,
             metrics: crate::metrics::install(),
-        },
+        }),
         simulator,
         settings,
     })

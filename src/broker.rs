@@ -14,7 +14,7 @@ use crate::cache::{CacheKey, TokenSource};
 use crate::clock::Clock;
 use crate::fetch::{FetchError, Fetcher};
 use crate::org::OrgNumber;
-use crate::profile::{Exchange, Profile, Profiles, SystemUser};
+use crate::profile::{Exchange, Profile, ProfileName, Profiles, SystemUser};
 use crate::retry::RetryPolicy;
 use crate::token::Token;
 use crate::upstream::Target;
@@ -166,6 +166,16 @@ impl Broker {
 
     pub fn clock(&self) -> &Arc<Clock> {
         &self.clock
+    }
+
+    /// The configured profile `name` refers to, if any: a metric label that the raw path of a
+    /// request cannot grow.
+    pub fn profile_name(&self, name: &str) -> Option<ProfileName> {
+        self.generation
+            .load()
+            .profiles
+            .get(name)
+            .map(|p| p.name.clone())
     }
 
     /// [`Generation::resolve`] with the current generation.

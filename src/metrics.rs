@@ -6,11 +6,14 @@
 //! profile names come from the configuration, org labels only from validated cache keys, outcomes
 //! from fixed lists.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use ::metrics::Counter;
+use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::cache::{CacheKey, Outcome};
@@ -30,14 +33,32 @@ pub const UPSTREAM_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// The process-wide recorder's handle, and the counters every token request touches, registered
+/// once: looking a counter up in the registry costs more than incrementing it.
+struct Installed {
+    handle: PrometheusHandle,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    /// By profile, then outcome; bounded, as profiles are configured names (or `_unknown`).
+    token_requests: ArcSwap<HashMap<Arc<str>, HashMap<&'static str, Counter>>>,
+}
 
 /// The handle of the process-wide recorder, installing it on first use.
 ///
 /// A recorder is global by nature (the `metrics` macros write to it from any layer), so it is
 /// installed once per process; every app in the process (tests start several) shares it.
 pub fn install() -> PrometheusHandle {
-    HANDLE.get_or_init(install_recorder).clone()
+    INSTALLED
+        .get_or_init(|| Installed {
+            handle: install_recorder(),
+            cache_hits: ::metrics::counter!(CACHE_LOOKUPS, "result" => "hit"),
+            cache_misses: ::metrics::counter!(CACHE_LOOKUPS, "result" => "miss"),
+            token_requests: ArcSwap::default(),
+        })
+        .handle
+        .clone()
 }
 
 fn install_recorder() -> PrometheusHandle {
@@ -98,16 +119,37 @@ pub fn token_request(profile: &str, status: u16) {
         502..=504 => "upstream_error",
         _ => "internal_error",
     };
-    ::metrics::counter!(TOKEN_REQUESTS, "profile" => profile.to_owned(), "outcome" => outcome)
-        .increment(1);
+    let register = || ::metrics::counter!(TOKEN_REQUESTS, "profile" => profile.to_owned(), "outcome" => outcome);
+    // Without the recorder (the one-shot CLI) the macro's no-op counter is all there is.
+    let Some(installed) = INSTALLED.get() else {
+        return register().increment(1);
+    };
+    if let Some(counter) = installed
+        .token_requests
+        .load()
+        .get(profile)
+        .and_then(|by_outcome| by_outcome.get(outcome))
+    {
+        return counter.increment(1);
+    }
+    let counter = register();
+    counter.increment(1);
+    installed.token_requests.rcu(|known| {
+        let mut known = HashMap::clone(known);
+        known
+            .entry(profile.into())
+            .or_default()
+            .insert(outcome, counter.clone());
+        known
+    });
 }
 
 /// Count one cache lookup that produced a token.
 pub fn cache_lookup(outcome: Outcome) {
-    // Literal labels let the macro build the key once, not on every request.
-    match outcome {
-        Outcome::Hit => ::metrics::counter!(CACHE_LOOKUPS, "result" => "hit").increment(1),
-        Outcome::Miss => ::metrics::counter!(CACHE_LOOKUPS, "result" => "miss").increment(1),
+    match (INSTALLED.get(), outcome) {
+        (Some(installed), Outcome::Hit) => installed.cache_hits.increment(1),
+        (Some(installed), Outcome::Miss) => installed.cache_misses.increment(1),
+        (None, _) => {}
     }
 }
 

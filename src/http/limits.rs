@@ -2,10 +2,19 @@
 //! before a handler sees it (414, 431), and no request runs longer than the deadline (503), each
 //! with a problem body like every other error.
 
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
 use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::future::Either;
+use pin_project_lite::pin_project;
+use tokio::time::Timeout;
+use tower::{Layer, Service};
 
 use super::problem::Problem;
 
@@ -14,12 +23,91 @@ pub const MAX_URI_BYTES: usize = 1024;
 /// Most bytes of header names and values together.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
 
-/// Size limits, then the deadline: one middleware, as each layer costs on every request.
-pub async fn guard(limit: std::time::Duration, request: Request, next: Next) -> Response {
-    if let Some(refusal) = oversized(&request) {
-        return refusal;
+/// Size limits, then the deadline, for every request: one plain tower layer rather than
+/// `axum::middleware::from_fn`, which boxes the rest of the stack and clones it on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct GuardLayer {
+    deadline: Duration,
+}
+
+impl GuardLayer {
+    pub fn new(deadline: Duration) -> Self {
+        GuardLayer { deadline }
     }
-    deadline(limit, request, next).await
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard {
+            inner,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// The service of [`GuardLayer`].
+#[derive(Debug, Clone)]
+pub struct Guard<S> {
+    inner: S,
+    deadline: Duration,
+}
+
+type Answered = Result<Response, Infallible>;
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Answered>, Deadline<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if let Some(refusal) = oversized(&request) {
+            return Either::Left(ready(Ok(refusal)));
+        }
+        Either::Right(Deadline {
+            answer: tokio::time::timeout(self.deadline, self.inner.call(request)),
+            limit: self.deadline,
+        })
+    }
+}
+
+pin_project! {
+    /// The inner service's answer, or a 503 problem once `limit` has passed (a last resort: token
+    /// requests already give up waiting for an upstream sooner).
+    pub struct Deadline<F> {
+        #[pin]
+        answer: Timeout<F>,
+        limit: Duration,
+    }
+}
+
+impl<F: Future<Output = Answered>> Future for Deadline<F> {
+    type Output = Answered;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
+        let this = self.project();
+        match this.answer.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(answered)) => Poll::Ready(answered),
+            Poll::Ready(Err(_)) => Poll::Ready(Ok(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request-timeout",
+                "Request timed out",
+                format!(
+                    "the request took longer than {}",
+                    humantime::format_duration(*this.limit)
+                ),
+            )
+            .into_response())),
+        }
+    }
 }
 
 /// A 414 or 431 problem when the request is larger than a token request can be.
@@ -56,24 +144,6 @@ fn oversized(request: &Request) -> Option<Response> {
     None
 }
 
-/// Answer 503 with a problem body when a request runs past `limit` (a last resort: token requests
-/// already give up waiting for an upstream sooner).
-pub async fn deadline(limit: std::time::Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request-timeout",
-            "Request timed out",
-            format!(
-                "the request took longer than {}",
-                humantime::format_duration(limit)
-            ),
-        )
-        .into_response(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +152,22 @@ mod tests {
     use axum::routing::get;
     use std::time::Duration;
     use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn an_oversized_request_is_refused_before_the_router() {
+        let app = GuardLayer::new(Duration::from_secs(1))
+            .layer(Router::new().route("/{*rest}", get(|| async { "ok" })));
+        let long = format!("/{}", "a".repeat(MAX_URI_BYTES));
+        let response = app
+            .oneshot(Request::get(long).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::URI_TOO_LONG);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
 
     #[tokio::test]
     async fn a_request_past_the_deadline_gets_a_503_problem() {
@@ -93,10 +179,8 @@ mod tests {
                     "late"
                 }),
             )
-            .route("/fast", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn(|r, n| {
-                deadline(Duration::from_millis(50), r, n)
-            }));
+            .route("/fast", get(|| async { "ok" }));
+        let app = GuardLayer::new(Duration::from_millis(50)).layer(app);
         let slow = app
             .clone()
             .oneshot(Request::get("/slow").body(Body::empty()).unwrap())

@@ -1,6 +1,7 @@
 //! The HTTP face of the broker: the router, the shared state, and the handlers' modules.
 
 pub mod auth;
+pub mod bodies;
 pub mod health;
 pub mod limits;
 pub mod metrics;
@@ -33,10 +34,29 @@ use crate::config::Environment;
 /// The broker's cache of tokens, filled from the broker's source.
 pub type Tokens = TokenCache<Broker>;
 
-/// Everything handlers share; built once at start-up.
+/// Everything handlers share; built once at start-up. Cloned for every request by axum's `State`
+/// extractor, so it is one shared pointer rather than a clone of each field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     pub tokens: Tokens,
+    /// The JSON answers of token requests, shared while they are exact.
+    pub bodies: bodies::TokenBodies,
     pub env: Environment,
     /// API-key clients; empty means token routes are open (loopback or explicit opt-out).
     pub clients: Arc<ArcSwap<Clients>>,
@@ -93,8 +113,6 @@ pub fn service(
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            limits::guard(request_timeout, request, next)
-        }))
+        .layer(limits::GuardLayer::new(request_timeout))
         .service(router(state))
 }

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -113,35 +114,30 @@ pub async fn get_token(
     State(state): State<AppState>,
     Path(profile): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+    request: Request,
+) -> Response {
     // A configured name or "_unknown": the raw path must not grow the label set.
-    let label = state
-        .tokens
-        .source()
-        .generation()
-        .profiles
-        .get(&profile)
-        .map_or_else(|| "_unknown".to_owned(), |p| p.name.to_string());
-    let result = serve_token(State(state), Path(profile), RawQuery(query), headers).await;
-    let status = match &result {
-        Ok(response) => response.status().as_u16(),
-        Err(e) => e.problem().status,
-    };
-    crate::metrics::token_request(&label, status);
-    result
+    let label = state.tokens.source().profile_name(&profile);
+    let response = serve_token(&state, &profile, query.as_deref(), request.headers())
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    crate::metrics::token_request(
+        label.as_ref().map_or("_unknown", |name| name.as_str()),
+        response.status().as_u16(),
+    );
+    response
 }
 
 async fn serve_token(
-    State(state): State<AppState>,
-    Path(profile): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
+    state: &AppState,
+    profile: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let clients = state.clients.load();
-    let caller = auth::authenticate(&clients, &headers)?;
-    let org = parse_query(query.as_deref())?;
-    let (profile, key) = state.tokens.source().resolve(&profile, org)?;
+    let caller = auth::authenticate(&clients, headers)?;
+    let org = parse_query(query)?;
+    let (profile, key) = state.tokens.source().resolve(profile, org)?;
     auth::authorize(&caller, &key)?;
     // A cache hit needs no timer; only waiting for an upstream is bounded.
     let (token, outcome) = match state.tokens.get_servable(&key).await {
@@ -161,22 +157,31 @@ async fn serve_token(
         fingerprint = %token.value.fingerprint(),
         "token served"
     );
-    let mut response = if wants_text(&headers) {
-        (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            )],
-            token.value.expose().to_owned(),
-        )
-            .into_response()
+    let (content_type, body) = if wants_text(headers) {
+        let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
+        ("text/plain; charset=utf-8", text)
     } else {
-        Json(TokenResponse::new(&token, &key, &profile, now)).into_response()
+        let json = state
+            .bodies
+            .json(&token, &key, &profile, now)
+            .map_err(|e| {
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    format!("the answer could not be written as JSON: {e}"),
+                )
+            })?;
+        ("application/json", json)
     };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// One profile in the `GET /token` listing.
