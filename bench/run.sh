@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # bench/run.sh: how fast and how small is maskinporten-broker on this machine?
 #
-#   bench/run.sh                   # everything, about 2.5 minutes after the builds
+#   bench/run.sh                   # everything, about 3.5 minutes after the builds
 #   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
 # markdown table; bench/README.md says how to read it. Everything it starts is stopped on exit.
 #
-# Knobs (environment): BENCH_SECONDS (5, per load point), BENCH_REFRESH_SECONDS (50),
+# Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (3 runs per load point, the
+# median counts), BENCH_REFRESH_SECONDS (50),
 # BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
 # broker's measured answer size).
 set -euo pipefail
@@ -25,6 +26,7 @@ BASELINE_URL=http://127.0.0.1:18081
 SECONDS_PER_POINT=${BENCH_SECONDS:-5}
 REFRESH_SECONDS=${BENCH_REFRESH_SECONDS:-50}
 BURST=${BENCH_BURST:-1000}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONNECTIONS=(1 16 64)
 # Must match bench/broker.yaml.
 TOKEN_LIFETIME_SECONDS=20
@@ -39,7 +41,6 @@ esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
 STARTED=()     # pids of everything this script started
-SAMPLER=""
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -59,7 +60,7 @@ stop_pid() {
 cleanup() {
   local status=$?
   local pid
-  for pid in ${SAMPLER:+"$SAMPLER"} ${STARTED[@]+"${STARTED[@]}"}; do
+  for pid in ${STARTED[@]+"${STARTED[@]}"}; do
     stop_pid "$pid"
   done
   if [[ $status -ne 0 ]]; then
@@ -208,42 +209,78 @@ record oha "$("$OHA" --version)"
 record rustc "$(rustc --version)"
 record mode "$MODE"
 record burst "$BURST"
+record rounds "$ROUNDS"
+record seconds "$SECONDS_PER_POINT"
 
-# The cache-hit series for NAME (broker or baseline): idle RSS, the load at each connection
-# count, and the peak RSS sampled during the largest one.
-load_series() {
-  local name=$1 pid=$2 url=$3 c
+# The cache-hit series of every server in SERVERS (name:pid:url): idle RSS, then at each
+# connection count ROUNDS runs per server, the servers taking turns so that drift on a shared
+# machine hits them alike; the median run by req/s is the one reported. Peak RSS is sampled
+# during the largest connection count.
+hit_series() {
+  local server name pid url c round
+  local -a samplers=()
   sleep 1
-  record "${name}_idle_rss_kib" "$(rss_kib "$pid" VmRSS)"
+  for server in "${SERVERS[@]}"; do
+    IFS=: read -r name pid url <<<"$server"
+    record "${name}_idle_rss_kib" "$(rss_kib "$pid" VmRSS)"
+  done
   for c in "${CONNECTIONS[@]}"; do
     if [[ $c == "${CONNECTIONS[-1]}" ]]; then
-      sample_rss "$pid" "$WORK/${name}_peak_rss" &
-      SAMPLER=$!
+      for server in "${SERVERS[@]}"; do
+        IFS=: read -r name pid url <<<"$server"
+        sample_rss "$pid" "$WORK/${name}_peak_rss" &
+        samplers+=("$!")
+        STARTED+=("$!")
+      done
     fi
-    load "${name}_c$c" "$url" "$c"
+    for round in $(seq "$ROUNDS"); do
+      for server in "${SERVERS[@]}"; do
+        IFS=: read -r name pid url <<<"$server"  # url keeps its own colons
+        load "${name}_c${c}_r$round" "$url" "$c"
+      done
+    done
+    for server in "${SERVERS[@]}"; do
+      median_run "${server%%:*}_c$c"
+    done
   done
-  stop_pid "$SAMPLER"; SAMPLER=""
-  record "${name}_peak_rss_kib" "$(cat "$WORK/${name}_peak_rss")"
+  for pid in "${samplers[@]}"; do stop_pid "$pid"; done
+  for server in "${SERVERS[@]}"; do
+    name=${server%%:*}
+    record "${name}_peak_rss_kib" "$(cat "$WORK/${name}_peak_rss")"
+  done
 }
 
+# median_run NAME: of NAME_r1.json ... the run with the median req/s becomes NAME.json.
+median_run() {
+  python3 - "$WORK" "$1" <<'PY'
+import glob, json, os, shutil, sys
+work, name = sys.argv[1], sys.argv[2]
+runs = sorted(glob.glob(os.path.join(work, name + "_r*.json")),
+              key=lambda p: json.load(open(p))["summary"]["requestsPerSec"])
+shutil.copy(runs[len(runs) // 2], os.path.join(work, name + ".json"))
+PY
+}
+
+SERVERS=()
 if [[ $MODE == full ]]; then
-  # (1) cache hits: warm the cache, then load.
+  # (1) cache hits: warm the cache; (2) the baseline, with a body of the broker's size.
   start_broker
   curl -fsS --max-time 30 -o "$WORK/answer.json" "$BROKER_URL/token/altinn" ||
     die "the broker did not serve /token/altinn; see $WORK/broker.log"
   BODY_SIZE=$(wc -c <"$WORK/answer.json")
   metric broker_cache_lookups_total >/dev/null # fail early without /metrics
-  load_series broker "$BROKER_PID" "$BROKER_URL/token/altinn"
-  record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
-  stop_pid "$BROKER_PID"
+  SERVERS+=("broker:$BROKER_PID:$BROKER_URL/token/altinn")
 else
   BODY_SIZE=${BENCH_BODY_SIZE:-1024}
 fi
 record body_bytes "$BODY_SIZE"
-
-# (2) the baseline, with a body of the broker's size.
 start_baseline "$BODY_SIZE"
-load_series baseline "$BASELINE_PID" "$BASELINE_URL/token/altinn"
+SERVERS+=("baseline:$BASELINE_PID:$BASELINE_URL/token/altinn")
+hit_series
+if [[ $MODE == full ]]; then
+  record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
+  stop_pid "$BROKER_PID"
+fi
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
 burst baseline_burst "$BASELINE_URL/token/altinn" "$BURST"
 stop_pid "$BASELINE_PID"
@@ -319,6 +356,7 @@ r = results.get
 rows = [
     ("date", r("date"), "", ""),
     ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; load generator on the same cores", "", ""),
+    ("cache-hit runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, broker and baseline taking turns", "", ""),
     ("tools", f"{r('oha')}; {r('rustc')}", "", ""),
     ("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
      f"{r('body_bytes')} bytes", ""),

@@ -213,3 +213,63 @@ async fn openapi_describes_the_token_route_its_org_parameter_and_problems() {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
     }
 }
+
+#[tokio::test]
+async fn every_log_line_of_a_request_carries_its_request_id() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("broker.yaml");
+    let extra = format!("listen: 127.0.0.1:{port}\nlog:\n  level: debug\n  format: json\n");
+    std::fs::write(&cfg, config_yaml(&mp, &altinn, &extra)).unwrap();
+    let mut child = spawn_bin(&["--config", cfg.to_str().unwrap()], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_up(&format!("{base}/healthz")).await;
+
+    let http = reqwest::Client::new();
+    let given = http
+        .get(format!("{base}/token/admin"))
+        .header("x-request-id", "caller-chosen-id-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.status(), 200);
+    assert_eq!(given.headers()["x-request-id"], "caller-chosen-id-42");
+    let fresh = http
+        .get(format!("{base}/token/admin"))
+        .send()
+        .await
+        .unwrap();
+    let fresh_id = fresh.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(fresh_id.len(), 36, "a UUID when the caller sends none");
+
+    signal(child.id().unwrap(), "TERM");
+    child.wait().await.unwrap();
+    let log = stderr_of(&mut child).await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))
+        .collect();
+    // Every event inside a request's span names the request; the ones of the first request
+    // (a miss: cache, upstream calls, the answer) carry the caller's id, the second the fresh one.
+    let of = |id: &str| {
+        lines
+            .iter()
+            .filter(|l| l["span"]["request_id"] == id)
+            .map(|l| l["message"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let first = of("caller-chosen-id-42");
+    assert!(first.iter().any(|m| m == "token served"), "{log}");
+    assert!(
+        first.len() >= 2,
+        "more than one line for the miss: {first:?}"
+    );
+    assert!(of(&fresh_id).iter().any(|m| m == "token served"), "{log}");
+    let served = lines
+        .iter()
+        .filter(|l| l["message"] == "token served")
+        .count();
+    assert_eq!(served, 2, "both answers logged once: {log}");
+}
