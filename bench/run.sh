@@ -9,7 +9,7 @@
 # markdown table; bench/README.md says how to read it. Everything it starts is stopped on exit.
 #
 # Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (3 runs per load point, the
-# median counts), BENCH_REFRESH_SECONDS (50),
+# median counts), BENCH_PIN (1: servers on CPU 0, oha on CPU 1), BENCH_REFRESH_SECONDS (50),
 # BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
 # broker's measured answer size).
 set -euo pipefail
@@ -27,6 +27,17 @@ SECONDS_PER_POINT=${BENCH_SECONDS:-5}
 REFRESH_SECONDS=${BENCH_REFRESH_SECONDS:-50}
 BURST=${BENCH_BURST:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
+# BENCH_PIN=1: servers on CPU 0, the load generator on CPU 1 (taskset), instead of all of them
+# sharing every core; shows what the scheduler's sharing does to the latency tail.
+if [[ ${BENCH_PIN:-0} == 1 ]]; then
+  ON_SERVER_CPU=(taskset -c 0)
+  ON_LOAD_CPU=(taskset -c 1)
+  PLACEMENT="servers pinned to CPU 0, load generator to CPU 1"
+else
+  ON_SERVER_CPU=()
+  ON_LOAD_CPU=()
+  PLACEMENT="load generator on the same cores"
+fi
 CONNECTIONS=(1 16 64)
 # Must match bench/broker.yaml.
 TOKEN_LIFETIME_SECONDS=20
@@ -126,14 +137,14 @@ wait_healthy() {
 
 start_broker() {
   port_free "$BROKER_URL" || die "something already listens on $BROKER_URL"
-  start broker "$BROKER_BIN" --config "$BENCH/broker.yaml" serve
+  start broker "${ON_SERVER_CPU[@]}" "$BROKER_BIN" --config "$BENCH/broker.yaml" serve
   BROKER_PID=$LAST_PID
   wait_healthy "$BROKER_URL" "$BROKER_PID"
 }
 
 start_baseline() {
   port_free "$BASELINE_URL" || die "something already listens on $BASELINE_URL"
-  start baseline "$BASELINE_BIN" "$1" 127.0.0.1:18081
+  start baseline "${ON_SERVER_CPU[@]}" "$BASELINE_BIN" "$1" 127.0.0.1:18081
   BASELINE_PID=$LAST_PID
   wait_healthy "$BASELINE_URL" "$BASELINE_PID"
 }
@@ -155,7 +166,7 @@ sample_rss() {
 load() {
   local name=$1 url=$2 c=$3 seconds=${4:-$SECONDS_PER_POINT}
   log "load: $name ($c connections, ${seconds}s)"
-  timeout $((seconds + 60)) "$OHA" --no-tui --output-format json \
+  timeout $((seconds + 60)) "${ON_LOAD_CPU[@]}" "$OHA" --no-tui --output-format json \
     -z "${seconds}s" -c "$c" "$url" >"$WORK/$name.json"
 }
 
@@ -163,7 +174,7 @@ load() {
 burst() {
   local name=$1 url=$2 n=$3
   log "burst: $name ($n requests on $n connections)"
-  timeout 120 "$OHA" --no-tui --output-format json -n "$n" -c "$n" "$url" >"$WORK/$name.json"
+  timeout 120 "${ON_LOAD_CPU[@]}" "$OHA" --no-tui --output-format json -n "$n" -c "$n" "$url" >"$WORK/$name.json"
 }
 
 # metric NAME [LABEL=VALUE...]: the sum of a Prometheus counter over the series that carry
@@ -210,6 +221,7 @@ record rustc "$(rustc --version)"
 record mode "$MODE"
 record burst "$BURST"
 record rounds "$ROUNDS"
+record placement "$PLACEMENT"
 record seconds "$SECONDS_PER_POINT"
 
 # The cache-hit series of every server in SERVERS (name:pid:url): idle RSS, then at each
@@ -355,7 +367,7 @@ def ratio(a, b, digits=2):
 r = results.get
 rows = [
     ("date", r("date"), "", ""),
-    ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; load generator on the same cores", "", ""),
+    ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; {r('placement')}", "", ""),
     ("cache-hit runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, broker and baseline taking turns", "", ""),
     ("tools", f"{r('oha')}; {r('rustc')}", "", ""),
     ("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
