@@ -112,20 +112,9 @@ async fn a_public_listen_address_without_clients_refuses_to_start() {
 async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(
-        dir.path(),
-        &config_yaml(
-            &mp,
-            &altinn,
-            &format!("default_org: '{ORG}'\nlisten: 127.0.0.1:{port}\n"),
-        ),
-    );
-    let mut child = spawn_bin(&["--config", cfg.to_str().unwrap()], &[]);
-    let base = format!("http://127.0.0.1:{port}");
+    let mut broker = ServedBinary::start(&mp, &altinn, &format!("default_org: '{ORG}'\n")).await;
+    let base = broker.base.clone();
     let http = reqwest::Client::new();
-    wait_until_up(&format!("{base}/healthz")).await;
     for path in [
         "/token/altinn",
         "/token/admin",
@@ -157,18 +146,18 @@ async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
         async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    signal(child.id().unwrap(), "TERM");
+    signal(broker.child.id().unwrap(), "TERM");
     assert_eq!(
         slow.await.unwrap().unwrap(),
         200,
         "in-flight request finished"
     );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), broker.child.wait())
         .await
         .expect("exits")
         .unwrap();
     assert!(status.success(), "exit 0 after SIGTERM: {status:?}");
-    let log = stderr_of(&mut child).await;
+    let log = stderr_of(&mut broker.child).await;
     assert!(log.contains("token served"), "{log}");
 }
 

@@ -218,14 +218,9 @@ async fn openapi_describes_the_token_route_its_org_parameter_and_problems() {
 async fn every_log_line_of_a_request_carries_its_request_id() {
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("broker.yaml");
-    let extra = format!("listen: 127.0.0.1:{port}\nlog:\n  level: debug\n  format: json\n");
-    std::fs::write(&cfg, config_yaml(&mp, &altinn, &extra)).unwrap();
-    let mut child = spawn_bin(&["--config", cfg.to_str().unwrap()], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_up(&format!("{base}/healthz")).await;
+    let log_json = "log:\n  level: debug\n  format: json\n";
+    let mut broker = ServedBinary::start(&mp, &altinn, log_json).await;
+    let base = broker.base.clone();
 
     let http = reqwest::Client::new();
     let given = http
@@ -244,9 +239,9 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
     let fresh_id = fresh.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(fresh_id.len(), 36, "a UUID when the caller sends none");
 
-    signal(child.id().unwrap(), "TERM");
-    child.wait().await.unwrap();
-    let log = stderr_of(&mut child).await;
+    signal(broker.child.id().unwrap(), "TERM");
+    broker.child.wait().await.unwrap();
+    let log = stderr_of(&mut broker.child).await;
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not JSON: {l}")))

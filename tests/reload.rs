@@ -11,19 +11,14 @@ use support::*;
 async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("broker.yaml");
-    let base_yaml = config_yaml(&mp, &altinn, &format!("listen: 127.0.0.1:{port}\n"));
-    std::fs::write(&cfg, &base_yaml).unwrap();
-    let mut child = spawn_bin(&["--config", cfg.to_str().unwrap()], &[]);
-    let pid = child.id().unwrap();
+    let mut broker = ServedBinary::start(&mp, &altinn, "").await;
+    let cfg = broker.config.clone();
+    let base_yaml = std::fs::read_to_string(&cfg).unwrap();
+    let pid = broker.child.id().unwrap();
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until_up(&format!("{base}/healthz")).await;
     let token = |path: &'static str| {
         let http = http.clone();
-        let url = format!("{base}{path}");
+        let url = broker.url(path);
         async move {
             let r = http.get(url).send().await.unwrap();
             assert_eq!(r.status(), 200, "{path}");
@@ -49,7 +44,7 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
     let mut rotated = false;
     for _ in 0..100 {
         let r = http
-            .get(format!("{base}/readyz"))
+            .get(broker.url("/readyz"))
             .send()
             .await
             .unwrap()
@@ -78,7 +73,7 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
     signal(pid, "HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = http
-        .get(format!("{base}/token/altinn?org={ORG}"))
+        .get(broker.url(&format!("/token/altinn?org={ORG}")))
         .send()
         .await
         .unwrap();
@@ -88,9 +83,9 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
         Some("rotated-kid")
     );
 
-    child.start_kill().unwrap();
-    let _ = child.wait().await;
-    let log = stderr_of(&mut child).await;
+    broker.child.start_kill().unwrap();
+    let _ = broker.child.wait().await;
+    let log = stderr_of(&mut broker.child).await;
     assert!(log.contains("configuration and key reloaded"), "{log}");
     assert!(log.contains("reload refused"), "{log}");
 }

@@ -589,3 +589,35 @@ pub async fn stderr_of(child: &mut tokio::process::Child) -> String {
     }
     log
 }
+
+/// The binary serving `config_yaml(mp, altinn, extra)` on a free loopback port, its config in a
+/// temporary directory that lives as long as this value (tests may rewrite it and send SIGHUP).
+pub struct ServedBinary {
+    pub child: tokio::process::Child,
+    pub base: String,
+    pub config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ServedBinary {
+    pub async fn start(mp: &FakeMaskinporten, altinn: &FakeAltinn, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("broker.yaml");
+        let yaml = config_yaml(mp, altinn, &format!("listen: 127.0.0.1:{port}\n{extra}"));
+        std::fs::write(&config, yaml).unwrap();
+        let child = spawn_bin(&["--config", config.to_str().unwrap()], &[]);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until_up(&format!("{base}/healthz")).await;
+        ServedBinary {
+            child,
+            base,
+            config,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
