@@ -1,14 +1,12 @@
 //! Nothing secret in the logs: the whole request matrix at `trace` level, then a search of the
 //! captured output for every token, grant, key line and API key involved.
 
-mod support;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use crate::support::*;
 use maskinporten_broker::access::hash_api_key;
 use serde_json::Value;
-use support::*;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -29,10 +27,13 @@ const API_KEY: &str = "very-secret-api-key-123456";
 async fn no_secret_appears_in_trace_logs() {
     let capture = Capture::default();
     let writer = capture.clone();
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .init();
+    // Scoped to this test's (current-thread) runtime: the other tests share the process.
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
 
     let env = TestEnv::start(&format!(
         "default_org: '{ORG}'\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\n",

@@ -1,10 +1,8 @@
 //! Every error case of the token API: status, RFC 9457 body, and what the caller can act on.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn unknown_profile_is_a_404_listing_the_profiles() {

@@ -1,12 +1,10 @@
 //! Fault injection against a scripted fake Maskinporten: what the caller sees, how many upstream
 //! calls were made, and that no expired token is ever served.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const FAST: &str = "http_client:\n  timeout: 300ms\n";
 

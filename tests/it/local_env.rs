@@ -1,11 +1,9 @@
 //! Works out of the box: the shipped broker.yaml (env local) started as a process, and `keygen`
 //! output accepted by the `simulate` subcommand.
 
-mod support;
-
+use crate::support::*;
 use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
 use serde_json::Value;
-use support::*;
 use tokio::process::{Child, Command};
 
 /// Verify a token's signature with a JWKS, returning its claims.

@@ -3,13 +3,11 @@
 //! Metrics are process-wide and these tests run in parallel in one process, so counters are
 //! asserted with ≥; only the expiry gauge, which each app renders from its own cache, is exact.
 
-mod support;
-
 use std::collections::BTreeSet;
 
+use crate::support::*;
 use maskinporten_broker::http::ROUTES;
 use serde_json::Value;
-use support::*;
 
 /// The scrape, checking the Prometheus text content type.
 async fn scrape(env: &TestEnv) -> String {

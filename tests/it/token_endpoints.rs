@@ -1,12 +1,10 @@
 //! The token endpoints against strict fake upstreams: every built-in profile, a custom profile,
 //! system users, JSON and text answers, the listing, coalescing and background refresh.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 const ALTINN_SCOPE: &str = "altinn:instances.read altinn:instances.write";
 const ADMIN_SCOPE: &str = "altinn:authentication/systemregister.write altinn:authentication/systemuser.request.read altinn:authentication/systemuser.request.write";

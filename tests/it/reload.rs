@@ -1,11 +1,9 @@
 //! Key rotation without restart: SIGHUP reloads key, kid and config; a broken config is refused
 //! and the old one keeps serving; tokens made with the old key stay cached until they expire.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {

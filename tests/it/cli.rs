@@ -1,13 +1,11 @@
 //! The binary as a user runs it: start-up failures, `serve` against the fakes, and the tools
 //! (`token`, `grant`, `check`, `keygen`, `hash-key`), each with its output and exit code.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use tokio::process::Command;
 
 fn write_config(dir: &Path, yaml: &str) -> std::path::PathBuf {

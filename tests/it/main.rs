@@ -1,0 +1,18 @@
+//! The integration tests: one binary, so the fake upstreams in `support` compile once.
+//!
+//! Each module is one area of behaviour, tested the way a user meets it: the broker started
+//! in-process or as the release binary, on 127.0.0.1, against strict fakes of Maskinporten and
+//! Altinn that verify what they receive.
+
+mod support;
+
+mod access;
+mod cli;
+mod container_files;
+mod errors;
+mod faults;
+mod local_env;
+mod observability;
+mod reload;
+mod secrets;
+mod token_endpoints;
