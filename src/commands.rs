@@ -246,14 +246,7 @@ pub async fn simulate(
                 scopes: profiles.all_scopes(),
             }
         }
-        (None, Some(s)) => {
-            let key = load_key(s)?;
-            RegisteredClient {
-                client_id: s.client_id().to_owned(),
-                keys: vec![(key.kid().to_owned(), key.public_key())],
-                scopes: profiles.all_scopes(),
-            }
-        }
+        (None, Some(s)) => app::simulator_client(s.client_id(), &load_key(s)?, &profiles),
         (None, None) => {
             bail!("no client to register: pass --jwk FILE (from keygen) or a --config with a key")
         }

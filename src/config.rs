@@ -451,9 +451,9 @@ impl Settings {
 /// What validation parsed along the way, so it is not parsed twice.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    pub default_org: Option<OrgNumber>,
-    pub profiles: Profiles,
-    pub clients: Clients,
+    pub(crate) default_org: Option<OrgNumber>,
+    pub(crate) profiles: Profiles,
+    pub(crate) clients: Clients,
 }
 
 #[cfg(test)]

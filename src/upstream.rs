@@ -73,7 +73,30 @@ fn describe(error: &Option<String>, description: &Option<String>) -> String {
     }
 }
 
+/// Run one upstream call, counting its outcome and timing it.
+pub async fn observe<T>(
+    target: Target,
+    call: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = result.as_ref().err().map_or("ok", UpstreamError::outcome);
+    crate::meters::upstream_call(target.as_str(), outcome, started.elapsed());
+    result
+}
+
 impl UpstreamError {
+    /// The outcome label of this failure on `/metrics`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::Refused { .. } => "refused",
+            UpstreamError::Unavailable { .. } => "unavailable",
+            UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Invalid { .. } => "invalid",
+        }
+    }
+
     pub fn target(&self) -> Target {
         match self {
             UpstreamError::Refused { target, .. }

@@ -121,7 +121,7 @@ pub async fn get_token(
     let response = serve_token(&state, &profile, query.as_deref(), request.headers())
         .await
         .unwrap_or_else(IntoResponse::into_response);
-    crate::metrics::token_request(
+    crate::meters::token_request(
         label.as_ref().map_or("_unknown", |name| name.as_str()),
         response.status().as_u16(),
     );
@@ -146,7 +146,7 @@ async fn serve_token(
             .await
             .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
     };
-    crate::metrics::cache_lookup(outcome);
+    crate::meters::cache_lookup(outcome == Outcome::Hit);
     let now = state.tokens.source().clock().now();
     tracing::info!(
         client = caller.name(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::support::*;
-use maskinporten_broker::http::ROUTES;
+use maskinporten_broker::ROUTES;
 use serde_json::Value;
 
 /// The scrape, checking the Prometheus text content type.
