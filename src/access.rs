@@ -8,6 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::budget::ClientBudget;
 use crate::org::OrgNumber;
 
 /// One client of a shared broker, as written in `clients:`.
@@ -23,6 +24,10 @@ pub struct ClientSettings {
     /// Organisation numbers it may ask system-user tokens for; absent means none.
     #[serde(default)]
     pub orgs: Vec<String>,
+    /// Upstream fetches per second this client's requests may start (cache hits are free);
+    /// absent means only the global `cache.max_fetches_per_second` applies.
+    #[serde(default)]
+    pub max_fetches_per_second: Option<u32>,
 }
 
 /// The hash of an API key, as stored in the config.
@@ -37,6 +42,8 @@ pub struct Client {
     hash: [u8; 32],
     profiles: Vec<String>,
     orgs: Vec<OrgNumber>,
+    /// Its own fetch budget, if it has one; shared by reference with the requests it makes.
+    pub budget: Option<std::sync::Arc<ClientBudget>>,
 }
 
 impl Client {
@@ -82,11 +89,23 @@ impl Clients {
                     Err(e) => problems.push(format!("{}: {o:?}: {e}", field("orgs"))),
                 }
             }
+            let budget = match c.max_fetches_per_second.map(std::num::NonZeroU32::new) {
+                None => None,
+                Some(Some(rate)) => Some(std::sync::Arc::new(ClientBudget::new(&c.name, rate))),
+                Some(None) => {
+                    problems.push(format!(
+                        "{}: must be at least 1 (or left out for no limit of its own)",
+                        field("max_fetches_per_second")
+                    ));
+                    None
+                }
+            };
             clients.push(Client {
                 name: c.name.clone(),
                 hash,
                 profiles: c.profiles.clone(),
                 orgs,
+                budget,
             });
         }
         if problems.is_empty() {
@@ -123,6 +142,7 @@ mod tests {
             key_sha256: hash_api_key("secret-key-a"),
             profiles: vec!["altinn".into()],
             orgs: vec!["991825827".into()],
+            max_fetches_per_second: None,
         }])
         .unwrap()
     }
@@ -152,12 +172,17 @@ mod tests {
             key_sha256: "xyz".into(),
             profiles: vec![],
             orgs: vec!["1".into()],
+            max_fetches_per_second: Some(0),
         }])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));
         assert!(errs.iter().any(|e| e.starts_with("clients[0].name")));
         assert!(errs.iter().any(|e| e.starts_with("clients[0].profiles")));
         assert!(errs.iter().any(|e| e.starts_with("clients[0].orgs")));
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("clients[0].max_fetches_per_second"))
+        );
     }
 
     #[test]

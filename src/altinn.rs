@@ -16,7 +16,8 @@ use crate::upstream::{Target, UpstreamError, call};
 #[derive(Debug, Clone)]
 pub struct AltinnToken {
     pub token: Secret,
-    pub expires_at: SystemTime,
+    /// The token's `exp`; `None` when no date can hold it (the token is then clamped).
+    pub expires_at: Option<SystemTime>,
     pub server_date: Option<SystemTime>,
 }
 

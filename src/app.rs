@@ -6,6 +6,7 @@
 //! configured address and waits for SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::broker::{Broker, Generation};
+use crate::budget::FetchBudget;
 use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Environment, Settings, Validated};
@@ -113,11 +115,14 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let generation = generation(&settings, validated, key, local_base)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
-    let tokens = TokenCache::new(broker, Policy::from(&settings.cache), clock);
+    let budget = FetchBudget::new(
+        NonZeroU32::new(settings.cache.max_fetches_per_second).unwrap_or(NonZeroU32::MIN),
+        settings.cache.max_concurrent_fetches,
+    );
+    let tokens = TokenCache::new(broker, Policy::from(&settings.cache), budget, clock);
     Ok(Built {
         state: AppState::new(Shared {
             tokens,
-            bodies: Default::default(),
             env: settings.env,
             clients,
             metrics: crate::meters::install(),

@@ -4,13 +4,18 @@
 //! A *generation* is everything a reload may replace (key, kid, client id, endpoints, profiles).
 //! It is swapped atomically; fetches in flight finish with the generation they started with, and
 //! tokens made with an old key stay cached until they expire.
+//!
+//! A caller's fetch gets the retry policy; a background refresh makes one attempt, admitted by
+//! the [`Breaker`] of each upstream it will call, so an outage is not multiplied by the number of
+//! cached keys.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::cache::{CacheKey, TokenSource};
+use crate::budget::{self, Breaker};
+use crate::cache::{CacheKey, Purpose, TokenSource};
 use crate::clock::Clock;
 use crate::fetch::{FetchError, Fetcher};
 use crate::org::OrgNumber;
@@ -98,6 +103,8 @@ pub struct Broker {
     clock: Arc<Clock>,
     retry: RetryPolicy,
     health: Mutex<BTreeMap<&'static str, UpstreamHealth>>,
+    maskinporten: Breaker,
+    altinn: Breaker,
 }
 
 /// What the broker last saw of one upstream, for `/readyz`.
@@ -117,6 +124,8 @@ impl Broker {
             clock,
             retry,
             health: Mutex::new(BTreeMap::new()),
+            maskinporten: Breaker::default(),
+            altinn: Breaker::default(),
         }
     }
 
@@ -128,7 +137,43 @@ impl Broker {
             .clone()
     }
 
+    fn breaker(&self, target: Target) -> &Breaker {
+        match target {
+            Target::Maskinporten => &self.maskinporten,
+            Target::Altinn => &self.altinn,
+        }
+    }
+
+    /// Feed each upstream's breaker with how a fetch ended: a transient failure of the target
+    /// that failed; every upstream before it (or all, on success) answered.
+    fn record_breakers(&self, profile: &Profile, result: &Result<Token, FetchError>) {
+        let up = budget::Outcome::Up;
+        match result {
+            Ok(_) => {
+                self.maskinporten.record(up);
+                if profile.exchange == Exchange::Altinn {
+                    self.altinn.record(up);
+                }
+            }
+            Err(FetchError::Upstream(e)) => {
+                if e.target() == Target::Altinn {
+                    self.maskinporten.record(up);
+                }
+                let outcome = if e.is_transient() {
+                    budget::Outcome::Down {
+                        retry_after: e.retry_after(),
+                    }
+                } else {
+                    up
+                };
+                self.breaker(e.target()).record(outcome);
+            }
+            Err(FetchError::Grant(_)) => {}
+        }
+    }
+
     fn record(&self, profile: &Profile, result: &Result<Token, FetchError>) {
+        self.record_breakers(profile, result);
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = crate::token::rfc3339(self.clock.now());
         let mut ok = |target: Target| {
@@ -191,15 +236,33 @@ impl Broker {
 impl TokenSource for Broker {
     type Error = SourceError;
 
-    async fn fetch(&self, key: &CacheKey) -> Result<Token, SourceError> {
+    async fn fetch(&self, key: &CacheKey, purpose: Purpose) -> Result<Token, SourceError> {
         let generation = self.generation.load_full();
         let profile = generation.profile(key.profile.as_str())?;
         let org = key.org.as_ref();
         let clock = &self.clock;
         let fetcher = &generation.fetcher;
-        let result = self.retry.run(|| fetcher.fetch(&profile, org, clock)).await;
+        let result = match purpose {
+            Purpose::Caller => self.retry.run(|| fetcher.fetch(&profile, org, clock)).await,
+            Purpose::Background => {
+                // One probe per open breaker, Maskinporten's first (always the same order).
+                let _maskinporten = self.maskinporten.admit_background().await;
+                let _altinn = match profile.exchange {
+                    Exchange::Altinn => Some(self.altinn.admit_background().await),
+                    Exchange::None => None,
+                };
+                fetcher.fetch(&profile, org, clock).await
+            }
+        };
         self.record(&profile, &result);
         Ok(result?)
+    }
+
+    fn retry_after(error: &SourceError) -> Option<std::time::Duration> {
+        match error {
+            SourceError::Fetch(FetchError::Upstream(u)) => u.retry_after(),
+            _ => None,
+        }
     }
 
     fn is_permanent(error: &SourceError) -> bool {

@@ -1,40 +1,48 @@
-//! The token cache: one slot per (profile, organisation), filled once, refreshed ahead of expiry.
+//! The token cache: one slot per (profile, organisation), filled once, refreshed ahead of expiry
+//! while it is in use, bounded in entries and in what it asks of the upstreams.
 //!
 //! - **Coalescing.** Concurrent requests for a missing key share one upstream call (moka's
 //!   `or_try_insert_with`); a slot whose token got too old is refreshed under the slot's own lock,
 //!   so again only one caller goes upstream.
-//! - **Refresh ahead.** Each slot owns a background task that refreshes the token once only
-//!   `refresh_when_left` of its lifetime is left (never later than `refresh_floor` and
-//!   `min_remaining` before expiry). Callers keep getting the current token meanwhile, so a caller
-//!   that asks at least once per lifetime never waits for the upstream after warm-up.
+//! - **Refresh ahead, only what is in use.** Each slot owns a background task that refreshes the
+//!   token once only `refresh_when_left` of its lifetime is left (never later than
+//!   `refresh_floor` and `min_remaining` before expiry), but only if a caller asked for the key
+//!   since the token was fetched or the last refresh was tried. Otherwise the task waits for such a
+//!   caller until the token stops being servable, and then the slot lapses: a key asked for once
+//!   is fetched once, and once every caller stops, upstream calls stop within one token lifetime.
+//! - **Bounded.** At most `max_entries` slots (moka with a plain LRU policy, so a new key is always
+//!   admitted and answered from its slot, the least recently used one goes). Refusals are
+//!   remembered in a map of the same bound. Fetches go through the [`FetchBudget`].
 //! - **Never stale.** A token with less than `min_remaining` left is not served, an expired one
 //!   never; the caller then waits for a fresh one or gets the error.
-//! - **Idle entries fall out.** A slot nobody asked for during `idle` is dropped with its task.
 //! - **Refusals are remembered.** A permanent refusal is returned from memory for
 //!   [`REFUSAL_MEMORY`], so a crowd of callers cannot hammer Maskinporten with a broken grant.
 //!
 //! The cache knows nothing of HTTP, grants or upstreams: it asks a [`TokenSource`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{ClientBudget, FetchBudget, MAX_RETRY_AFTER, OverBudget};
 use crate::clock::Clock;
 use crate::config::CacheSettings;
 use crate::org::OrgNumber;
 use crate::profile::ProfileName;
-use crate::token::Token;
+use crate::token::{Token, rfc3339};
 
 /// How long a permanent refusal is answered from memory.
 pub const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
 /// How long a transient failure is answered from memory: long enough that a crowd of callers
 /// queued behind one failed fetch does not repeat it one by one, short enough to recover fast.
 pub const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
-/// Longest pause between background refresh attempts while the upstream fails.
-const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest pause between background refresh attempts of one key while the upstream fails.
+pub const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a cached token is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,14 +51,37 @@ pub struct CacheKey {
     pub org: Option<OrgNumber>,
 }
 
+/// Who a fetch is for: a caller waiting for it, or the background refresh of a token in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Caller,
+    Background,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Caller => "caller",
+            Purpose::Background => "background",
+        }
+    }
+}
+
 /// Where fresh tokens come from.
 pub trait TokenSource: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
-    fn fetch(&self, key: &CacheKey) -> impl Future<Output = Result<Token, Self::Error>> + Send;
+    fn fetch(
+        &self,
+        key: &CacheKey,
+        purpose: Purpose,
+    ) -> impl Future<Output = Result<Token, Self::Error>> + Send;
 
     /// Whether this failure will repeat if asked again at once (a refusal, not an outage).
     fn is_permanent(error: &Self::Error) -> bool;
+
+    /// How long the upstream asked to be left alone after this failure.
+    fn retry_after(error: &Self::Error) -> Option<Duration>;
 }
 
 /// Why the cache has no token to give.
@@ -66,6 +97,8 @@ pub enum CacheError<E: std::error::Error + 'static> {
         lifetime: Duration,
         min_remaining: Duration,
     },
+    #[error(transparent)]
+    OverBudget(OverBudget),
 }
 
 impl<E: std::error::Error + 'static> Clone for CacheError<E> {
@@ -79,6 +112,7 @@ impl<E: std::error::Error + 'static> Clone for CacheError<E> {
                 lifetime: *lifetime,
                 min_remaining: *min_remaining,
             },
+            CacheError::OverBudget(o) => CacheError::OverBudget(o.clone()),
         }
     }
 }
@@ -106,6 +140,7 @@ pub struct Policy {
     pub refresh_floor: Duration,
     pub min_remaining: Duration,
     pub idle: Duration,
+    pub max_entries: u64,
 }
 
 impl From<&CacheSettings> for Policy {
@@ -115,6 +150,7 @@ impl From<&CacheSettings> for Policy {
             refresh_floor: s.refresh_floor,
             min_remaining: s.min_remaining,
             idle: s.idle,
+            max_entries: s.max_entries,
         }
     }
 }
@@ -123,15 +159,23 @@ impl Policy {
     /// When the background task should fetch this token's successor: once `refresh_when_left` of
     /// the lifetime is left, but at least `refresh_floor` before the token stops being servable.
     pub fn refresh_at(&self, token: &Token) -> SystemTime {
-        let left = token
-            .lifetime()
-            .mul_f64(self.refresh_when_left)
-            .max(self.min_remaining + self.refresh_floor);
+        let lifetime = token.lifetime();
+        let share = Duration::try_from_secs_f64(lifetime.as_secs_f64() * self.refresh_when_left)
+            .unwrap_or(lifetime);
+        let left = share.max(self.min_remaining.saturating_add(self.refresh_floor));
         token
             .expires_at
             .checked_sub(left)
             .unwrap_or(token.issued_at)
             .max(token.issued_at)
+    }
+
+    /// When this token stops being servable (`min_remaining` before expiry).
+    pub fn unservable_at(&self, token: &Token) -> SystemTime {
+        token
+            .expires_at
+            .checked_sub(self.min_remaining)
+            .unwrap_or(token.issued_at)
     }
 
     /// Whether a token may be handed out at `now`.
@@ -169,30 +213,37 @@ impl<E: std::error::Error + 'static> moka::Expiry<CacheKey, Remembered<E>> for R
 }
 
 struct Slot {
-    token: RwLock<Token>,
+    token: ArcSwap<Token>,
     /// Held while fetching a successor, so only one fetch per slot runs at a time.
     refreshing: tokio::sync::Mutex<()>,
-    /// Milliseconds since `epoch` at the last caller's request.
-    last_used_ms: AtomicU64,
-    epoch: Instant,
+    /// A caller asked for this key since the token was fetched or a refresh was last tried.
+    asked: AtomicBool,
+    /// Wakes the background task waiting for a caller to ask.
+    wake: Notify,
     stop: CancellationToken,
 }
 
 impl Slot {
-    fn current(&self) -> Token {
-        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    fn new(token: Arc<Token>, stop: CancellationToken) -> Self {
+        Slot {
+            token: ArcSwap::new(token),
+            refreshing: tokio::sync::Mutex::new(()),
+            asked: AtomicBool::new(false),
+            wake: Notify::new(),
+            stop,
+        }
     }
-    fn replace(&self, token: Token) {
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = token;
+    fn current(&self) -> Arc<Token> {
+        self.token.load_full()
     }
+    fn replace(&self, token: Arc<Token>) {
+        self.token.store(token);
+    }
+    /// A caller asked: note it, and wake the background task the first time.
     fn touch(&self) {
-        self.last_used_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-    fn idle_for(&self) -> Duration {
-        self.epoch.elapsed().saturating_sub(Duration::from_millis(
-            self.last_used_ms.load(Ordering::Relaxed),
-        ))
+        if !self.asked.load(Ordering::Relaxed) && !self.asked.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -201,6 +252,7 @@ struct Inner<S: TokenSource> {
     refusals: moka::future::Cache<CacheKey, Remembered<S::Error>>,
     source: S,
     policy: Policy,
+    budget: FetchBudget,
     clock: Arc<Clock>,
     shutdown: CancellationToken,
 }
@@ -218,13 +270,24 @@ impl<S: TokenSource> Clone for TokenCache<S> {
     }
 }
 
+/// How a fetch is paid for: a caller (with its client's budget, if any) or the background.
+#[derive(Clone, Copy)]
+enum Payer<'a> {
+    Caller(Option<&'a ClientBudget>),
+    Background,
+}
+
 impl<S: TokenSource> TokenCache<S> {
-    pub fn new(source: S, policy: Policy, clock: Arc<Clock>) -> Self {
+    pub fn new(source: S, policy: Policy, budget: FetchBudget, clock: Arc<Clock>) -> Self {
         let slots = moka::future::Cache::builder()
+            .max_capacity(policy.max_entries)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_idle(policy.idle)
             .eviction_listener(|_key, slot: Arc<Slot>, _cause| slot.stop.cancel())
             .build();
         let refusals = moka::future::Cache::builder()
+            .max_capacity(policy.max_entries)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .expire_after(RememberFor)
             .build();
         TokenCache {
@@ -233,6 +296,7 @@ impl<S: TokenSource> TokenCache<S> {
                 refusals,
                 source,
                 policy,
+                budget,
                 clock,
                 shutdown: CancellationToken::new(),
             }),
@@ -243,32 +307,33 @@ impl<S: TokenSource> TokenCache<S> {
         &self.inner.source
     }
 
-    /// A servable token for `key`, from the cache or, if there is none, from the source.
     /// The cached token for `key` if it is servable now: the hit path, which never waits.
-    pub async fn get_servable(&self, key: &CacheKey) -> Option<Token> {
+    pub async fn get_servable(&self, key: &CacheKey) -> Option<Arc<Token>> {
         let slot = self.inner.slots.get(key).await?;
-        self.servable_in(&slot)
-    }
-
-    /// A caller uses `slot`: note it (idle tracking) and return its token if it may be served.
-    fn servable_in(&self, slot: &Slot) -> Option<Token> {
-        slot.touch();
         let token = slot.current();
-        self.inner
-            .policy
-            .servable(&token, self.inner.clock.now())
-            .then_some(token)
+        if !self.inner.policy.servable(&token, self.inner.clock.now()) {
+            return None;
+        }
+        slot.touch();
+        Some(token)
     }
 
-    pub async fn get(&self, key: &CacheKey) -> Result<(Token, Outcome), CacheError<S::Error>> {
+    /// A servable token for `key`, from the cache or, if there is none, from the source. A fetch
+    /// this call starts is paid from `client`'s budget (if any) and the global one.
+    pub async fn get(
+        &self,
+        key: &CacheKey,
+        client: Option<&ClientBudget>,
+    ) -> Result<(Arc<Token>, Outcome), CacheError<S::Error>> {
         let inner = &self.inner;
+        let payer = Payer::Caller(client);
+        if let Some(token) = self.get_servable(key).await {
+            tracing::debug!(profile = %key.profile, "cache hit");
+            return Ok((token, Outcome::Hit));
+        }
         if let Some(slot) = inner.slots.get(key).await {
-            if let Some(token) = self.servable_in(&slot) {
-                tracing::debug!(profile = %key.profile, "cache hit");
-                return Ok((token, Outcome::Hit));
-            }
             return self
-                .refresh_now(key, &slot)
+                .refresh_now(key, &slot, payer)
                 .await
                 .map(|t| (t, Outcome::Miss));
         }
@@ -281,14 +346,8 @@ impl<S: TokenSource> TokenCache<S> {
             .slots
             .entry(key.clone())
             .or_try_insert_with(async move {
-                let token = this.fetch(key).await?;
-                let slot = Arc::new(Slot {
-                    token: RwLock::new(token),
-                    refreshing: tokio::sync::Mutex::new(()),
-                    last_used_ms: AtomicU64::new(0),
-                    epoch: Instant::now(),
-                    stop: this.inner.shutdown.child_token(),
-                });
+                let token = this.fetch(key, payer).await?;
+                let slot = Arc::new(Slot::new(token, this.inner.shutdown.child_token()));
                 this.spawn_refresher(key.clone(), &slot);
                 Ok::<_, CacheError<S::Error>>(slot)
             })
@@ -299,14 +358,15 @@ impl<S: TokenSource> TokenCache<S> {
         } else {
             Outcome::Hit
         };
+        // Callers who waited for this fetch do not count as asking again after it.
         let slot = entry.into_value();
-        match self.servable_in(&slot) {
-            Some(token) => Ok((token, outcome)),
-            None => self
-                .refresh_now(key, &slot)
-                .await
-                .map(|t| (t, Outcome::Miss)),
+        let token = slot.current();
+        if inner.policy.servable(&token, inner.clock.now()) {
+            return Ok((token, outcome));
         }
+        self.refresh_now(key, &slot, payer)
+            .await
+            .map(|t| (t, Outcome::Miss))
     }
 
     /// Stop all background refreshes.
@@ -324,20 +384,50 @@ impl<S: TokenSource> TokenCache<S> {
             .collect()
     }
 
-    /// Fetch from the source, checking the token is worth caching and remembering refusals.
-    async fn fetch(&self, key: &CacheKey) -> Result<Token, CacheError<S::Error>> {
+    /// Fetch from the source within the budget, check the token is worth caching, remember
+    /// failures.
+    async fn fetch(
+        &self,
+        key: &CacheKey,
+        payer: Payer<'_>,
+    ) -> Result<Arc<Token>, CacheError<S::Error>> {
         let inner = &self.inner;
-        match inner.source.fetch(key).await {
+        let purpose = match payer {
+            Payer::Caller(client) => {
+                inner
+                    .budget
+                    .admit_caller(client)
+                    .map_err(CacheError::OverBudget)?;
+                Purpose::Caller
+            }
+            Payer::Background => {
+                inner.budget.admit_background().await;
+                Purpose::Background
+            }
+        };
+        let running = inner.budget.running().await;
+        // Boxed: the source's future is large, and a slot's idle task should not carry its space.
+        let fetched = Box::pin(inner.source.fetch(key, purpose)).await;
+        drop(running);
+        match fetched {
             Ok(token) => {
-                let lifetime = token.remaining(inner.clock.now());
-                if !inner.policy.servable(&token, inner.clock.now()) {
+                let now = inner.clock.now();
+                if !inner.policy.servable(&token, now) {
                     return Err(CacheError::TooShortLived {
-                        lifetime,
+                        lifetime: token.remaining(now),
                         min_remaining: inner.policy.min_remaining,
                     });
                 }
+                tracing::info!(
+                    profile = %key.profile,
+                    org = key.org.as_ref().map(|o| o.as_str()),
+                    purpose = purpose.as_str(),
+                    expires_at = %rfc3339(token.expires_at),
+                    fingerprint = %token.value.fingerprint(),
+                    "token fetched"
+                );
                 inner.refusals.invalidate(key).await;
-                Ok(token)
+                Ok(Arc::new(token))
             }
             Err(e) => {
                 let ttl = if S::is_permanent(&e) {
@@ -361,7 +451,8 @@ impl<S: TokenSource> TokenCache<S> {
         &self,
         key: &CacheKey,
         slot: &Slot,
-    ) -> Result<Token, CacheError<S::Error>> {
+        payer: Payer<'_>,
+    ) -> Result<Arc<Token>, CacheError<S::Error>> {
         let _guard = slot.refreshing.lock().await;
         let current = slot.current();
         if self.inner.policy.servable(&current, self.inner.clock.now()) {
@@ -370,13 +461,13 @@ impl<S: TokenSource> TokenCache<S> {
         if let Some(refusal) = self.inner.refusals.get(key).await {
             return Err(refusal.error);
         }
-        let token = self.fetch(key).await?;
+        let token = self.fetch(key, payer).await?;
         slot.replace(token.clone());
         Ok(token)
     }
 
     fn spawn_refresher(&self, key: CacheKey, slot: &Arc<Slot>) {
-        let weak: Weak<Slot> = Arc::downgrade(slot);
+        let weak = Arc::downgrade(slot);
         let stop = slot.stop.clone();
         let cache = self.clone();
         tokio::spawn(async move {
@@ -387,38 +478,73 @@ impl<S: TokenSource> TokenCache<S> {
         });
     }
 
-    /// The background task of one slot: sleep until the refresh point, fetch, repeat.
-    async fn refresh_loop(&self, key: CacheKey, weak: Weak<Slot>) {
+    /// Time from now until `at` (zero if past).
+    fn until(&self, at: SystemTime) -> Duration {
+        at.duration_since(self.inner.clock.now())
+            .unwrap_or_default()
+    }
+
+    /// Whether a caller asks for the slot's key before `token` stops being servable.
+    async fn asked_before_lapse(&self, slot: &Slot, token: &Token) -> bool {
+        let lapse = tokio::time::sleep(self.until(self.inner.policy.unservable_at(token)));
+        tokio::pin!(lapse);
+        loop {
+            let woken = slot.wake.notified();
+            if slot.asked.load(Ordering::Acquire) {
+                return true;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = &mut lapse => return slot.asked.load(Ordering::Acquire),
+            }
+        }
+    }
+
+    /// The background task of one slot: sleep until the refresh point; if the key is in use,
+    /// fetch; repeat. Ends (and drops the slot) when the key is no longer asked for.
+    async fn refresh_loop(&self, key: CacheKey, weak: std::sync::Weak<Slot>) {
         let inner = &self.inner;
         let mut failures: u32 = 0;
+        let mut retry_after: Option<Duration> = None;
         loop {
             let Some(slot) = weak.upgrade() else { return };
-            let wait = if failures == 0 {
-                let at = inner.policy.refresh_at(&slot.current());
-                at.duration_since(inner.clock.now()).unwrap_or_default()
-            } else {
-                backoff(failures)
-            };
+            let token = slot.current();
             drop(slot);
+            let wait = if failures == 0 {
+                self.until(inner.policy.refresh_at(&token))
+            } else {
+                let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
+                backoff(failures).max(asked)
+            };
             tokio::time::sleep(wait).await;
             let Some(slot) = weak.upgrade() else { return };
-            if slot.idle_for() >= inner.policy.idle {
-                tracing::debug!(profile = %key.profile, "idle entry dropped");
+            if !Arc::ptr_eq(&slot.current(), &token) {
+                failures = 0; // a caller refreshed it meanwhile
+                continue;
+            }
+            if !self.asked_before_lapse(&slot, &token).await {
+                tracing::debug!(profile = %key.profile, "no caller asked for this token again; it lapses");
                 inner.slots.invalidate(&key).await;
                 return;
             }
             let _guard = slot.refreshing.lock().await;
-            if failures == 0 && inner.policy.refresh_at(&slot.current()) > inner.clock.now() {
-                continue; // a caller refreshed it meanwhile
+            if !Arc::ptr_eq(&slot.current(), &token) {
+                failures = 0;
+                continue;
             }
-            match self.fetch(&key).await {
+            slot.asked.store(false, Ordering::Release);
+            match self.fetch(&key, Payer::Background).await {
                 Ok(token) => {
-                    tracing::info!(profile = %key.profile, org = ?key.org.as_ref().map(|o| o.as_str()), "token refreshed in the background");
                     slot.replace(token);
                     failures = 0;
+                    retry_after = None;
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
+                    retry_after = match &e {
+                        CacheError::Source(source) => S::retry_after(source),
+                        _ => None,
+                    };
                     crate::meters::refresh_failure(key.profile.as_str());
                     tracing::warn!(profile = %key.profile, error = %e, failures, "background refresh failed; the cached token is served while it lasts");
                 }
@@ -429,8 +555,8 @@ impl<S: TokenSource> TokenCache<S> {
 
 /// Exponential backoff with full jitter: a random wait up to 1 s, 2 s, 4 s, ... capped at 30 s.
 fn backoff(failures: u32) -> Duration {
-    let ceiling =
-        Duration::from_secs(1u64 << failures.min(5).saturating_sub(1)).min(MAX_REFRESH_BACKOFF);
+    let exponent = failures.saturating_sub(1).min(5);
+    let ceiling = Duration::from_secs(1u64 << exponent).min(MAX_REFRESH_BACKOFF);
     ceiling
         .mul_f64(rand::random::<f64>())
         .max(Duration::from_millis(50))
@@ -443,13 +569,8 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     fn token(lifetime: Duration) -> Token {
-        let now = SystemTime::now();
-        Token {
-            value: Secret::new(format!("t-{}", rand::random::<u64>())),
-            issued_at: now,
-            expires_at: now + lifetime,
-            scope: "s".into(),
-        }
+        let value = Secret::new(format!("t-{}", rand::random::<u64>()));
+        Token::new(value, SystemTime::now(), lifetime, "s".into())
     }
 
     fn policy() -> Policy {
@@ -458,7 +579,12 @@ mod tests {
             refresh_floor: Duration::from_secs(5),
             min_remaining: Duration::from_secs(10),
             idle: Duration::from_secs(600),
+            max_entries: 100,
         }
+    }
+
+    fn budget() -> FetchBudget {
+        FetchBudget::new(std::num::NonZeroU32::new(1000).unwrap(), 16)
     }
 
     #[test]
@@ -492,10 +618,24 @@ mod tests {
     }
 
     #[test]
-    fn backoff_is_bounded() {
+    fn backoff_is_bounded_and_reaches_30_seconds() {
         for n in 1..100 {
             assert!(backoff(n) <= MAX_REFRESH_BACKOFF);
         }
+        let longest = (0..200).map(|_| backoff(10)).max().unwrap();
+        assert!(longest > Duration::from_secs(16), "{longest:?}");
+    }
+
+    #[test]
+    fn refresh_points_of_absurd_tokens_do_not_panic() {
+        let mut p = policy();
+        p.min_remaining = Duration::MAX;
+        p.refresh_floor = Duration::MAX;
+        let t = token(Duration::MAX);
+        let _ = p.refresh_at(&t);
+        let _ = p.unservable_at(&t);
+        p.refresh_when_left = f64::MAX;
+        let _ = p.refresh_at(&t);
     }
 
     struct Counting {
@@ -509,13 +649,16 @@ mod tests {
 
     impl TokenSource for Counting {
         type Error = Refused;
-        async fn fetch(&self, _key: &CacheKey) -> Result<Token, Refused> {
+        async fn fetch(&self, _key: &CacheKey, _: Purpose) -> Result<Token, Refused> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(token(self.lifetime))
         }
         fn is_permanent(_: &Refused) -> bool {
             true
+        }
+        fn retry_after(_: &Refused) -> Option<Duration> {
+            None
         }
     }
 
@@ -534,6 +677,7 @@ mod tests {
                 lifetime: Duration::from_secs(120),
             },
             policy(),
+            budget(),
             Arc::new(Clock::default()),
         );
         let results = futures_join(&cache, 20).await;
@@ -544,15 +688,15 @@ mod tests {
             results.iter().filter(|(_, o)| *o == Outcome::Miss).count(),
             1
         );
-        let (_, again) = cache.get(&key()).await.unwrap();
+        let (_, again) = cache.get(&key(), None).await.unwrap();
         assert_eq!(again, Outcome::Hit);
     }
 
-    async fn futures_join(cache: &TokenCache<Counting>, n: usize) -> Vec<(Token, Outcome)> {
+    async fn futures_join(cache: &TokenCache<Counting>, n: usize) -> Vec<(Arc<Token>, Outcome)> {
         let handles: Vec<_> = (0..n)
             .map(|_| {
                 let c = cache.clone();
-                tokio::spawn(async move { c.get(&key()).await.unwrap() })
+                tokio::spawn(async move { c.get(&key(), None).await.unwrap() })
             })
             .collect();
         let mut out = Vec::new();
@@ -570,9 +714,109 @@ mod tests {
                 lifetime: Duration::from_secs(5),
             },
             policy(),
+            budget(),
             Arc::new(Clock::default()),
         );
-        let err = cache.get(&key()).await.unwrap_err();
+        let err = cache.get(&key(), None).await.unwrap_err();
         assert!(matches!(err, CacheError::TooShortLived { .. }), "{err}");
+    }
+
+    fn short_lived() -> Policy {
+        Policy {
+            refresh_when_left: 1.0 / 3.0,
+            refresh_floor: Duration::from_millis(300),
+            min_remaining: Duration::from_millis(500),
+            idle: Duration::from_secs(600),
+            max_entries: 100,
+        }
+    }
+
+    fn counting(lifetime: Duration, policy: Policy) -> TokenCache<Counting> {
+        TokenCache::new(
+            Counting {
+                calls: AtomicUsize::new(0),
+                lifetime,
+            },
+            policy,
+            budget(),
+            Arc::new(Clock::default()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_key_asked_for_once_is_fetched_once_and_lapses() {
+        let cache = counting(Duration::from_secs(2), short_lived());
+        cache.get(&key(), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 1);
+        assert!(cache.get_servable(&key()).await.is_none(), "lapsed");
+        cache.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_key_in_use_is_refreshed_ahead_and_never_waits() {
+        let cache = counting(Duration::from_secs(2), short_lived());
+        cache.get(&key(), None).await.unwrap();
+        for _ in 0..25 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let (_, outcome) = cache.get(&key(), None).await.unwrap();
+            assert_eq!(outcome, Outcome::Hit);
+        }
+        let calls = cache.source().calls.load(Ordering::SeqCst);
+        assert!(
+            (3..=5).contains(&calls),
+            "{calls} fetches in 5 s of 2 s tokens"
+        );
+        cache.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_key_asked_late_in_its_lifetime_is_refreshed_then() {
+        let cache = counting(Duration::from_secs(3), short_lived());
+        cache.get(&key(), None).await.unwrap();
+        // Past the refresh point (2 s) but still servable (until 2.5 s).
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        assert!(cache.get_servable(&key()).await.is_some());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 2);
+        assert!(
+            cache.get_servable(&key()).await.is_some(),
+            "the successor is cached"
+        );
+        cache.shutdown();
+    }
+
+    #[tokio::test]
+    async fn entries_are_bounded_and_a_new_key_is_always_cached() {
+        let mut p = policy();
+        p.max_entries = 3;
+        let cache = counting(Duration::from_secs(120), p);
+        // The i-th valid organisation number from 900000000 up (one per eight-digit prefix).
+        let org = |i: usize| {
+            (0..10)
+                .map(|d| format!("{}{d}", 90_000_000 + i))
+                .find_map(|s| s.parse::<OrgNumber>().ok())
+        };
+        let key_of = |i: usize| CacheKey {
+            profile: ProfileName::new("skd"),
+            org: org(i),
+        };
+        // Popular keys first, so frequency-based admission would refuse newcomers.
+        for _ in 0..5 {
+            for i in 0..3 {
+                cache.get(&key_of(i), None).await.unwrap();
+            }
+        }
+        let keys: Vec<_> = (3..60).map(key_of).filter(|k| k.org.is_some()).collect();
+        for key in &keys {
+            for _ in 0..5 {
+                cache.get(key, None).await.unwrap();
+            }
+        }
+        let fetched = cache.source().calls.load(Ordering::SeqCst);
+        assert_eq!(fetched, 3 + keys.len(), "one fetch per key");
+        cache.inner.slots.run_pending_tasks().await;
+        assert!(cache.inner.slots.entry_count() <= 3);
+        cache.shutdown();
     }
 }

@@ -23,11 +23,14 @@ impl Clock {
     pub fn now(&self) -> SystemTime {
         let offset = self.offset_ms.load(Ordering::Relaxed);
         let local = SystemTime::now();
-        if offset >= 0 {
-            local + Duration::from_millis(offset as u64)
+        let shift = Duration::from_millis(offset.unsigned_abs());
+        // Checked: an upstream's Date far in the future or past must not panic the clock.
+        let corrected = if offset >= 0 {
+            local.checked_add(shift)
         } else {
-            local - Duration::from_millis(offset.unsigned_abs())
-        }
+            local.checked_sub(shift)
+        };
+        corrected.unwrap_or(local)
     }
 
     /// The current correction in milliseconds (upstream minus local).
@@ -38,9 +41,10 @@ impl Clock {
 
     /// Learn from an upstream `Date` header observed at local time `local`.
     pub fn observe(&self, upstream: SystemTime, local: SystemTime) {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let diff_ms: i64 = match upstream.duration_since(local) {
-            Ok(ahead) => ahead.as_millis() as i64,
-            Err(behind) => -(behind.duration().as_millis() as i64),
+            Ok(ahead) => ms(ahead),
+            Err(behind) => -ms(behind.duration()),
         };
         if diff_ms.unsigned_abs() as u128 <= SKEW_TOLERANCE.as_millis() {
             self.offset_ms.store(0, Ordering::Relaxed);

@@ -36,7 +36,7 @@ pub async fn token(
     let tokens = &built.state.tokens;
     let (profile, key) = tokens.source().resolve(profile, org)?;
     let (token, _) = tokens
-        .get(&key)
+        .get(&key, None)
         .await
         .map_err(|e| anyhow::anyhow!(ApiError::from(e).problem().detail))?;
     let mut out = std::io::stdout().lock();
@@ -168,7 +168,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
     for p in validated.profiles.iter() {
         let line = match tokens.source().resolve(p.name.as_str(), None) {
             Err(e) => format!("skipped: {e}"),
-            Ok((_, key)) => match tokens.get(&key).await {
+            Ok((_, key)) => match tokens.get(&key, None).await {
                 Ok((t, _)) => format!(
                     "ok (expires in {}s)",
                     t.remaining(tokens.source().clock().now()).as_secs()

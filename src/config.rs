@@ -151,6 +151,15 @@ pub struct CacheSettings {
     /// Entries nobody asked for during this long are dropped (and no longer refreshed).
     #[serde(default = "default_idle", with = "humantime_serde")]
     pub idle: Duration,
+    /// The most cached tokens; the least recently used go first.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+    /// Upstream fetches per second for all callers together; over it a caller gets a 429.
+    #[serde(default = "default_max_fetches_per_second")]
+    pub max_fetches_per_second: u32,
+    /// Upstream fetches running at once; the rest queue.
+    #[serde(default = "default_max_concurrent_fetches")]
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for CacheSettings {
@@ -160,6 +169,9 @@ impl Default for CacheSettings {
             refresh_floor: default_refresh_floor(),
             min_remaining: default_min_remaining(),
             idle: default_idle(),
+            max_entries: default_max_entries(),
+            max_fetches_per_second: default_max_fetches_per_second(),
+            max_concurrent_fetches: default_max_concurrent_fetches(),
         }
     }
 }
@@ -228,6 +240,15 @@ fn default_min_remaining() -> Duration {
 }
 fn default_idle() -> Duration {
     Duration::from_secs(15 * 60)
+}
+fn default_max_entries() -> u64 {
+    10_000
+}
+fn default_max_fetches_per_second() -> u32 {
+    50
+}
+fn default_max_concurrent_fetches() -> usize {
+    16
 }
 fn default_local_token_lifetime() -> Duration {
     Duration::from_secs(120)
@@ -377,6 +398,18 @@ impl Settings {
         }
         if c.idle.is_zero() {
             problems.push("cache.idle: must be longer than 0s".to_owned());
+        }
+        for (field, value) in [
+            ("max_entries", c.max_entries),
+            (
+                "max_fetches_per_second",
+                u64::from(c.max_fetches_per_second),
+            ),
+            ("max_concurrent_fetches", c.max_concurrent_fetches as u64),
+        ] {
+            if value == 0 {
+                problems.push(format!("cache.{field}: must be at least 1"));
+            }
         }
         if self.http_client.timeout.is_zero() || self.http_client.connect_timeout.is_zero() {
             problems.push("http_client: timeouts must be longer than 0s".to_owned());

@@ -97,19 +97,16 @@ impl Fetcher {
             Ok(mp)
         })
         .await?;
-        let maskinporten_token = Token {
-            value: mp.access_token,
-            issued_at: started,
-            expires_at: started + mp.expires_in,
-            scope: mp.scope.into(),
-        };
+        // expires_in is clamped to MAX_LIFETIME (checked arithmetic: 1e12 or u64::MAX is no panic).
+        let maskinporten_token =
+            Token::new(mp.access_token, started, mp.expires_in, mp.scope.into());
         match profile.exchange {
             Exchange::None => Ok(maskinporten_token),
             Exchange::Altinn => {
                 let altinn = upstream::observe(Target::Altinn, async {
                     let altinn = self.altinn.exchange(&maskinporten_token.value).await?;
                     observe_date(clock, altinn.server_date);
-                    if altinn.expires_at <= clock.now() {
+                    if altinn.expires_at.is_some_and(|at| at <= clock.now()) {
                         return Err(UpstreamError::Invalid {
                             target: Target::Altinn,
                             reason: "the Altinn token has already expired (check the clock of this host)".into(),
@@ -119,12 +116,13 @@ impl Fetcher {
                 })
                 .await?;
                 let now = clock.now();
-                Ok(Token {
-                    value: altinn.token,
-                    issued_at: now.min(altinn.expires_at),
-                    expires_at: altinn.expires_at,
-                    scope: maskinporten_token.scope,
-                })
+                let issued_at = altinn.expires_at.map_or(now, |at| now.min(at));
+                Ok(Token::until(
+                    altinn.token,
+                    issued_at,
+                    altinn.expires_at,
+                    maskinporten_token.scope.clone(),
+                ))
             }
         }
     }
@@ -153,7 +151,7 @@ impl Fetcher {
             )));
         }
         if let Some(exp) = claims.exp
-            && from_unix_seconds(exp) <= now
+            && from_unix_seconds(exp).is_some_and(|at| at <= now)
         {
             return Err(invalid("the access token has already expired".into()));
         }

@@ -19,6 +19,7 @@ pub use key::{SigningKey, public_key_from_jwk};
 mod access;
 mod altinn;
 mod broker;
+mod budget;
 mod cache;
 mod clock;
 mod fetch;

@@ -55,8 +55,6 @@ impl std::ops::Deref for AppState {
 /// The parts of [`AppState`].
 pub struct Shared {
     pub tokens: Tokens,
-    /// The JSON answers of token requests, shared while they are exact.
-    pub bodies: bodies::TokenBodies,
     pub env: Environment,
     /// API-key clients; empty means token routes are open (loopback or explicit opt-out).
     pub clients: Arc<ArcSwap<Clients>>,

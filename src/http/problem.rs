@@ -145,6 +145,13 @@ impl ApiError {
                 "Upstream token too short-lived",
                 detail,
             ),
+            ApiError::Cache(CacheError::OverBudget(over)) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "fetch-budget-spent",
+                "Too many upstream fetches",
+                detail,
+            )
+            .retry_after(Some(over.retry_after)),
             ApiError::Cache(CacheError::Source(source)) => match source.as_ref() {
                 SourceError::Resolve(r) => ApiError::Resolve(r.clone()).problem(),
                 SourceError::Fetch(FetchError::Grant(_)) => Problem::new(

@@ -22,6 +22,7 @@ use crate::token::{Token, rfc3339};
 
 use super::AppState;
 use super::auth;
+use super::bodies;
 use super::problem::{ApiError, Problem};
 
 /// The longest a caller waits for an upstream before getting a 503 (retries included).
@@ -104,6 +105,7 @@ fn wants_text(headers: &HeaderMap) -> bool {
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client may not have this profile or org", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such profile", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "No token is cached and the fetch budget (cache.max_fetches_per_second, or the client's own) is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Maskinporten or Altinn refused, or sent an unusable token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
@@ -139,39 +141,34 @@ async fn serve_token(
     let org = parse_query(query)?;
     let (profile, key) = state.tokens.source().resolve(profile, org)?;
     auth::authorize(&caller, &key)?;
-    // A cache hit needs no timer; only waiting for an upstream is bounded.
+    // A cache hit needs no timer and no budget; only a fetch is paid for and bounded in time.
     let (token, outcome) = match state.tokens.get_servable(&key).await {
         Some(token) => (token, Outcome::Hit),
-        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key))
-            .await
-            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
+        None => {
+            let budget = match &caller {
+                auth::Caller::Client(client) => client.budget.as_deref(),
+                auth::Caller::Anonymous => None,
+            };
+            tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key, budget))
+                .await
+                .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??
+        }
     };
     crate::meters::cache_lookup(outcome == Outcome::Hit);
     let now = state.tokens.source().clock().now();
-    tracing::info!(
-        client = caller.name(),
-        profile = %key.profile,
-        org = key.org.as_ref().map(|o| o.as_str()),
-        cache = outcome.as_str(),
-        expires_at = %rfc3339(token.expires_at),
-        fingerprint = %token.value.fingerprint(),
-        "token served"
-    );
+    audit(caller.name(), &key, &token, outcome);
     let (content_type, body) = if wants_text(headers) {
         let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
         ("text/plain; charset=utf-8", text)
     } else {
-        let json = state
-            .bodies
-            .json(&token, &key, &profile, now)
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "Internal error",
-                    format!("the answer could not be written as JSON: {e}"),
-                )
-            })?;
+        let json = bodies::json(&token, &key, &profile, now).map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                format!("the answer could not be written as JSON: {e}"),
+            )
+        })?;
         ("application/json", json)
     };
     Ok((
@@ -182,6 +179,18 @@ async fn serve_token(
         body,
     )
         .into_response())
+}
+
+/// The log of a token served: at debug for every request; at info once per caller and token
+/// (so once per token lifetime per client and key, not per hit). Never the token itself.
+fn audit(caller: &str, key: &CacheKey, token: &Token, outcome: Outcome) {
+    let org = key.org.as_ref().map(|o| o.as_str());
+    let expires_at = rfc3339(token.expires_at);
+    if token.served.first_for(caller) {
+        tracing::info!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served (first time to this client; later hits are logged at debug)");
+    } else {
+        tracing::debug!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, "token served");
+    }
 }
 
 /// One profile in the `GET /token` listing.
