@@ -244,18 +244,35 @@ impl TokenSource for Broker {
         let fetcher = &generation.fetcher;
         let result = match purpose {
             Purpose::Caller => self.retry.run(|| fetcher.fetch(&profile, org, clock)).await,
-            Purpose::Background => {
-                // One probe per open breaker, Maskinporten's first (always the same order).
-                let _maskinporten = self.maskinporten.admit_background().await;
-                let _altinn = match profile.exchange {
-                    Exchange::Altinn => Some(self.altinn.admit_background().await),
-                    Exchange::None => None,
-                };
-                fetcher.fetch(&profile, org, clock).await
-            }
+            // One attempt: the cache holds the breakers' probes (`admit_background`) meanwhile.
+            Purpose::Background => fetcher.fetch(&profile, org, clock).await,
         };
         self.record(&profile, &result);
         Ok(result?)
+    }
+
+    type Gate<'a> = (budget::Probe<'a>, Option<budget::Probe<'a>>);
+
+    /// One probe per open breaker of the upstreams this key's fetch calls, Maskinporten's first
+    /// (always the same order).
+    fn admit_background<'a>(
+        &'a self,
+        key: &CacheKey,
+    ) -> impl std::future::Future<Output = Self::Gate<'a>> + Send + 'a {
+        let exchange = self
+            .generation
+            .load()
+            .profiles
+            .get(key.profile.as_str())
+            .map(|p| p.exchange);
+        async move {
+            let maskinporten = self.maskinporten.admit_background().await;
+            let altinn = match exchange {
+                Some(Exchange::Altinn) => Some(self.altinn.admit_background().await),
+                _ => None,
+            };
+            (maskinporten, altinn)
+        }
     }
 
     fn retry_after(error: &SourceError) -> Option<std::time::Duration> {

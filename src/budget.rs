@@ -12,8 +12,10 @@
 //!   failures (or any `Retry-After`) it is open: background attempts go one at a time, at least
 //!   [`PROBE_SPACING`] apart and not before the upstream's `Retry-After` (up to
 //!   [`MAX_RETRY_AFTER`]), so an outage costs about one background call per second whatever the
-//!   number of keys. A success closes it. Callers' own fetches are not held back by it (they are
-//!   bounded by the fetch budget); their outcomes feed it.
+//!   number of keys. A success closes it. While closed, at most [`BACKGROUND_LANES`] background
+//!   attempts per upstream are in flight, so a wave of refreshes due at once meets an outage
+//!   with a few calls, not with all of them. Callers' own fetches are not held back by it (they
+//!   are bounded by the fetch budget); their outcomes feed it.
 //!
 //! This module knows nothing of HTTP, tokens or upstream protocols: names, numbers and outcomes.
 
@@ -32,6 +34,8 @@ pub const BACKGROUND_BUDGET_WAIT: Duration = Duration::from_secs(1);
 pub const TRIP_AFTER: u32 = 3;
 /// While a breaker is open, background attempts on its upstream are at least this far apart.
 pub const PROBE_SPACING: Duration = Duration::from_secs(1);
+/// Background attempts on one upstream in flight at once while its breaker is closed.
+pub const BACKGROUND_LANES: usize = 8;
 /// The longest `Retry-After` the background honours; a longer one is read as this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
 
@@ -148,15 +152,30 @@ struct BreakerState {
 }
 
 /// The outage budget of one upstream (see the module documentation).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Breaker {
     state: Mutex<BreakerState>,
+    /// One per background attempt in flight.
+    lanes: Semaphore,
     /// Held by the one background attempt in flight while the breaker is open.
     probe: tokio::sync::Mutex<()>,
 }
 
-/// While held, the caller is the breaker's one background attempt.
-pub struct Probe<'a>(#[allow(dead_code)] Option<tokio::sync::MutexGuard<'a, ()>>);
+impl Default for Breaker {
+    fn default() -> Self {
+        Breaker {
+            state: Mutex::default(),
+            lanes: Semaphore::new(BACKGROUND_LANES),
+            probe: tokio::sync::Mutex::default(),
+        }
+    }
+}
+
+/// Held for the duration of one background attempt: its lane, and the probe while open.
+pub struct Probe<'a> {
+    _lane: Option<SemaphorePermit<'a>>,
+    _probe: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
 
 impl Breaker {
     fn state(&self) -> std::sync::MutexGuard<'_, BreakerState> {
@@ -172,15 +191,25 @@ impl Breaker {
     /// Wait until a background attempt may go: at once while closed; while open, one at a time,
     /// spaced and after `Retry-After`. Keep the returned probe for the duration of the attempt.
     pub async fn admit_background(&self) -> Probe<'_> {
+        // Only a closed semaphore fails, and this one is never closed.
+        let lane = self.lanes.acquire().await.ok();
         if !self.is_open() {
-            return Probe(None);
+            return Probe {
+                _lane: lane,
+                _probe: None,
+            };
         }
         let guard = self.probe.lock().await;
         let not_before = self.state().not_before;
-        if let Some(at) = not_before {
+        if let Some(at) = not_before
+            && self.is_open()
+        {
             tokio::time::sleep_until(at).await;
         }
-        Probe(Some(guard))
+        Probe {
+            _lane: lane,
+            _probe: Some(guard),
+        }
     }
 
     /// Learn from one call's outcome (callers' and background alike).
@@ -271,6 +300,35 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         let made = attempts.lock().unwrap().len();
         assert!((9..=11).contains(&made), "{made} attempts in 10 s");
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wave_of_refreshes_meeting_an_outage_makes_a_few_calls_then_one_per_second() {
+        let breaker = Arc::new(Breaker::default());
+        let attempts = Arc::new(Mutex::new(0usize));
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (breaker, attempts) = (breaker.clone(), attempts.clone());
+                tokio::spawn(async move {
+                    let _probe = breaker.admit_background().await;
+                    *attempts.lock().unwrap() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    breaker.record(Outcome::Down { retry_after: None });
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let wave = *attempts.lock().unwrap();
+        assert!(
+            wave <= BACKGROUND_LANES,
+            "{wave} calls before the breaker opened"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let later = *attempts.lock().unwrap() - wave;
+        assert!((4..=6).contains(&later), "{later} calls in the next 5 s");
         for t in tasks {
             t.abort();
         }

@@ -77,6 +77,18 @@ pub trait TokenSource: Send + Sync + 'static {
         purpose: Purpose,
     ) -> impl Future<Output = Result<Token, Self::Error>> + Send;
 
+    /// Held while a background fetch runs: the source's own admission of background work (the
+    /// upstreams' breakers), taken before the fetch queues for a place among the running ones.
+    type Gate<'a>: Send
+    where
+        Self: 'a;
+
+    /// Wait until a background fetch for `key` may go.
+    fn admit_background<'a>(
+        &'a self,
+        key: &CacheKey,
+    ) -> impl Future<Output = Self::Gate<'a>> + Send + 'a;
+
     /// Whether this failure will repeat if asked again at once (a refusal, not an outage).
     fn is_permanent(error: &Self::Error) -> bool;
 
@@ -270,13 +282,6 @@ impl<S: TokenSource> Clone for TokenCache<S> {
     }
 }
 
-/// How a fetch is paid for: a caller (with its client's budget, if any) or the background.
-#[derive(Clone, Copy)]
-enum Payer<'a> {
-    Caller(Option<&'a ClientBudget>),
-    Background,
-}
-
 impl<S: TokenSource> TokenCache<S> {
     pub fn new(source: S, policy: Policy, budget: FetchBudget, clock: Arc<Clock>) -> Self {
         let slots = moka::future::Cache::builder()
@@ -326,14 +331,13 @@ impl<S: TokenSource> TokenCache<S> {
         client: Option<&ClientBudget>,
     ) -> Result<(Arc<Token>, Outcome), CacheError<S::Error>> {
         let inner = &self.inner;
-        let payer = Payer::Caller(client);
         if let Some(token) = self.get_servable(key).await {
             tracing::debug!(profile = %key.profile, "cache hit");
             return Ok((token, Outcome::Hit));
         }
         if let Some(slot) = inner.slots.get(key).await {
             return self
-                .refresh_now(key, &slot, payer)
+                .refresh_now(key, &slot, client)
                 .await
                 .map(|t| (t, Outcome::Miss));
         }
@@ -346,7 +350,7 @@ impl<S: TokenSource> TokenCache<S> {
             .slots
             .entry(key.clone())
             .or_try_insert_with(async move {
-                let token = this.fetch(key, payer).await?;
+                let token = this.fetch(key, client).await?;
                 let slot = Arc::new(Slot::new(token, this.inner.shutdown.child_token()));
                 this.spawn_refresher(key.clone(), &slot);
                 Ok::<_, CacheError<S::Error>>(slot)
@@ -354,6 +358,9 @@ impl<S: TokenSource> TokenCache<S> {
             .await
             .map_err(|e| e.as_ref().clone())?;
         let outcome = if entry.is_fresh() {
+            // A new entry may take the cache past max_entries: evict now, not at moka's leisure,
+            // so what the cache holds (and /metrics lists) stays within the bound.
+            inner.slots.run_pending_tasks().await;
             Outcome::Miss
         } else {
             Outcome::Hit
@@ -364,7 +371,7 @@ impl<S: TokenSource> TokenCache<S> {
         if inner.policy.servable(&token, inner.clock.now()) {
             return Ok((token, outcome));
         }
-        self.refresh_now(key, &slot, payer)
+        self.refresh_now(key, &slot, client)
             .await
             .map(|t| (t, Outcome::Miss))
     }
@@ -384,27 +391,27 @@ impl<S: TokenSource> TokenCache<S> {
             .collect()
     }
 
-    /// Fetch from the source within the budget, check the token is worth caching, remember
-    /// failures.
+    /// A caller's fetch: paid from `client`'s budget (if any) and the global one, or refused.
     async fn fetch(
         &self,
         key: &CacheKey,
-        payer: Payer<'_>,
+        client: Option<&ClientBudget>,
+    ) -> Result<Arc<Token>, CacheError<S::Error>> {
+        self.inner
+            .budget
+            .admit_caller(client)
+            .map_err(CacheError::OverBudget)?;
+        self.fetch_admitted(key, Purpose::Caller).await
+    }
+
+    /// Fetch from the source among the running fetches, check the token is worth caching,
+    /// remember failures.
+    async fn fetch_admitted(
+        &self,
+        key: &CacheKey,
+        purpose: Purpose,
     ) -> Result<Arc<Token>, CacheError<S::Error>> {
         let inner = &self.inner;
-        let purpose = match payer {
-            Payer::Caller(client) => {
-                inner
-                    .budget
-                    .admit_caller(client)
-                    .map_err(CacheError::OverBudget)?;
-                Purpose::Caller
-            }
-            Payer::Background => {
-                inner.budget.admit_background().await;
-                Purpose::Background
-            }
-        };
         let running = inner.budget.running().await;
         // Boxed: the source's future is large, and a slot's idle task should not carry its space.
         let fetched = Box::pin(inner.source.fetch(key, purpose)).await;
@@ -451,7 +458,7 @@ impl<S: TokenSource> TokenCache<S> {
         &self,
         key: &CacheKey,
         slot: &Slot,
-        payer: Payer<'_>,
+        client: Option<&ClientBudget>,
     ) -> Result<Arc<Token>, CacheError<S::Error>> {
         let _guard = slot.refreshing.lock().await;
         let current = slot.current();
@@ -461,7 +468,7 @@ impl<S: TokenSource> TokenCache<S> {
         if let Some(refusal) = self.inner.refusals.get(key).await {
             return Err(refusal.error);
         }
-        let token = self.fetch(key, payer).await?;
+        let token = self.fetch(key, client).await?;
         slot.replace(token.clone());
         Ok(token)
     }
@@ -527,13 +534,19 @@ impl<S: TokenSource> TokenCache<S> {
                 inner.slots.invalidate(&key).await;
                 return;
             }
+            // Admission first (the upstreams' breakers, the global budget), then the slot's lock:
+            // a caller needing this slot's token never waits behind a breaker.
+            let gate = Box::pin(inner.source.admit_background(&key)).await;
+            inner.budget.admit_background().await;
             let _guard = slot.refreshing.lock().await;
             if !Arc::ptr_eq(&slot.current(), &token) {
                 failures = 0;
                 continue;
             }
             slot.asked.store(false, Ordering::Release);
-            match self.fetch(&key, Payer::Background).await {
+            let fetched = self.fetch_admitted(&key, Purpose::Background).await;
+            drop(gate);
+            match fetched {
                 Ok(token) => {
                     slot.replace(token);
                     failures = 0;
@@ -653,6 +666,10 @@ mod tests {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(token(self.lifetime))
+        }
+        type Gate<'a> = ();
+        fn admit_background<'a>(&'a self, _key: &CacheKey) -> impl Future<Output = ()> + Send + 'a {
+            std::future::ready(())
         }
         fn is_permanent(_: &Refused) -> bool {
             true

@@ -1,5 +1,8 @@
-//! Retrying transient upstream failures: exponential backoff with full jitter, bounded in attempts
-//! and in total waiting, honouring `Retry-After`.
+//! Retrying transient upstream failures: exponential backoff with full jitter, bounded in attempts,
+//! in total waiting and in total time, honouring `Retry-After`.
+//!
+//! Only callers' fetches are retried; a background refresh makes one attempt (its own loop and
+//! the upstream's breaker decide when the next one is).
 //!
 //! Only [`UpstreamError::is_transient`] failures are retried (connection trouble, timeouts, 5xx,
 //! 429). A refusal (`invalid_grant`, 4xx) is returned at once: the same grant would be refused again.
@@ -18,8 +21,14 @@ pub struct RetryPolicy {
     pub max_retries: usize,
     /// The first backoff ceiling; doubles each retry.
     pub min_delay: Duration,
-    /// The most the retries may wait in total; a `Retry-After` beyond it ends the retries.
+    /// The most the retries may wait in total (sleeping between attempts); a `Retry-After` that
+    /// would take the sum beyond it ends the retries.
     pub max_wait: Duration,
+    /// The longest one attempt may take (`http_client.timeout`).
+    pub attempt_timeout: Duration,
+    /// No retry starts unless it can finish, at `attempt_timeout`, within this long from the first
+    /// attempt; below the caller's 20 s wait, so that a hang is answered as a timeout (504).
+    pub total: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -28,6 +37,8 @@ impl Default for RetryPolicy {
             max_retries: 2,
             min_delay: Duration::from_millis(200),
             max_wait: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(15),
+            total: Duration::from_secs(19),
         }
     }
 }
@@ -55,19 +66,29 @@ impl RetryPolicy {
             .with_max_delay(self.max_wait)
             .with_max_times(self.max_retries)
             .with_total_delay(Some(self.max_wait));
-        let max_wait = self.max_wait;
+        let (max_wait, attempt_timeout, total) = (self.max_wait, self.attempt_timeout, self.total);
+        let started = tokio::time::Instant::now();
+        let mut waited = Duration::ZERO;
         attempt
             .retry(backoff)
             .when(is_transient)
             .adjust(move |err, planned| {
                 // `None` means the backoff is exhausted: stay exhausted, whatever the upstream says.
                 let planned = planned?;
-                match retry_after(err) {
-                    Some(wanted) if wanted > max_wait => None,
-                    Some(wanted) => Some(wanted),
+                let wait = match retry_after(err) {
+                    Some(wanted) => wanted,
                     // Full jitter: anywhere between nothing and the exponential ceiling.
-                    None => Some(planned.mul_f64(rand::random::<f64>())),
-                }
+                    None => planned.mul_f64(rand::random::<f64>()),
+                };
+                let after_wait = waited.checked_add(wait).filter(|w| *w <= max_wait)?;
+                let finish = started
+                    .elapsed()
+                    .checked_add(wait)
+                    .and_then(|d| d.checked_add(attempt_timeout))
+                    .filter(|d| *d <= total);
+                finish?;
+                waited = after_wait;
+                Some(wait)
             })
             .notify(|err, wait| {
                 tracing::info!(error = %err, wait_ms = wait.as_millis() as u64, "transient upstream failure; retrying");
@@ -95,7 +116,58 @@ mod tests {
             max_retries: 3,
             min_delay: Duration::from_millis(1),
             max_wait: Duration::from_secs(2),
+            attempt_timeout: Duration::from_millis(100),
+            total: Duration::from_secs(10),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_afters_that_add_up_beyond_max_wait_end_the_retries() {
+        let calls = AtomicUsize::new(0);
+        let started = tokio::time::Instant::now();
+        let policy = RetryPolicy {
+            max_wait: Duration::from_secs(5),
+            ..fast()
+        };
+        let r: Result<(), _> = policy
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(unavailable(Some(Duration::from_secs(3))))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "3 s + 3 s would exceed 5 s"
+        );
+        assert!(started.elapsed() <= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_retry_starts_that_could_not_finish_in_the_total_time() {
+        let calls = AtomicUsize::new(0);
+        let policy = RetryPolicy {
+            attempt_timeout: Duration::from_secs(15),
+            total: Duration::from_secs(19),
+            ..RetryPolicy::default()
+        };
+        let r: Result<(), _> = policy
+            .run(|| async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                Err(FetchError::Upstream(UpstreamError::Timeout {
+                    target: Target::Maskinporten,
+                    after: Duration::from_secs(15),
+                }))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a second 15 s attempt would end after 30 s"
+        );
     }
 
     #[tokio::test]

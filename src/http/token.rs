@@ -187,7 +187,7 @@ fn audit(caller: &str, key: &CacheKey, token: &Token, outcome: Outcome) {
     let org = key.org.as_ref().map(|o| o.as_str());
     let expires_at = rfc3339(token.expires_at);
     if token.served.first_for(caller) {
-        tracing::info!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served (first time to this client; later hits are logged at debug)");
+        tracing::info!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
     } else {
         tracing::debug!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, "token served");
     }
@@ -230,6 +230,11 @@ pub async fn list_profiles(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn retries_end_before_the_caller_stops_waiting() {
+        assert!(crate::retry::RetryPolicy::default().total < MAX_CALLER_WAIT);
+    }
 
     #[test]
     fn accepts_no_query_and_a_valid_org() {

@@ -7,6 +7,7 @@
 mod support;
 
 mod access;
+mod bounded;
 mod cli;
 mod container_files;
 mod errors;

@@ -71,6 +71,8 @@ pub enum Reply {
     WrongIssuer,
     /// 400 with this OAuth error and description.
     Refuse(&'static str, &'static str),
+    /// A valid token whose response says `expires_in` is this (its JWT `exp` stays sane).
+    ExpiresIn(u64),
 }
 
 /// A grant as the fake received it, after verification.
@@ -92,6 +94,8 @@ struct MpState {
     fallback: Mutex<Option<Reply>>,
     expires_in: AtomicU64,
     violations: Mutex<Vec<String>>,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
     kid: Mutex<String>,
     public_pem: Mutex<Vec<u8>>,
 }
@@ -128,6 +132,10 @@ impl FakeMaskinporten {
     /// Requests received, verified or not.
     pub fn calls(&self) -> usize {
         self.state.calls.load(Ordering::SeqCst)
+    }
+    /// The most requests it was answering at the same time.
+    pub fn most_in_flight(&self) -> usize {
+        self.state.most_in_flight.load(Ordering::SeqCst)
     }
     /// Grants that passed verification.
     pub fn grants(&self) -> Vec<SeenGrant> {
@@ -261,6 +269,16 @@ async fn mp_token(
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
+    let now_in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state
+        .most_in_flight
+        .fetch_max(now_in_flight, Ordering::SeqCst);
+    let response = mp_answer(&state, form).await;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn mp_answer(state: &MpState, form: HashMap<String, String>) -> Response {
     let reply = {
         let scripted = state.script.lock().unwrap().pop_front();
         scripted
@@ -289,22 +307,25 @@ async fn mp_token(
             "Missing assertion (MP-011)",
         );
     };
-    let grant = match verify_grant(&state, assertion) {
+    let grant = match verify_grant(state, assertion) {
         Ok(g) => g,
         Err(problem) => {
             state.violations.lock().unwrap().push(problem.clone());
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", &problem);
         }
     };
-    let expires_in = state.expires_in.load(Ordering::SeqCst);
-    let token = |iss: &str| mp_access_token(iss, &grant.claims, expires_in);
+    let expires_in = match reply {
+        Reply::ExpiresIn(secs) => secs,
+        _ => state.expires_in.load(Ordering::SeqCst),
+    };
+    let token = |iss: &str| mp_access_token(iss, &grant.claims, expires_in.min(3600));
     state.grants.lock().unwrap().push(grant.clone());
     let ok = |access_token: String| {
         axum::Json(json!({"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in, "scope": grant.claims["scope"]}))
             .into_response()
     };
     match reply {
-        Reply::Token => ok(token(&state.issuer)),
+        Reply::Token | Reply::ExpiresIn(_) => ok(token(&state.issuer)),
         Reply::Status(code) => {
             (StatusCode::from_u16(code).unwrap(), axum::Json(json!({}))).into_response()
         }
@@ -349,6 +370,8 @@ struct AltinnState {
     mp_issuer: String,
     calls: AtomicUsize,
     lifetime: AtomicU64,
+    /// An absolute `exp` for the Altinn tokens instead of now + lifetime (0: none).
+    exp: AtomicU64,
     quoted: AtomicBool,
     down: AtomicBool,
     exchanged: Mutex<Vec<Value>>,
@@ -392,6 +415,10 @@ impl FakeAltinn {
     pub fn set_lifetime(&self, secs: u64) {
         self.state.lifetime.store(secs, Ordering::SeqCst);
     }
+    /// Issue Altinn tokens with this absolute `exp` (seconds since 1970), however absurd.
+    pub fn set_exp(&self, exp: u64) {
+        self.state.exp.store(exp, Ordering::SeqCst);
+    }
     pub fn answer_json_quoted(&self, quoted: bool) {
         self.state.quoted.store(quoted, Ordering::SeqCst);
     }
@@ -422,7 +449,11 @@ async fn altinn_exchange(State(state): State<Arc<AltinnState>>, headers: HeaderM
     let now = now_secs();
     let altinn = json!({
         "iss": "https://platform.tt02.altinn.no/authentication/api/v1/openid/",
-        "exp": now + state.lifetime.load(Ordering::SeqCst), "iat": now,
+        "exp": match state.exp.load(Ordering::SeqCst) {
+            0 => now + state.lifetime.load(Ordering::SeqCst),
+            exp => exp,
+        },
+        "iat": now,
         "scope": claims["scope"], "urn:altinn:orgNumber": "991825827",
     });
     state.exchanged.lock().unwrap().push(claims);
@@ -620,4 +651,33 @@ impl ServedBinary {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+}
+
+/// `n` valid organisation numbers (mod-11 check digit), counting up from 900000000.
+pub fn valid_orgs(n: usize) -> Vec<String> {
+    const WEIGHTS: [u32; 8] = [3, 2, 7, 6, 5, 4, 3, 2];
+    (90_000_000u32..)
+        .filter_map(|prefix| {
+            let digits = prefix.to_string();
+            let sum: u32 = digits
+                .chars()
+                .zip(WEIGHTS)
+                .map(|(c, w)| c.to_digit(10).unwrap() * w)
+                .sum();
+            match 11 - sum % 11 {
+                10 => None,
+                11 => Some(format!("{digits}0")),
+                check => Some(format!("{digits}{check}")),
+            }
+        })
+        .take(n)
+        .collect()
+}
+
+/// How many tokens the broker has cached, by its `/metrics`.
+pub async fn cached_tokens(env: &TestEnv) -> usize {
+    let text = env.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("broker_token_seconds_until_expiry{"))
+        .count()
 }

@@ -213,12 +213,15 @@ async fn tokens_are_cached_per_profile_and_org() {
 }
 
 #[tokio::test]
-async fn the_token_is_refreshed_in_the_background_before_it_expires() {
+async fn a_token_asked_for_again_is_refreshed_in_the_background_before_it_expires() {
     // 3 s tokens; refresh when 1.5 s are left (min_remaining 1 s + floor 0.5 s).
     let env = TestEnv::start("cache:\n  min_remaining: 1s\n  refresh_floor: 500ms\n").await;
     env.mp.set_expires_in(3);
     let first = env.get_json("/token/admin", 200).await;
     assert_eq!(env.mp.calls(), 1);
+    // In use: asked for again after it was fetched (a hit).
+    let again = env.get_json("/token/admin", 200).await;
+    assert_eq!(again["access_token"], first["access_token"]);
     // Bounded wait for the background refresh, with no request in between.
     let mut waited = Duration::ZERO;
     while env.mp.calls() < 2 && waited < Duration::from_secs(5) {
