@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/run.sh: how fast and how small is maskinporten-broker on this machine?
 #
-#   bench/run.sh                   # everything, about 3.5 minutes after the builds
+#   bench/run.sh                   # everything, about 6 minutes after the builds
 #   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
+#   bench/run.sh --keys-only       # only step (6), many keys (about 3 minutes; BENCH_KEYS_QUIET=0: 40 s)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
@@ -11,7 +12,9 @@
 # Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (3 runs per load point, the
 # median counts), BENCH_PIN (1: servers on CPU 0, oha on CPU 1), BENCH_REFRESH_SECONDS (50),
 # BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
-# broker's measured answer size).
+# broker's measured answer size), BENCH_KEYS (2000 keys in step 6; 0 skips it),
+# BENCH_KEYS_LIFETIME (30, seconds, the simulator's token lifetime in step 6), BENCH_KEYS_QUIET
+# (1: step 6 also waits with no traffic to count upstream calls after the callers stop).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,6 +30,9 @@ SECONDS_PER_POINT=${BENCH_SECONDS:-5}
 REFRESH_SECONDS=${BENCH_REFRESH_SECONDS:-50}
 BURST=${BENCH_BURST:-1000}
 ROUNDS=${BENCH_ROUNDS:-3}
+KEYS=${BENCH_KEYS:-2000}
+KEYS_LIFETIME=${BENCH_KEYS_LIFETIME:-30}
+KEYS_QUIET=${BENCH_KEYS_QUIET:-1}
 # BENCH_PIN=1: servers on CPU 0, the load generator on CPU 1 (taskset), instead of all of them
 # sharing every core; shows what the scheduler's sharing does to the latency tail.
 if [[ ${BENCH_PIN:-0} == 1 ]]; then
@@ -46,8 +52,9 @@ MODE=full
 case "${1:-}" in
   "") ;;
   --baseline-only) MODE=baseline ;;
-  -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--baseline-only]" >&2; exit 2 ;;
+  --keys-only) MODE=keys ;;
+  -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--baseline-only | --keys-only]" >&2; exit 2 ;;
 esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
@@ -103,8 +110,10 @@ fi
 log "$("$OHA" --version)"
 
 log "building release binaries"
-(cd "$ROOT" && cargo build --release --locked --example bench_baseline)
-if [[ $MODE == full ]]; then
+if [[ $MODE != keys ]]; then
+  (cd "$ROOT" && cargo build --release --locked --example bench_baseline)
+fi
+if [[ $MODE != baseline ]]; then
   (cd "$ROOT" && cargo build --release --locked)
 fi
 
@@ -135,9 +144,10 @@ wait_healthy() {
   die "$url/healthz did not answer within 30 s"
 }
 
+# start_broker [VAR=VALUE...]: the broker on bench/broker.yaml, with these config overrides.
 start_broker() {
   port_free "$BROKER_URL" || die "something already listens on $BROKER_URL"
-  start broker "${ON_SERVER_CPU[@]}" "$BROKER_BIN" --config "$BENCH/broker.yaml" serve
+  start broker "${ON_SERVER_CPU[@]}" env "$@" "$BROKER_BIN" --config "$BENCH/broker.yaml" serve
   BROKER_PID=$LAST_PID
   wait_healthy "$BROKER_URL" "$BROKER_PID"
 }
@@ -169,6 +179,17 @@ load() {
   timeout $((seconds + 60)) "${ON_LOAD_CPU[@]}" "$OHA" --no-tui --output-format json \
     -z "${seconds}s" -c "$c" "$url" >"$WORK/$name.json"
 }
+
+# load_urls NAME FILE CONNECTIONS: as load, each request to a random URL of FILE.
+load_urls() {
+  local name=$1 file=$2 c=$3 seconds=${4:-$SECONDS_PER_POINT}
+  log "load: $name ($c connections, ${seconds}s, $(wc -l <"$file") URLs)"
+  timeout $((seconds + 60)) "${ON_LOAD_CPU[@]}" "$OHA" --no-tui --output-format json \
+    -z "${seconds}s" -c "$c" --urls-from-file "$file" >"$WORK/$name.json"
+}
+
+# cpu_ticks PID: user + system CPU time of a process so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # burst NAME URL N: N requests on N connections at once.
 burst() {
@@ -274,6 +295,7 @@ PY
 }
 
 SERVERS=()
+if [[ $MODE != keys ]]; then
 if [[ $MODE == full ]]; then
   # (1) cache hits: warm the cache; (2) the baseline, with a body of the broker's size.
   start_broker
@@ -320,6 +342,65 @@ if [[ $MODE == full ]]; then
   record refresh_upstream "$((upstream_after - upstream_before))"
   record refresh_seconds "$REFRESH_SECONDS"
   record lifetime_seconds "$TOKEN_LIFETIME_SECONDS"
+  stop_pid "$BROKER_PID"
+fi
+fi
+
+if [[ $MODE != baseline && $KEYS -gt 0 ]]; then
+  # (6) many keys: KEYS system-user tokens (/token/skd?org=...), tokens of KEYS_LIFETIME s, info
+  # logs, a fetch budget the warm-up does not hit.
+  start_broker BROKER__LOCAL__TOKEN_LIFETIME="${KEYS_LIFETIME}s" \
+    BROKER__CACHE__MAX_FETCHES_PER_SECOND=100000 BROKER__LOG__LEVEL=info
+  python3 - "$KEYS" "$BROKER_URL" >"$WORK/keys.txt" <<'PY'
+import sys
+n, base, weights, out = int(sys.argv[1]), sys.argv[2], [3, 2, 7, 6, 5, 4, 3, 2], []
+prefix = 90000000
+while len(out) < n:
+    digits = str(prefix)
+    check = 11 - sum(int(d) * w for d, w in zip(digits, weights)) % 11
+    if check != 10:
+        out.append(f"{base}/token/skd?org={digits}{check % 11}")
+    prefix += 1
+print("\n".join(out))
+PY
+  head -n 1 "$WORK/keys.txt" >"$WORK/hot.txt"
+  cp "$WORK/keys.txt" "$WORK/rotate.txt"
+  warm_keys() { xargs -P 16 -n 64 curl -fsS -o /dev/null <"$WORK/keys.txt"; }
+  record keys "$KEYS"
+  record keys_lifetime "$KEYS_LIFETIME"
+  # (6a) a burst of KEYS keys, each asked for once, then no traffic for a token lifetime.
+  log "keys: a burst of $KEYS keys, each asked for once"
+  warm_keys
+  record_metric keys_burst_upstream broker_upstream_requests_total target=maskinporten
+  if [[ $KEYS_QUIET == 1 ]]; then
+    log "keys: no traffic for one token lifetime"
+    sleep "$((KEYS_LIFETIME + 5))"
+    record_metric keys_after_burst_upstream broker_upstream_requests_total target=maskinporten
+  fi
+  # (6b) CPU per hit: one hot key, then every request to a random one of the KEYS keys.
+  warm_keys
+  misses_before=$(metric broker_cache_lookups_total result=miss)
+  for run in hot rotate; do
+    cpu_before=$(cpu_ticks "$BROKER_PID")
+    log_before=$(stat -c %s "$WORK/broker.log")
+    load_urls "keys_$run" "$WORK/$run.txt" 16
+    record "keys_${run}_cpu_ticks" "$(($(cpu_ticks "$BROKER_PID") - cpu_before))"
+    record "keys_${run}_log_bytes" "$(($(stat -c %s "$WORK/broker.log") - log_before))"
+  done
+  record keys_new_misses "$(($(metric broker_cache_lookups_total result=miss) - misses_before))"
+  record clk_tck "$(getconf CLK_TCK)"
+  record keys_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
+  # (6c) the callers stop: upstream calls in the next token lifetime, and in the one after.
+  if [[ $KEYS_QUIET == 1 ]]; then
+    stopped=$(metric broker_upstream_requests_total target=maskinporten)
+    log "keys: callers stopped; counting upstream calls for two token lifetimes"
+    sleep "$KEYS_LIFETIME"
+    first=$(metric broker_upstream_requests_total target=maskinporten)
+    sleep "$KEYS_LIFETIME"
+    second=$(metric broker_upstream_requests_total target=maskinporten)
+    record keys_stop_first "$((first - stopped))"
+    record keys_stop_second "$((second - first))"
+  fi
   stop_pid "$BROKER_PID"
 fi
 
@@ -370,10 +451,11 @@ rows = [
     ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; {r('placement')}", "", ""),
     ("cache-hit runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, broker and baseline taking turns", "", ""),
     ("tools", f"{r('oha')}; {r('rustc')}", "", ""),
-    ("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
-     f"{r('body_bytes')} bytes", ""),
 ]
-for c in conns:
+if r("mode") != "keys":
+    rows.append(("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
+                 f"{r('body_bytes')} bytes", ""))
+for c in (conns if r("mode") != "keys" else []):
     b, base = oha(f"broker_c{c}"), oha(f"baseline_c{c}")
     rows.append((f"(1,2) cache hit, {c} conn: req/s", fmt(rps(b)), fmt(rps(base)), ratio(rps(b), rps(base))))
     rows.append((
@@ -397,7 +479,7 @@ def burst_latency(run):
 def answers(run):
     return "n/a" if not run else "{} / {}".format(*ok(run))
 
-rows += [
+rows += [] if r("mode") == "keys" else [
     ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}",
      f"{r('burst')} / {r('burst')}", ""),
     ("(3) cold burst: total time ms", fmt(total_ms(burst)), fmt(total_ms(base_burst)),
@@ -425,11 +507,42 @@ if refresh:
          f"{upstream} ({upstream / lifetimes:.2f})", "", ""),
         ("(4) refresh: non-200 answers", fmt(ok(refresh)[1]), "", ""),
     ]
-rows += [
-    ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
-    (f"(5) peak RSS during the {conns[-1]}-conn load", mib(r("broker_peak_rss_kib")), mib(r("baseline_peak_rss_kib")), ""),
-    ("(5) VmHWM after steps 1-2 / after the cold burst", f"{mib(r('broker_hwm_kib'))} / {mib(r('burst_hwm_kib'))}", "", ""),
-]
+if r("mode") != "keys":
+    rows += [
+        ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
+        (f"(5) peak RSS during the {conns[-1]}-conn load", mib(r("broker_peak_rss_kib")), mib(r("baseline_peak_rss_kib")), ""),
+        ("(5) VmHWM after steps 1-2 / after the cold burst", f"{mib(r('broker_hwm_kib'))} / {mib(r('burst_hwm_kib'))}", "", ""),
+    ]
+hot, rotate = oha("keys_hot"), oha("keys_rotate")
+if hot and rotate:
+    keys, tck = r("keys"), int(r("clk_tck"))
+
+    def us_per_hit(run, name):
+        return int(r(f"keys_{name}_cpu_ticks")) / tck * 1e6 / max(ok(run)[0], 1)
+
+    def log_per_10k(run, name):
+        return int(r(f"keys_{name}_log_bytes")) * 10000 / max(ok(run)[0], 1)
+
+    rows += [
+        (f"(6) {keys} keys, tokens of {r('keys_lifetime')} s: upstream calls for a burst of {keys} keys, each asked once",
+         r("keys_burst_upstream"), "", f"{keys} expected"),
+    ]
+    if r("keys_after_burst_upstream"):
+        rows.append((f"(6) then no traffic for {int(r('keys_lifetime')) + 5} s: more upstream calls",
+                     str(int(r("keys_after_burst_upstream")) - int(r("keys_burst_upstream"))), "", "0 expected"))
+    rows += [
+        ("(6) 16 conn, one hot key: req/s / CPU µs per hit", f"{fmt(rps(hot))} / {us_per_hit(hot, 'hot'):.1f}", "", ""),
+        (f"(6) 16 conn, rotating over {keys} keys: req/s / CPU µs per hit",
+         f"{fmt(rps(rotate))} / {us_per_hit(rotate, 'rotate'):.1f}", "", ""),
+        ("(6) log bytes per 10,000 hits at info (hot / rotating)",
+         f"{log_per_10k(hot, 'hot'):,.0f} / {log_per_10k(rotate, 'rotate'):,.0f}", "", ""),
+        ("(6) new cache misses during the two runs / non-200 answers",
+         f"{r('keys_new_misses')} / {ok(hot)[1] + ok(rotate)[1]}", "", "0 / 0 expected"),
+        (f"(6) VmHWM with {keys} keys cached", mib(r("keys_hwm_kib")), "", ""),
+    ]
+    if r("keys_stop_first"):
+        rows.append(("(6) callers stop: upstream calls in the next token lifetime / the one after",
+                     f"{r('keys_stop_first')} / {r('keys_stop_second')}", "", f"at most {keys} / 0 expected"))
 print("| measurement | broker | baseline | broker/baseline, or expected |")
 print("| --- | --- | --- | --- |")
 for row in rows:
