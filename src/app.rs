@@ -121,6 +121,9 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             env: settings.env,
             clients,
             metrics: crate::meters::install(),
+            openapi: serde_json::to_vec(&http::document())
+                .unwrap_or_default()
+                .into(),
         }),
         simulator,
     })
@@ -238,7 +241,7 @@ impl App {
             .clients
             .store(Arc::new(validated.clients.clone()));
         let generation = generation(settings, validated, key, self.simulator_url())?;
-        self.state.tokens.source().replace(generation);
+        self.state.broker().replace(generation);
         tracing::info!(kid, "configuration and key reloaded");
         Ok(())
     }

@@ -13,7 +13,7 @@ pub mod config;
 pub mod telemetry;
 
 pub use access::hash_api_key;
-pub use http::ROUTES;
+pub use http::route_paths;
 pub use key::{SigningKey, public_key_from_jwk};
 
 mod access;
