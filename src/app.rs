@@ -36,18 +36,20 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Key {
         field: &'static str,
+        #[source]
         source: KeyError,
     },
     #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error("cannot start the local simulator: {0}")]
-    Simulator(std::io::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot start the local simulator")]
+    Simulator(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
 }
@@ -313,7 +315,7 @@ async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>
         {
             Ok(()) => tracing::info!(reason, "reloaded"),
             Err(e) => {
-                tracing::error!(reason, error = %e, "reload refused; the previous configuration keeps serving")
+                tracing::error!(reason, error = %crate::telemetry::Chain(&e), "reload refused; the previous configuration keeps serving")
             }
         }
     }

@@ -420,7 +420,7 @@ impl<S: TokenSource> TokenCache<S> {
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     crate::meters::refresh_failure(key.profile.as_str());
-                    tracing::warn!(profile = %key.profile, error = %e, failures, "background refresh failed; the cached token is served while it lasts");
+                    tracing::warn!(profile = %key.profile, error = %crate::telemetry::Chain(&e), failures, "background refresh failed; the cached token is served while it lasts");
                 }
             }
         }
