@@ -4,11 +4,14 @@
 //! a presented key is hashed and compared with every stored hash in constant time, so neither
 //! the keys nor timing reveal anything. This module never logs or returns a presented key.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::budget::ClientBudget;
+use crate::on_demand::ScopePatterns;
 use crate::org::OrgNumber;
 
 /// One client of a shared broker, as written in `clients:`.
@@ -28,6 +31,10 @@ pub struct ClientSettings {
     /// absent means only the global `cache.max_fetches_per_second` applies.
     #[serde(default)]
     pub max_fetches_per_second: Option<u32>,
+    /// On-demand scope patterns this client may ask for, within `on_demand.scopes`; absent means
+    /// every scope `on_demand.scopes` allows.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// The hash of an API key, as stored in the config.
@@ -44,6 +51,7 @@ pub struct Client {
     orgs: Vec<OrgNumber>,
     /// Its own fetch budget, if it has one; shared by reference with the requests it makes.
     pub budget: Option<std::sync::Arc<ClientBudget>>,
+    scopes: Option<ScopePatterns>,
 }
 
 impl Client {
@@ -53,11 +61,15 @@ impl Client {
     pub fn may_use_org(&self, org: &OrgNumber) -> bool {
         self.orgs.contains(org)
     }
+    /// Whether this client may ask for `scope` on demand (`on_demand.scopes` is checked too).
+    pub fn may_use_scope(&self, scope: &str) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.allows(scope))
+    }
 }
 
 /// The configured clients; empty means no authentication.
 #[derive(Debug, Clone, Default)]
-pub struct Clients(Vec<Client>);
+pub struct Clients(Vec<Arc<Client>>);
 
 impl Clients {
     /// Validate `clients:`; problems carry their field path.
@@ -100,13 +112,19 @@ impl Clients {
                     None
                 }
             };
-            clients.push(Client {
+            let scopes = c.scopes.as_ref().and_then(|s| {
+                ScopePatterns::parse(&field("scopes"), s)
+                    .inspect_err(|p| problems.extend(p.iter().cloned()))
+                    .ok()
+            });
+            clients.push(Arc::new(Client {
                 name: c.name.clone(),
                 hash,
                 profiles: c.profiles.clone(),
                 orgs,
                 budget,
-            });
+                scopes,
+            }));
         }
         if problems.is_empty() {
             Ok(Clients(clients))
@@ -120,12 +138,12 @@ impl Clients {
     }
 
     /// The client holding `api_key`, comparing against every client in constant time.
-    pub fn authenticate(&self, api_key: &str) -> Option<&Client> {
+    pub fn authenticate(&self, api_key: &str) -> Option<Arc<Client>> {
         let presented = Sha256::digest(api_key.trim().as_bytes());
         let mut found = None;
         for client in &self.0 {
             if bool::from(client.hash.ct_eq(&presented[..])) {
-                found = Some(client);
+                found = Some(client.clone());
             }
         }
         found
@@ -143,6 +161,7 @@ mod tests {
             profiles: vec!["altinn".into()],
             orgs: vec!["991825827".into()],
             max_fetches_per_second: None,
+            scopes: None,
         }])
         .unwrap()
     }
@@ -173,6 +192,7 @@ mod tests {
             profiles: vec![],
             orgs: vec!["1".into()],
             max_fetches_per_second: Some(0),
+            scopes: None,
         }])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));

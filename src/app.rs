@@ -25,7 +25,6 @@ use crate::config::{ConfigError, Environment, Settings, Validated};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
 use crate::key::{KeyError, SigningKey};
-use crate::profile::Profiles;
 use crate::retry::RetryPolicy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::upstream::{ClientBuildError, http_client};
@@ -38,18 +37,20 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Key {
         field: &'static str,
+        #[source]
         source: KeyError,
     },
     #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error("cannot start the local simulator: {0}")]
-    Simulator(std::io::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot start the local simulator")]
+    Simulator(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
 }
@@ -107,7 +108,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
     let key = load_key(&settings)?;
     let simulator = match settings.env {
-        Environment::Local => Some(start_simulator(&settings, &key, &validated.profiles).await?),
+        Environment::Local => Some(start_simulator(&settings, &key, &validated).await?),
         _ => None,
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
@@ -130,6 +131,9 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             env: settings.env,
             clients,
             metrics: crate::meters::install(),
+            openapi: serde_json::to_vec(&http::document())
+                .unwrap_or_default()
+                .into(),
         }),
         simulator,
     })
@@ -153,27 +157,28 @@ pub(crate) fn generation(
         fetcher,
         profiles: validated.profiles,
         default_org: validated.default_org,
+        on_demand: validated.on_demand,
     })
 }
 
 /// The broker's Maskinporten client as the `local` simulator should know it: its id, the public
-/// half of its key, and every scope its profiles ask for.
+/// half of its key, and every scope its profiles and `on_demand.scopes` may ask for.
 pub(crate) fn simulator_client(
     client_id: &str,
     key: &SigningKey,
-    profiles: &Profiles,
+    validated: &Validated,
 ) -> RegisteredClient {
     RegisteredClient {
         client_id: client_id.to_owned(),
         keys: vec![(key.kid().to_owned(), key.public_key())],
-        scopes: profiles.all_scopes(),
+        scopes: validated.scopes(),
     }
 }
 
 async fn start_simulator(
     settings: &Settings,
     key: &SigningKey,
-    profiles: &Profiles,
+    validated: &Validated,
 ) -> Result<SimulatorHandle, StartError> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -182,7 +187,7 @@ async fn start_simulator(
         SimulatorConfig {
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
-            clients: vec![simulator_client(settings.client_id(), key, profiles)],
+            clients: vec![simulator_client(settings.client_id(), key, validated)],
         },
         listener,
     )
@@ -236,18 +241,14 @@ impl App {
         let validated = settings.validate()?;
         let key = load_key(settings)?;
         if let Some(sim) = &self.simulator {
-            sim.register_client(simulator_client(
-                settings.client_id(),
-                &key,
-                &validated.profiles,
-            ));
+            sim.register_client(simulator_client(settings.client_id(), &key, &validated));
         }
         let kid = key.kid().to_owned();
         self.state
             .clients
             .store(Arc::new(validated.clients.clone()));
         let generation = generation(settings, validated, key, self.simulator_url())?;
-        self.state.tokens.source().replace(generation);
+        self.state.broker().replace(generation);
         tracing::info!(kid, "configuration and key reloaded");
         Ok(())
     }
@@ -319,7 +320,7 @@ async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>
         {
             Ok(()) => tracing::info!(reason, "reloaded"),
             Err(e) => {
-                tracing::error!(reason, error = %e, "reload refused; the previous configuration keeps serving")
+                tracing::error!(reason, error = %crate::telemetry::Chain(&e), "reload refused; the previous configuration keeps serving")
             }
         }
     }

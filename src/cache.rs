@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::{ClientBudget, FetchBudget, MAX_RETRY_AFTER, OverBudget};
 use crate::clock::Clock;
 use crate::config::CacheSettings;
+use crate::on_demand::OnDemandRequest;
 use crate::org::OrgNumber;
 use crate::profile::ProfileName;
 use crate::token::{Token, rfc3339};
@@ -44,11 +45,14 @@ pub const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
 /// Longest pause between background refresh attempts of one key while the upstream fails.
 pub const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What a cached token is for.
+/// What a cached token is for: a configured profile, or an on-demand request (then `profile` is
+/// [`crate::on_demand::ON_DEMAND`]), and the system user's organisation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub profile: ProfileName,
     pub org: Option<OrgNumber>,
+    /// The normalised on-demand request; `None` for a profile.
+    pub on_demand: Option<Arc<OnDemandRequest>>,
 }
 
 /// Who a fetch is for: a caller waiting for it, or the background refresh of a token in use.
@@ -376,6 +380,23 @@ impl<S: TokenSource> TokenCache<S> {
             .map(|t| (t, Outcome::Miss))
     }
 
+    /// A fresh token for `key` whatever is cached (a caller's `skip_cache`); it replaces the
+    /// cached one. Fetches for one key run one at a time, each paid from the fetch budget.
+    pub async fn refetch(
+        &self,
+        key: &CacheKey,
+        client: Option<&ClientBudget>,
+    ) -> Result<Arc<Token>, CacheError<S::Error>> {
+        let Some(slot) = self.inner.slots.get(key).await else {
+            return self.get(key, client).await.map(|(token, _)| token);
+        };
+        let _guard = slot.refreshing.lock().await;
+        slot.touch();
+        let token = self.fetch(key, client).await?;
+        slot.replace(token.clone());
+        Ok(token)
+    }
+
     /// Stop all background refreshes.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -559,7 +580,7 @@ impl<S: TokenSource> TokenCache<S> {
                         _ => None,
                     };
                     crate::meters::refresh_failure(key.profile.as_str());
-                    tracing::warn!(profile = %key.profile, error = %e, failures, "background refresh failed; the cached token is served while it lasts");
+                    tracing::warn!(profile = %key.profile, error = %crate::telemetry::Chain(&e), failures, "background refresh failed; the cached token is served while it lasts");
                 }
             }
         }
@@ -683,6 +704,7 @@ mod tests {
         CacheKey {
             profile: ProfileName::new("altinn"),
             org: None,
+            on_demand: None,
         }
     }
 
@@ -817,6 +839,7 @@ mod tests {
         let key_of = |i: usize| CacheKey {
             profile: ProfileName::new("skd"),
             org: org(i),
+            on_demand: None,
         };
         // Popular keys first, so frequency-based admission would refuse newcomers.
         for _ in 0..5 {

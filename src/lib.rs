@@ -13,7 +13,7 @@ pub mod config;
 pub mod telemetry;
 
 pub use access::hash_api_key;
-pub use http::ROUTES;
+pub use http::route_paths;
 pub use key::{SigningKey, public_key_from_jwk};
 
 mod access;
@@ -28,6 +28,7 @@ mod http;
 mod key;
 mod maskinporten;
 mod meters;
+mod on_demand;
 mod org;
 mod profile;
 mod retry;

@@ -228,14 +228,14 @@ pub fn server_date(headers: &reqwest::header::HeaderMap) -> Option<SystemTime> {
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
-    #[error("http_client.extra_ca_cert: cannot read {0}: {1}")]
-    ReadCa(String, std::io::Error),
+    #[error("http_client.extra_ca_cert: cannot read {0}")]
+    ReadCa(String, #[source] std::io::Error),
     #[error("http_client.extra_ca_cert: {0} is not a PEM certificate")]
     BadCa(String),
-    #[error("http_client.proxy: {0}")]
-    Proxy(String),
-    #[error("cannot build the HTTP client: {0}")]
-    Build(String),
+    #[error("http_client.proxy: not a usable proxy URL")]
+    Proxy(#[source] reqwest::Error),
+    #[error("cannot build the HTTP client")]
+    Build(#[source] reqwest::Error),
 }
 
 /// The one HTTP client for all upstream calls: rustls, timeouts, optional proxy and extra CA.
@@ -247,10 +247,8 @@ pub fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, Cli
         .user_agent(concat!("maskinporten-broker/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(proxy) = &settings.proxy {
-        builder = builder.proxy(
-            reqwest::Proxy::all(proxy.as_str())
-                .map_err(|e| ClientBuildError::Proxy(e.to_string()))?,
-        );
+        builder =
+            builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(ClientBuildError::Proxy)?);
     } else {
         builder = builder.no_proxy();
     }
@@ -261,9 +259,7 @@ pub fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, Cli
             reqwest::Certificate::from_pem(&pem).map_err(|_| ClientBuildError::BadCa(shown))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder
-        .build()
-        .map_err(|e| ClientBuildError::Build(e.to_string()))
+    builder.build().map_err(ClientBuildError::Build)
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ mod tests {
         let key = CacheKey {
             profile: ProfileName::new("altinn"),
             org: None,
+            on_demand: None,
         };
         (profile, key)
     }
@@ -123,6 +124,7 @@ mod tests {
         let other = CacheKey {
             profile: ProfileName::new("admin"),
             org: None,
+            on_demand: None,
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (mine, theirs) = (token("value-a", t0, 600), token("value-b", t0, 600));

@@ -117,7 +117,7 @@ impl IntoResponse for ApiError {
 
 impl ApiError {
     pub fn problem(&self) -> Problem {
-        let detail = self.to_string();
+        let detail = crate::telemetry::Chain(self).to_string();
         match self {
             ApiError::Problem(p) => p.clone(),
             ApiError::WaitedTooLong(_) => Problem::new(
@@ -131,6 +131,19 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 "unknown-profile",
                 "Unknown profile",
+                detail,
+            ),
+            ApiError::Resolve(ResolveError::ScopeNotAllowed { scope }) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope-not-allowed",
+                "Scope not allowed",
+                detail,
+            )
+            .with("scope", scope.as_str()),
+            ApiError::Resolve(ResolveError::OnDemandOff) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope-not-allowed",
+                "Scope not allowed",
                 detail,
             ),
             ApiError::Resolve(_) | ApiError::BadOrg(_) | ApiError::BadQuery(_) => Problem::new(
@@ -245,7 +258,7 @@ pub async fn not_found() -> Problem {
         StatusCode::NOT_FOUND,
         "not-found",
         "Not found",
-        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz, GET /metrics, GET /openapi.json",
+        format!("no such route; the routes are {}", super::route_summary()),
     )
 }
 
@@ -255,6 +268,9 @@ pub async fn method_not_allowed() -> Problem {
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "Method not allowed",
-        "this route only answers GET (and HEAD)",
+        format!(
+            "this route does not take this method (GET also answers HEAD); the routes are {}",
+            super::route_summary()
+        ),
     )
 }

@@ -16,12 +16,13 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use crate::cache::{CacheKey, Outcome};
+use crate::on_demand::ON_DEMAND;
 use crate::org::OrgNumber;
 use crate::profile::Profile;
 use crate::token::{Token, rfc3339};
 
 use super::AppState;
-use super::auth;
+use super::auth::Caller;
 use super::bodies;
 use super::problem::{ApiError, Problem};
 
@@ -116,13 +117,20 @@ pub async fn get_token(
     State(state): State<AppState>,
     Path(profile): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Result<Caller, Problem>,
     request: Request,
 ) -> Response {
     // A configured name or "_unknown": the raw path must not grow the label set.
-    let label = state.tokens.source().profile_name(&profile);
-    let response = serve_token(&state, &profile, query.as_deref(), request.headers())
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
+    let label = state.broker().profile_name(&profile);
+    let response = serve_token(
+        &state,
+        caller,
+        &profile,
+        query.as_deref(),
+        request.headers(),
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
     crate::meters::token_request(
         label.as_ref().map_or("_unknown", |name| name.as_str()),
         response.status().as_u16(),
@@ -132,36 +140,66 @@ pub async fn get_token(
 
 async fn serve_token(
     state: &AppState,
+    caller: Result<Caller, Problem>,
     profile: &str,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let clients = state.clients.load();
-    let caller = auth::authenticate(&clients, headers)?;
+    let caller = caller?;
     let org = parse_query(query)?;
-    let (profile, key) = state.tokens.source().resolve(profile, org)?;
-    auth::authorize(&caller, &key)?;
+    let (profile, key) = state.broker().resolve(profile, org)?;
+    caller.authorize(&key)?;
+    let token = token_for(state, &caller, &key).await?;
+    answer(state, &token, &key, &profile, headers)
+}
+
+/// The token for `key` the caller is authorized for: from the cache, or fetched and waited for
+/// (at most [`MAX_CALLER_WAIT`]); counted and logged without the token.
+pub(super) async fn token_for(
+    state: &AppState,
+    caller: &Caller,
+    key: &CacheKey,
+) -> Result<Arc<Token>, ApiError> {
     // A cache hit needs no timer and no budget; only a fetch is paid for and bounded in time.
-    let (token, outcome) = match state.tokens.get_servable(&key).await {
+    let (token, outcome) = match state.tokens.get_servable(key).await {
         Some(token) => (token, Outcome::Hit),
-        None => {
-            let budget = match &caller {
-                auth::Caller::Client(client) => client.budget.as_deref(),
-                auth::Caller::Anonymous => None,
-            };
-            tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key, budget))
-                .await
-                .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??
-        }
+        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key, caller.budget()))
+            .await
+            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
     };
     crate::meters::cache_lookup(outcome == Outcome::Hit);
-    let now = state.tokens.source().clock().now();
-    audit(caller.name(), &key, &token, outcome);
+    served(caller, key, &token, outcome);
+    Ok(token)
+}
+
+/// The audit line of a token handed out: at info once per caller and token (so once per token
+/// lifetime per client and key, not per hit), at debug for every request. Never the token.
+pub(super) fn served(caller: &Caller, key: &CacheKey, token: &Token, outcome: Outcome) {
+    let (client, org) = (caller.name(), key.org.as_ref().map(|o| o.as_str()));
+    let scope = key.on_demand.as_ref().map(tracing::field::display);
+    let expires_at = rfc3339(token.expires_at);
+    if token.served.first_for(client) {
+        tracing::info!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
+    } else {
+        tracing::debug!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
+    }
+}
+
+/// The answer of `/token/{profile}` and `GET /token?scope=`: JSON (shared per token and second),
+/// or the bare token for `Accept: text/plain`.
+pub(super) fn answer(
+    state: &AppState,
+    token: &Token,
+    key: &CacheKey,
+    profile: &Profile,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let now = state.broker().clock().now();
     let (content_type, body) = if wants_text(headers) {
         let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
         ("text/plain; charset=utf-8", text)
     } else {
-        let json = bodies::json(&token, &key, &profile, now).map_err(|e| {
+        let json = bodies::json(token, key, profile, now).map_err(|e| {
             Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -181,18 +219,6 @@ async fn serve_token(
         .into_response())
 }
 
-/// The log of a token served: at debug for every request; at info once per caller and token
-/// (so once per token lifetime per client and key, not per hit). Never the token itself.
-fn audit(caller: &str, key: &CacheKey, token: &Token, outcome: Outcome) {
-    let org = key.org.as_ref().map(|o| o.as_str());
-    let expires_at = rfc3339(token.expires_at);
-    if token.served.first_for(caller) {
-        tracing::info!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
-    } else {
-        tracing::debug!(client = caller, profile = %key.profile, org, cache = outcome.as_str(), expires_at, "token served");
-    }
-}
-
 /// One profile in the `GET /token` listing.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProfileListing {
@@ -203,27 +229,71 @@ pub struct ProfileListing {
     pub env: String,
 }
 
-/// The profiles this broker can make tokens for.
+/// `GET /token`: without a query, the profiles this broker can make tokens for; with `scope=`, an
+/// on-demand token for those scopes (see `http/on_demand.rs`), answered like `/token/{profile}`.
 #[utoipa::path(
     get,
     path = "/token",
     tag = "tokens",
+    params(
+        ("scope" = Option<Vec<String>>, Query, description = "On-demand scopes: repeat the parameter or separate scopes by spaces; each must match on_demand.scopes (and the client's scopes). Without any parameter the answer is the profile listing"),
+        ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
+        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token)"),
+        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer)"),
+        ("externalRef" = Option<String>, Query, description = "The system user's externalRef"),
+        ("exchange" = Option<String>, Query, description = "altinn: exchange the Maskinporten token at Altinn; none (default): the Maskinporten token"),
+    ),
     responses(
-        (status = 200, description = "The configured profiles", body = ProfileListing),
+        (status = 200, description = "Without a query: the configured profiles. With scope=: a token with at least cache.min_remaining left", content(
+            (IndexAnswer = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Maskinporten or Altinn timed out; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_profiles(
+pub async fn index(
     State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<ProfileListing>, ApiError> {
-    auth::authenticate(&state.clients.load(), &headers)?;
-    let generation = state.tokens.source().generation();
-    Ok(Json(ProfileListing {
+    RawQuery(query): RawQuery,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Response {
+    match query.filter(|q| !q.is_empty()) {
+        None => match caller {
+            Ok(_) => Json(listing(&state)).into_response(),
+            Err(problem) => problem.into_response(),
+        },
+        Some(query) => {
+            let response = super::on_demand::serve(&state, caller, &query, request.headers())
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            crate::meters::token_request(ON_DEMAND, response.status().as_u16());
+            response
+        }
+    }
+}
+
+/// The two JSON answers of `GET /token`, for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum IndexAnswer {
+    Listing(ProfileListing),
+    Token(TokenResponse<'static>),
+}
+
+fn listing(state: &AppState) -> ProfileListing {
+    let generation = state.broker().generation();
+    ProfileListing {
         profiles: generation.profiles.iter().cloned().collect(),
         default_org: generation.default_org.clone(),
         env: state.env.to_string(),
-    }))
+    }
 }
 
 #[cfg(test)]
