@@ -550,22 +550,24 @@ impl<S: TokenSource> TokenCache<S> {
                 failures = 0; // a caller refreshed it meanwhile
                 continue;
             }
-            if !self.asked_before_lapse(&slot, &token).await {
+            if !Box::pin(self.asked_before_lapse(&slot, &token)).await {
                 tracing::debug!(profile = %key.profile, "no caller asked for this token again; it lapses");
-                inner.slots.invalidate(&key).await;
+                Box::pin(inner.slots.invalidate(&key)).await;
                 return;
             }
             // Admission first (the upstreams' breakers, the global budget), then the slot's lock:
             // a caller needing this slot's token never waits behind a breaker.
+            // (The rarer awaits are boxed: an idle slot's task then holds little more than its
+            // timer, which matters at max_entries of them.)
             let gate = Box::pin(inner.source.admit_background(&key)).await;
-            inner.budget.admit_background().await;
-            let _guard = slot.refreshing.lock().await;
+            Box::pin(inner.budget.admit_background()).await;
+            let _guard = Box::pin(slot.refreshing.lock()).await;
             if !Arc::ptr_eq(&slot.current(), &token) {
                 failures = 0;
                 continue;
             }
             slot.asked.store(false, Ordering::Release);
-            let fetched = self.fetch_admitted(&key, Purpose::Background).await;
+            let fetched = Box::pin(self.fetch_admitted(&key, Purpose::Background)).await;
             drop(gate);
             match fetched {
                 Ok(token) => {
@@ -858,5 +860,19 @@ mod tests {
         cache.inner.slots.run_pending_tasks().await;
         assert!(cache.inner.slots.entry_count() <= 3);
         cache.shutdown();
+    }
+
+    #[tokio::test]
+    async fn an_idle_slot_task_is_small() {
+        // Every cached key has one such task; its rare steps are boxed so that it stays small.
+        let cache = counting(Duration::from_secs(2), short_lived());
+        let token = Arc::new(token(Duration::from_secs(2)));
+        let slot = Arc::new(Slot::new(token, CancellationToken::new()));
+        let task = cache.refresh_loop(key(), Arc::downgrade(&slot));
+        assert!(
+            std::mem::size_of_val(&task) < 1024,
+            "{}",
+            std::mem::size_of_val(&task)
+        );
     }
 }
