@@ -365,7 +365,7 @@ print("\n".join(out))
 PY
   head -n 1 "$WORK/keys.txt" >"$WORK/hot.txt"
   cp "$WORK/keys.txt" "$WORK/rotate.txt"
-  warm_keys() { xargs -P 16 -n 64 curl -fsS -o /dev/null <"$WORK/keys.txt"; }
+  warm_keys() { xargs -P 16 -n 64 sh -c 'curl -fsS "$@" >/dev/null' _ <"$WORK/keys.txt"; }
   record keys "$KEYS"
   record keys_lifetime "$KEYS_LIFETIME"
   # (6a) a burst of KEYS keys, each asked for once, then no traffic for a token lifetime.

@@ -79,6 +79,7 @@ pub struct TexasError {
         (status = 400, description = "invalid_request: bad body, unsupported identity provider, bad org or authorization_details; invalid_scope: a scope outside on_demand.scopes; or Maskinporten's own refusal with its status", body = TexasError),
         (status = 401, description = "invalid_client: API key missing or unknown (when clients are configured)", body = TexasError),
         (status = 403, description = "unauthorized_client: the client may not use this scope or org", body = TexasError),
+        (status = 429, description = "temporarily_unavailable: no token is cached and the fetch budget is spent (cache.max_fetches_per_second, or the client's own); see Retry-After", body = TexasError),
         (status = 500, description = "server_error: Maskinporten or Altinn unavailable, unreachable, too slow or unusable; see Retry-After", body = TexasError),
     )
 )]

@@ -251,6 +251,7 @@ pub struct ProfileListing {
         (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "No token is cached and the fetch budget (cache.max_fetches_per_second, or the client's own) is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
