@@ -59,6 +59,9 @@ pub struct Settings {
     pub default_org: Option<String>,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Connection limits: header-read and keep-alive timeouts, most connections open at once.
+    #[serde(default)]
+    pub server: crate::serve::ServerSettings,
     #[serde(default)]
     pub endpoints: EndpointSettings,
     #[serde(default)]
@@ -378,6 +381,7 @@ impl Settings {
         if c.idle.is_zero() {
             problems.push("cache.idle: must be longer than 0s".to_owned());
         }
+        self.server.validate(&mut problems);
         if self.http_client.timeout.is_zero() || self.http_client.connect_timeout.is_zero() {
             problems.push("http_client: timeouts must be longer than 0s".to_owned());
         }

@@ -22,6 +22,7 @@ pub mod org;
 pub mod profile;
 pub mod retry;
 pub mod secret;
+pub mod serve;
 pub mod simulator;
 pub mod telemetry;
 pub mod token;
