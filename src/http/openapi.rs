@@ -4,6 +4,9 @@
 
 use axum::Json;
 use utoipa::OpenApi;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+
+use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES};
 
 use super::problem::Problem;
 use super::token::{ProfileListing, TokenResponse};
@@ -39,5 +42,56 @@ pub struct ApiDoc;
     responses((status = 200, description = "The OpenAPI document of this broker", body = Object))
 )]
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    Json(document())
+}
+
+/// The document: the handlers' own answers, and on every route those given before a handler
+/// runs (the method fallback, the size limits and the deadline of `http::limits`).
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let refusals = [
+        ("405", "Any method but GET (and HEAD)".to_owned()),
+        (
+            "414",
+            format!("Path and query longer than {MAX_URI_BYTES} bytes"),
+        ),
+        (
+            "431",
+            format!(
+                "Headers over {MAX_HEADER_BYTES} bytes together or over {MAX_HEADER_COUNT} fields"
+            ),
+        ),
+        (
+            "503",
+            format!(
+                "The request took longer than {}",
+                humantime::format_duration(crate::app::REQUEST_TIMEOUT)
+            ),
+        ),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        let Some(get) = item.get.as_mut() else {
+            continue;
+        };
+        for (status, description) in &refusals {
+            get.responses
+                .responses
+                .entry((*status).to_owned())
+                .or_insert_with(|| problem_response(description));
+        }
+    }
+    doc
+}
+
+fn problem_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
 }

@@ -8,6 +8,7 @@ mod support;
 
 mod access;
 mod cli;
+mod connections;
 mod container_files;
 mod errors;
 mod faults;
