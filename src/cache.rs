@@ -243,10 +243,6 @@ impl<S: TokenSource> TokenCache<S> {
         &self.inner.source
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.inner.policy
-    }
-
     /// A servable token for `key`, from the cache or, if there is none, from the source.
     /// The cached token for `key` if it is servable now: the hit path, which never waits.
     pub async fn get_servable(&self, key: &CacheKey) -> Option<Token> {
@@ -311,12 +307,6 @@ impl<S: TokenSource> TokenCache<S> {
                 .await
                 .map(|t| (t, Outcome::Miss)),
         }
-    }
-
-    /// Drop every cached token (a reload changed what they were made from).
-    pub fn clear(&self) {
-        self.inner.slots.invalidate_all();
-        self.inner.refusals.invalidate_all();
     }
 
     /// Stop all background refreshes.
@@ -429,8 +419,8 @@ impl<S: TokenSource> TokenCache<S> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    crate::metrics::refresh_failure(key.profile.as_str());
-                    tracing::warn!(profile = %key.profile, error = %e, failures, "background refresh failed; the cached token is served while it lasts");
+                    crate::meters::refresh_failure(key.profile.as_str());
+                    tracing::warn!(profile = %key.profile, error = %crate::telemetry::Chain(&e), failures, "background refresh failed; the cached token is served while it lasts");
                 }
             }
         }

@@ -34,7 +34,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -43,65 +42,16 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
+use crate::config::ServerSettings;
 use crate::http::limits;
-
-/// `server:` in broker.yaml: connection limits.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    /// A request head (request line and headers) must arrive within this long of its first byte.
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight is closed after this long.
-    #[serde(default = "default_keep_alive_timeout", with = "humantime_serde")]
-    pub keep_alive_timeout: Duration,
-    /// Most connections open at once; absent means derived from the file descriptor limit.
-    pub max_connections: Option<usize>,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        ServerSettings {
-            header_read_timeout: default_header_read_timeout(),
-            keep_alive_timeout: default_keep_alive_timeout(),
-            max_connections: None,
-        }
-    }
-}
-
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_keep_alive_timeout() -> Duration {
-    Duration::from_secs(60)
-}
 
 /// Most connections `server.max_connections` may ask for (a semaphore counts in `u32`; far more
 /// than one broker should hold).
-const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 impl ServerSettings {
-    /// Every problem of `server:`, with its field path.
-    pub fn validate(&self, problems: &mut Vec<String>) {
-        for (field, value) in [
-            ("server.header_read_timeout", self.header_read_timeout),
-            ("server.keep_alive_timeout", self.keep_alive_timeout),
-        ] {
-            if value.is_zero() {
-                problems.push(format!("{field}: must be longer than 0s"));
-            }
-        }
-        if let Some(max) = self.max_connections
-            && !(1..=MAX_CONNECTIONS_LIMIT).contains(&max)
-        {
-            problems.push(format!(
-                "server.max_connections: must be between 1 and {MAX_CONNECTIONS_LIMIT}, got {max}; leave it out to derive it from the file descriptor limit"
-            ));
-        }
-    }
-
     /// The configured cap, or the one derived from the file descriptor limit.
-    pub fn max_connections(&self) -> usize {
+    pub(crate) fn max_connections(&self) -> usize {
         self.max_connections
             .unwrap_or_else(|| derived_max_connections(fd_soft_limit()))
     }
@@ -118,7 +68,7 @@ const DERIVED_MIN: u64 = 8;
 
 /// `max_connections` for a file descriptor soft limit: the limit less a quarter of it (at least
 /// 64) for everything else, between 8 and 16,384. 1024 → 768; 20,000 → 15,000; 256 → 192.
-pub fn derived_max_connections(fd_soft_limit: u64) -> usize {
+pub(crate) fn derived_max_connections(fd_soft_limit: u64) -> usize {
     let headroom = (fd_soft_limit / 4).max(FD_HEADROOM_MIN);
     let cap = fd_soft_limit
         .saturating_sub(headroom)
@@ -127,7 +77,7 @@ pub fn derived_max_connections(fd_soft_limit: u64) -> usize {
 }
 
 /// The process's soft limit on open files (1024, a common default, where it cannot be read).
-pub fn fd_soft_limit() -> u64 {
+pub(crate) fn fd_soft_limit() -> u64 {
     #[cfg(unix)]
     if let Ok((soft, _hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
         return soft;
@@ -139,7 +89,7 @@ pub fn fd_soft_limit() -> u64 {
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serve `service` on `listener` until `stop` is cancelled, then finish the requests in flight.
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     listener: TcpListener,
     service: S,
     settings: &ServerSettings,
@@ -497,16 +447,23 @@ mod tests {
         assert_eq!(s.header_read_timeout, Duration::from_secs(10));
         assert_eq!(s.keep_alive_timeout, Duration::from_secs(60));
         assert!(s.max_connections() >= DERIVED_MIN as usize);
-        let mut problems = Vec::new();
-        ServerSettings {
-            header_read_timeout: Duration::ZERO,
-            keep_alive_timeout: Duration::ZERO,
-            max_connections: Some(0),
+        let yaml =
+            "server:\n  header_read_timeout: 0s\n  keep_alive_timeout: 0s\n  max_connections: 0\n";
+        let problems = crate::config::Settings::from_yaml(yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        for field in [
+            "header_read_timeout",
+            "keep_alive_timeout",
+            "max_connections",
+        ] {
+            assert!(
+                problems.contains(&format!("server.{field}: must be")),
+                "{problems}"
+            );
         }
-        .validate(&mut problems);
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("server.header_read_timeout"));
-        assert!(problems[2].starts_with("server.max_connections"));
     }
 
     #[tokio::test]

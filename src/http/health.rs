@@ -6,15 +6,16 @@
 //! since the last success and the last error. It never asks for an API key, but with `clients:`
 //! configured only an authenticated caller sees which organisations have cached tokens.
 
-use axum::Json;
-use axum::extract::State;
 use std::collections::BTreeMap;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
 use serde_json::json;
 
 use super::AppState;
-use super::auth;
+use super::auth::Caller;
+use super::problem::Problem;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process answers", body = Object)))]
@@ -27,18 +28,17 @@ pub async fn healthz() -> Json<serde_json::Value> {
     responses((status = 200, description = "Config and key are loaded; upstream state, and the cached tokens: counted per profile for everyone, listed with their organisations when no clients are configured or for an authenticated client (those it may use)", body = Object)))]
 pub async fn readyz(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Result<Caller, Problem>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    let generation = state.tokens.source().generation();
-    let clients = state.clients.load();
+    let generation = state.broker().generation();
     // `None`: clients are configured and this caller presented no valid key.
-    let caller = auth::authenticate(&clients, &headers).ok();
+    let caller = caller.ok();
     let snapshot = state.tokens.snapshot();
     let mut per_profile = BTreeMap::<&str, usize>::new();
     for (key, _) in &snapshot {
         *per_profile.entry(key.profile.as_str()).or_default() += 1;
     }
-    let upstreams = state.tokens.source().health();
+    let upstreams = state.broker().health();
     let degraded = upstreams.values().any(|h| h.consecutive_failures > 0);
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ready" },
@@ -55,7 +55,7 @@ pub async fn readyz(
     if let Some(caller) = caller {
         let listed: Vec<_> = snapshot
             .iter()
-            .filter(|(key, _)| auth::authorize(&caller, key).is_ok())
+            .filter(|(key, _)| caller.authorize(key).is_ok())
             .map(|(key, left)| {
                 json!({
                     "profile": key.profile.as_str(),

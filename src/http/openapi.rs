@@ -1,30 +1,24 @@
-//! `GET /openapi.json`: the OpenAPI document of every route, generated from the handlers'
-//! `#[utoipa::path]` attributes so it cannot drift from the code unnoticed (tests compare its paths
-//! with [`super::ROUTES`]).
+//! `GET /openapi.json`: the OpenAPI document of every route. The route table in `http/mod.rs`
+//! adds each handler's `#[utoipa::path]` operation to the frame declared here, so the document
+//! cannot drift from the router.
 
-use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
 use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES};
 
+use super::AppState;
 use super::problem::Problem;
 use super::token::{ProfileListing, TokenResponse};
-use super::{health, metrics, token};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "maskinporten-broker",
         description = "Holds an organisation's Maskinporten key and serves ready-to-use tokens over local HTTP."
-    ),
-    paths(
-        token::list_profiles,
-        token::get_token,
-        health::healthz,
-        health::readyz,
-        metrics::metrics,
-        openapi,
     ),
     components(schemas(TokenResponse, ProfileListing, Problem)),
     tags(
@@ -41,14 +35,20 @@ pub struct ApiDoc;
     tag = "operations",
     responses((status = 200, description = "The OpenAPI document of this broker", body = Object))
 )]
-pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(document())
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        state.openapi.clone(),
+    )
+        .into_response()
 }
 
-/// The document: the handlers' own answers, and on every route those given before a handler
-/// runs (the method fallback, the size limits and the deadline of `http::limits`).
-pub fn document() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
+/// Add to every route of `doc` the answers given before a handler runs: the method fallback,
+/// the size limits and the deadline of `http::limits`.
+pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
     let refusals = [
         ("405", "Any method but GET (and HEAD)".to_owned()),
         (
@@ -80,10 +80,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
                 .or_insert_with(|| problem_response(description));
         }
     }
-    doc
 }
 
-fn problem_response(description: &str) -> RefOr<Response> {
+fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     ResponseBuilder::new()
         .description(description)
         .content(

@@ -127,7 +127,7 @@ impl IntoResponse for ApiError {
 
 impl ApiError {
     pub fn problem(&self) -> Problem {
-        let detail = self.to_string();
+        let detail = crate::telemetry::Chain(self).to_string();
         match self {
             ApiError::Problem(p) => p.clone(),
             // The upstream is slow (a hang, or retries after timeouts outlast the caller's wait):

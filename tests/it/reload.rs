@@ -91,8 +91,8 @@ async fn sighup_rotates_the_key_and_a_broken_config_keeps_the_old_one() {
 
 #[tokio::test]
 async fn a_refused_reload_changes_nothing() {
-    use maskinporten_broker::access::hash_api_key;
     use maskinporten_broker::config::Settings;
+    use maskinporten_broker::hash_api_key;
     let client = |name: &str, key: &str| {
         format!(
             "  - name: {name}\n    key_sha256: {}\n    profiles: ['*']\n",
