@@ -209,7 +209,7 @@ impl App {
         let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
         let server_settings = started.server.clone();
-        log_connection_limits(&server_settings);
+        raise_and_log_connection_limits(&server_settings);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
             serve::serve(listener, service, &server_settings, signal).await;
@@ -291,8 +291,9 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
     .collect()
 }
 
-fn log_connection_limits(server: &crate::config::ServerSettings) {
-    let fd_limit = serve::fd_soft_limit();
+/// Raise the open-files limit where allowed and log the connection limits in force.
+fn raise_and_log_connection_limits(server: &crate::config::ServerSettings) {
+    let fd_limit = serve::raise_fd_limit();
     let max = server.max_connections();
     tracing::info!(
         max_connections = max,

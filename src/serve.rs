@@ -4,7 +4,8 @@
 //! half a request keeps a connection, and a file descriptor, for ever. This loop bounds each way a
 //! connection can sit on a file descriptor:
 //! - at most `server.max_connections` are open (by default derived from the process's file
-//!   descriptor limit, [`derived_max_connections`]); at the cap the loop stops accepting until one
+//!   descriptor limit, [`derived_max_connections`], after raising its soft limit towards the
+//!   hard one, [`raise_fd_limit`]); at the cap the loop stops accepting until one
 //!   closes, and new callers wait in the kernel's listen backlog instead of `accept` failing with
 //!   `EMFILE`. Should `accept` fail anyway it is retried after a pause, never in a busy loop;
 //! - a request head must be complete within `server.header_read_timeout` of its first byte (for
@@ -61,13 +62,14 @@ impl ServerSettings {
 /// connections (and, in `env: local`, the simulator's end of them), the listener, the key and
 /// config files, stdio and the runtime's own.
 const FD_HEADROOM_MIN: u64 = 64;
-/// The derived cap never exceeds this, whatever the limit (often 1,048,576 in containers).
-const DERIVED_MAX: u64 = 16_384;
+/// The derived cap never exceeds this, whatever the limit (often 1,048,576 in containers): a
+/// stalled connection costs about 16 KiB, so 4096 of them about 64 MiB.
+const DERIVED_MAX: u64 = 4096;
 /// ... nor goes below this, however low the limit.
 const DERIVED_MIN: u64 = 8;
 
 /// `max_connections` for a file descriptor soft limit: the limit less a quarter of it (at least
-/// 64) for everything else, between 8 and 16,384. 1024 → 768; 20,000 → 15,000; 256 → 192.
+/// 64) for everything else, between 8 and 4096. 1024 → 768; 256 → 192; 20,000 → 4096.
 pub(crate) fn derived_max_connections(fd_soft_limit: u64) -> usize {
     let headroom = (fd_soft_limit / 4).max(FD_HEADROOM_MIN);
     let cap = fd_soft_limit
@@ -83,6 +85,21 @@ pub(crate) fn fd_soft_limit() -> u64 {
         return soft;
     }
     1024
+}
+
+/// The soft limit on open files is raised to at most this at start-up (never above the hard
+/// limit): enough for the largest derived cap and its headroom.
+const FD_LIMIT_WANTED: u64 = 8_192;
+
+/// Raise the soft limit on open files towards the hard limit, as Go programs and most servers do:
+/// the soft limit (often 1024) is only a default, the hard limit is what the operator allows.
+/// Returns the soft limit now in force.
+pub(crate) fn raise_fd_limit() -> u64 {
+    #[cfg(unix)]
+    if let Err(e) = rlimit::increase_nofile_limit(FD_LIMIT_WANTED) {
+        tracing::debug!(error = %e, "could not raise the soft limit on open files");
+    }
+    fd_soft_limit()
 }
 
 /// How long the loop pauses when `accept` itself fails (out of file descriptors or memory).
@@ -433,12 +450,13 @@ mod tests {
     #[test]
     fn the_derived_cap_leaves_headroom_below_the_fd_limit() {
         assert_eq!(derived_max_connections(1024), 768);
-        assert_eq!(derived_max_connections(20_000), 15_000);
+        assert_eq!(derived_max_connections(5_000), 3_750);
+        assert_eq!(derived_max_connections(20_000), 4_096);
         assert_eq!(derived_max_connections(256), 192);
         assert_eq!(derived_max_connections(100), 36);
         assert_eq!(derived_max_connections(10), 8);
-        assert_eq!(derived_max_connections(1 << 20), 16_384);
-        assert_eq!(derived_max_connections(u64::MAX), 16_384);
+        assert_eq!(derived_max_connections(1 << 20), 4_096);
+        assert_eq!(derived_max_connections(u64::MAX), 4_096);
     }
 
     #[test]
