@@ -50,7 +50,7 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
 /// the size limits and the deadline of `http::limits`.
 pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
     let refusals = [
-        ("405", "Any method but GET (and HEAD)".to_owned()),
+        ("405", "A method this route does not take".to_owned()),
         (
             "414",
             format!("Path and query longer than {MAX_URI_BYTES} bytes"),
@@ -70,14 +70,15 @@ pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
         ),
     ];
     for item in doc.paths.paths.values_mut() {
-        let Some(get) = item.get.as_mut() else {
-            continue;
-        };
-        for (status, description) in &refusals {
-            get.responses
-                .responses
-                .entry((*status).to_owned())
-                .or_insert_with(|| problem_response(description));
+        let operations = [&mut item.get, &mut item.post];
+        for operation in operations.into_iter().flatten() {
+            for (status, description) in &refusals {
+                operation
+                    .responses
+                    .responses
+                    .entry((*status).to_owned())
+                    .or_insert_with(|| problem_response(description));
+            }
         }
     }
 }
