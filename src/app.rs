@@ -229,10 +229,10 @@ impl App {
         self.simulator.as_ref().map(SimulatorHandle::base_url)
     }
 
-    /// Replace key, kid, client id, endpoints, `http_client`, profiles, default org and clients
-    /// with those of `settings`. Everything is built before anything is applied: a config that
-    /// does not validate, a key that does not load or an HTTP client that cannot be built changes
-    /// nothing. Tokens already cached stay until they expire; they are valid whatever key signed
+    /// Replace key, kid, client id, endpoints, `http_client`, profiles, `on_demand`, default org
+    /// and clients with those of `settings`. Everything is built before anything is applied: a
+    /// config that does not validate, a key that does not load or an HTTP client that cannot be
+    /// built changes nothing. Tokens already cached stay until they expire; they are valid whatever key signed
     /// the grant. Sections read only at start-up ([`needing_restart`]) are logged, not applied.
     pub fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
@@ -249,7 +249,7 @@ impl App {
         self.state.broker().replace(generation);
         tracing::info!(
             kid,
-            "configuration and key reloaded (key, kid, client_id, endpoints, http_client, profiles, default_org, clients)"
+            "configuration and key reloaded (key, kid, client_id, endpoints, http_client, profiles, on_demand, default_org, clients)"
         );
         let unchanged = needing_restart(&self.started, settings);
         if !unchanged.is_empty() {
