@@ -5,9 +5,11 @@
 //! connection can sit on a file descriptor:
 //! - at most `server.max_connections` are open (by default derived from the process's file
 //!   descriptor limit, [`derived_max_connections`], after raising its soft limit towards the
-//!   hard one, [`raise_fd_limit`]); at the cap the loop stops accepting until one
-//!   closes, and new callers wait in the kernel's listen backlog instead of `accept` failing with
-//!   `EMFILE`. Should `accept` fail anyway it is retried after a pause, never in a busy loop;
+//!   hard one, [`raise_fd_limit`]). A connection accepted at the cap takes the place of the one
+//!   that has waited longest without a request in flight (stalled or idle); when every one is
+//!   answering a request, the loop waits for one to end before it accepts again, and new callers
+//!   wait in the kernel's listen backlog. So `accept` never fails with `EMFILE`; should it fail
+//!   anyway, it is retried after a pause, never in a busy loop;
 //! - a request head must be complete within `server.header_read_timeout` of its first byte (for
 //!   the first request of a connection: of the connection's start), else the connection is closed;
 //! - a kept-alive connection with no request in flight is closed after `server.keep_alive_timeout`.
@@ -20,6 +22,7 @@
 //! On shutdown the loop stops accepting, lets every request in flight finish, closes idle
 //! connections, and returns once every connection has closed.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -37,7 +40,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -129,31 +132,10 @@ pub(crate) async fn serve<S>(
     // Its buffer must hold any request ours refuse, so ours speak first.
     http.max_buf_size(limits::MAX_HEAD_BUFFER)
         .max_headers(limits::HYPER_MAX_HEADERS);
+    let open = Arc::new(Open::default());
     let mut at_cap = false;
     let mut accept_failing = false;
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                at_cap = false;
-                slot
-            }
-            Err(_) => {
-                if !at_cap {
-                    tracing::warn!(
-                        max_connections = max,
-                        "connection limit reached: new connections wait until one closes"
-                    );
-                    at_cap = true;
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                }
-            }
-        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -177,6 +159,32 @@ pub(crate) async fn serve<S>(
             tracing::info!("accepting connections again");
             accept_failing = false;
         }
+        // A slot for it. At the cap, make room by closing the connection that has waited longest
+        // without a request in flight; if every one is answering a request, wait for one to end.
+        // Nothing more is accepted meanwhile, so at most one connection waits beyond the cap.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                at_cap = false;
+                slot
+            }
+            Err(_) => {
+                if !at_cap {
+                    tracing::warn!(
+                        max_connections = max,
+                        "connection limit reached: closing the connections idle or stalled the longest to make room"
+                    );
+                    at_cap = true;
+                }
+                open.evict_longest_waiting();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let _ = tcp.set_nodelay(true);
         tokio::spawn(connection(
             tcp,
@@ -184,7 +192,7 @@ pub(crate) async fn serve<S>(
             service.clone(),
             timeouts,
             stop.clone(),
-            slot,
+            Registered::new(&open, slot),
         ));
     }
     drop(listener);
@@ -209,14 +217,14 @@ struct Timeouts {
     keep_alive: Duration,
 }
 
-/// One connection, from accept to close; `_slot` is given back when it ends.
+/// One connection, from accept to close; its slot is given back when it ends.
 async fn connection<S>(
     tcp: TcpStream,
     http: http1::Builder,
     service: S,
     timeouts: Timeouts,
     stop: CancellationToken,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    registered: Registered,
 ) where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
         + Clone
@@ -224,7 +232,7 @@ async fn connection<S>(
         + 'static,
     S::Future: Send,
 {
-    let activity = Arc::new(Activity::new());
+    let activity = registered.activity.clone();
     let io = TokioIo::new(Watched {
         io: tcp,
         activity: activity.clone(),
@@ -248,6 +256,10 @@ async fn connection<S>(
                 tracing::debug!(reason = why, "closing a stalled connection");
                 return;
             }
+            _ = activity.evicted.cancelled() => {
+                tracing::debug!("closing the connection idle or stalled the longest, to make room");
+                return;
+            }
             _ = stop.cancelled(), if !draining => {
                 // Finish the request in flight, if any, then close; an idle connection closes now.
                 conn.as_mut().graceful_shutdown();
@@ -268,10 +280,71 @@ enum Phase {
     Idle { since: Instant },
 }
 
+/// The open connections, so that at the cap the one waiting longest without a request in flight
+/// can be closed to make room (as nginx reuses idle keep-alive connections).
+#[derive(Debug, Default)]
+struct Open {
+    connections: Mutex<(u64, HashMap<u64, Arc<Activity>>)>,
+}
+
+impl Open {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, HashMap<u64, Arc<Activity>>)> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Close the connection idle or stalled the longest; none if every one is answering.
+    fn evict_longest_waiting(&self) {
+        let mut open = self.lock();
+        let longest = open
+            .1
+            .iter()
+            .filter_map(|(id, a)| a.waiting_since().map(|since| (since, *id)))
+            .min();
+        if let Some((_, id)) = longest
+            && let Some(activity) = open.1.remove(&id)
+        {
+            activity.evicted.cancel();
+        }
+    }
+}
+
+/// A connection's entry in [`Open`] and its slot; both go when the connection ends.
+struct Registered {
+    open: Arc<Open>,
+    id: u64,
+    activity: Arc<Activity>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Registered {
+    fn new(open: &Arc<Open>, slot: OwnedSemaphorePermit) -> Self {
+        let activity = Arc::new(Activity::new());
+        let mut entries = open.lock();
+        let id = entries.0;
+        entries.0 = id.wrapping_add(1);
+        entries.1.insert(id, activity.clone());
+        drop(entries);
+        Registered {
+            open: open.clone(),
+            id,
+            activity,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open.lock().1.remove(&self.id);
+    }
+}
+
 /// What the connection's reads and its requests tell the watchdog.
 #[derive(Debug)]
 struct Activity {
     phase: Mutex<Phase>,
+    /// Cancelled to close the connection at once (to make room at the cap).
+    evicted: CancellationToken,
 }
 
 impl Activity {
@@ -280,6 +353,15 @@ impl Activity {
             phase: Mutex::new(Phase::Head {
                 since: Instant::now(),
             }),
+            evicted: CancellationToken::new(),
+        }
+    }
+
+    /// Since when the connection has waited without a request in flight; `None` while busy.
+    fn waiting_since(&self) -> Option<Instant> {
+        match *self.phase() {
+            Phase::Head { since } | Phase::Idle { since } => Some(since),
+            Phase::Busy { .. } => None,
         }
     }
 
@@ -482,6 +564,30 @@ mod tests {
                 "{problems}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_longest_waiting_connection_makes_room_never_a_busy_one() {
+        let open = Arc::new(Open::default());
+        let slots = Arc::new(Semaphore::new(3));
+        let slot = || slots.clone().try_acquire_owned().unwrap();
+        let busy = Registered::new(&open, slot()); // the oldest, but answering a request
+        let _request = busy.activity.begin();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let stalled = Registered::new(&open, slot());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let young = Registered::new(&open, slot());
+
+        open.evict_longest_waiting();
+        assert!(stalled.activity.evicted.is_cancelled());
+        assert!(!busy.activity.evicted.is_cancelled() && !young.activity.evicted.is_cancelled());
+        open.evict_longest_waiting();
+        assert!(young.activity.evicted.is_cancelled(), "the next one, once");
+        open.evict_longest_waiting();
+        assert!(!busy.activity.evicted.is_cancelled(), "never one in flight");
+        drop((stalled, young));
+        assert_eq!(open.lock().1.len(), 1);
+        assert_eq!(slots.available_permits(), 2);
     }
 
     #[tokio::test]

@@ -118,20 +118,47 @@ async fn an_idle_kept_alive_connection_lives_for_the_keep_alive_timeout_then_clo
 }
 
 #[tokio::test]
-async fn at_max_connections_a_caller_waits_for_a_free_slot_and_is_answered() {
-    let env = TestEnv::start("server:\n  header_read_timeout: 1s\n  max_connections: 4\n").await;
+async fn at_max_connections_a_new_caller_takes_the_place_of_the_longest_stalled() {
+    // The header-read timeout is far away: only making room can answer the caller.
+    let env = TestEnv::start("server:\n  header_read_timeout: 60s\n  max_connections: 4\n").await;
     let mut stalled_ones = Vec::new();
     for _ in 0..4 {
         stalled_ones.push(stalled(env.app.addr).await);
+        tokio::time::sleep(Duration::from_millis(20)).await; // distinct ages
     }
-    // The fifth connection waits in the listen backlog until a stalled one is closed.
-    let answered = tokio::time::timeout(Duration::from_secs(15), env.get("/healthz"))
+    let answered = tokio::time::timeout(Duration::from_secs(20), env.get("/healthz"))
         .await
-        .expect("answered once a slot is free");
+        .expect("answered long before the stalled connections time out");
     assert_eq!(answered.status(), 200);
-    for tcp in &mut stalled_ones {
-        assert!(until_closed(tcp, Duration::from_secs(10)).await.is_some());
+    let oldest = until_closed(&mut stalled_ones[0], Duration::from_secs(5)).await;
+    assert!(oldest.is_some(), "the longest stalled made room");
+    let youngest = until_closed(&mut stalled_ones[3], Duration::from_millis(300)).await;
+    assert!(youngest.is_none(), "the others are left alone");
+}
+
+#[tokio::test]
+async fn hundreds_of_stalled_connections_over_the_cap_never_keep_a_caller_waiting() {
+    let env = TestEnv::start("server:\n  header_read_timeout: 60s\n  max_connections: 50\n").await;
+    let mut stalled_ones = Vec::new();
+    for _ in 0..300 {
+        stalled_ones.push(stalled(env.app.addr).await);
     }
+    for path in ["/healthz", "/token/admin", "/healthz"] {
+        let r = tokio::time::timeout(Duration::from_secs(20), env.get(path))
+            .await
+            .expect("answered long before the stalled connections time out");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let mut closed = 0;
+    for tcp in &mut stalled_ones[..250] {
+        if until_closed(tcp, Duration::from_secs(5)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 240,
+        "the oldest made room: {closed} of 250 closed"
+    );
 }
 
 #[tokio::test]
@@ -156,8 +183,8 @@ async fn a_caller_is_answered_while_1000_stalled_connections_are_open_and_they_a
 
 #[tokio::test]
 async fn accept_never_fails_under_a_low_file_descriptor_limit() {
-    // The binary under `ulimit -n 128`: it derives max_connections 64 from it, stops accepting at
-    // the cap, and keeps answering; 150 stalled connections never make accept fail with EMFILE.
+    // The binary under `ulimit -n 128`: it derives max_connections 64 from it, makes room at the
+    // cap, and keeps answering; 150 stalled connections never make accept fail with EMFILE.
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
     let dir = tempfile::tempdir().unwrap();
@@ -168,7 +195,7 @@ async fn accept_never_fails_under_a_low_file_descriptor_limit() {
         config_yaml(
             &mp,
             &altinn,
-            &format!("listen: 127.0.0.1:{port}\nserver:\n  header_read_timeout: 1s\n"),
+            &format!("listen: 127.0.0.1:{port}\nserver:\n  header_read_timeout: 3s\n"),
         ),
     )
     .unwrap();
