@@ -319,11 +319,18 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let key_path = settings.key.path.clone();
+    // Before serving: a SIGHUP that arrives once callers can see the broker must reload it, not
+    // end it (the default action of SIGHUP), and a file changed meanwhile must count as changed.
+    let files = WatchedFiles::new(config_path, key_path.as_deref());
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
     let app = App::spawn(settings, listener).await?;
     tracing::info!(addr = %app.addr, env = %app.state.env, "maskinporten-broker is listening");
     tokio::select! {
         _ = shutdown_signal() => {}
-        _ = reload_on_change(&app, config_path, key_path.as_deref()) => {}
+        _ = reload_on_change(&app, config_path, files, hangup) => {}
     }
     tracing::info!("shutting down: finishing requests in flight");
     app.shutdown().await;
@@ -374,10 +381,13 @@ impl WatchedFiles {
 }
 
 /// Reload on SIGHUP or when the config or key file changes. Never returns.
-async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut files = WatchedFiles::new(config_path, key_path);
+async fn reload_on_change(
+    app: &App,
+    config_path: &Path,
+    mut files: WatchedFiles,
+    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] _hangup: Option<()>,
+) {
     let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
     loop {
         #[cfg(unix)]
