@@ -75,7 +75,7 @@ impl Clients {
     /// Validate `clients:`; problems carry their field path.
     pub fn from_settings(settings: &[ClientSettings]) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        let mut clients = Vec::new();
+        let mut clients: Vec<Arc<Client>> = Vec::new();
         for (i, c) in settings.iter().enumerate() {
             let field = |f: &str| format!("clients[{i}].{f}");
             let mut hash = [0u8; 32];
@@ -83,6 +83,15 @@ impl Clients {
                 problems.push(format!(
                     "{}: must be 64 hex digits (run `maskinporten-broker hash-key`)",
                     field("key_sha256")
+                ));
+            } else if let Some(j) = clients.iter().position(|other| other.hash == hash) {
+                // One key, two clients: which client a caller is would depend on the order.
+                problems.push(format!(
+                    "{}: the same API key as clients[{j}] ({:?}); {:?} and {:?} each need their own key",
+                    field("key_sha256"),
+                    clients[j].name,
+                    clients[j].name,
+                    c.name
                 ));
             }
             if c.name.trim().is_empty() {
@@ -202,6 +211,31 @@ mod tests {
         assert!(
             errs.iter()
                 .any(|e| e.starts_with("clients[0].max_fetches_per_second"))
+        );
+    }
+
+    #[test]
+    fn two_clients_with_one_key_are_refused_naming_both() {
+        let client = |name: &str, hash: String| ClientSettings {
+            name: name.into(),
+            key_sha256: hash,
+            profiles: vec!["*".into()],
+            orgs: vec![],
+            scopes: None,
+            max_fetches_per_second: None,
+        };
+        let errs = Clients::from_settings(&[
+            client("app-a", hash_api_key("shared")),
+            client("app-b", hash_api_key("other")),
+            client("app-c", hash_api_key("shared").to_uppercase()),
+        ])
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("clients[2].key_sha256: the same API key as clients[0]")
+                && errs[0].contains("\"app-a\"")
+                && errs[0].contains("\"app-c\""),
+            "{errs:?}"
         );
     }
 

@@ -7,9 +7,9 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
 use crate::key::{KeyError, SigningKey};
 use crate::retry::RetryPolicy;
+use crate::serve;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::upstream::{ClientBuildError, http_client};
 
@@ -202,27 +203,31 @@ pub struct App {
     pub addr: SocketAddr,
     pub(crate) state: AppState,
     simulator: Option<SimulatorHandle>,
+    /// The settings the broker started with: those a reload cannot change stay in force.
+    started: Settings,
     stop: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
 }
 
 impl App {
     /// Build from settings and serve on `listener` until [`App::shutdown`].
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
+        let started = settings.clone();
         let built = build(settings).await?;
         let addr = listener.local_addr().map_err(StartError::Simulator)?;
         let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
+        let server_settings = started.server.clone();
+        raise_and_log_connection_limits(&server_settings);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
-            axum::serve(listener, tower::make::Shared::new(service))
-                .with_graceful_shutdown(async move { signal.cancelled().await })
-                .await
+            serve::serve(listener, service, &server_settings, signal).await;
         });
         Ok(App {
             addr,
             state: built.state,
             simulator: built.simulator,
+            started,
             stop,
             server,
         })
@@ -233,23 +238,35 @@ impl App {
         self.simulator.as_ref().map(SimulatorHandle::base_url)
     }
 
-    /// Replace key, kid, client id, endpoints, profiles, default org and clients with those of
-    /// `settings`. A config that does not validate or a key that does not load changes nothing.
-    /// Tokens already cached stay until they expire; they are valid whatever key signed the grant.
-    /// `listen`, `cache`, `http_client` timeouts and `log` need a restart.
-    pub(crate) fn reload(&self, settings: &Settings) -> Result<(), StartError> {
+    /// Replace key, kid, client id, endpoints, `http_client`, profiles, `on_demand`, default org
+    /// and clients with those of `settings`. Everything is built before anything is applied: a
+    /// config that does not validate, a key that does not load or an HTTP client that cannot be
+    /// built changes nothing. Tokens already cached stay until they expire; they are valid whatever key signed
+    /// the grant. Sections read only at start-up ([`needing_restart`]) are logged, not applied.
+    pub fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
         let key = load_key(settings)?;
-        if let Some(sim) = &self.simulator {
-            sim.register_client(simulator_client(settings.client_id(), &key, &validated));
-        }
+        let registration = simulator_client(settings.client_id(), &key, &validated);
         let kid = key.kid().to_owned();
-        self.state
-            .clients
-            .store(Arc::new(validated.clients.clone()));
+        let clients = Arc::new(validated.clients.clone());
         let generation = generation(settings, validated, key, self.simulator_url())?;
+        // Built completely: apply.
+        if let Some(sim) = &self.simulator {
+            sim.register_client(registration);
+        }
+        self.state.clients.store(clients);
         self.state.broker().replace(generation);
-        tracing::info!(kid, "configuration and key reloaded");
+        tracing::info!(
+            kid,
+            "configuration and key reloaded (key, kid, client_id, endpoints, http_client, profiles, on_demand, default_org, clients)"
+        );
+        let unchanged = needing_restart(&self.started, settings);
+        if !unchanged.is_empty() {
+            tracing::warn!(
+                sections = unchanged.join(", "),
+                "changed in the configuration, but needs a restart to take effect; the values the broker started with stay in force"
+            );
+        }
         Ok(())
     }
 
@@ -264,6 +281,45 @@ impl App {
     }
 }
 
+/// The sections of `new` that differ from the running settings but are read only at start-up:
+/// the listener, connection limits, cache policy, logging, the environment and its simulator.
+pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    // Compared by their Debug form: these sections hold no secrets and need no PartialEq.
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    [
+        ("env", differs(&running.env, &new.env)),
+        ("listen", differs(&running.listen, &new.listen)),
+        ("server", differs(&running.server, &new.server)),
+        ("cache", differs(&running.cache, &new.cache)),
+        ("local", differs(&running.local, &new.local)),
+        ("log", differs(&running.log, &new.log)),
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect()
+}
+
+/// Raise the open-files limit where allowed and log the connection limits in force.
+fn raise_and_log_connection_limits(server: &crate::config::ServerSettings) {
+    let fd_limit = serve::raise_fd_limit();
+    let max = server.max_connections();
+    tracing::info!(
+        max_connections = max,
+        fd_soft_limit = fd_limit,
+        header_read_timeout = %humantime::format_duration(server.header_read_timeout),
+        keep_alive_timeout = %humantime::format_duration(server.keep_alive_timeout),
+        "connection limits"
+    );
+    if server.max_connections.is_some() && max > serve::derived_max_connections(fd_limit) {
+        tracing::warn!(
+            max_connections = max,
+            fd_soft_limit = fd_limit,
+            "server.max_connections leaves little room below the file descriptor limit (ulimit -n) for upstream connections and files"
+        );
+    }
+}
+
 /// Run the broker on the configured address until SIGTERM or SIGINT; reload on SIGHUP or when
 /// the config or key file changes.
 pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartError> {
@@ -272,11 +328,18 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     let key_path = settings.key.path.clone();
+    // Before serving: a SIGHUP that arrives once callers can see the broker must reload it, not
+    // end it (the default action of SIGHUP), and a file changed meanwhile must count as changed.
+    let files = WatchedFiles::new(config_path, key_path.as_deref());
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
     let app = App::spawn(settings, listener).await?;
     tracing::info!(addr = %app.addr, env = %app.state.env, "maskinporten-broker is listening");
     tokio::select! {
         _ = shutdown_signal() => {}
-        _ = reload_on_change(&app, config_path, key_path.as_deref()) => {}
+        _ = reload_on_change(&app, config_path, files, hangup) => {}
     }
     tracing::info!("shutting down: finishing requests in flight");
     app.shutdown().await;
@@ -287,13 +350,53 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
 /// by symlink, which file-change notifications miss; a cheap `stat` does not).
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The config file and the key file it names, and when each was last seen modified. After a
+/// reload the key file watched is the one the new config names.
+struct WatchedFiles {
+    config: PathBuf,
+    key: Option<PathBuf>,
+    seen: (Option<SystemTime>, Option<SystemTime>),
+}
+
+impl WatchedFiles {
+    fn new(config: &Path, key: Option<&Path>) -> Self {
+        let mut files = WatchedFiles {
+            config: config.to_owned(),
+            key: key.map(Path::to_owned),
+            seen: (None, None),
+        };
+        files.seen = files.stamps();
+        files
+    }
+
+    fn stamps(&self) -> (Option<SystemTime>, Option<SystemTime>) {
+        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        (stamp(&self.config), self.key.as_deref().and_then(stamp))
+    }
+
+    /// Whether either file changed since the last look.
+    fn changed(&mut self) -> bool {
+        let now = self.stamps();
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+
+    /// Watch `key` from now on (the key file of a config just applied).
+    fn follow_key(&mut self, key: Option<&Path>) {
+        self.key = key.map(Path::to_owned);
+        self.seen = self.stamps();
+    }
+}
+
 /// Reload on SIGHUP or when the config or key file changes. Never returns.
-async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let stamp =
-        |p: Option<&Path>| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-    let mut seen = (stamp(Some(config_path)), stamp(key_path));
+async fn reload_on_change(
+    app: &App,
+    config_path: &Path,
+    mut files: WatchedFiles,
+    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] _hangup: Option<()>,
+) {
     let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
     loop {
         #[cfg(unix)]
@@ -308,17 +411,18 @@ async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>
         let reason = tokio::select! {
             _ = hup => "SIGHUP",
             _ = tick.tick() => {
-                let now = (stamp(Some(config_path)), stamp(key_path));
-                if now == seen { continue; }
-                seen = now;
+                if !files.changed() { continue; }
                 "file change"
             }
         };
         match Settings::load(config_path)
             .map_err(StartError::from)
-            .and_then(|s| app.reload(&s))
+            .and_then(|s| app.reload(&s).map(|()| s))
         {
-            Ok(()) => tracing::info!(reason, "reloaded"),
+            Ok(settings) => {
+                files.follow_key(settings.key.path.as_deref());
+                tracing::info!(reason, "reloaded")
+            }
             Err(e) => {
                 tracing::error!(reason, error = %crate::telemetry::Chain(&e), "reload refused; the previous configuration keeps serving")
             }
@@ -345,5 +449,55 @@ pub(crate) async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path, secs: u64) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn the_watched_key_file_follows_key_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let [config, old, new] = ["broker.yaml", "old.pem", "new.pem"].map(|f| {
+            let path = dir.path().join(f);
+            std::fs::write(&path, f).unwrap();
+            touch(&path, 1_000);
+            path
+        });
+        let mut files = WatchedFiles::new(&config, Some(&old));
+        assert!(!files.changed());
+        touch(&old, 2_000);
+        assert!(files.changed(), "the key file named at start is watched");
+        assert!(!files.changed(), "a change is reported once");
+
+        files.follow_key(Some(&new));
+        touch(&old, 3_000);
+        assert!(!files.changed(), "the old key file is no longer watched");
+        touch(&new, 3_000);
+        assert!(files.changed(), "the new key file is");
+        touch(&config, 4_000);
+        assert!(files.changed(), "and the config file still is");
+    }
+
+    #[test]
+    fn sections_read_at_start_up_are_named_when_they_change() {
+        let base = "env: test\nclient_id: a\nkid: k\nkey:\n  path: k.pem\n";
+        let running = Settings::from_yaml(base).unwrap();
+        assert!(needing_restart(&running, &running).is_empty());
+        let new = Settings::from_yaml(&format!(
+            "{base}listen: 127.0.0.1:9999\ncache:\n  min_remaining: 20s\nserver:\n  keep_alive_timeout: 5s\nclients: []\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            needing_restart(&running, &new),
+            ["listen", "server", "cache"]
+        );
     }
 }

@@ -58,6 +58,8 @@ pub struct Settings {
     /// Organisation for system-user profiles when a request has no `org`.
     pub default_org: Option<String>,
     pub listen: SocketAddr,
+    /// Connection limits: header-read and keep-alive timeouts, most connections open at once.
+    pub server: ServerSettings,
     pub endpoints: EndpointSettings,
     pub http_client: HttpClientSettings,
     pub cache: CacheSettings,
@@ -81,6 +83,7 @@ impl Default for Settings {
             key: KeySettings::default(),
             default_org: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            server: ServerSettings::default(),
             endpoints: EndpointSettings::default(),
             http_client: HttpClientSettings::default(),
             cache: CacheSettings::default(),
@@ -122,6 +125,30 @@ pub struct EndpointSettings {
     pub issuer: Option<String>,
     pub token_url: Option<Url>,
     pub altinn_exchange_url: Option<Url>,
+}
+
+/// `server:`: how many connections the broker holds and how long each may stall (src/serve.rs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// A request head (request line and headers) must arrive within this long of its first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Most connections open at once; absent means derived from the file descriptor limit.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_connections: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +383,7 @@ impl Settings {
         self.check_credentials(&mut problems);
         let default_org = self.parse_default_org(&mut problems);
         self.check_endpoints(&mut problems);
+        self.server.check(&mut problems);
         self.cache.check(&mut problems);
         self.http_client.check(&mut problems);
         self.check_local(&mut problems);
@@ -487,6 +515,27 @@ impl CacheSettings {
             if value == 0 {
                 problems.push(format!("cache.{field}: must be at least 1"));
             }
+        }
+    }
+}
+
+impl ServerSettings {
+    fn check(&self, problems: &mut Problems) {
+        for (field, value) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.keep_alive_timeout", self.keep_alive_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{field}: must be longer than 0s"));
+            }
+        }
+        let most = crate::serve::MAX_CONNECTIONS_LIMIT;
+        if let Some(max) = self.max_connections
+            && !(1..=most).contains(&max)
+        {
+            problems.push(format!(
+                "server.max_connections: must be between 1 and {most}, got {max}; leave it out to derive it from the file descriptor limit"
+            ));
         }
     }
 }

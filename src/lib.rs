@@ -33,6 +33,7 @@ mod org;
 mod profile;
 mod retry;
 mod secret;
+mod serve;
 mod simulator;
 mod token;
 mod upstream;

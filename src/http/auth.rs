@@ -108,11 +108,20 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The API key of `X-Api-Key`, else of `Authorization: Bearer`; an empty one counts as absent,
+/// so it never hides a key in the other header.
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(key);
-    }
-    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, key) = auth.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
+    let api_key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|auth| auth.trim().split_once(' '))
+        .and_then(|(scheme, key)| scheme.eq_ignore_ascii_case("bearer").then_some(key.trim()));
+    [api_key, bearer]
+        .into_iter()
+        .flatten()
+        .find(|k| !k.is_empty())
 }

@@ -3,7 +3,10 @@
 //! `/readyz` answers 200 whenever the broker serves: config and key are loaded before it listens,
 //! and a failing upstream must not make an orchestrator kill a broker that still serves cached
 //! tokens. Upstream trouble shows in the body: `status: degraded` and, per upstream, the failures
-//! since the last success and the last error.
+//! since the last success and the last error. It never asks for an API key, but with `clients:`
+//! configured only an authenticated caller sees which organisations have cached tokens.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
@@ -11,6 +14,8 @@ use axum::http::StatusCode;
 use serde_json::json;
 
 use super::AppState;
+use super::auth::Caller;
+use super::problem::Problem;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process answers", body = Object)))]
@@ -19,33 +24,47 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Config and key are loaded; lists the cached tokens", body = Object)))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    params(("X-Api-Key" = Option<String>, Header, description = "With clients configured: an API key (or Authorization: Bearer) shows the cached tokens that client may use")),
+    responses((status = 200, description = "Config and key are loaded; upstream state, and the cached tokens: counted per profile for everyone, listed with their organisations when no clients are configured or for an authenticated client (those it may use)", body = Object)))]
+pub async fn readyz(
+    State(state): State<AppState>,
+    caller: Result<Caller, Problem>,
+) -> (StatusCode, Json<serde_json::Value>) {
     let generation = state.broker().generation();
-    let cached: Vec<_> = state
-        .tokens
-        .snapshot()
-        .into_iter()
-        .map(|(key, left)| {
-            json!({
-                "profile": key.profile.as_str(),
-                "org": key.org.as_ref().map(|o| o.as_str()),
-                "expires_in": left.as_secs(),
-            })
-        })
-        .collect();
+    // `None`: clients are configured and this caller presented no valid key.
+    let caller = caller.ok();
+    let snapshot = state.tokens.snapshot();
+    let mut per_profile = BTreeMap::<&str, usize>::new();
+    for (key, _) in &snapshot {
+        *per_profile.entry(key.profile.as_str()).or_default() += 1;
+    }
     let upstreams = state.broker().health();
     let degraded = upstreams.values().any(|h| h.consecutive_failures > 0);
-    (
-        StatusCode::OK,
-        Json(json!({
-            "status": if degraded { "degraded" } else { "ready" },
-            "upstreams": upstreams,
-            "env": state.env.to_string(),
-            "client_id": generation.fetcher.client_id,
-            "kid": generation.fetcher.key.kid(),
-            "issuer": generation.fetcher.endpoints.issuer,
-            "cached_tokens": cached,
-        })),
-    )
+    let mut body = json!({
+        "status": if degraded { "degraded" } else { "ready" },
+        "upstreams": upstreams,
+        "env": state.env.to_string(),
+        "client_id": generation.fetcher.client_id,
+        "kid": generation.fetcher.key.kid(),
+        "issuer": generation.fetcher.endpoints.issuer,
+        "cached_token_count": snapshot.len(),
+        "cached_tokens_per_profile": per_profile,
+    });
+    // Organisations are listed only to whom may ask for their tokens: everyone on an open broker,
+    // an authenticated client for the profiles and organisations it may use.
+    if let Some(caller) = caller {
+        let listed: Vec<_> = snapshot
+            .iter()
+            .filter(|(key, _)| caller.authorize(key).is_ok())
+            .map(|(key, left)| {
+                json!({
+                    "profile": key.profile.as_str(),
+                    "org": key.org.as_ref().map(|o| o.as_str()),
+                    "expires_in": left.as_secs(),
+                })
+            })
+            .collect();
+        body["cached_tokens"] = listed.into();
+    }
+    (StatusCode::OK, Json(body))
 }

@@ -22,6 +22,21 @@ use super::problem::Problem;
 pub const MAX_URI_BYTES: usize = 1024;
 /// Most bytes of header names and values together.
 pub const MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Most header fields (each value of a repeated header counts).
+pub const MAX_HEADER_COUNT: usize = 64;
+
+/// hyper's own limits sit above ours, so a request over ours gets our problem body; a request
+/// over hyper's gets hyper's bare 431/414/400 (status only, no body: hyper has no hook for it)
+/// and the connection is closed. hyper refuses more header fields than this (its default) ...
+pub const HYPER_MAX_HEADERS: usize = 100;
+/// ... and a request head (request line and headers) larger than this buffer.
+pub const MAX_HEAD_BUFFER: usize = 64 * 1024;
+
+const _: () = {
+    assert!(MAX_HEADER_COUNT < HYPER_MAX_HEADERS);
+    // The largest head ours let through: request line, and per header ": " and CRLF.
+    assert!(MAX_URI_BYTES + 32 + MAX_HEADER_BYTES + 4 * MAX_HEADER_COUNT < MAX_HEAD_BUFFER / 2);
+};
 
 /// Size limits, then the deadline, for every request: one plain tower layer rather than
 /// `axum::middleware::from_fn`, which boxes the rest of the stack and clones it on every request.
@@ -131,12 +146,14 @@ fn oversized(request: &Request) -> Option<Response> {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len())
         .sum();
-    if header_bytes > MAX_HEADER_BYTES {
+    if header_bytes > MAX_HEADER_BYTES || request.headers().len() > MAX_HEADER_COUNT {
         return Problem::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers-too-large",
             "Request headers too large",
-            format!("the headers may have at most {MAX_HEADER_BYTES} bytes together"),
+            format!(
+                "the headers may have at most {MAX_HEADER_BYTES} bytes together, in at most {MAX_HEADER_COUNT} fields"
+            ),
         )
         .into_response()
         .into();

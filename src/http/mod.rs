@@ -93,7 +93,9 @@ fn table() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of the route table, served by `GET /openapi.json`.
 pub fn document() -> utoipa::openapi::OpenApi {
-    table().into_openapi()
+    let mut doc = table().into_openapi();
+    openapi::add_refusals(&mut doc);
+    doc
 }
 
 /// Every path the router serves, as the OpenAPI document lists it (the integration tests check

@@ -6,6 +6,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+
+use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES};
 
 use super::AppState;
 use super::problem::Problem;
@@ -41,4 +44,54 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
         state.openapi.clone(),
     )
         .into_response()
+}
+
+/// Add to every route of `doc` the answers given before a handler runs: the method fallback,
+/// the size limits and the deadline of `http::limits`.
+pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    let refusals = [
+        ("405", "A method this route does not take".to_owned()),
+        (
+            "414",
+            format!("Path and query longer than {MAX_URI_BYTES} bytes"),
+        ),
+        (
+            "431",
+            format!(
+                "Headers over {MAX_HEADER_BYTES} bytes together or over {MAX_HEADER_COUNT} fields"
+            ),
+        ),
+        (
+            "503",
+            format!(
+                "The request took longer than {}",
+                humantime::format_duration(crate::app::REQUEST_TIMEOUT)
+            ),
+        ),
+    ];
+    for item in doc.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.post];
+        for operation in operations.into_iter().flatten() {
+            for (status, description) in &refusals {
+                operation
+                    .responses
+                    .responses
+                    .entry((*status).to_owned())
+                    .or_insert_with(|| problem_response(description));
+            }
+        }
+    }
+}
+
+fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
+        .into()
 }

@@ -19,6 +19,9 @@ use crate::upstream::UpstreamError;
 /// When a transient failure leaves no token, callers are told to come back after this long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// The challenge of every 401: an API key as a bearer token (or in `X-Api-Key`).
+pub const WWW_AUTHENTICATE: &str = "Bearer realm=\"maskinporten-broker\"";
+
 /// An RFC 9457 problem, ready to send.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -75,6 +78,13 @@ impl IntoResponse for Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 9110 §15.5.2: a 401 says how to authenticate.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(WWW_AUTHENTICATE),
+            );
+        }
         if let Some(wait) = self.retry_after {
             headers.insert(
                 header::RETRY_AFTER,
@@ -120,8 +130,10 @@ impl ApiError {
         let detail = crate::telemetry::Chain(self).to_string();
         match self {
             ApiError::Problem(p) => p.clone(),
+            // The upstream is slow (a hang, or retries after timeouts outlast the caller's wait):
+            // a gateway timeout, whichever attempt was running.
             ApiError::WaitedTooLong(_) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::GATEWAY_TIMEOUT,
                 "upstream-slow",
                 "Upstream too slow",
                 detail,

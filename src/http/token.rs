@@ -26,7 +26,7 @@ use super::auth::Caller;
 use super::bodies;
 use super::problem::{ApiError, Problem};
 
-/// The longest a caller waits for an upstream before getting a 503 (retries included).
+/// The longest a caller waits for an upstream before getting a 504 (retries included).
 pub const MAX_CALLER_WAIT: Duration = Duration::from_secs(20);
 
 /// The query of `/token/{profile}`: only `org` is known.
@@ -95,7 +95,7 @@ fn wants_text(headers: &HeaderMap) -> bool {
     tag = "tokens",
     params(
         ("profile" = String, Path, description = "A configured profile: the built-in altinn, admin, skd, or one from broker.yaml"),
-        ("org" = Option<String>, Query, description = "Organisation number (9 digits) of the system user; only for profiles with a system user, defaults to default_org"),
+        ("org" = Option<String>, Query, pattern = "^[0-9]{9}$", description = "Organisation number (9 digits, valid mod-11 check digit) of the system user; only for profiles with a system user, defaults to default_org"),
     ),
     responses(
         (status = 200, description = "A token with at least cache.min_remaining left", content(
@@ -103,14 +103,18 @@ fn wants_text(headers: &HeaderMap) -> bool {
             (String = "text/plain"),
         )),
         (status = 400, description = "Bad query or org, or org not allowed for this profile", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer realm=\"maskinporten-broker\": send the API key as Authorization: Bearer KEY (or X-Api-Key: KEY)"))),
         (status = 403, description = "The API key's client may not have this profile or org", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such profile", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "No token is cached and the fetch budget (cache.max_fetches_per_second, or the client's own) is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Maskinporten or Altinn refused, or sent an unusable token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Maskinporten or Altinn timed out; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
+        (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
     )
 )]
 pub async fn get_token(
@@ -249,13 +253,17 @@ pub struct ProfileListing {
             (String = "text/plain"),
         )),
         (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer realm=\"maskinporten-broker\": send the API key as Authorization: Bearer KEY (or X-Api-Key: KEY)"))),
         (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "No token is cached and the fetch budget (cache.max_fetches_per_second, or the client's own) is spent; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 504, description = "Maskinporten or Altinn timed out; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
+        (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
     )
 )]
 pub async fn index(

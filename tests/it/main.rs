@@ -9,6 +9,7 @@ mod support;
 mod access;
 mod bounded;
 mod cli;
+mod connections;
 mod container_files;
 mod errors;
 mod faults;

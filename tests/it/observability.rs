@@ -207,17 +207,41 @@ async fn openapi_describes_the_token_route_its_org_parameter_and_problems() {
     assert_eq!(param("profile")["required"], true);
     assert_eq!(param("org")["in"], "query");
     assert_ne!(param("org")["required"], true);
+    assert_eq!(param("org")["schema"]["pattern"], "^[0-9]{9}$");
 
     let ok = &get["responses"]["200"]["content"];
     assert!(ok["application/json"].is_object(), "{ok}");
     assert!(ok["text/plain"].is_object(), "{ok}");
-    for status in ["400", "401", "403", "404", "502", "503", "504"] {
+    for status in [
+        "400", "401", "403", "404", "405", "414", "429", "431", "500", "502", "503", "504",
+    ] {
         let problem = &get["responses"][status]["content"]["application/problem+json"];
         assert!(problem.is_object(), "{status}: {get}");
         assert_eq!(
             problem["schema"]["$ref"], "#/components/schemas/Problem",
             "{status}"
         );
+    }
+    let header = |status: &str, name: &str| get["responses"][status]["headers"][name].is_object();
+    assert!(header("401", "WWW-Authenticate"), "{get}");
+    for status in ["429", "503", "504"] {
+        assert!(header(status, "Retry-After"), "{status}: {get}");
+    }
+    // What every route can answer before its handler runs.
+    for route in &route_paths() {
+        let operations = doc["paths"][route].as_object().unwrap();
+        for (method, operation) in operations
+            .iter()
+            .filter(|(m, _)| ["get", "post"].contains(&m.as_str()))
+        {
+            for status in ["405", "414", "431", "503"] {
+                assert!(
+                    operation["responses"][status]["content"]["application/problem+json"]
+                        .is_object(),
+                    "{method} {route} {status}"
+                );
+            }
+        }
     }
     for schema in ["TokenResponse", "Problem", "ProfileListing"] {
         assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
