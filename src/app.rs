@@ -116,11 +116,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
     let generation = generation(&settings, validated, key, local_base)?;
     let clock = Arc::new(Clock::default());
-    let retry = RetryPolicy {
-        attempt_timeout: settings.http_client.timeout,
-        ..RetryPolicy::default()
-    };
-    let broker = Broker::new(generation, clock.clone(), retry);
+    let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let budget = FetchBudget::new(
         NonZeroU32::new(settings.cache.max_fetches_per_second).unwrap_or(NonZeroU32::MIN),
         settings.cache.max_concurrent_fetches,

@@ -288,7 +288,14 @@ impl TokenSource for Broker {
         let clock = &self.clock;
         let fetcher = &generation.fetcher;
         let result = match purpose {
-            Purpose::Caller => self.retry.run(|| fetcher.fetch(&profile, org, clock)).await,
+            Purpose::Caller => {
+                // The generation's own timeout: http_client is reloadable.
+                let retry = RetryPolicy {
+                    attempt_timeout: fetcher.timeout,
+                    ..self.retry.clone()
+                };
+                retry.run(|| fetcher.fetch(&profile, org, clock)).await
+            }
             // One attempt: the cache holds the breakers' probes (`admit_background`) meanwhile.
             Purpose::Background => fetcher.fetch(&profile, org, clock).await,
         };

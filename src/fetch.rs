@@ -24,6 +24,8 @@ pub struct Fetcher {
     pub client_id: String,
     pub key: SigningKey,
     pub endpoints: Endpoints,
+    /// `http_client.timeout`: the longest one upstream call may take.
+    pub timeout: Duration,
     maskinporten: MaskinportenClient,
     altinn: AltinnClient,
 }
@@ -55,6 +57,7 @@ impl Fetcher {
             client_id,
             key,
             endpoints,
+            timeout,
         }
     }
 
