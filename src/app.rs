@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -19,12 +19,13 @@ use url::Url;
 use crate::broker::{Broker, Generation};
 use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
-use crate::config::{ConfigError, Environment, Settings, Validated};
+use crate::config::{ConfigError, Environment, LOCAL_KID, Settings, Validated};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
-use crate::key::{KeyError, SigningKey};
+use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
 use crate::profile::Profiles;
 use crate::retry::RetryPolicy;
+use crate::secret::Secret;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::upstream::{ClientBuildError, http_client};
 
@@ -54,33 +55,95 @@ pub enum StartError {
     },
 }
 
-/// The loaded key and where it came from.
+/// The signing key the config names, checked (kid rules, certificate validity). Warns when the
+/// certificate expires within 30 days; called at start and on every reload.
 pub(crate) fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
-    let (kid, alg) = (settings.kid(), settings.key.algorithm);
-    if let Some(pem) = &settings.key.pem {
-        return SigningKey::from_pem(pem, kid, alg).map_err(|source| StartError::Key {
-            field: "key.pem",
+    let (kid, alg) = (settings.kid.as_deref(), settings.key.algorithm);
+    let fallback = (settings.env == Environment::Local).then_some(LOCAL_KID);
+    let Some((field, file)) = read_key_file(settings)? else {
+        let kid = kid.unwrap_or(LOCAL_KID);
+        tracing::info!(
+            kid,
+            "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
+        );
+        return SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
+            field: "key",
             source,
         });
+    };
+    let key = file
+        .select(kid, fallback, alg, SystemTime::now())
+        .map_err(|source| StartError::Key {
+            field: if source.is_about_kid() { "kid" } else { field },
+            source,
+        })?;
+    warn_if_expiring(&key, SystemTime::now());
+    Ok(key)
+}
+
+/// Every key the configured source holds (all of a JWKS), with the config field it came from;
+/// `None` in `local` without a key.
+pub(crate) fn read_key_file(
+    settings: &Settings,
+) -> Result<Option<(&'static str, KeyFile)>, StartError> {
+    let key = &settings.key;
+    let at = |field: &'static str| move |source| StartError::Key { field, source };
+    if let Some(pem) = &key.pem {
+        return Ok(Some((
+            "key.pem",
+            KeyFile::parse(pem.as_bytes(), None).map_err(at("key.pem"))?,
+        )));
     }
-    match &settings.key.path {
+    if let Some(jwk) = &key.jwk {
+        return Ok(Some((
+            "key.jwk",
+            KeyFile::inline_jwk(jwk).map_err(at("key.jwk"))?,
+        )));
+    }
+    match &key.path {
         Some(path) if settings.env != Environment::Local || path.exists() => {
             warn_if_readable_by_others(path);
-            SigningKey::from_file(path, kid, alg).map_err(|source| StartError::Key {
-                field: "key.path",
-                source,
-            })
+            let password = password(settings)?;
+            let file = KeyFile::read(path, password.as_ref()).map_err(at("key.path"))?;
+            Ok(Some(("key.path", file)))
         }
-        _ => {
-            tracing::info!(
-                kid,
-                "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
-            );
-            SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
-                field: "key",
-                source,
-            })
-        }
+        _ => Ok(None),
+    }
+}
+
+/// The PKCS#12 password from `key.password` (or `BROKER__KEY__PASSWORD`) or `key.password_file`.
+fn password(settings: &Settings) -> Result<Option<Secret>, StartError> {
+    if let Some(password) = &settings.key.password {
+        return Ok(Some(Secret::new(password.as_str())));
+    }
+    let Some(path) = &settings.key.password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::Key {
+        field: "key.password_file",
+        source: KeyError::PasswordFile {
+            path: path.display().to_string(),
+            source,
+        },
+    })?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+}
+
+/// A certificate that expires within [`EXPIRY_WARNING`] gets a warning at start and each reload.
+fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
+    let Some(leaf) = key.chain().first() else {
+        return;
+    };
+    if let Ok(left) = leaf.not_after.duration_since(now)
+        && left < EXPIRY_WARNING
+    {
+        tracing::warn!(
+            kid = key.kid(),
+            subject = %leaf.subject,
+            not_after = %crate::token::rfc3339(leaf.not_after),
+            days_left = left.as_secs() / 86_400,
+            "the business certificate expires within 30 days: order a renewed one from the vendor and switch key.path"
+        );
     }
 }
 
@@ -142,6 +205,7 @@ pub(crate) fn generation(
         settings.client_id().to_owned(),
         key,
         settings.endpoints(local_base),
+        settings.grant.lifetime,
         http_client(&settings.http_client)?,
         settings.http_client.timeout,
     );
@@ -161,7 +225,7 @@ pub(crate) fn simulator_client(
 ) -> RegisteredClient {
     RegisteredClient {
         client_id: client_id.to_owned(),
-        keys: vec![(key.kid().to_owned(), key.public_key())],
+        keys: vec![(key.kid().unwrap_or(LOCAL_KID).to_owned(), key.public_key())],
         scopes: profiles.all_scopes(),
     }
 }
@@ -238,13 +302,13 @@ impl App {
                 &validated.profiles,
             ));
         }
-        let kid = key.kid().to_owned();
+        let kid = key.kid().map(str::to_owned);
         self.state
             .clients
             .store(Arc::new(validated.clients.clone()));
         let generation = generation(settings, validated, key, self.simulator_url())?;
         self.state.broker().replace(generation);
-        tracing::info!(kid, "configuration and key reloaded");
+        tracing::info!(kid = kid.as_deref(), "configuration and key reloaded");
         Ok(())
     }
 

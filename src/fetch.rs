@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::altinn::AltinnClient;
 use crate::clock::Clock;
 use crate::config::Endpoints;
-use crate::grant::{GrantError, GrantRequest, MAX_GRANT_LIFETIME, build_jwt_grant};
+use crate::grant::{GrantError, GrantRequest, build_jwt_grant};
 use crate::key::SigningKey;
 use crate::maskinporten::MaskinportenClient;
 use crate::org::OrgNumber;
@@ -24,6 +24,8 @@ pub struct Fetcher {
     pub client_id: String,
     pub key: SigningKey,
     pub endpoints: Endpoints,
+    /// `exp - iat` of each grant (`grant.lifetime`).
+    grant_lifetime: Duration,
     maskinporten: MaskinportenClient,
     altinn: AltinnClient,
 }
@@ -42,6 +44,7 @@ impl Fetcher {
         client_id: String,
         key: SigningKey,
         endpoints: Endpoints,
+        grant_lifetime: Duration,
         http: reqwest::Client,
         timeout: Duration,
     ) -> Self {
@@ -55,6 +58,7 @@ impl Fetcher {
             client_id,
             key,
             endpoints,
+            grant_lifetime,
         }
     }
 
@@ -73,7 +77,7 @@ impl Fetcher {
                 profile,
                 org,
                 now,
-                lifetime: MAX_GRANT_LIFETIME,
+                lifetime: self.grant_lifetime,
             },
         )
     }

@@ -97,7 +97,8 @@ pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secre
         }),
     };
     let mut header = jsonwebtoken::Header::new(key.algorithm().jwt());
-    header.kid = Some(key.kid().to_owned());
+    header.kid = key.kid().map(str::to_owned);
+    header.x5c = key.x5c();
     jsonwebtoken::encode(&header, &claims, key.encoding_key())
         .map(Secret::new)
         .map_err(GrantError)
