@@ -80,10 +80,10 @@ fn fresh_kid() -> String {
 /// `keygen --out DIR --bits N`, or `keygen --add-to JWKS_FILE` for rotation.
 pub fn keygen(out: &Path, bits: usize, add_to: Option<&Path>) -> anyhow::Result<()> {
     let kid = fresh_kid();
-    let key = SigningKey::generate(bits, &kid, Algorithm::RS256)?;
     if let Some(jwks) = add_to {
-        return add_to_jwks(jwks, &key);
+        return add_to_jwks(jwks, || SigningKey::generate(bits, &kid, Algorithm::RS256));
     }
+    let key = SigningKey::generate(bits, &kid, Algorithm::RS256)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let pem_path = out.join("maskinporten-key.pem");
     let jwk_path = out.join("maskinporten-key.jwk.json");
@@ -118,7 +118,10 @@ pub fn keygen(out: &Path, bits: usize, add_to: Option<&Path>) -> anyhow::Result<
 
 /// Add `key` to the private JWKS at `path` (created when absent), at most
 /// [`MAX_KEYS_PER_CLIENT`] keys, replacing the file atomically with mode 0600.
-fn add_to_jwks(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
+fn add_to_jwks(
+    path: &Path,
+    generate: impl FnOnce() -> Result<SigningKey, crate::key::KeyError>,
+) -> anyhow::Result<()> {
     let mut keys: Vec<serde_json::Value> = if path.exists() {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -142,6 +145,7 @@ fn add_to_jwks(path: &Path, key: &SigningKey) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    let key = generate()?;
     keys.push(key.private_jwk());
     let text =
         Secret::new(serde_json::to_string_pretty(&serde_json::json!({ "keys": keys }))? + "\n");

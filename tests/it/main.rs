@@ -9,6 +9,7 @@ mod support;
 mod access;
 mod cli;
 mod container_files;
+mod credentials;
 mod errors;
 mod faults;
 mod local_env;
