@@ -20,6 +20,7 @@ use crate::broker::{Broker, Generation};
 use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
 use crate::config::{ConfigError, Environment, LOCAL_KID, Settings, Validated};
+use crate::discovery::{self, DiscoveryError, Metadata, Plan};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
 use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
@@ -45,6 +46,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Client(#[from] ClientBuildError),
+    #[error("endpoints.issuer")]
+    Discovery(#[from] DiscoveryError),
     #[error("cannot start the local simulator")]
     Simulator(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -175,7 +178,8 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
-    let generation = generation(&settings, validated, key, local_base)?;
+    let discovered = discover(&settings, local_base).await?;
+    let generation = generation(&settings, validated, key, local_base, discovered)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let tokens = TokenCache::new(broker, Policy::from(&settings.cache), clock);
@@ -194,17 +198,39 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     })
 }
 
-/// The reloadable part of the broker, from validated settings and a loaded key.
+/// The issuer metadata, when these settings discover the token endpoint: the plan, and what it
+/// read (`None` after a tolerated failure). A required read that fails refuses the settings.
+pub(crate) async fn discover(
+    settings: &Settings,
+    local_base: Option<&Url>,
+) -> Result<Option<(Plan, Option<Metadata>)>, StartError> {
+    let issuer = settings.endpoints(local_base).issuer;
+    let Some(plan) = Plan::of(settings, &issuer) else {
+        return Ok(None);
+    };
+    let http = http_client(&settings.http_client)?;
+    let metadata = plan.resolve(&http, settings.http_client.timeout).await?;
+    Ok(Some((plan, metadata)))
+}
+
+/// The reloadable part of the broker, from validated settings, a loaded key and what discovery
+/// read.
 pub(crate) fn generation(
     settings: &Settings,
     validated: Validated,
     key: SigningKey,
     local_base: Option<&Url>,
+    discovered: Option<(Plan, Option<Metadata>)>,
 ) -> Result<Generation, StartError> {
+    let mut endpoints = settings.endpoints(local_base);
+    let (discovery, metadata) = discovered.unzip();
+    if let Some(metadata) = metadata.flatten() {
+        endpoints.token_url = metadata.token_endpoint;
+    }
     let fetcher = Fetcher::new(
         settings.client_id().to_owned(),
         key,
-        settings.endpoints(local_base),
+        endpoints,
         settings.grant.lifetime,
         http_client(&settings.http_client)?,
         settings.http_client.timeout,
@@ -213,6 +239,7 @@ pub(crate) fn generation(
         fetcher,
         profiles: validated.profiles,
         default_org: validated.default_org,
+        discovery,
     })
 }
 
@@ -259,12 +286,28 @@ pub struct App {
     simulator: Option<SimulatorHandle>,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
+    /// Re-reads the issuer metadata daily; aborted on shutdown.
+    rediscovery: JoinHandle<()>,
 }
 
 impl App {
     /// Build from settings and serve on `listener` until [`App::shutdown`].
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
+        let http_settings = settings.http_client.clone();
         let built = build(settings).await?;
+        let (http, timeout) = (http_client(&http_settings)?, http_settings.timeout);
+        let (current, changed) = (built.state.clone(), built.state.clone());
+        let rediscovery = tokio::spawn(discovery::keep_fresh(
+            move || {
+                let g = current.broker().generation();
+                let plan = g.discovery.clone()?;
+                Some((plan, g.fetcher.endpoints.token_url.clone()))
+            },
+            move |plan, url| changed.broker().set_token_url(plan, url),
+            http,
+            timeout,
+            (discovery::REREAD_INTERVAL, discovery::RETRY_INTERVAL),
+        ));
         let addr = listener.local_addr().map_err(StartError::Simulator)?;
         let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
@@ -280,6 +323,7 @@ impl App {
             simulator: built.simulator,
             stop,
             server,
+            rediscovery,
         })
     }
 
@@ -292,9 +336,10 @@ impl App {
     /// `settings`. A config that does not validate or a key that does not load changes nothing.
     /// Tokens already cached stay until they expire; they are valid whatever key signed the grant.
     /// `listen`, `cache`, `http_client` timeouts and `log` need a restart.
-    pub(crate) fn reload(&self, settings: &Settings) -> Result<(), StartError> {
+    pub(crate) async fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
         let key = load_key(settings)?;
+        let discovered = discover(settings, self.simulator_url()).await?;
         if let Some(sim) = &self.simulator {
             sim.register_client(simulator_client(
                 settings.client_id(),
@@ -306,7 +351,7 @@ impl App {
         self.state
             .clients
             .store(Arc::new(validated.clients.clone()));
-        let generation = generation(settings, validated, key, self.simulator_url())?;
+        let generation = generation(settings, validated, key, self.simulator_url(), discovered)?;
         self.state.broker().replace(generation);
         tracing::info!(kid = kid.as_deref(), "configuration and key reloaded");
         Ok(())
@@ -315,6 +360,7 @@ impl App {
     /// Stop accepting, let requests in flight finish, stop background work.
     pub async fn shutdown(self) {
         self.stop.cancel();
+        self.rediscovery.abort();
         let _ = self.server.await;
         self.state.tokens.shutdown();
         if let Some(sim) = self.simulator {
@@ -373,10 +419,11 @@ async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>
                 "file change"
             }
         };
-        match Settings::load(config_path)
-            .map_err(StartError::from)
-            .and_then(|s| app.reload(&s))
-        {
+        let reloaded = match Settings::load(config_path) {
+            Ok(settings) => app.reload(&settings).await,
+            Err(e) => Err(e.into()),
+        };
+        match reloaded {
             Ok(()) => tracing::info!(reason, "reloaded"),
             Err(e) => {
                 tracing::error!(reason, error = %crate::telemetry::Chain(&e), "reload refused; the previous configuration keeps serving")

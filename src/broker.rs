@@ -20,11 +20,13 @@ use crate::token::Token;
 use crate::upstream::Target;
 
 /// What a reload replaces.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Generation {
     pub fetcher: Fetcher,
     pub profiles: Profiles,
     pub default_org: Option<OrgNumber>,
+    /// Where the token endpoint was discovered, for the daily re-read; `None` when configured.
+    pub discovery: Option<crate::discovery::Plan>,
 }
 
 impl Generation {
@@ -157,6 +159,21 @@ impl Broker {
 
     pub fn generation(&self) -> Arc<Generation> {
         self.generation.load_full()
+    }
+
+    /// Post to `token_url` from now on, if the current generation still discovers with `plan`
+    /// (a reload in between wins).
+    pub fn set_token_url(&self, plan: &crate::discovery::Plan, token_url: url::Url) {
+        self.generation.rcu(|current| {
+            if current.discovery.as_ref() == Some(plan) {
+                Arc::new(Generation {
+                    fetcher: current.fetcher.with_token_url(token_url.clone()),
+                    ..Generation::clone(current)
+                })
+            } else {
+                Arc::clone(current)
+            }
+        });
     }
 
     /// Install a new generation (key rotation, config reload).

@@ -58,7 +58,7 @@ pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Re
     let validated = settings.validate()?;
     let key = load_key(&settings)?;
     // The same profile and system-user rules, and the same grant, as the server's.
-    let generation = app::generation(&settings, validated, key, None)?;
+    let generation = app::generation(&settings, validated, key, None, None)?;
     let (profile, key) = generation.resolve(profile, org)?;
     let grant =
         generation
@@ -224,7 +224,21 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
     } else {
         let e = settings.endpoints(None);
         println!("issuer:          {}", e.issuer);
-        println!("token endpoint:  {}", e.token_url);
+        let token_url = match crate::discovery::Plan::of(&settings, &e.issuer) {
+            None => format!("{} (configured; no discovery)", e.token_url),
+            Some(plan) if !online => format!(
+                "read from {} at start (built-in: {}; check --online reads it now)",
+                plan.url, e.token_url
+            ),
+            Some(_) => match app::discover(&settings, None).await? {
+                Some((_, Some(m))) => format!("{} (from the issuer's metadata)", m.token_endpoint),
+                _ => format!(
+                    "{} (built-in: the issuer's metadata is unreadable, see the warning)",
+                    e.token_url
+                ),
+            },
+        };
+        println!("token endpoint:  {token_url}");
         println!("altinn exchange: {}", e.altinn_exchange_url);
     }
     if let Some(org) = &validated.default_org {

@@ -444,6 +444,12 @@ impl Settings {
         {
             problems.push(format!("endpoints.issuer: {issuer:?} is not a URL"));
         }
+        let e = &self.endpoints;
+        if e.issuer.is_some() && e.token_url.is_none() && e.discovery == Some(false) {
+            problems.push(
+                "endpoints.token_url: is required with a custom endpoints.issuer and endpoints.discovery: false (or let discovery read it)",
+            );
+        }
     }
 
     fn check_local(&self, problems: &mut Problems) {

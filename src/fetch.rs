@@ -19,7 +19,7 @@ use crate::token::{Token, from_unix_seconds, unverified_claims};
 use crate::upstream::{self, Target, UpstreamError};
 
 /// Everything needed to get a token from one environment with one key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Fetcher {
     pub client_id: String,
     pub key: SigningKey,
@@ -60,6 +60,14 @@ impl Fetcher {
             endpoints,
             grant_lifetime,
         }
+    }
+
+    /// The same fetcher posting to another token endpoint.
+    pub fn with_token_url(&self, token_url: url::Url) -> Self {
+        let mut fetcher = self.clone();
+        fetcher.maskinporten = self.maskinporten.with_token_url(token_url.clone());
+        fetcher.endpoints.token_url = token_url;
+        fetcher
     }
 
     /// The signed grant for a profile (also what `maskinporten-broker grant` prints).

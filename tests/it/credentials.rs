@@ -672,3 +672,90 @@ async fn key_errors_print_once_on_one_line_without_key_material() {
     assert!(err.contains("holds a public JWK (kid \"k\")"), "{err}");
     assert!(!err.contains(&d[..20]));
 }
+
+/// Credentials and endpoints for a broker that must discover the token endpoint of `mp`.
+fn discovering(altinn: &FakeAltinn, endpoints: &str) -> Settings {
+    Settings::from_yaml(&format!(
+        "env: test\nclient_id: {CLIENT_ID}\nkid: {KID}\nkey:\n  path: {}\nendpoints:\n  altinn_exchange_url: {}\n{endpoints}",
+        fixture("client-key.pem"),
+        altinn.exchange_url()
+    ))
+    .unwrap()
+}
+
+async fn spawn(settings: Settings) -> Result<App, String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    App::spawn(settings, listener).await.map_err(|e| chain(&e))
+}
+
+#[tokio::test]
+async fn a_custom_issuer_reads_its_token_endpoint_from_the_metadata_or_refuses_to_start() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let issuer = format!("  issuer: {}\n", mp.issuer());
+    let app = spawn(discovering(&altinn, &issuer)).await.unwrap();
+    assert_eq!(mp.metadata_calls(), 1, "read once at start");
+    let r = reqwest::get(format!("http://{}/token/admin", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(mp.metadata_calls(), 1, "never on a token request");
+    assert_eq!(mp.grants().len(), 1);
+    app.shutdown().await;
+
+    mp.set_metadata(Metadata::WrongIssuer);
+    let err = spawn(discovering(&altinn, &issuer)).await.err().unwrap();
+    assert!(
+        err.starts_with("endpoints.issuer: the issuer metadata at ")
+            && err.contains("names issuer \"https://maskinporten.no/\", not the configured"),
+        "{err}"
+    );
+    mp.set_metadata(Metadata::Down);
+    let err = spawn(discovering(&altinn, &issuer)).await.err().unwrap();
+    assert!(err.contains("answered HTTP 503"), "{err}");
+
+    // Without discovery a custom issuer needs its token_url.
+    let off = format!("{issuer}  discovery: false\n");
+    let err = spawn(discovering(&altinn, &off)).await.err().unwrap();
+    assert!(err.contains("endpoints.token_url: is required"), "{err}");
+    let calls = mp.metadata_calls();
+    let explicit = format!("{off}  token_url: {}\n", mp.token_url());
+    let app = spawn(discovering(&altinn, &explicit)).await.unwrap();
+    let r = reqwest::get(format!("http://{}/token/admin", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(mp.metadata_calls(), calls, "discovery: false reads nothing");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn test_and_prod_fall_back_to_the_built_in_endpoints_when_the_metadata_is_unreadable() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    // Every upstream call goes to a proxy on a closed loopback port: nothing leaves the machine.
+    let mut settings = discovering(&altinn, "");
+    settings.http_client.proxy = Some(format!("http://127.0.0.1:{}", free_port()).parse().unwrap());
+    let app = spawn(settings)
+        .await
+        .expect("starts with the built-in endpoints");
+    let ready: Value = reqwest::get(format!("http://{}/readyz", app.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["issuer"], "https://test.maskinporten.no/");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_embedded_simulator_serves_the_metadata_the_broker_discovers() {
+    let settings = Settings::from_yaml("env: local\nendpoints:\n  discovery: true\n").unwrap();
+    let app = spawn(settings).await.unwrap();
+    let r = reqwest::get(format!("http://{}/token/admin", app.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.shutdown().await;
+}

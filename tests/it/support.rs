@@ -94,6 +94,9 @@ struct MpState {
     fallback: Mutex<Option<Reply>>,
     expires_in: AtomicU64,
     violations: Mutex<Vec<String>>,
+    /// Requests for the issuer metadata, and how it answers (`None`: normally).
+    metadata_calls: AtomicUsize,
+    metadata: Mutex<Option<Metadata>>,
     /// The keys registered on the client, by kid (Digdir's self-service portal).
     keys: Mutex<HashMap<String, RsaPublicKey>>,
 }
@@ -118,6 +121,7 @@ impl FakeMaskinporten {
         });
         let router = Router::new()
             .route("/token", post(mp_token))
+            .route("/.well-known/oauth-authorization-server", get(mp_metadata))
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         FakeMaskinporten { addr, state }
@@ -156,6 +160,14 @@ impl FakeMaskinporten {
         *self.state.fallback.lock().unwrap() = None;
         self.state.script.lock().unwrap().clear();
     }
+    /// Requests for `/.well-known/oauth-authorization-server`.
+    pub fn metadata_calls(&self) -> usize {
+        self.state.metadata_calls.load(Ordering::SeqCst)
+    }
+    /// Answer the metadata requests this way from now on.
+    pub fn set_metadata(&self, metadata: Metadata) {
+        *self.state.metadata.lock().unwrap() = Some(metadata);
+    }
     /// Accept grants signed by another key under another kid only (key rotation: the set on
     /// the client is replaced).
     pub fn register_key(&self, kid: &str, public_pem_fixture: &str) {
@@ -166,6 +178,38 @@ impl FakeMaskinporten {
     pub fn add_key(&self, kid: &str, key: RsaPublicKey) {
         self.state.keys.lock().unwrap().insert(kid.to_owned(), key);
     }
+}
+
+/// How the fake answers `GET /.well-known/oauth-authorization-server`.
+#[derive(Debug, Clone)]
+pub enum Metadata {
+    /// Its own issuer and token endpoint (the default).
+    Normal,
+    /// Another issuer than its own.
+    WrongIssuer,
+    /// 503.
+    Down,
+}
+
+async fn mp_metadata(State(state): State<Arc<MpState>>) -> Response {
+    state.metadata_calls.fetch_add(1, Ordering::SeqCst);
+    let reply = state
+        .metadata
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or(Metadata::Normal);
+    let issuer = match reply {
+        Metadata::Normal => state.issuer.clone(),
+        Metadata::WrongIssuer => "https://maskinporten.no/".into(),
+        Metadata::Down => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    axum::Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{}token", state.issuer),
+        "jwks_uri": format!("{}jwk", state.issuer),
+    }))
+    .into_response()
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
