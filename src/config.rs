@@ -18,6 +18,7 @@ use url::Url;
 use crate::access::{ClientSettings, Clients};
 use crate::grant::MAX_GRANT_LIFETIME;
 use crate::key::Algorithm;
+use crate::on_demand::{OnDemandSettings, ScopePatterns};
 use crate::org::OrgNumber;
 use crate::profile::{ProfileSettings, Profiles};
 
@@ -67,6 +68,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// API-key clients; when any is configured every token request must present a key.
     pub clients: Vec<ClientSettings>,
+    /// Scopes callers may ask for without a profile (`GET /token?scope=`, `POST /api/v1/token`).
+    pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
     pub allow_unauthenticated: bool,
 }
@@ -88,6 +91,7 @@ impl Default for Settings {
             local: LocalSettings::default(),
             log: LogSettings::default(),
             clients: Vec::new(),
+            on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
         }
     }
@@ -391,6 +395,11 @@ impl Settings {
         self.check_local(&mut problems);
         self.log.check(&mut problems);
         let clients = self.parse_clients(&mut problems);
+        let on_demand = ScopePatterns::parse("on_demand.scopes", &self.on_demand.scopes)
+            .unwrap_or_else(|p| {
+                p.into_iter().for_each(|p| problems.push(p));
+                ScopePatterns::default()
+            });
         let profiles = Profiles::from_settings(&self.profiles)
             .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
         match profiles {
@@ -398,6 +407,7 @@ impl Settings {
                 default_org,
                 profiles,
                 clients,
+                on_demand,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
         }
@@ -536,6 +546,17 @@ pub struct Validated {
     pub(crate) default_org: Option<OrgNumber>,
     pub(crate) profiles: Profiles,
     pub(crate) clients: Clients,
+    pub(crate) on_demand: ScopePatterns,
+}
+
+impl Validated {
+    /// Every scope the profiles ask for, and the on-demand patterns (the `local` simulator
+    /// registers these for the broker's client and matches `*` as any run of characters).
+    pub(crate) fn scopes(&self) -> Vec<String> {
+        let mut scopes = self.profiles.all_scopes();
+        scopes.extend(self.on_demand.patterns().iter().cloned());
+        scopes
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod http;
 mod key;
 mod maskinporten;
 mod meters;
+mod on_demand;
 mod org;
 mod profile;
 mod retry;

@@ -14,6 +14,7 @@ mod errors;
 mod faults;
 mod local_env;
 mod observability;
+mod on_demand;
 mod reload;
 mod secrets;
 mod token_endpoints;
