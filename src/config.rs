@@ -686,5 +686,38 @@ mod tests {
     fn key_pem_is_redacted_in_debug() {
         let s = Settings::from_yaml("key:\n  pem: SECRETPEM\n").unwrap();
         assert!(!format!("{s:?}").contains("SECRETPEM"));
+        let s = Settings::from_yaml("key:\n  jwk: SECRETJWK\n  password: SECRETPW\n").unwrap();
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("SECRETJWK") && !debug.contains("SECRETPW"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn one_key_source_one_password_source_and_a_grant_of_at_most_120_seconds() {
+        let p = problems(
+            "env: test\nclient_id: c\nkey:\n  path: k\n  jwk: '{}'\n  password: a\n  password_file: b\ngrant:\n  lifetime: 121s\n",
+        );
+        assert!(
+            p.contains(&"key: set only one of key.path, key.pem and key.jwk".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("key: set either key.password")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("grant.lifetime: must be between 1s and 120s")),
+            "{p:?}"
+        );
+        let ok = Settings::from_yaml("env: test\nclient_id: c\nkey:\n  path: k.p12\n").unwrap();
+        assert!(
+            ok.validate().is_ok(),
+            "kid is decided when the key is loaded"
+        );
+        assert_eq!(ok.grant.lifetime, Duration::from_secs(120));
     }
 }

@@ -462,6 +462,113 @@ mod tests {
         assert!(!debug.contains(body_line));
     }
 
+    fn jwk_text(kid: Option<&str>) -> String {
+        let key = SigningKey::from_pem(PKCS8, kid.unwrap_or("x"), Algorithm::RS256).unwrap();
+        let mut jwk = key.private_jwk();
+        if kid.is_none() {
+            jwk.as_object_mut().unwrap().remove("kid");
+        }
+        jwk.to_string()
+    }
+
+    fn select(text: &str, kid: Option<&str>) -> Result<SigningKey, KeyError> {
+        KeyFile::parse(text.as_bytes(), None)?.select(
+            kid,
+            None,
+            Algorithm::RS256,
+            SystemTime::now(),
+        )
+    }
+
+    #[test]
+    fn forms_are_told_apart_by_content() {
+        let form = |text: &str| KeyFile::parse(text.as_bytes(), None).map(|f| f.form).ok();
+        assert_eq!(form(PKCS8), Some(Form::Pem));
+        assert_eq!(form(PKCS1), Some(Form::Pem));
+        assert_eq!(form(&jwk_text(Some("a"))), Some(Form::Jwk));
+        let set = format!("{{\"keys\": [{}]}}", jwk_text(Some("a")));
+        assert_eq!(form(&set), Some(Form::Jwks));
+        assert!(matches!(
+            KeyFile::parse(b"plain words", None).err(),
+            Some(KeyError::Unknown)
+        ));
+    }
+
+    #[test]
+    fn a_private_jwk_round_trips_and_keeps_its_kid() {
+        let key = select(&jwk_text(Some("from-jwk")), None).unwrap();
+        assert_eq!(key.kid(), Some("from-jwk"));
+        let pem = SigningKey::from_pem(PKCS8, "k", Algorithm::RS256).unwrap();
+        assert_eq!(key.public_key(), pem.public_key());
+        // Without p and q the primes are recovered from n, e and d.
+        let mut jwk: serde_json::Value = serde_json::from_str(&jwk_text(Some("k"))).unwrap();
+        for member in ["p", "q", "dp", "dq", "qi"] {
+            jwk.as_object_mut().unwrap().remove(member);
+        }
+        assert_eq!(
+            select(&jwk.to_string(), None).unwrap().public_key(),
+            pem.public_key()
+        );
+    }
+
+    #[test]
+    fn kid_rules() {
+        // The configured kid names a JWK without one; a PEM needs one.
+        assert_eq!(
+            select(&jwk_text(None), Some("cfg")).unwrap().kid(),
+            Some("cfg")
+        );
+        assert!(matches!(select(PKCS8, None), Err(KeyError::KidRequired)));
+        let set = format!(
+            "{{\"keys\": [{}, {}]}}",
+            jwk_text(Some("a")),
+            jwk_text(Some("b"))
+        );
+        assert_eq!(select(&set, Some("b")).unwrap().kid(), Some("b"));
+        let err = select(&set, Some("c")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"c\" matches no key in the file; the kids present are: a, b"
+        );
+        assert!(err.is_about_kid());
+        assert!(matches!(
+            select(&set, None),
+            Err(KeyError::AmbiguousKid { .. })
+        ));
+        assert!(matches!(
+            select(&jwk_text(Some("a")), Some("b")),
+            Err(KeyError::UnknownKid { .. })
+        ));
+    }
+
+    #[test]
+    fn inline_jwk_takes_json_or_base64_and_errors_never_quote_the_key() {
+        use base64::Engine;
+        let text = jwk_text(Some("inline"));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&text);
+        for inline in [text.as_str(), b64.as_str()] {
+            let file = KeyFile::inline_jwk(inline).unwrap();
+            assert_eq!(file.kids(), ["inline"]);
+        }
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let d = d["d"].as_str().unwrap();
+        let mut broken: serde_json::Value = serde_json::from_str(&text).unwrap();
+        broken["n"] = serde_json::json!(12345);
+        for bad in [
+            format!("{{\"kty\": \"RSA\", \"d\": \"{d}\"}}"),
+            broken.to_string(),
+            format!("{{\"kty\": \"EC\", \"d\": \"{d}\"}}"),
+            format!("{{\"kty\": \"RSA\", \"d\": {d}}}"),
+        ] {
+            let err = KeyFile::parse(bad.as_bytes(), None).err().unwrap();
+            assert!(!err.to_string().contains(&d[..16]), "{err}");
+        }
+        assert!(matches!(
+            KeyFile::inline_jwk("not base64 at all!"),
+            Err(KeyError::InlineJwk)
+        ));
+    }
+
     #[test]
     fn public_jwk_round_trips() {
         let k = SigningKey::from_pem(PKCS8, "kid-1", Algorithm::RS256).unwrap();
