@@ -35,16 +35,19 @@ pub(super) fn inline(text: &str) -> Result<Vec<u8>, KeyError> {
         .ok_or(KeyError::InlineJwk)
 }
 
-/// A JWK or a JWKS: every private RSA key in it, with its `kid`.
-pub(super) fn parse(bytes: &[u8]) -> Result<Vec<Candidate>, KeyError> {
+/// A JWK or a JWKS: whether it is a set, and every private RSA key in it, with its `kid`.
+pub(super) fn parse(bytes: &[u8]) -> Result<(bool, Vec<Candidate>), KeyError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| KeyError::Json {
         line: e.line(),
         column: e.column(),
     })?;
     match value.get("keys") {
-        Some(Value::Array(keys)) => keys.iter().map(private_key).collect(),
+        Some(Value::Array(keys)) => Ok((
+            true,
+            keys.iter().map(private_key).collect::<Result<_, _>>()?,
+        )),
         Some(_) => Err(KeyError::Jwk("\"keys\" is not an array")),
-        None => Ok(vec![private_key(&value)?]),
+        None => Ok((false, vec![private_key(&value)?])),
     }
 }
 

@@ -191,9 +191,7 @@ impl KeyFile {
     /// Tell the form apart by content and parse it. `password` opens PKCS#12.
     pub(crate) fn parse(bytes: &[u8], password: Option<&Secret>) -> Result<KeyFile, KeyError> {
         let (form, candidates) = if jwk::looks_like(bytes) {
-            let candidates = jwk::parse(bytes)?;
-            let is_set = serde_json::from_slice::<serde_json::Value>(bytes)
-                .is_ok_and(|v| v.get("keys").is_some());
+            let (is_set, candidates) = jwk::parse(bytes)?;
             (if is_set { Form::Jwks } else { Form::Jwk }, candidates)
         } else if pem::looks_like(bytes) {
             (Form::Pem, vec![pem::parse(bytes)?])

@@ -349,6 +349,37 @@ async fn pkcs12_in_modern_and_legacy_encryption_signs_with_x5c_leaf_first() {
 }
 
 #[tokio::test]
+async fn a_pem_key_followed_by_its_certificates_sends_them_as_x5c() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = business_certificate(valid_for(365));
+    let pem_block = |der: &[u8]| {
+        let b64 = STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
+    };
+    let text = format!(
+        "{}{}{}",
+        std::fs::read_to_string(fixture("client-key.pem")).unwrap(),
+        pem_block(&chain.0),
+        pem_block(&chain.1)
+    );
+    let path = write(dir.path(), "key-and-chain.pem", text);
+    let env = start(&credentials(Some(KID), &path, ""), "").await.unwrap();
+    let grant = grant_of(&env).await;
+    assert_eq!(
+        grant.header.x5c,
+        Some(vec![STANDARD.encode(&chain.0), STANDARD.encode(&chain.1)])
+    );
+}
+
+#[tokio::test]
 async fn a_legacy_pkcs12_made_by_openssl_is_read() {
     // tests/fixtures/business-legacy.p12: `openssl pkcs12 -export -legacy` (RC2-40 certificates,
     // 3DES key, SHA-1 MAC) of client-key.pem with a self-signed certificate valid until 2126,
@@ -484,7 +515,7 @@ async fn a_certificate_near_expiry_warns_and_shows_on_metrics_and_in_check() {
             &env.mp,
             &env.altinn,
             &credentials(Some(KID), &path, &more),
-            "",
+            "log:\n  level: trace\n",
         ),
     );
     let out = tokio::process::Command::new(BIN)
