@@ -177,7 +177,12 @@ fn add_to_jwks(
 pub fn jwks(settings: Option<&Settings>, file: Option<&Path>) -> anyhow::Result<()> {
     let algorithm = settings.map(|s| s.key.algorithm).unwrap_or_default();
     let keys = match (file, settings) {
-        (Some(path), _) => KeyFile::read(path, None)?,
+        (Some(path), _) => match KeyFile::read(path, None) {
+            Ok(file) => file,
+            // A read error names the path already; the others say what the content is not.
+            Err(e @ crate::key::KeyError::Read { .. }) => return Err(e.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context(path.display().to_string())),
+        },
         (None, Some(settings)) => match app::read_key_file(settings)? {
             Some((_, file)) => file,
             None => bail!("the config names no key (key.path, key.pem or key.jwk)"),
