@@ -790,3 +790,68 @@ async fn the_embedded_simulator_serves_the_metadata_the_broker_discovers() {
     assert_eq!(r.status(), 200);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_certificate_near_expiry_warns_at_start_and_at_each_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "business.p12",
+        pkcs12(
+            &business_certificate(valid_for(10)),
+            EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
+        ),
+    );
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let more = format!("  password: '{PASSWORD}'\n");
+    let mut broker = ServedBinary::start_yaml(|listen| {
+        config_yaml_with(&mp, &altinn, &credentials(Some(KID), &path, &more), listen)
+    })
+    .await;
+    // Reload to another kid registered for the same certificate key: readyz shows when it is done.
+    mp.add_key("renewed", public_key("client-key.pub.pem"));
+    let listen = std::fs::read_to_string(&broker.config).unwrap();
+    let listen = listen
+        .lines()
+        .find(|l| l.starts_with("listen:"))
+        .unwrap()
+        .to_owned()
+        + "\n";
+    let yaml = config_yaml_with(
+        &mp,
+        &altinn,
+        &credentials(Some("renewed"), &path, &more),
+        &listen,
+    );
+    std::fs::write(&broker.config, yaml).unwrap();
+    // A token first, as a running broker would have served (the reload watcher is running by
+    // then); then SIGHUP (the file change may trigger a reload of its own). readyz shows when
+    // the reload is done.
+    let http = reqwest::Client::new();
+    let r = http.get(broker.url("/token/admin")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    signal(broker.child.id().unwrap(), "HUP");
+    for _ in 0..100 {
+        let ready: Value = http
+            .get(broker.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["kid"] == "renewed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal(broker.child.id().unwrap(), "TERM");
+    let _ = tokio::time::timeout(Duration::from_secs(10), broker.child.wait()).await;
+    let log = stderr_of(&mut broker.child).await;
+    // Once at start, and once per reload.
+    assert!(log.matches("expires within 30 days").count() >= 2, "{log}");
+    assert!(log.contains("expires within 30 days: order a renewed one from the vendor and switch key.path kid=\"renewed\""), "{log}");
+    assert!(log.contains("reloaded"), "{log}");
+    assert!(!log.contains(PASSWORD));
+}
