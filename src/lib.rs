@@ -21,6 +21,7 @@ mod altinn;
 mod broker;
 mod cache;
 mod clock;
+mod discovery;
 mod fetch;
 mod grant;
 mod http;

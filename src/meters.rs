@@ -22,6 +22,7 @@ pub const UPSTREAM_REQUESTS: &str = "broker_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "broker_upstream_duration_seconds";
 pub const REFRESH_FAILURES: &str = "broker_refresh_failures_total";
 pub const TOKEN_EXPIRY: &str = "broker_token_seconds_until_expiry";
+pub const KEY_EXPIRY: &str = "broker_key_seconds_until_expiry";
 pub const BUILD_INFO: &str = "broker_build_info";
 
 /// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
@@ -191,6 +192,19 @@ pub fn render<'a>(
         );
     }
     text
+}
+
+/// Append the seconds until each signing key stops working (its certificate's not-after; negative
+/// once past), by `kid` (empty for a certificate without one). Written at each scrape from the
+/// current keys, so a rotated-away key disappears.
+pub fn render_key_expiry<'a>(text: &mut String, keys: impl IntoIterator<Item = (&'a str, f64)>) {
+    let _ = writeln!(
+        text,
+        "# HELP {KEY_EXPIRY} Seconds until the signing key's certificate expires\n# TYPE {KEY_EXPIRY} gauge"
+    );
+    for (kid, left) in keys {
+        let _ = writeln!(text, "{KEY_EXPIRY}{{kid=\"{}\"}} {left}", escape(kid));
+    }
 }
 
 /// Escape a label value for the text format.

@@ -99,7 +99,7 @@ impl World {
     /// Sign claims as the simulator (RS256, with its `kid`), for access and Altinn tokens.
     fn sign(&self, claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(self.key.kid().to_owned());
+        header.kid = self.key.kid().map(str::to_owned);
         jsonwebtoken::encode(&header, claims, self.key.encoding_key())
     }
 
@@ -211,7 +211,7 @@ pub async fn start(
             })
             .await
     });
-    tracing::info!(issuer = %world.issuer, kid = world.key.kid(), "simulator started");
+    tracing::info!(issuer = %world.issuer, kid = world.key.kid().unwrap_or_default(), "simulator started");
     Ok(SimulatorHandle { world, stop, task })
 }
 

@@ -10,6 +10,7 @@ mod access;
 mod cli;
 mod connections;
 mod container_files;
+mod credentials;
 mod errors;
 mod faults;
 mod local_env;

@@ -27,6 +27,10 @@ const API_KEY: &str = "very-secret-api-key-123456";
 async fn no_secret_appears_in_trace_logs() {
     let capture = Capture::default();
     let writer = capture.clone();
+    // A second live dispatcher: with only one, tracing decides a callsite's interest from the
+    // default of whichever thread hits it first, so a callsite first hit by another test's
+    // thread would be cached as "never" and its events lost here.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     // Scoped to this test's (current-thread) runtime: the other tests share the process.
     let _logs = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
