@@ -25,6 +25,7 @@ use crate::http::{self, AppState, Shared};
 use crate::key::{KeyError, SigningKey};
 use crate::retry::RetryPolicy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
+use crate::token_files::TokenFiles;
 use crate::upstream::{ClientBuildError, http_client};
 
 /// Longest a single request to the broker may take before it gets a 503.
@@ -110,7 +111,11 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
+    let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
+    let files = validated.token_files.clone();
+    let fixed_orgs: Vec<_> = validated.proxy.iter().filter(|r| r.org.is_some()).cloned().collect();
     let generation = generation(&settings, validated, key, local_base)?;
+    let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let tokens = TokenCache::new(broker, Policy::from(&settings.cache), clock);
@@ -121,10 +126,33 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
             env: settings.env,
             clients,
             metrics: crate::metrics::install(),
+            proxy,
+            token_files,
         }),
         simulator,
         settings,
     })
+}
+
+/// Token files and proxy routes with a fixed org must name a token the broker can make, by the
+/// same rules as a request (`Generation::resolve`); checked before the broker listens.
+fn token_files(
+    generation: &Generation,
+    files: &[crate::token_files::TokenFile],
+    fixed_orgs: &[crate::proxy_route::ProxyRoute],
+) -> Result<TokenFiles, StartError> {
+    let mut problems: Vec<String> = fixed_orgs
+        .iter()
+        .filter_map(|r| generation.resolve(&r.profile, r.org.clone()).err().map(|e| format!("proxy.{}.org: {e}", r.name)))
+        .collect();
+    match TokenFiles::new(files, generation) {
+        Ok(files) if problems.is_empty() => Ok(files),
+        Ok(_) => Err(ConfigError::Invalid(problems).into()),
+        Err(mut more) => {
+            problems.append(&mut more);
+            Err(ConfigError::Invalid(problems).into())
+        }
+    }
 }
 
 /// The reloadable part of the broker, from validated settings and a loaded key.
@@ -190,6 +218,7 @@ impl App {
         let addr = listener.local_addr().map_err(StartError::Simulator)?;
         let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
+        built.state.token_files.spawn(&built.state.tokens, &stop);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, tower::make::Shared::new(service))

@@ -77,6 +77,12 @@ pub struct Settings {
     /// Serve without client authentication on a non-loopback address (say so explicitly).
     #[serde(default)]
     pub allow_unauthenticated: bool,
+    /// Egress proxy routes: `/proxy/{name}/...` forwarded with the profile's token added.
+    #[serde(default)]
+    pub proxy: BTreeMap<String, crate::proxy_route::ProxyRouteSettings>,
+    /// Files kept holding a fresh token, for programs that read files more easily than HTTP.
+    #[serde(default)]
+    pub token_files: Vec<crate::token_files::TokenFileSettings>,
 }
 
 /// Where the private key comes from: a PEM file, or PEM text (meant for `BROKER__KEY__PEM` from a
@@ -414,11 +420,17 @@ impl Settings {
                 None
             }
         };
+        let proxy =
+            crate::proxy_route::validate(&self.proxy, self.env, profiles.as_ref(), &mut problems);
+        let token_files =
+            crate::token_files::validate(&self.token_files, profiles.as_ref(), &mut problems);
         match profiles {
             Some(profiles) if problems.is_empty() => Ok(Validated {
                 default_org,
                 profiles,
                 clients,
+                proxy,
+                token_files,
             }),
             _ => Err(ConfigError::Invalid(problems)),
         }
@@ -454,6 +466,8 @@ pub struct Validated {
     pub default_org: Option<OrgNumber>,
     pub profiles: Profiles,
     pub clients: Clients,
+    pub proxy: Vec<crate::proxy_route::ProxyRoute>,
+    pub token_files: Vec<crate::token_files::TokenFile>,
 }
 
 #[cfg(test)]

@@ -35,7 +35,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
         })
         .collect();
     let upstreams = state.tokens.source().health();
-    let degraded = upstreams.values().any(|h| h.consecutive_failures > 0);
+    let degraded = upstreams.values().any(|h| h.consecutive_failures > 0)
+        || state.token_files.failing();
     (
         StatusCode::OK,
         Json(json!({
@@ -46,6 +47,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
             "kid": generation.fetcher.key.kid(),
             "issuer": generation.fetcher.endpoints.issuer,
             "cached_tokens": cached,
+            "token_files": state.token_files.report(),
         })),
     )
 }

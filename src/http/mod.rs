@@ -7,6 +7,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod proxy;
 pub mod token;
 
 use std::time::Duration;
@@ -17,7 +18,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -62,6 +63,10 @@ pub struct Shared {
     pub clients: Arc<ArcSwap<Clients>>,
     /// Renders the process-wide metrics for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The egress proxy's routes (`/proxy/{name}/...`).
+    pub proxy: proxy::Proxy,
+    /// Token files and their state, for `/readyz`.
+    pub token_files: crate::token_files::TokenFiles,
 }
 
 /// Every route the router serves; `/openapi.json` must document exactly these (tests/observability.rs).
@@ -72,6 +77,7 @@ pub const ROUTES: &[&str] = &[
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/proxy/{name}/{rest}",
 ];
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -85,6 +91,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
         .route("/openapi.json", get(openapi::openapi))
+        .route("/proxy/{name}", any(proxy::forward))
+        .route("/proxy/{name}/", any(proxy::forward))
+        .route("/proxy/{name}/{*rest}", any(proxy::forward))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)

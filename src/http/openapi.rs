@@ -7,7 +7,7 @@ use utoipa::OpenApi;
 
 use super::problem::Problem;
 use super::token::{ProfileListing, TokenResponse};
-use super::{health, metrics, token};
+use super::{health, metrics, proxy, token};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,10 +22,12 @@ use super::{health, metrics, token};
         health::readyz,
         metrics::metrics,
         openapi,
+        proxy::forward,
     ),
     components(schemas(TokenResponse, ProfileListing, Problem)),
     tags(
         (name = "tokens", description = "Tokens and the profiles they are made for"),
+        (name = "proxy", description = "Requests forwarded to configured upstreams with a token added"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

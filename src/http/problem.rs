@@ -238,7 +238,7 @@ pub async fn not_found() -> Problem {
         StatusCode::NOT_FOUND,
         "not-found",
         "Not found",
-        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz, GET /metrics, GET /openapi.json",
+        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz, GET /metrics, GET /openapi.json, and /proxy/{name}/... for configured proxy routes",
     )
 }
 

@@ -128,6 +128,19 @@ pub async fn get_token(
     response
 }
 
+/// The token for `key`: a cache hit at once, else waiting at most [`MAX_CALLER_WAIT`].
+pub async fn cached_token(state: &AppState, key: &CacheKey) -> Result<(Token, Outcome), ApiError> {
+    // A cache hit needs no timer; only waiting for an upstream is bounded.
+    let (token, outcome) = match state.tokens.get_servable(key).await {
+        Some(token) => (token, Outcome::Hit),
+        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key))
+            .await
+            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
+    };
+    crate::metrics::cache_lookup(outcome);
+    Ok((token, outcome))
+}
+
 async fn serve_token(
     state: &AppState,
     profile: &str,
@@ -139,14 +152,7 @@ async fn serve_token(
     let org = parse_query(query)?;
     let (profile, key) = state.tokens.source().resolve(profile, org)?;
     auth::authorize(&caller, &key)?;
-    // A cache hit needs no timer; only waiting for an upstream is bounded.
-    let (token, outcome) = match state.tokens.get_servable(&key).await {
-        Some(token) => (token, Outcome::Hit),
-        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(&key))
-            .await
-            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
-    };
-    crate::metrics::cache_lookup(outcome);
+    let (token, outcome) = cached_token(state, &key).await?;
     let now = state.tokens.source().clock().now();
     tracing::info!(
         client = caller.name(),
