@@ -142,6 +142,7 @@ impl Proxy {
         (status = 401, description = "API key missing or unknown (when clients are configured); or the upstream's own 401, passed back", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client may not use this route's profile or org", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such proxy route (the detail lists them)", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "A small request body (buffered for a retry) did not arrive within the route's timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Request body larger than the route's max_body", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The upstream could not be reached, or Maskinporten/Altinn refused the token", body = Problem, content_type = "application/problem+json"),
@@ -203,7 +204,7 @@ async fn forward_to(
     auth::authorize(&caller, &key)?;
     let url = proxy_path::target(&route.base, rest, parts.uri.query())
         .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
-    let mut body = RequestBody::read(body, &parts.headers, route.max_body).await?;
+    let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
     let headers = forwarded(&parts.headers);
     let (token, _) = cached_token(state, &key).await?;
     let exchange = Exchange {
@@ -289,7 +290,13 @@ enum RequestBody {
 }
 
 impl RequestBody {
-    async fn read(body: Body, headers: &HeaderMap, max_body: u64) -> Result<Self, ApiError> {
+    /// Read a small body into memory (within `timeout`), or wrap a large one as a bounded stream.
+    async fn read(
+        body: Body,
+        headers: &HeaderMap,
+        max_body: u64,
+        timeout: Duration,
+    ) -> Result<Self, ApiError> {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -300,9 +307,21 @@ impl RequestBody {
         let replay_limit = REPLAY_LIMIT.min(max_body);
         if body.size_hint().exact().is_some_and(|n| n <= replay_limit) {
             let limit = usize::try_from(replay_limit).unwrap_or(usize::MAX);
-            let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-                bad_request(format!("the request body could not be read: {e}"))
-            })?;
+            let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+            let bytes = read
+                .await
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body-timeout",
+                        "Request body too slow",
+                        format!(
+                            "the request body did not arrive within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    )
+                })?
+                .map_err(|e| bad_request(format!("the request body could not be read: {e}")))?;
             return Ok(RequestBody::Buffered(bytes));
         }
         let over_limit = Arc::new(AtomicBool::new(false));
