@@ -13,6 +13,7 @@ mod errors;
 mod faults;
 mod local_env;
 mod observability;
+mod proxy;
 mod reload;
 mod secrets;
 mod token_endpoints;
