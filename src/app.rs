@@ -113,7 +113,12 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
     let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
-    let fixed_orgs: Vec<_> = validated.proxy.iter().filter(|r| r.org.is_some()).cloned().collect();
+    let fixed_orgs: Vec<_> = validated
+        .proxy
+        .iter()
+        .filter(|r| r.org.is_some())
+        .cloned()
+        .collect();
     let generation = generation(&settings, validated, key, local_base)?;
     let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
@@ -143,7 +148,12 @@ fn token_files(
 ) -> Result<TokenFiles, StartError> {
     let mut problems: Vec<String> = fixed_orgs
         .iter()
-        .filter_map(|r| generation.resolve(&r.profile, r.org.clone()).err().map(|e| format!("proxy.{}.org: {e}", r.name)))
+        .filter_map(|r| {
+            generation
+                .resolve(&r.profile, r.org.clone())
+                .err()
+                .map(|e| format!("proxy.{}.org: {e}", r.name))
+        })
         .collect();
     match TokenFiles::new(files, generation) {
         Ok(files) if problems.is_empty() => Ok(files),

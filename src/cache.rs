@@ -198,8 +198,10 @@ impl Slot {
         last != 0 && now.saturating_sub(last) < within.as_millis() as u64
     }
     fn note_rejection(&self) {
-        self.rejected_ms
-            .store(self.epoch.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        self.rejected_ms.store(
+            self.epoch.elapsed().as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
     }
     fn idle_for(&self) -> Duration {
         self.epoch.elapsed().saturating_sub(Duration::from_millis(
@@ -631,7 +633,11 @@ mod tests {
             fresh.push(r.await.unwrap());
         }
         assert_eq!(cache.source().calls.load(Ordering::SeqCst), 2);
-        assert!(fresh.iter().all(|t| t.value == fresh[0].value && t.value != first.value));
+        assert!(
+            fresh
+                .iter()
+                .all(|t| t.value == fresh[0].value && t.value != first.value)
+        );
         assert_eq!(cache.get(&key()).await.unwrap().0.value, fresh[0].value);
         // Rejected again at once: the upstream refuses fresh tokens too; no more fetches.
         let again = cache.invalidate(&key(), &fresh[0]).await.unwrap();

@@ -69,8 +69,7 @@ fn install_recorder() -> PrometheusHandle {
         .set_buckets_for_metric(
             Matcher::Suffix("upstream_duration_seconds".into()),
             UPSTREAM_BUCKETS,
-        )
-    {
+        ) {
         Ok(b) => b,
         // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
         Err(e) => {

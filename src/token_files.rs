@@ -250,21 +250,14 @@ async fn keep_fresh(entry: &Entry, tokens: &TokenCache<Broker>) {
                     entry.written(&token);
                     written = Some(token);
                 }
-                Err(e) => entry.failed(format!(
-                    "cannot write {}: {e}",
-                    entry.file.path.display()
-                )),
+                Err(e) => entry.failed(format!("cannot write {}: {e}", entry.file.path.display())),
             },
         }
         tokio::time::sleep(CHECK_INTERVAL).await;
     }
 }
 
-async fn write(
-    entry: &Entry,
-    token: &Token,
-    tokens: &TokenCache<Broker>,
-) -> std::io::Result<()> {
+async fn write(entry: &Entry, token: &Token, tokens: &TokenCache<Broker>) -> std::io::Result<()> {
     let contents = match entry.file.format {
         TokenFileFormat::Token => token.value.expose().as_bytes().to_vec(),
         TokenFileFormat::Json => {
@@ -366,9 +359,21 @@ mod tests {
         let mut problems = Vec::new();
         let files = validate(&settings, Some(&profiles), &mut problems);
         assert_eq!(files.len(), 0, "{problems:?}");
-        assert!(problems[0].starts_with("token_files[0].profile:"), "{problems:?}");
-        assert!(problems[1].starts_with("token_files[1].org:"), "{problems:?}");
-        assert!(problems[2].starts_with("token_files[2].path:"), "{problems:?}");
-        assert!(problems[3].starts_with("token_files[3].path:"), "{problems:?}");
+        assert!(
+            problems[0].starts_with("token_files[0].profile:"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].starts_with("token_files[1].org:"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[2].starts_with("token_files[2].path:"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[3].starts_with("token_files[3].path:"),
+            "{problems:?}"
+        );
     }
 }

@@ -35,8 +35,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
         })
         .collect();
     let upstreams = state.tokens.source().health();
-    let degraded = upstreams.values().any(|h| h.consecutive_failures > 0)
-        || state.token_files.failing();
+    let degraded =
+        upstreams.values().any(|h| h.consecutive_failures > 0) || state.token_files.failing();
     (
         StatusCode::OK,
         Json(json!({

@@ -209,13 +209,19 @@ mod tests {
             }
         };
         assert_eq!(status(format!("/proxy/r/{long}")).await, StatusCode::OK);
-        assert_eq!(status(format!("/token/{long}")).await, StatusCode::URI_TOO_LONG);
+        assert_eq!(
+            status(format!("/token/{long}")).await,
+            StatusCode::URI_TOO_LONG
+        );
         assert_eq!(
             status("/token/slow".into()).await,
             StatusCode::SERVICE_UNAVAILABLE
         );
         let too_long = "a".repeat(MAX_PROXY_URI_BYTES);
-        assert_eq!(status(format!("/proxy/r/{too_long}")).await, StatusCode::URI_TOO_LONG);
+        assert_eq!(
+            status(format!("/proxy/r/{too_long}")).await,
+            StatusCode::URI_TOO_LONG
+        );
     }
 
     #[tokio::test]

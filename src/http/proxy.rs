@@ -197,7 +197,10 @@ async fn forward_to(
     let clients = state.clients.load();
     let caller = auth::authenticate(&clients, &parts.headers)?;
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
-        return Err(bad_request("absolute-form request targets are not accepted: send only the path, /proxy/{name}/...").into());
+        return Err(bad_request(
+            "absolute-form request targets are not accepted: send only the path, /proxy/{name}/...",
+        )
+        .into());
     }
     let org = request_org(&parts.headers, route)?;
     let (_, key) = state.tokens.source().resolve(&route.profile, org)?;
@@ -452,7 +455,12 @@ fn into_response(answer: reqwest::Response) -> Response {
 }
 
 fn bad_request(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-request",
+        "Bad request",
+        detail,
+    )
 }
 
 fn too_large(max_body: u64) -> Problem {

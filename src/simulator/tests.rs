@@ -698,7 +698,11 @@ async fn whoami_says_who_an_altinn_token_belongs_to() {
     let mut claims = grant_claims(&sim);
     claims["authorization_details"] = system_user("0192:974761076");
     let token = access_token(&sim, &claims).await;
-    let altinn = exchange(&sim, Some(&token), "text/plain").await.text().await.unwrap();
+    let altinn = exchange(&sim, Some(&token), "text/plain")
+        .await
+        .text()
+        .await
+        .unwrap();
     let response = whoami(&sim, &altinn).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
@@ -713,7 +717,10 @@ async fn whoami_refuses_maskinporten_expired_and_foreign_tokens_like_altinn() {
     let sim = simulator().await;
     let maskinporten = access_token(&sim, &grant_claims(&sim)).await;
     let now = now_unix();
-    let issuer = sim.base_url().join("authentication/api/v1/openid/").unwrap();
+    let issuer = sim
+        .base_url()
+        .join("authentication/api/v1/openid/")
+        .unwrap();
     let expired = sim
         .world
         .sign(&json!({"iss": issuer.as_str(), "iat": now - 100, "exp": now - 1}))
@@ -724,7 +731,12 @@ async fn whoami_refuses_maskinporten_expired_and_foreign_tokens_like_altinn() {
     for token in [maskinporten.as_str(), &expired, &foreign, "garbage"] {
         let response = whoami(&sim, token).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
         assert_eq!(response.text().await.unwrap(), "");
     }
 }

@@ -17,3 +17,4 @@ mod proxy;
 mod reload;
 mod secrets;
 mod token_endpoints;
+mod token_files;

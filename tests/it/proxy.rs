@@ -103,7 +103,9 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, request: Requ
         }
         Bytes::from(all)
     } else {
-        axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default()
+        axum::body::to_bytes(body, 64 << 20)
+            .await
+            .unwrap_or_default()
     };
     state.seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
@@ -130,11 +132,12 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, request: Requ
             .into_response(),
         "/api/stream-down" => {
             let state = state.clone();
-            let chunks = futures::stream::once(async { Ok::<_, std::io::Error>("first;") })
-                .chain(futures::stream::once(async move {
+            let chunks = futures::stream::once(async { Ok::<_, std::io::Error>("first;") }).chain(
+                futures::stream::once(async move {
                     state.release.notified().await;
                     Ok("second")
-                }));
+                }),
+            );
             Body::from_stream(chunks).into_response()
         }
         _ => (
@@ -177,11 +180,7 @@ async fn problem(response: reqwest::Response, status: u16) -> Value {
         .headers()
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap().to_owned());
-    assert_problem(
-        response.status().as_u16(),
-        content_type.as_deref(),
-        status,
-    );
+    assert_problem(response.status().as_u16(), content_type.as_deref(), status);
     response.json().await.unwrap()
 }
 
@@ -263,10 +262,7 @@ async fn hop_by_hop_headers_and_the_callers_credentials_are_not_forwarded() {
         .unwrap();
     assert_eq!(response.status(), 201);
     for name in ["keep-alive", "proxy-authenticate", "trailer"] {
-        assert!(
-            response.headers().get(name).is_none(),
-            "{name} came back"
-        );
+        assert!(response.headers().get(name).is_none(), "{name} came back");
     }
     let seen = &up.seen()[0];
     for name in [
@@ -335,7 +331,12 @@ async fn traversal_and_host_tricks_are_400_and_never_reach_the_upstream() {
 async fn an_unknown_route_is_a_404_problem_naming_the_routes() {
     let (env, up) = start().await;
     let body = problem(env.get("/proxy/nope/x").await, 404).await;
-    assert!(body["detail"].as_str().unwrap().contains("dead, fixed, r, skd, slow, small"));
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("dead, fixed, r, skd, slow, small")
+    );
     assert!(up.seen().is_empty());
 }
 
@@ -401,9 +402,15 @@ async fn request_bodies_stream_through_without_waiting_for_the_end() {
     let (env, up) = start().await;
     let (send, receive) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let body = reqwest::Body::wrap_stream(tokio_stream_from(receive));
-    let request = env.http.put(env.url("/proxy/r/stream-up")).body(body).send();
+    let request = env
+        .http
+        .put(env.url("/proxy/r/stream-up"))
+        .body(body)
+        .send();
     let request = tokio::spawn(request);
-    send.send(Ok(Bytes::from(vec![b'a'; 2 << 20]))).await.unwrap();
+    send.send(Ok(Bytes::from(vec![b'a'; 2 << 20])))
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(10), up.state.first_chunk.notified())
         .await
         .expect("the upstream sees the body before the caller finished sending it");
@@ -437,11 +444,19 @@ async fn a_401_replaces_the_token_and_sends_the_request_once_more() {
     let seen = up.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[1].bearer(), seen[0].bearer(), "the revoked token");
-    assert_ne!(seen[2].bearer(), seen[1].bearer(), "sent again with a fresh one");
+    assert_ne!(
+        seen[2].bearer(),
+        seen[1].bearer(),
+        "sent again with a fresh one"
+    );
     assert_eq!(seen[2].body, "replayable");
     assert_eq!(env.mp.calls(), 2);
     let served = env.get_json("/token/admin", 200).await;
-    assert_eq!(served["access_token"], seen[2].bearer(), "the cache has the fresh token");
+    assert_eq!(
+        served["access_token"],
+        seen[2].bearer(),
+        "the cache has the fresh token"
+    );
 }
 
 #[tokio::test]
@@ -470,7 +485,11 @@ async fn a_401_with_a_streamed_body_or_a_second_401_goes_back_as_is() {
     for _ in 0..3 {
         assert_eq!(env.get("/proxy/r/x").await.status(), 401);
     }
-    assert!(env.mp.calls() <= calls + 1, "{} fetches", env.mp.calls() - calls);
+    assert!(
+        env.mp.calls() <= calls + 1,
+        "{} fetches",
+        env.mp.calls() - calls
+    );
 }
 
 #[tokio::test]
@@ -587,15 +606,40 @@ async fn upstreams_must_be_https_except_loopback_and_routes_must_be_well_formed(
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
     for (route, field) in [
-        ("  r:\n    upstream: http://api.example/\n    profile: admin\n", "proxy.r.upstream"),
-        ("  r:\n    upstream: https://api.example/v1\n    profile: admin\n", "proxy.r.upstream"),
-        ("  r:\n    upstream: local:/x/\n    profile: admin\n", "proxy.r.upstream"),
-        ("  r:\n    upstream: https://api.example/\n    profile: nope\n", "proxy.r.profile"),
-        ("  R_1:\n    upstream: https://api.example/\n    profile: admin\n", "proxy.R_1"),
-        ("  r:\n    upstream: https://api.example/\n    profile: admin\n    org: '{ORG}'\n", "proxy.r.org"),
-        ("  r:\n    upstream: https://api.example/\n    profile: admin\n    max_body: 0\n", "proxy.r.max_body"),
+        (
+            "  r:\n    upstream: http://api.example/\n    profile: admin\n",
+            "proxy.r.upstream",
+        ),
+        (
+            "  r:\n    upstream: https://api.example/v1\n    profile: admin\n",
+            "proxy.r.upstream",
+        ),
+        (
+            "  r:\n    upstream: local:/x/\n    profile: admin\n",
+            "proxy.r.upstream",
+        ),
+        (
+            "  r:\n    upstream: https://api.example/\n    profile: nope\n",
+            "proxy.r.profile",
+        ),
+        (
+            "  R_1:\n    upstream: https://api.example/\n    profile: admin\n",
+            "proxy.R_1",
+        ),
+        (
+            "  r:\n    upstream: https://api.example/\n    profile: admin\n    org: '{ORG}'\n",
+            "proxy.r.org",
+        ),
+        (
+            "  r:\n    upstream: https://api.example/\n    profile: admin\n    max_body: 0\n",
+            "proxy.r.max_body",
+        ),
     ] {
-        let yaml = config_yaml(&mp, &altinn, &format!("proxy:\n{}", route.replace("{ORG}", ORG)));
+        let yaml = config_yaml(
+            &mp,
+            &altinn,
+            &format!("proxy:\n{}", route.replace("{ORG}", ORG)),
+        );
         let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let Err(error) = maskinporten_broker::app::App::spawn(settings, listener).await else {
@@ -607,4 +651,25 @@ async fn upstreams_must_be_https_except_loopback_and_routes_must_be_well_formed(
     let yaml = config_yaml(&mp, &altinn, &format!("proxy:\n{ok}"));
     let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
     assert!(settings.validate().is_ok());
+}
+
+#[tokio::test]
+async fn openapi_documents_the_proxy_route_with_every_status() {
+    let (env, _up) = start().await;
+    let doc = env.get_json("/openapi.json", 200).await;
+    let path = &doc["paths"]["/proxy/{name}/{rest}"];
+    for method in ["get", "post", "put", "patch", "delete", "head", "options"] {
+        let responses = &path[method]["responses"];
+        for status in [
+            "200", "400", "401", "403", "404", "413", "502", "503", "504",
+        ] {
+            assert!(responses[status].is_object(), "{method} {status}: {path}");
+        }
+    }
+    let params = path["get"]["parameters"].as_array().unwrap();
+    assert!(
+        params
+            .iter()
+            .any(|p| p["name"] == "X-Broker-Org" && p["in"] == "header")
+    );
 }
