@@ -4,6 +4,8 @@
 //! a presented key is hashed and compared with every stored hash in constant time, so neither
 //! the keys nor timing reveal anything. This module never logs or returns a presented key.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -50,7 +52,7 @@ impl Client {
 
 /// The configured clients; empty means no authentication.
 #[derive(Debug, Clone, Default)]
-pub struct Clients(Vec<Client>);
+pub struct Clients(Vec<Arc<Client>>);
 
 impl Clients {
     /// Validate `clients:`; problems carry their field path.
@@ -82,12 +84,12 @@ impl Clients {
                     Err(e) => problems.push(format!("{}: {o:?}: {e}", field("orgs"))),
                 }
             }
-            clients.push(Client {
+            clients.push(Arc::new(Client {
                 name: c.name.clone(),
                 hash,
                 profiles: c.profiles.clone(),
                 orgs,
-            });
+            }));
         }
         if problems.is_empty() {
             Ok(Clients(clients))
@@ -101,12 +103,12 @@ impl Clients {
     }
 
     /// The client holding `api_key`, comparing against every client in constant time.
-    pub fn authenticate(&self, api_key: &str) -> Option<&Client> {
+    pub fn authenticate(&self, api_key: &str) -> Option<Arc<Client>> {
         let presented = Sha256::digest(api_key.trim().as_bytes());
         let mut found = None;
         for client in &self.0 {
             if bool::from(client.hash.ct_eq(&presented[..])) {
-                found = Some(client);
+                found = Some(client.clone());
             }
         }
         found

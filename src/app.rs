@@ -23,37 +23,40 @@ use crate::config::{ConfigError, Environment, Settings, Validated};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
 use crate::key::{KeyError, SigningKey};
+use crate::profile::Profiles;
 use crate::retry::RetryPolicy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::token_files::TokenFiles;
 use crate::upstream::{ClientBuildError, http_client};
 
 /// Longest a single request to the broker may take before it gets a 503.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{field}: {source}")]
+    #[error("{field}")]
     Key {
         field: &'static str,
+        #[source]
         source: KeyError,
     },
     #[error(transparent)]
     Client(#[from] ClientBuildError),
-    #[error("cannot start the local simulator: {0}")]
-    Simulator(std::io::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot start the local simulator")]
+    Simulator(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
+        #[source]
         source: std::io::Error,
     },
 }
 
 /// The loaded key and where it came from.
-pub fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
+pub(crate) fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
     let (kid, alg) = (settings.kid(), settings.key.algorithm);
     if let Some(pem) = &settings.key.pem {
         return SigningKey::from_pem(pem, kid, alg).map_err(|source| StartError::Key {
@@ -95,14 +98,13 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
 }
 
 /// Everything built from one config, before serving.
-pub struct Built {
-    pub state: AppState,
-    pub simulator: Option<SimulatorHandle>,
-    pub settings: Settings,
+pub(crate) struct Built {
+    pub(crate) state: AppState,
+    pub(crate) simulator: Option<SimulatorHandle>,
 }
 
 /// Build the broker from settings (validates, loads the key, starts the `local` simulator).
-pub async fn build(settings: Settings) -> Result<Built, StartError> {
+pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
     let key = load_key(&settings)?;
     let simulator = match settings.env {
@@ -130,12 +132,14 @@ pub async fn build(settings: Settings) -> Result<Built, StartError> {
             bodies: Default::default(),
             env: settings.env,
             clients,
-            metrics: crate::metrics::install(),
+            metrics: crate::meters::install(),
+            openapi: serde_json::to_vec(&http::document())
+                .unwrap_or_default()
+                .into(),
             proxy,
             token_files,
         }),
         simulator,
-        settings,
     })
 }
 
@@ -166,7 +170,7 @@ fn token_files(
 }
 
 /// The reloadable part of the broker, from validated settings and a loaded key.
-pub fn generation(
+pub(crate) fn generation(
     settings: &Settings,
     validated: Validated,
     key: SigningKey,
@@ -186,10 +190,24 @@ pub fn generation(
     })
 }
 
+/// The broker's Maskinporten client as the `local` simulator should know it: its id, the public
+/// half of its key, and every scope its profiles ask for.
+pub(crate) fn simulator_client(
+    client_id: &str,
+    key: &SigningKey,
+    profiles: &Profiles,
+) -> RegisteredClient {
+    RegisteredClient {
+        client_id: client_id.to_owned(),
+        keys: vec![(key.kid().to_owned(), key.public_key())],
+        scopes: profiles.all_scopes(),
+    }
+}
+
 async fn start_simulator(
     settings: &Settings,
     key: &SigningKey,
-    profiles: &crate::profile::Profiles,
+    profiles: &Profiles,
 ) -> Result<SimulatorHandle, StartError> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -198,11 +216,7 @@ async fn start_simulator(
         SimulatorConfig {
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
-            clients: vec![RegisteredClient {
-                client_id: settings.client_id().to_owned(),
-                keys: vec![(key.kid().to_owned(), key.public_key())],
-                scopes: profiles.all_scopes(),
-            }],
+            clients: vec![simulator_client(settings.client_id(), key, profiles)],
         },
         listener,
     )
@@ -215,7 +229,7 @@ async fn start_simulator(
 /// A broker serving on a listener; stop it with [`App::shutdown`].
 pub struct App {
     pub addr: SocketAddr,
-    pub state: AppState,
+    pub(crate) state: AppState,
     simulator: Option<SimulatorHandle>,
     stop: CancellationToken,
     server: JoinHandle<std::io::Result<()>>,
@@ -245,7 +259,7 @@ impl App {
     }
 
     /// The `local` simulator's base URL, if this broker runs one.
-    pub fn simulator_url(&self) -> Option<&Url> {
+    pub(crate) fn simulator_url(&self) -> Option<&Url> {
         self.simulator.as_ref().map(SimulatorHandle::base_url)
     }
 
@@ -253,22 +267,22 @@ impl App {
     /// `settings`. A config that does not validate or a key that does not load changes nothing.
     /// Tokens already cached stay until they expire; they are valid whatever key signed the grant.
     /// `listen`, `cache`, `http_client` timeouts and `log` need a restart.
-    pub fn reload(&self, settings: &Settings) -> Result<(), StartError> {
+    pub(crate) fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
         let key = load_key(settings)?;
         if let Some(sim) = &self.simulator {
-            sim.register_client(RegisteredClient {
-                client_id: settings.client_id().to_owned(),
-                keys: vec![(key.kid().to_owned(), key.public_key())],
-                scopes: validated.profiles.all_scopes(),
-            });
+            sim.register_client(simulator_client(
+                settings.client_id(),
+                &key,
+                &validated.profiles,
+            ));
         }
         let kid = key.kid().to_owned();
         self.state
             .clients
             .store(Arc::new(validated.clients.clone()));
         let generation = generation(settings, validated, key, self.simulator_url())?;
-        self.state.tokens.source().replace(generation);
+        self.state.broker().replace(generation);
         tracing::info!(kid, "configuration and key reloaded");
         Ok(())
     }
@@ -340,14 +354,14 @@ async fn reload_on_change(app: &App, config_path: &Path, key_path: Option<&Path>
         {
             Ok(()) => tracing::info!(reason, "reloaded"),
             Err(e) => {
-                tracing::error!(reason, error = %e, "reload refused; the previous configuration keeps serving")
+                tracing::error!(reason, error = %crate::telemetry::Chain(&e), "reload refused; the previous configuration keeps serving")
             }
         }
     }
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -257,10 +257,6 @@ impl<S: TokenSource> TokenCache<S> {
         &self.inner.source
     }
 
-    pub fn policy(&self) -> &Policy {
-        &self.inner.policy
-    }
-
     /// A servable token for `key`, from the cache or, if there is none, from the source.
     /// The cached token for `key` if it is servable now: the hit path, which never waits.
     pub async fn get_servable(&self, key: &CacheKey) -> Option<Token> {
@@ -341,12 +337,6 @@ impl<S: TokenSource> TokenCache<S> {
             Some(slot) => self.refresh_now(key, &slot, Some(rejected)).await,
             None => self.get(key).await.map(|(token, _)| token),
         }
-    }
-
-    /// Drop every cached token (a reload changed what they were made from).
-    pub fn clear(&self) {
-        self.inner.slots.invalidate_all();
-        self.inner.refusals.invalidate_all();
     }
 
     /// Stop all background refreshes.
@@ -468,8 +458,8 @@ impl<S: TokenSource> TokenCache<S> {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    crate::metrics::refresh_failure(key.profile.as_str());
-                    tracing::warn!(profile = %key.profile, error = %e, failures, "background refresh failed; the cached token is served while it lasts");
+                    crate::meters::refresh_failure(key.profile.as_str());
+                    tracing::warn!(profile = %key.profile, error = %crate::telemetry::Chain(&e), failures, "background refresh failed; the cached token is served while it lasts");
                 }
             }
         }

@@ -31,6 +31,7 @@ impl Clock {
     }
 
     /// The current correction in milliseconds (upstream minus local).
+    #[cfg(test)]
     pub fn offset_ms(&self) -> i64 {
         self.offset_ms.load(Ordering::Relaxed)
     }

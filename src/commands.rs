@@ -33,15 +33,15 @@ pub async fn token(
 ) -> anyhow::Result<()> {
     let org = parse_org(org)?;
     let built = app::build(settings).await?;
-    let tokens = &built.state.tokens;
-    let (profile, key) = tokens.source().resolve(profile, org)?;
+    let (tokens, broker) = (&built.state.tokens, built.state.broker());
+    let (profile, key) = broker.resolve(profile, org)?;
     let (token, _) = tokens
         .get(&key)
         .await
         .map_err(|e| anyhow::anyhow!(ApiError::from(e).problem().detail))?;
     let mut out = std::io::stdout().lock();
     if json {
-        let now = tokens.source().clock().now();
+        let now = broker.clock().now();
         serde_json::to_writer_pretty(&mut out, &TokenResponse::new(&token, &key, &profile, now))?;
         writeln!(out)?;
     } else {
@@ -163,15 +163,15 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
     }
     println!("online:");
     let built = app::build(settings).await?;
-    let tokens = &built.state.tokens;
+    let (tokens, broker) = (&built.state.tokens, built.state.broker());
     let mut failures = 0;
     for p in validated.profiles.iter() {
-        let line = match tokens.source().resolve(p.name.as_str(), None) {
+        let line = match broker.resolve(p.name.as_str(), None) {
             Err(e) => format!("skipped: {e}"),
             Ok((_, key)) => match tokens.get(&key).await {
                 Ok((t, _)) => format!(
                     "ok (expires in {}s)",
-                    t.remaining(tokens.source().clock().now()).as_secs()
+                    t.remaining(broker.clock().now()).as_secs()
                 ),
                 Err(e) => {
                     failures += 1;
@@ -246,14 +246,7 @@ pub async fn simulate(
                 scopes: profiles.all_scopes(),
             }
         }
-        (None, Some(s)) => {
-            let key = load_key(s)?;
-            RegisteredClient {
-                client_id: s.client_id().to_owned(),
-                keys: vec![(key.kid().to_owned(), key.public_key())],
-                scopes: profiles.all_scopes(),
-            }
-        }
+        (None, Some(s)) => app::simulator_client(s.client_id(), &load_key(s)?, &profiles),
         (None, None) => {
             bail!("no client to register: pass --jwk FILE (from keygen) or a --config with a key")
         }

@@ -43,39 +43,29 @@ impl fmt::Display for Environment {
     }
 }
 
-/// The whole of `broker.yaml`.
+/// The whole of `broker.yaml`. Every field has a default (`Settings::default()` and each
+/// section's `Default`), so a file names only what differs.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    #[serde(default)]
     pub env: Environment,
     /// The Maskinporten client id (Digdir's "integrasjons-ID"). Optional only in `local`.
     pub client_id: Option<String>,
     /// The key id Digdir gave the uploaded public key. Optional only in `local`.
     pub kid: Option<String>,
-    #[serde(default)]
     pub key: KeySettings,
     /// Organisation for system-user profiles when a request has no `org`.
     pub default_org: Option<String>,
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    #[serde(default)]
     pub endpoints: EndpointSettings,
-    #[serde(default)]
     pub http_client: HttpClientSettings,
-    #[serde(default)]
     pub cache: CacheSettings,
-    #[serde(default)]
     pub profiles: BTreeMap<String, ProfileSettings>,
-    #[serde(default)]
     pub local: LocalSettings,
-    #[serde(default)]
     pub log: LogSettings,
     /// API-key clients; when any is configured every token request must present a key.
-    #[serde(default)]
     pub clients: Vec<ClientSettings>,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
-    #[serde(default)]
     pub allow_unauthenticated: bool,
     /// Egress proxy routes: `/proxy/{name}/...` forwarded with the profile's token added.
     #[serde(default)]
@@ -85,14 +75,36 @@ pub struct Settings {
     pub token_files: Vec<crate::token_files::TokenFileSettings>,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            env: Environment::default(),
+            client_id: None,
+            kid: None,
+            key: KeySettings::default(),
+            default_org: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            endpoints: EndpointSettings::default(),
+            http_client: HttpClientSettings::default(),
+            cache: CacheSettings::default(),
+            profiles: BTreeMap::new(),
+            local: LocalSettings::default(),
+            log: LogSettings::default(),
+            clients: Vec::new(),
+            allow_unauthenticated: false,
+            proxy: BTreeMap::new(),
+            token_files: Vec::new(),
+        }
+    }
+}
+
 /// Where the private key comes from: a PEM file, or PEM text (meant for `BROKER__KEY__PEM` from a
 /// container secret). Exactly one of the two outside `local`.
 #[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
     pub path: Option<PathBuf>,
     pub pem: Option<String>,
-    #[serde(default)]
     pub algorithm: Algorithm,
 }
 
@@ -108,7 +120,7 @@ impl fmt::Debug for KeySettings {
 
 /// Overrides of the environment's upstream URLs.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EndpointSettings {
     /// The Maskinporten issuer; also the grant's `aud`.
     pub issuer: Option<String>,
@@ -117,12 +129,12 @@ pub struct EndpointSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct HttpClientSettings {
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// The whole upstream call, connect to last byte.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// An HTTP(S) proxy for all upstream calls.
     pub proxy: Option<Url>,
@@ -133,8 +145,8 @@ pub struct HttpClientSettings {
 impl Default for HttpClientSettings {
     fn default() -> Self {
         HttpClientSettings {
-            connect_timeout: default_connect_timeout(),
-            timeout: default_timeout(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
             proxy: None,
             extra_ca_cert: None,
         }
@@ -143,46 +155,45 @@ impl Default for HttpClientSettings {
 
 /// When cached tokens are refreshed and which are still served.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
     /// Refresh in the background once only this fraction of the lifetime is left.
-    #[serde(default = "default_refresh_when_left")]
     pub refresh_when_left: f64,
     /// ... but never later than this long before expiry (short tokens).
-    #[serde(default = "default_refresh_floor", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub refresh_floor: Duration,
     /// A token with less life than this left is never served.
-    #[serde(default = "default_min_remaining", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub min_remaining: Duration,
     /// Entries nobody asked for during this long are dropped (and no longer refreshed).
-    #[serde(default = "default_idle", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub idle: Duration,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
-            refresh_when_left: default_refresh_when_left(),
-            refresh_floor: default_refresh_floor(),
-            min_remaining: default_min_remaining(),
-            idle: default_idle(),
+            refresh_when_left: 1.0 / 3.0,
+            refresh_floor: Duration::from_secs(5),
+            min_remaining: Duration::from_secs(10),
+            idle: Duration::from_secs(15 * 60),
         }
     }
 }
 
 /// The embedded simulator of `env: local`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LocalSettings {
     /// `expires_in` of the simulated Maskinporten tokens.
-    #[serde(default = "default_local_token_lifetime", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub token_lifetime: Duration,
 }
 
 impl Default for LocalSettings {
     fn default() -> Self {
         LocalSettings {
-            token_lifetime: default_local_token_lifetime(),
+            token_lifetime: Duration::from_secs(120),
         }
     }
 }
@@ -196,50 +207,20 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// A tracing filter (`info`, `maskinporten_broker=debug`); `RUST_LOG` wins when set.
-    #[serde(default = "default_log_level")]
     pub level: String,
-    #[serde(default)]
     pub format: LogFormat,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            level: default_log_level(),
+            level: "info".to_owned(),
             format: LogFormat::default(),
         }
     }
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_refresh_when_left() -> f64 {
-    1.0 / 3.0
-}
-fn default_refresh_floor() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_min_remaining() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_idle() -> Duration {
-    Duration::from_secs(15 * 60)
-}
-fn default_local_token_lifetime() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_log_level() -> String {
-    "info".to_owned()
 }
 
 /// The client id and kid the `local` environment uses when the config names none.
@@ -286,10 +267,38 @@ impl Endpoints {
 /// Why the broker cannot start with this configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot load the configuration: {0}")]
-    Load(String),
-    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    #[error(
+        "cannot load the configuration: {} does not exist; pass --config PATH or start from the broker.yaml in the repository",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    #[error("cannot load the configuration from {origin}")]
+    Load {
+        origin: String,
+        #[source]
+        source: Box<config::ConfigError>,
+    },
+    #[error("invalid configuration: {}", .0.join("; "))]
     Invalid(Vec<String>),
+}
+
+/// Every problem validation found, each with its field path.
+#[derive(Debug, Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, problem: impl Into<String>) {
+        self.0.push(problem.into());
+    }
+
+    /// `value` when nothing was found, else every problem.
+    fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid(self.0))
+        }
+    }
 }
 
 impl Settings {
@@ -305,10 +314,7 @@ impl Settings {
         env: Option<config::Map<String, String>>,
     ) -> Result<Settings, ConfigError> {
         if !path.exists() {
-            return Err(ConfigError::Load(format!(
-                "{} does not exist; pass --config PATH or start from the broker.yaml in the repository",
-                path.display()
-            )));
+            return Err(ConfigError::Missing(path.to_owned()));
         }
         config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Yaml))
@@ -320,7 +326,10 @@ impl Settings {
             )
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))
+            .map_err(|source| ConfigError::Load {
+                origin: format!("{} and BROKER__* variables", path.display()),
+                source: Box::new(source),
+            })
     }
 
     /// Parse settings from YAML text alone (tests, examples).
@@ -329,83 +338,90 @@ impl Settings {
             .add_source(config::File::from_str(yaml, config::FileFormat::Yaml))
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError::Load(e.to_string()))
+            .map_err(|source| ConfigError::Load {
+                origin: "YAML text".to_owned(),
+                source: Box::new(source),
+            })
     }
 
     /// Check everything that can be checked without I/O; every problem, with its field path.
+    /// One short check per section, in the order of the file.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = Problems::default();
+        self.check_credentials(&mut problems);
+        let default_org = self.parse_default_org(&mut problems);
+        self.check_endpoints(&mut problems);
+        self.cache.check(&mut problems);
+        self.http_client.check(&mut problems);
+        self.check_local(&mut problems);
+        self.log.check(&mut problems);
+        let clients = self.parse_clients(&mut problems);
+        let profiles = Profiles::from_settings(&self.profiles)
+            .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
+        let known = profiles.as_ref().ok();
+        let proxy = crate::proxy_route::validate(&self.proxy, self.env, known, &mut problems.0);
+        let token_files = crate::token_files::validate(&self.token_files, known, &mut problems.0);
+        match profiles {
+            Ok(profiles) => problems.into_result(Validated {
+                default_org,
+                profiles,
+                clients,
+                proxy,
+                token_files,
+            }),
+            Err(_) => Err(ConfigError::Invalid(problems.0)),
+        }
+    }
+
+    /// `client_id`, `kid` and one source of the key: required outside `local`.
+    fn check_credentials(&self, problems: &mut Problems) {
         let local = self.env == Environment::Local;
-        let required = |value: &Option<String>, field: &str, problems: &mut Vec<String>| match value
-            .as_deref()
-            .map(str::trim)
-        {
-            Some("") => problems.push(format!("{field}: must not be empty")),
-            None if !local => problems.push(format!(
-                "{field}: is required (set it in the config file or BROKER__{})",
-                field.to_uppercase()
-            )),
-            _ => {}
-        };
-        required(&self.client_id, "client_id", &mut problems);
-        required(&self.kid, "kid", &mut problems);
-        match (&self.key.path, &self.key.pem) {
-            (Some(_), Some(_)) => {
-                problems.push("key: set either key.path or key.pem, not both".to_owned())
+        for (field, value) in [("client_id", &self.client_id), ("kid", &self.kid)] {
+            match value.as_deref().map(str::trim) {
+                Some("") => problems.push(format!("{field}: must not be empty")),
+                None if !local => problems.push(format!(
+                    "{field}: is required (set it in the config file or BROKER__{})",
+                    field.to_uppercase()
+                )),
+                _ => {}
             }
+        }
+        match (&self.key.path, &self.key.pem) {
+            (Some(_), Some(_)) => problems.push("key: set either key.path or key.pem, not both"),
             (None, None) if !local => problems.push(
-                "key.path: is required (the PEM file of the private key; or key.pem via BROKER__KEY__PEM)"
-                    .to_owned(),
+                "key.path: is required (the PEM file of the private key; or key.pem via BROKER__KEY__PEM)",
             ),
             _ => {}
         }
-        let default_org = match &self.default_org {
-            None => None,
-            Some(text) => match text.parse::<OrgNumber>() {
-                Ok(org) => Some(org),
-                Err(e) => {
-                    problems.push(format!("default_org: {text:?} is not valid: {e}"));
-                    None
-                }
-            },
-        };
+    }
+
+    fn parse_default_org(&self, problems: &mut Problems) -> Option<OrgNumber> {
+        let text = self.default_org.as_ref()?;
+        text.parse()
+            .inspect_err(|e| problems.push(format!("default_org: {text:?} is not valid: {e}")))
+            .ok()
+    }
+
+    fn check_endpoints(&self, problems: &mut Problems) {
         if let Some(issuer) = &self.endpoints.issuer
             && Url::parse(issuer).is_err()
         {
             problems.push(format!("endpoints.issuer: {issuer:?} is not a URL"));
         }
-        let c = &self.cache;
-        if !(c.refresh_when_left > 0.0 && c.refresh_when_left < 1.0) {
-            problems.push(format!(
-                "cache.refresh_when_left: must be between 0 and 1 (a fraction of the lifetime), got {}",
-                c.refresh_when_left
-            ));
-        }
-        if c.idle.is_zero() {
-            problems.push("cache.idle: must be longer than 0s".to_owned());
-        }
-        if self.http_client.timeout.is_zero() || self.http_client.connect_timeout.is_zero() {
-            problems.push("http_client: timeouts must be longer than 0s".to_owned());
-        }
-        if local && self.local.token_lifetime <= c.min_remaining {
+    }
+
+    fn check_local(&self, problems: &mut Problems) {
+        let min_remaining = self.cache.min_remaining;
+        if self.env == Environment::Local && self.local.token_lifetime <= min_remaining {
             problems.push(format!(
                 "local.token_lifetime: must be longer than cache.min_remaining ({}), or no token could ever be served",
-                humantime::format_duration(c.min_remaining)
+                humantime::format_duration(min_remaining)
             ));
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            problems.push(format!(
-                "log.level: {:?} is not a valid filter: {e}",
-                self.log.level
-            ));
-        }
-        let clients = match Clients::from_settings(&self.clients) {
-            Ok(c) => c,
-            Err(mut p) => {
-                problems.append(&mut p);
-                Clients::default()
-            }
-        };
+    }
+
+    /// `clients:`, and the rule that a broker reachable from other hosts must authenticate.
+    fn parse_clients(&self, problems: &mut Problems) -> Clients {
         if !self.listen.ip().is_loopback() && self.clients.is_empty() && !self.allow_unauthenticated
         {
             problems.push(format!(
@@ -413,27 +429,10 @@ impl Settings {
                 self.listen
             ));
         }
-        let profiles = match Profiles::from_settings(&self.profiles) {
-            Ok(p) => Some(p),
-            Err(mut p) => {
-                problems.append(&mut p);
-                None
-            }
-        };
-        let proxy =
-            crate::proxy_route::validate(&self.proxy, self.env, profiles.as_ref(), &mut problems);
-        let token_files =
-            crate::token_files::validate(&self.token_files, profiles.as_ref(), &mut problems);
-        match profiles {
-            Some(profiles) if problems.is_empty() => Ok(Validated {
-                default_org,
-                profiles,
-                clients,
-                proxy,
-                token_files,
-            }),
-            _ => Err(ConfigError::Invalid(problems)),
-        }
+        Clients::from_settings(&self.clients).unwrap_or_else(|p| {
+            p.into_iter().for_each(|p| problems.push(p));
+            Clients::default()
+        })
     }
 
     pub fn client_id(&self) -> &str {
@@ -460,14 +459,47 @@ impl Settings {
     }
 }
 
+impl CacheSettings {
+    fn check(&self, problems: &mut Problems) {
+        if !(self.refresh_when_left > 0.0 && self.refresh_when_left < 1.0) {
+            problems.push(format!(
+                "cache.refresh_when_left: must be between 0 and 1 (a fraction of the lifetime), got {}",
+                self.refresh_when_left
+            ));
+        }
+        if self.idle.is_zero() {
+            problems.push("cache.idle: must be longer than 0s");
+        }
+    }
+}
+
+impl HttpClientSettings {
+    fn check(&self, problems: &mut Problems) {
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            problems.push("http_client: timeouts must be longer than 0s");
+        }
+    }
+}
+
+impl LogSettings {
+    fn check(&self, problems: &mut Problems) {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.level) {
+            problems.push(format!(
+                "log.level: {:?} is not a valid filter: {e}",
+                self.level
+            ));
+        }
+    }
+}
+
 /// What validation parsed along the way, so it is not parsed twice.
 #[derive(Debug, Clone)]
 pub struct Validated {
-    pub default_org: Option<OrgNumber>,
-    pub profiles: Profiles,
-    pub clients: Clients,
-    pub proxy: Vec<crate::proxy_route::ProxyRoute>,
-    pub token_files: Vec<crate::token_files::TokenFile>,
+    pub(crate) default_org: Option<OrgNumber>,
+    pub(crate) profiles: Profiles,
+    pub(crate) clients: Clients,
+    pub(crate) proxy: Vec<crate::proxy_route::ProxyRoute>,
+    pub(crate) token_files: Vec<crate::token_files::TokenFile>,
 }
 
 #[cfg(test)]
@@ -547,9 +579,8 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        let err = Settings::from_yaml("clientid: x\n")
-            .unwrap_err()
-            .to_string();
+        let err = Settings::from_yaml("clientid: x\n").unwrap_err();
+        let err = crate::telemetry::Chain(&err).to_string();
         assert!(err.contains("clientid"), "{err}");
     }
 

@@ -12,12 +12,11 @@ use crate::config::Endpoints;
 use crate::grant::{GrantError, GrantRequest, MAX_GRANT_LIFETIME, build_jwt_grant};
 use crate::key::SigningKey;
 use crate::maskinporten::MaskinportenClient;
-use crate::metrics;
 use crate::org::OrgNumber;
 use crate::profile::{Exchange, Profile};
 use crate::secret::Secret;
 use crate::token::{Token, from_unix_seconds, unverified_claims};
-use crate::upstream::{Target, UpstreamError};
+use crate::upstream::{self, Target, UpstreamError};
 
 /// Everything needed to get a token from one environment with one key.
 #[derive(Debug)]
@@ -91,7 +90,7 @@ impl Fetcher {
             .map_err(std::sync::Arc::new)?;
         let started = clock.now();
         // The checks run inside the observed call so an unusable answer counts as "invalid".
-        let mp = metrics::observe_upstream(Target::Maskinporten, async {
+        let mp = upstream::observe(Target::Maskinporten, async {
             let mp = self.maskinporten.request_token(&grant).await?;
             observe_date(clock, mp.server_date);
             self.check_maskinporten_token(&mp.access_token, clock.now())?;
@@ -107,7 +106,7 @@ impl Fetcher {
         match profile.exchange {
             Exchange::None => Ok(maskinporten_token),
             Exchange::Altinn => {
-                let altinn = metrics::observe_upstream(Target::Altinn, async {
+                let altinn = upstream::observe(Target::Altinn, async {
                     let altinn = self.altinn.exchange(&maskinporten_token.value).await?;
                     observe_date(clock, altinn.server_date);
                     if altinn.expires_at <= clock.now() {

@@ -68,8 +68,8 @@ struct SystemUserOrg {
 
 /// Why a grant could not be signed (practically never: the key was validated at load).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot sign the JWT grant: {0}")]
-pub struct GrantError(String);
+#[error("cannot sign the JWT grant")]
+pub struct GrantError(#[source] jsonwebtoken::errors::Error);
 
 /// Build and sign a JWT grant.
 pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secret, GrantError> {
@@ -100,7 +100,7 @@ pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secre
     header.kid = Some(key.kid().to_owned());
     jsonwebtoken::encode(&header, &claims, key.encoding_key())
         .map(Secret::new)
-        .map_err(|e| GrantError(e.to_string()))
+        .map_err(GrantError)
 }
 
 #[cfg(test)]

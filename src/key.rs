@@ -46,7 +46,7 @@ impl Algorithm {
 /// Why a key could not be loaded. The messages never contain key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,

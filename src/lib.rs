@@ -1,31 +1,39 @@
 //! maskinporten-broker: holds an organisation's Maskinporten key and serves ready-to-use tokens
 //! over local HTTP.
 //!
-//! One request flows one way: HTTP route → profile → cache → grant → upstream → cache → response.
+//! One request flows one way: listener → limits → caller → route → broker → cache → fetch →
+//! Maskinporten/Altinn (ARCHITECTURE.md draws it). The public surface is what the binary and the
+//! integration tests need; everything else is private to the crate, so the compiler reports what
+//! nobody uses.
 
-pub mod access;
-pub mod altinn;
 pub mod app;
-pub mod broker;
-pub mod cache;
 pub mod cli;
-pub mod clock;
 pub mod commands;
 pub mod config;
-pub mod fetch;
-pub mod grant;
-pub mod http;
-pub mod key;
-pub mod maskinporten;
-pub mod metrics;
-pub mod org;
-pub mod profile;
-pub mod proxy_path;
-pub mod proxy_route;
-pub mod retry;
-pub mod secret;
-pub mod simulator;
 pub mod telemetry;
-pub mod token;
-pub mod token_files;
-pub mod upstream;
+
+pub use access::hash_api_key;
+pub use http::route_paths;
+pub use key::{SigningKey, public_key_from_jwk};
+
+mod access;
+mod altinn;
+mod broker;
+mod cache;
+mod clock;
+mod fetch;
+mod grant;
+mod http;
+mod key;
+mod maskinporten;
+mod meters;
+mod org;
+mod profile;
+mod proxy_path;
+mod proxy_route;
+mod retry;
+mod secret;
+mod simulator;
+mod token;
+mod token_files;
+mod upstream;

@@ -18,7 +18,6 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 #[derive(Debug, Clone)]
 pub struct MaskinportenToken {
     pub access_token: Secret,
-    pub token_type: String,
     pub expires_in: Duration,
     pub scope: String,
     /// The response's `Date` header, for clock-skew correction.
@@ -116,13 +115,12 @@ fn parse_success(
         .expires_in
         .filter(|s| *s > 0)
         .ok_or_else(|| invalid("the token response has no positive expires_in"))?;
-    let token_type = parsed.token_type.unwrap_or_else(|| "Bearer".to_owned());
+    let token_type = parsed.token_type.as_deref().unwrap_or("Bearer");
     if !token_type.eq_ignore_ascii_case("bearer") {
         return Err(invalid("the token_type is not Bearer"));
     }
     Ok(MaskinportenToken {
         access_token: Secret::new(access_token),
-        token_type,
         expires_in: Duration::from_secs(expires_in),
         scope: parsed.scope,
         server_date: date,

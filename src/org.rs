@@ -74,23 +74,6 @@ impl fmt::Debug for OrgNumber {
     }
 }
 
-impl<'de> serde::Deserialize<'de> for OrgNumber {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Config files often hold the number unquoted, so accept YAML integers too.
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Text(String),
-            Number(u64),
-        }
-        let text = match Raw::deserialize(d)? {
-            Raw::Text(t) => t,
-            Raw::Number(n) => n.to_string(),
-        };
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 impl serde::Serialize for OrgNumber {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::Environment;
+use crate::config::{Endpoints, Environment};
 use crate::org::OrgNumber;
 use crate::profile::Profiles;
 
@@ -74,11 +74,16 @@ pub struct ProxyRoute {
 }
 
 impl ProxyRoute {
-    /// The base URL, with `local:` resolved against the simulator's base URL.
-    pub fn base_url(&self, local_base: Option<&Url>) -> Option<Url> {
+    /// The base URL, with `local:` resolved against the simulator's base URL (the simulator's
+    /// default address when none is running, as for the token endpoints).
+    pub fn base_url(&self, local_base: Option<&Url>) -> Url {
         match &self.upstream {
-            Upstream::Url(url) => Some(url.clone()),
-            Upstream::Local(path) => local_base?.join(path.trim_start_matches('/')).ok(),
+            Upstream::Url(url) => url.clone(),
+            Upstream::Local(path) => {
+                // Any URL on the simulator; joining an absolute path keeps only its origin.
+                let simulator = Endpoints::defaults(Environment::Local, local_base).token_url;
+                simulator.join(path).unwrap_or(simulator)
+            }
         }
     }
 }
@@ -252,7 +257,7 @@ mod tests {
         };
         let base = Url::parse("http://127.0.0.1:4321/").unwrap();
         assert_eq!(
-            route.base_url(Some(&base)).unwrap().as_str(),
+            route.base_url(Some(&base)).as_str(),
             "http://127.0.0.1:4321/storage/api/v1/"
         );
     }

@@ -73,7 +73,30 @@ fn describe(error: &Option<String>, description: &Option<String>) -> String {
     }
 }
 
+/// Run one upstream call, counting its outcome and timing it.
+pub async fn observe<T>(
+    target: Target,
+    call: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = result.as_ref().err().map_or("ok", UpstreamError::outcome);
+    crate::meters::upstream_call(target.as_str(), outcome, started.elapsed());
+    result
+}
+
 impl UpstreamError {
+    /// The outcome label of this failure on `/metrics`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::Refused { .. } => "refused",
+            UpstreamError::Unavailable { .. } => "unavailable",
+            UpstreamError::Unreachable { .. } => "unreachable",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Invalid { .. } => "invalid",
+        }
+    }
+
     pub fn target(&self) -> Target {
         match self {
             UpstreamError::Refused { target, .. }
@@ -205,14 +228,14 @@ pub fn server_date(headers: &reqwest::header::HeaderMap) -> Option<SystemTime> {
 /// Why the HTTP client could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
-    #[error("http_client.extra_ca_cert: cannot read {0}: {1}")]
-    ReadCa(String, std::io::Error),
+    #[error("http_client.extra_ca_cert: cannot read {0}")]
+    ReadCa(String, #[source] std::io::Error),
     #[error("http_client.extra_ca_cert: {0} is not a PEM certificate")]
     BadCa(String),
-    #[error("http_client.proxy: {0}")]
-    Proxy(String),
-    #[error("cannot build the HTTP client: {0}")]
-    Build(String),
+    #[error("http_client.proxy: not a usable proxy URL")]
+    Proxy(#[source] reqwest::Error),
+    #[error("cannot build the HTTP client")]
+    Build(#[source] reqwest::Error),
 }
 
 /// The one HTTP client for all upstream calls: rustls, timeouts, optional proxy and extra CA.
@@ -224,10 +247,8 @@ pub fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, Cli
         .user_agent(concat!("maskinporten-broker/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none());
     if let Some(proxy) = &settings.proxy {
-        builder = builder.proxy(
-            reqwest::Proxy::all(proxy.as_str())
-                .map_err(|e| ClientBuildError::Proxy(e.to_string()))?,
-        );
+        builder =
+            builder.proxy(reqwest::Proxy::all(proxy.as_str()).map_err(ClientBuildError::Proxy)?);
     } else {
         builder = builder.no_proxy();
     }
@@ -238,9 +259,7 @@ pub fn http_client(settings: &HttpClientSettings) -> Result<reqwest::Client, Cli
             reqwest::Certificate::from_pem(&pem).map_err(|_| ClientBuildError::BadCa(shown))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder
-        .build()
-        .map_err(|e| ClientBuildError::Build(e.to_string()))
+    builder.build().map_err(ClientBuildError::Build)
 }
 
 #[cfg(test)]

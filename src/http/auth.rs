@@ -1,28 +1,89 @@
-//! Client authentication for token routes: who is asking, and may they have this token.
+//! Who is asking: the calling client as an axum extractor, and whether it may have a token.
 //!
 //! With no `clients:` configured every caller is the anonymous local caller. Otherwise a request
 //! must carry an API key (`Authorization: Bearer KEY` or `X-Api-Key: KEY`): none or an unknown one
-//! is a 401, a profile or organisation outside the client's list a 403.
+//! is a 401, a profile or organisation outside the client's list a 403. Handlers take a
+//! [`Caller`] (or `Result<Caller, Problem>` when they count refusals themselves) and never
+//! authenticate by hand.
 
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
-use crate::access::{Client, Clients};
+use crate::access::Client;
 use crate::cache::CacheKey;
 
+use super::AppState;
 use super::problem::Problem;
 
-/// Who a request comes from, for the audit line.
-pub enum Caller<'a> {
+/// Who a request comes from, for authorization and the audit line.
+pub enum Caller {
     Anonymous,
-    Client(&'a Client),
+    Client(Arc<Client>),
 }
 
-impl Caller<'_> {
+impl Caller {
     pub fn name(&self) -> &str {
         match self {
             Caller::Anonymous => "-",
             Caller::Client(c) => &c.name,
         }
+    }
+
+    /// A 403 problem when this caller may not have the token for `key`.
+    pub fn authorize(&self, key: &CacheKey) -> Result<(), Problem> {
+        let Caller::Client(client) = self else {
+            return Ok(());
+        };
+        let forbidden =
+            |detail: String| Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail);
+        if !client.may_use_profile(key.profile.as_str()) {
+            return Err(forbidden(format!(
+                "client {:?} may not use profile {:?}",
+                client.name,
+                key.profile.as_str()
+            )));
+        }
+        if let Some(org) = &key.org
+            && !client.may_use_org(org)
+        {
+            return Err(forbidden(format!(
+                "client {:?} may not ask for tokens for organisation {org}",
+                client.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Identify the caller; a 401 problem when clients are configured and the key is missing or unknown.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Problem> {
+        let clients = state.clients.load();
+        if clients.is_empty() {
+            return Ok(Caller::Anonymous);
+        }
+        let unauthorized = |detail: &str| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                detail,
+            )
+        };
+        let key = presented_key(&parts.headers).ok_or_else(|| {
+            unauthorized(
+                "this broker requires an API key: send Authorization: Bearer <key> or X-Api-Key: <key>",
+            )
+        })?;
+        clients
+            .authenticate(key)
+            .map(Caller::Client)
+            .ok_or_else(|| unauthorized("the API key is not known to this broker"))
     }
 }
 
@@ -33,53 +94,4 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
-}
-
-/// Identify the caller; a 401 problem when clients are configured and the key is missing or unknown.
-pub fn authenticate<'a>(clients: &'a Clients, headers: &HeaderMap) -> Result<Caller<'a>, Problem> {
-    if clients.is_empty() {
-        return Ok(Caller::Anonymous);
-    }
-    let unauthorized = |detail: &str| {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            detail,
-        )
-    };
-    let key = presented_key(headers).ok_or_else(|| {
-        unauthorized(
-            "this broker requires an API key: send Authorization: Bearer <key> or X-Api-Key: <key>",
-        )
-    })?;
-    clients
-        .authenticate(key)
-        .map(Caller::Client)
-        .ok_or_else(|| unauthorized("the API key is not known to this broker"))
-}
-
-/// A 403 problem when the caller may not have the token for `key`.
-pub fn authorize(caller: &Caller<'_>, key: &CacheKey) -> Result<(), Problem> {
-    let Caller::Client(client) = caller else {
-        return Ok(());
-    };
-    let forbidden =
-        |detail: String| Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail);
-    if !client.may_use_profile(key.profile.as_str()) {
-        return Err(forbidden(format!(
-            "client {:?} may not use profile {:?}",
-            client.name,
-            key.profile.as_str()
-        )));
-    }
-    if let Some(org) = &key.org
-        && !client.may_use_org(org)
-    {
-        return Err(forbidden(format!(
-            "client {:?} may not ask for tokens for organisation {org}",
-            client.name
-        )));
-    }
-    Ok(())
 }

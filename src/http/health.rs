@@ -21,7 +21,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200, description = "Config and key are loaded; lists the cached tokens", body = Object)))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let generation = state.tokens.source().generation();
+    let generation = state.broker().generation();
     let cached: Vec<_> = state
         .tokens
         .snapshot()
@@ -34,7 +34,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_js
             })
         })
         .collect();
-    let upstreams = state.tokens.source().health();
+    let upstreams = state.broker().health();
     let degraded =
         upstreams.values().any(|h| h.consecutive_failures > 0) || state.token_files.failing();
     (

@@ -1,7 +1,7 @@
 //! `GET /metrics`: the Prometheus text exposition, for a scraper on the same network.
 //!
 //! Open like `/readyz`: it shows profile names, org numbers of cached tokens and counts, never a
-//! token, grant or key (see `crate::metrics`).
+//! token, grant or key (see `crate::meters`).
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -22,7 +22,14 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = crate::metrics::render(&state.metrics, &state.tokens.snapshot());
+    let cached = state.tokens.snapshot();
+    let text = crate::meters::render(
+        &state.metrics,
+        cached.iter().map(|(key, left)| {
+            let org = key.org.as_ref().map_or("", |o| o.as_str());
+            (key.profile.as_str(), org, *left)
+        }),
+    );
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         text,

@@ -18,10 +18,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::any;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use std::sync::Arc;
 
@@ -63,37 +66,57 @@ pub struct Shared {
     pub clients: Arc<ArcSwap<Clients>>,
     /// Renders the process-wide metrics for `GET /metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The OpenAPI document as JSON, rendered once from the route table.
+    pub openapi: axum::body::Bytes,
     /// The egress proxy's routes (`/proxy/{name}/...`).
     pub proxy: proxy::Proxy,
     /// Token files and their state, for `/readyz`.
     pub token_files: crate::token_files::TokenFiles,
 }
 
-/// Every route the router serves; `/openapi.json` must document exactly these (tests/observability.rs).
-pub const ROUTES: &[&str] = &[
-    "/token",
-    "/token/{profile}",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/proxy/{name}/{rest}",
-];
+impl Shared {
+    /// The token source behind the cache: profiles, resolution, upstream health.
+    pub fn broker(&self) -> &Broker {
+        self.tokens.source()
+    }
+}
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The routes. Middleware is added by [`service`], around the whole router.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/token", get(token::list_profiles))
-        .route("/token/{profile}", get(token::get_token))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/openapi.json", get(openapi::openapi))
+/// The route table: each route once, by its handler. The path, the methods and the OpenAPI
+/// operation come from the handler's `#[utoipa::path]`; authentication from the handler's
+/// [`Caller`] argument; the size limits and the deadline of [`service`] wrap every route alike.
+fn table() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(token::list_profiles))
+        .routes(routes!(token::get_token))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(proxy::forward))
+        // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
         .route("/proxy/{name}", any(proxy::forward))
         .route("/proxy/{name}/", any(proxy::forward))
-        .route("/proxy/{name}/{*rest}", any(proxy::forward))
+        .route("/proxy/{name}/{rest}/", any(proxy::forward))
+        .route("/proxy/{name}/{rest}/{*more}", any(proxy::forward))
+}
+
+/// The OpenAPI document of the route table, served by `GET /openapi.json`.
+pub fn document() -> utoipa::openapi::OpenApi {
+    table().into_openapi()
+}
+
+/// Every path the router serves, as the OpenAPI document lists it (the integration tests check
+/// that each is served and that `/openapi.json` documents exactly these).
+pub fn route_paths() -> Vec<String> {
+    document().paths.paths.into_keys().collect()
+}
+
+/// The routes of the table. Middleware is added by [`service`], around the whole router.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = table().split_for_parts();
+    router
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)

@@ -117,7 +117,7 @@ impl IntoResponse for ApiError {
 
 impl ApiError {
     pub fn problem(&self) -> Problem {
-        let detail = self.to_string();
+        let detail = crate::telemetry::Chain(self).to_string();
         match self {
             ApiError::Problem(p) => p.clone(),
             ApiError::WaitedTooLong(_) => Problem::new(

@@ -33,7 +33,7 @@ use crate::token::Token;
 use crate::upstream::{ClientBuildError, http_client};
 
 use super::AppState;
-use super::auth;
+use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use super::token::cached_token;
 
@@ -94,12 +94,7 @@ impl Proxy {
     ) -> Result<Proxy, ClientBuildError> {
         let mut resolved = HashMap::new();
         for r in routes {
-            let base = r.base_url(local_base).ok_or_else(|| {
-                ClientBuildError::Build(format!(
-                    "proxy.{}.upstream: the local simulator is not running",
-                    r.name
-                ))
-            })?;
+            let base = r.base_url(local_base);
             resolved.insert(
                 r.name.clone(),
                 Route {
@@ -150,7 +145,11 @@ impl Proxy {
         (status = 504, description = "The upstream did not answer within the route's timeout", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn forward(State(state): State<AppState>, request: Request) -> Response {
+pub async fn forward(
+    State(state): State<AppState>,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Response {
     let started = Instant::now();
     let (name, rest) = split(request.uri().path());
     let rest = rest.to_owned();
@@ -158,7 +157,7 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
     let label = route.map_or("_unknown", |r| r.name.as_str());
     let method = request.method().clone();
     let result = match route {
-        Some(route) => forward_to(&state, route, &rest, request).await,
+        Some(route) => forward_to(&state, caller, route, &rest, request).await,
         None => Err(unknown_route(&state.proxy).into()),
     };
     let (response, failure) = match result {
@@ -170,7 +169,7 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
         }
     };
     let status = response.status().as_u16();
-    crate::metrics::proxy_request(label, status);
+    crate::meters::proxy_request(label, status);
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match failure {
         Some(error) => {
@@ -189,13 +188,13 @@ fn split(path: &str) -> (&str, &str) {
 
 async fn forward_to(
     state: &AppState,
+    caller: Result<Caller, Problem>,
     route: &Route,
     rest: &str,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let caller = caller?;
     let (parts, body) = request.into_parts();
-    let clients = state.clients.load();
-    let caller = auth::authenticate(&clients, &parts.headers)?;
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
         return Err(bad_request(
             "absolute-form request targets are not accepted: send only the path, /proxy/{name}/...",
@@ -203,8 +202,8 @@ async fn forward_to(
         .into());
     }
     let org = request_org(&parts.headers, route)?;
-    let (_, key) = state.tokens.source().resolve(&route.profile, org)?;
-    auth::authorize(&caller, &key)?;
+    let (_, key) = state.broker().resolve(&route.profile, org)?;
+    caller.authorize(&key)?;
     let url = proxy_path::target(&route.base, rest, parts.uri.query())
         .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
     let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
@@ -402,7 +401,7 @@ impl Exchange<'_> {
         }
         let started = Instant::now();
         let result = request.send().await;
-        crate::metrics::proxy_upstream(&self.route.name, started.elapsed());
+        crate::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|e| {
             if let Some(max) = body.over_limit() {
                 return too_large(max).into();

@@ -21,7 +21,7 @@ use crate::profile::Profile;
 use crate::token::{Token, rfc3339};
 
 use super::AppState;
-use super::auth;
+use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 
 /// The longest a caller waits for an upstream before getting a 503 (retries included).
@@ -114,14 +114,21 @@ pub async fn get_token(
     State(state): State<AppState>,
     Path(profile): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Result<Caller, Problem>,
     request: Request,
 ) -> Response {
     // A configured name or "_unknown": the raw path must not grow the label set.
-    let label = state.tokens.source().profile_name(&profile);
-    let response = serve_token(&state, &profile, query.as_deref(), request.headers())
-        .await
-        .unwrap_or_else(IntoResponse::into_response);
-    crate::metrics::token_request(
+    let label = state.broker().profile_name(&profile);
+    let response = serve_token(
+        &state,
+        caller,
+        &profile,
+        query.as_deref(),
+        request.headers(),
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response);
+    crate::meters::token_request(
         label.as_ref().map_or("_unknown", |name| name.as_str()),
         response.status().as_u16(),
     );
@@ -137,23 +144,23 @@ pub async fn cached_token(state: &AppState, key: &CacheKey) -> Result<(Token, Ou
             .await
             .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
     };
-    crate::metrics::cache_lookup(outcome);
+    crate::meters::cache_lookup(outcome == Outcome::Hit);
     Ok((token, outcome))
 }
 
 async fn serve_token(
     state: &AppState,
+    caller: Result<Caller, Problem>,
     profile: &str,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let clients = state.clients.load();
-    let caller = auth::authenticate(&clients, headers)?;
+    let caller = caller?;
     let org = parse_query(query)?;
-    let (profile, key) = state.tokens.source().resolve(profile, org)?;
-    auth::authorize(&caller, &key)?;
+    let (profile, key) = state.broker().resolve(profile, org)?;
+    caller.authorize(&key)?;
     let (token, outcome) = cached_token(state, &key).await?;
-    let now = state.tokens.source().clock().now();
+    let now = state.broker().clock().now();
     tracing::info!(
         client = caller.name(),
         profile = %key.profile,
@@ -210,17 +217,13 @@ pub struct ProfileListing {
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_profiles(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<ProfileListing>, ApiError> {
-    auth::authenticate(&state.clients.load(), &headers)?;
-    let generation = state.tokens.source().generation();
-    Ok(Json(ProfileListing {
+pub async fn list_profiles(State(state): State<AppState>, _caller: Caller) -> Json<ProfileListing> {
+    let generation = state.broker().generation();
+    Json(ProfileListing {
         profiles: generation.profiles.iter().cloned().collect(),
         default_org: generation.default_org.clone(),
         env: state.env.to_string(),
-    }))
+    })
 }
 
 #[cfg(test)]

@@ -142,6 +142,7 @@ impl SimulatorHandle {
     }
 
     /// The simulator's own signing keys as a JWKS, the same document `GET /jwk` serves.
+    #[cfg(test)]
     pub fn public_jwks(&self) -> serde_json::Value {
         self.world.jwks()
     }

@@ -1,7 +1,7 @@
 //! The access-control matrix of a shared broker: API keys, allowed profiles and organisations.
 
 use crate::support::*;
-use maskinporten_broker::access::hash_api_key;
+use maskinporten_broker::hash_api_key;
 
 const KEY_A: &str = "key-of-app-a-0123456789";
 const KEY_B: &str = "key-of-app-b-9876543210";

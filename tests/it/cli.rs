@@ -317,9 +317,8 @@ async fn keygen_writes_a_private_key_0600_and_a_jwk_and_refuses_to_overwrite() {
     let kid = jwk["kid"].as_str().unwrap();
     assert!(stdout(&out).contains(&format!("kid: {kid}")));
     assert!(!stdout(&out).contains("PRIVATE"));
-    let key =
-        maskinporten_broker::key::SigningKey::from_file(&pem, kid, Default::default()).unwrap();
-    assert!(key.matches(&maskinporten_broker::key::public_key_from_jwk(&jwk).unwrap()));
+    let key = maskinporten_broker::SigningKey::from_file(&pem, kid, Default::default()).unwrap();
+    assert!(key.matches(&maskinporten_broker::public_key_from_jwk(&jwk).unwrap()));
     let again = run(&["keygen", "--out", out_dir.to_str().unwrap()]).await;
     assert!(!again.status.success());
     assert!(stderr(&again).contains("refusing to overwrite"));

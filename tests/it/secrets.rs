@@ -5,7 +5,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use crate::support::*;
-use maskinporten_broker::access::hash_api_key;
+use maskinporten_broker::hash_api_key;
 use serde_json::Value;
 
 #[derive(Clone, Default)]

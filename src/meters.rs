@@ -1,23 +1,20 @@
 //! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics` (no listener of its own).
 //!
-//! The other layers call the small functions here at their decision points (a request answered, a
-//! cache lookup, an upstream call, a failed background refresh); this module knows the names and
-//! labels so nobody else has to. Labels are bounded and never carry a token, grant, key or API key:
-//! profile names come from the configuration, org labels only from validated cache keys, outcomes
-//! from fixed lists.
+//! A leaf: the other layers call the small functions here at their decision points (a request
+//! answered, a cache lookup, an upstream call, a failed background refresh) with plain names and
+//! numbers; this module imports nothing of theirs and knows the metric names and labels so nobody
+//! else has to. (Named `meters`, not `metrics`, so it does not shadow the `metrics` crate.) Labels
+//! are bounded and never carry a token, grant, key or API key: profile names come from the
+//! configuration, org labels only from validated cache keys, outcomes from fixed lists.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::metrics::Counter;
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::cache::{CacheKey, Outcome};
-use crate::upstream::{Target, UpstreamError};
 
 pub const TOKEN_REQUESTS: &str = "broker_token_requests_total";
 pub const CACHE_LOOKUPS: &str = "broker_cache_lookups_total";
@@ -158,11 +155,12 @@ pub fn token_request(profile: &str, status: u16) {
     });
 }
 
-/// Count one cache lookup that produced a token.
-pub fn cache_lookup(outcome: Outcome) {
-    match (INSTALLED.get(), outcome) {
-        (Some(installed), Outcome::Hit) => installed.cache_hits.increment(1),
-        (Some(installed), Outcome::Miss) => installed.cache_misses.increment(1),
+/// Count one cache lookup that produced a token: from the cache (`hit`) or after waiting for
+/// the upstream.
+pub fn cache_lookup(hit: bool) {
+    match (INSTALLED.get(), hit) {
+        (Some(installed), true) => installed.cache_hits.increment(1),
+        (Some(installed), false) => installed.cache_misses.increment(1),
         (None, _) => {}
     }
 }
@@ -190,27 +188,9 @@ pub fn proxy_upstream(route: &str, elapsed: Duration) {
         .record(elapsed.as_secs_f64());
 }
 
-/// Run one upstream call, counting its outcome and timing it.
-pub async fn observe_upstream<T>(
-    target: Target,
-    call: impl Future<Output = Result<T, UpstreamError>>,
-) -> Result<T, UpstreamError> {
-    let started = Instant::now();
-    let result = call.await;
-    upstream_call(target, result.as_ref().err(), started.elapsed());
-    result
-}
-
-fn upstream_call(target: Target, error: Option<&UpstreamError>, elapsed: Duration) {
-    let outcome = match error {
-        None => "ok",
-        Some(UpstreamError::Refused { .. }) => "refused",
-        Some(UpstreamError::Unavailable { .. }) => "unavailable",
-        Some(UpstreamError::Unreachable { .. }) => "unreachable",
-        Some(UpstreamError::Timeout { .. }) => "timeout",
-        Some(UpstreamError::Invalid { .. }) => "invalid",
-    };
-    let target = target.as_str();
+/// Count one upstream call to `target` (`maskinporten`, `altinn`) with its `outcome` (`ok`,
+/// `refused`, `unavailable`, `unreachable`, `timeout`, `invalid`) and time it.
+pub fn upstream_call(target: &'static str, outcome: &'static str, elapsed: Duration) {
     ::metrics::counter!(UPSTREAM_REQUESTS, "target" => target, "outcome" => outcome).increment(1);
     ::metrics::histogram!(UPSTREAM_DURATION, "target" => target).record(elapsed.as_secs_f64());
 }
@@ -220,7 +200,11 @@ fn upstream_call(target: Target, error: Option<&UpstreamError>, elapsed: Duratio
 ///
 /// The expiry gauge is written from `cached` at each scrape rather than kept in the recorder, so a
 /// token that left the cache disappears from the output instead of staying at its last value.
-pub fn render(handle: &PrometheusHandle, cached: &[(CacheKey, Duration)]) -> String {
+/// `cached` holds (profile, org or "", time left) per cached token.
+pub fn render<'a>(
+    handle: &PrometheusHandle,
+    cached: impl IntoIterator<Item = (&'a str, &'a str, Duration)>,
+) -> String {
     let mut text = handle.render();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -229,12 +213,11 @@ pub fn render(handle: &PrometheusHandle, cached: &[(CacheKey, Duration)]) -> Str
         text,
         "# HELP {TOKEN_EXPIRY} Seconds until each cached token expires\n# TYPE {TOKEN_EXPIRY} gauge"
     );
-    for (key, left) in cached {
-        let org = key.org.as_ref().map(|o| o.as_str()).unwrap_or("");
+    for (profile, org, left) in cached {
         let _ = writeln!(
             text,
             "{TOKEN_EXPIRY}{{profile=\"{}\",org=\"{}\"}} {}",
-            escape(key.profile.as_str()),
+            escape(profile),
             escape(org),
             left.as_secs_f64()
         );
@@ -253,28 +236,15 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::ProfileName;
 
     #[test]
     fn expiry_gauge_lists_each_cached_token() {
         let handle = install();
         let keys = [
-            (
-                CacheKey {
-                    profile: ProfileName::new("altinn"),
-                    org: Some("991825827".parse().unwrap()),
-                },
-                Duration::from_secs(90),
-            ),
-            (
-                CacheKey {
-                    profile: ProfileName::new("a\"b"),
-                    org: None,
-                },
-                Duration::from_millis(1500),
-            ),
+            ("altinn", "991825827", Duration::from_secs(90)),
+            ("a\"b", "", Duration::from_millis(1500)),
         ];
-        let text = render(&handle, &keys);
+        let text = render(&handle, keys);
         assert!(text.contains(
             "broker_token_seconds_until_expiry{profile=\"altinn\",org=\"991825827\"} 90\n"
         ));
