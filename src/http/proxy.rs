@@ -7,7 +7,7 @@
 //!   the organisation comes from the route's fixed `org` or the `X-Broker-Org` header.
 //! - **What:** method, query, headers (minus hop-by-hop ones and the caller's credentials) and body,
 //!   streamed both ways; the request body is bounded by the route's `max_body`.
-//! - **401 from the upstream:** the token is replaced once and the request sent once more when its
+//! - **401 from the upstream:** the token is replaced, and the request sent once more when its
 //!   body can be replayed (no body, or up to [`REPLAY_LIMIT`], which is then buffered).
 //!
 //! This module never logs a token or a request header.
@@ -217,9 +217,10 @@ async fn forward_to(
         headers: &headers,
     };
     let mut answer = exchange.send(&mut body, &token).await?;
-    if answer.status() == StatusCode::UNAUTHORIZED && body.replayable() {
+    if answer.status() == StatusCode::UNAUTHORIZED {
+        // The token is replaced either way, so the next request has a fresh one.
         let fresh = state.tokens.invalidate(&key, &token).await?;
-        if fresh.value != token.value {
+        if fresh.value != token.value && body.replayable() {
             tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
             answer = exchange.send(&mut body, &fresh).await?;
         }

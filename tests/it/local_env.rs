@@ -98,7 +98,12 @@ async fn the_shipped_config_serves_verifiable_tokens_with_no_credentials() {
     // The README's proxy example: the simulated Altinn API checks the token the broker added.
     let me = get(format!("{base}/proxy/altinn-storage/whoami")).await;
     assert_eq!(me["client_id"], "local-client", "{me}");
-    assert!(me["scope"].as_str().unwrap().contains("altinn:instances.read"));
+    assert!(
+        me["scope"]
+            .as_str()
+            .unwrap()
+            .contains("altinn:instances.read")
+    );
     let as_org = http
         .get(format!("{base}/proxy/altinn-storage/whoami"))
         .header("x-broker-org", OTHER_ORG)

@@ -477,6 +477,11 @@ async fn a_401_with_a_streamed_body_or_a_second_401_goes_back_as_is() {
     assert_eq!(streamed.status(), 401, "not replayable: passed back");
     assert_eq!(streamed.headers()["www-authenticate"], "Bearer");
     assert_eq!(up.seen().len(), 2);
+    // The rejected token was replaced all the same: the next request carries a fresh one.
+    assert_eq!(env.mp.calls(), 2);
+    assert_eq!(env.get("/proxy/r/x").await.status(), 201);
+    let seen = up.seen();
+    assert_ne!(seen[2].bearer(), seen[1].bearer());
 
     // The upstream refuses every token: one fresh token is tried, then its 401 goes back, and
     // further 401s within 5 s cost no more fetches.

@@ -75,7 +75,12 @@ async fn no_secret_appears_in_trace_logs() {
         served.push(body["access_token"].as_str().expect(&path).to_owned());
         served.push(get(path, "text/plain").await.unwrap().text().await.unwrap());
     }
-    for path in ["/proxy/p/x", "/proxy/p/y?org=1", "/proxy/dead/x", "/proxy/p/%2e%2e/x"] {
+    for path in [
+        "/proxy/p/x",
+        "/proxy/p/y?org=1",
+        "/proxy/dead/x",
+        "/proxy/p/%2e%2e/x",
+    ] {
         get(path.into(), "application/json").await.unwrap();
     }
     // The proxy replaced the rejected admin token: the fresh one must not leak either.
