@@ -433,10 +433,12 @@ async fn a_401_replaces_the_token_and_sends_the_request_once_more() {
     let (env, up) = start().await;
     assert_eq!(env.get("/proxy/r/x").await.status(), 201);
     up.state.revoke_next.store(true, Ordering::SeqCst);
+    // Exactly the replay limit (1 MiB): buffered, so it can be sent twice.
+    let replayable = vec![b'r'; 1 << 20];
     let response = env
         .http
         .post(env.url("/proxy/r/x"))
-        .body("replayable")
+        .body(replayable.clone())
         .send()
         .await
         .unwrap();
@@ -449,7 +451,8 @@ async fn a_401_replaces_the_token_and_sends_the_request_once_more() {
         seen[1].bearer(),
         "sent again with a fresh one"
     );
-    assert_eq!(seen[2].body, "replayable");
+    assert_eq!(seen[1].body, replayable);
+    assert_eq!(seen[2].body, replayable);
     assert_eq!(env.mp.calls(), 2);
     let served = env.get_json("/token/admin", 200).await;
     assert_eq!(
@@ -464,13 +467,11 @@ async fn a_401_with_a_streamed_body_or_a_second_401_goes_back_as_is() {
     let (env, up) = start().await;
     assert_eq!(env.get("/proxy/r/x").await.status(), 201);
     up.state.revoke_next.store(true, Ordering::SeqCst);
-    let chunks = futures::stream::iter(
-        (0..2).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'a'; 1 << 20]))),
-    );
+    // One byte over the replay limit (1 MiB), with Content-Length: streamed, not buffered.
     let streamed = env
         .http
         .post(env.url("/proxy/r/x"))
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(vec![b'a'; (1 << 20) + 1])
         .send()
         .await
         .unwrap();
