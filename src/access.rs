@@ -10,6 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::on_demand::ScopePatterns;
 use crate::org::OrgNumber;
 
 /// One client of a shared broker, as written in `clients:`.
@@ -25,6 +26,10 @@ pub struct ClientSettings {
     /// Organisation numbers it may ask system-user tokens for; absent means none.
     #[serde(default)]
     pub orgs: Vec<String>,
+    /// On-demand scope patterns this client may ask for, within `on_demand.scopes`; absent means
+    /// every scope `on_demand.scopes` allows.
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// The hash of an API key, as stored in the config.
@@ -39,6 +44,7 @@ pub struct Client {
     hash: [u8; 32],
     profiles: Vec<String>,
     orgs: Vec<OrgNumber>,
+    scopes: Option<ScopePatterns>,
 }
 
 impl Client {
@@ -47,6 +53,10 @@ impl Client {
     }
     pub fn may_use_org(&self, org: &OrgNumber) -> bool {
         self.orgs.contains(org)
+    }
+    /// Whether this client may ask for `scope` on demand (`on_demand.scopes` is checked too).
+    pub fn may_use_scope(&self, scope: &str) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.allows(scope))
     }
 }
 
@@ -84,11 +94,17 @@ impl Clients {
                     Err(e) => problems.push(format!("{}: {o:?}: {e}", field("orgs"))),
                 }
             }
+            let scopes = c.scopes.as_ref().and_then(|s| {
+                ScopePatterns::parse(&field("scopes"), s)
+                    .inspect_err(|p| problems.extend(p.iter().cloned()))
+                    .ok()
+            });
             clients.push(Arc::new(Client {
                 name: c.name.clone(),
                 hash,
                 profiles: c.profiles.clone(),
                 orgs,
+                scopes,
             }));
         }
         if problems.is_empty() {
@@ -125,6 +141,7 @@ mod tests {
             key_sha256: hash_api_key("secret-key-a"),
             profiles: vec!["altinn".into()],
             orgs: vec!["991825827".into()],
+            scopes: None,
         }])
         .unwrap()
     }
@@ -154,6 +171,7 @@ mod tests {
             key_sha256: "xyz".into(),
             profiles: vec![],
             orgs: vec!["1".into()],
+            scopes: None,
         }])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));

@@ -23,7 +23,6 @@ use crate::config::{ConfigError, Environment, Settings, Validated};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
 use crate::key::{KeyError, SigningKey};
-use crate::profile::Profiles;
 use crate::retry::RetryPolicy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::token_files::TokenFiles;
@@ -108,7 +107,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
     let key = load_key(&settings)?;
     let simulator = match settings.env {
-        Environment::Local => Some(start_simulator(&settings, &key, &validated.profiles).await?),
+        Environment::Local => Some(start_simulator(&settings, &key, &validated).await?),
         _ => None,
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
@@ -187,27 +186,28 @@ pub(crate) fn generation(
         fetcher,
         profiles: validated.profiles,
         default_org: validated.default_org,
+        on_demand: validated.on_demand,
     })
 }
 
 /// The broker's Maskinporten client as the `local` simulator should know it: its id, the public
-/// half of its key, and every scope its profiles ask for.
+/// half of its key, and every scope its profiles and `on_demand.scopes` may ask for.
 pub(crate) fn simulator_client(
     client_id: &str,
     key: &SigningKey,
-    profiles: &Profiles,
+    validated: &Validated,
 ) -> RegisteredClient {
     RegisteredClient {
         client_id: client_id.to_owned(),
         keys: vec![(key.kid().to_owned(), key.public_key())],
-        scopes: profiles.all_scopes(),
+        scopes: validated.scopes(),
     }
 }
 
 async fn start_simulator(
     settings: &Settings,
     key: &SigningKey,
-    profiles: &Profiles,
+    validated: &Validated,
 ) -> Result<SimulatorHandle, StartError> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -216,7 +216,7 @@ async fn start_simulator(
         SimulatorConfig {
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
-            clients: vec![simulator_client(settings.client_id(), key, profiles)],
+            clients: vec![simulator_client(settings.client_id(), key, validated)],
         },
         listener,
     )
@@ -271,11 +271,7 @@ impl App {
         let validated = settings.validate()?;
         let key = load_key(settings)?;
         if let Some(sim) = &self.simulator {
-            sim.register_client(simulator_client(
-                settings.client_id(),
-                &key,
-                &validated.profiles,
-            ));
+            sim.register_client(simulator_client(settings.client_id(), &key, &validated));
         }
         let kid = key.kid().to_owned();
         self.state

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use crate::cache::{CacheKey, TokenSource};
 use crate::clock::Clock;
 use crate::fetch::{FetchError, Fetcher};
+use crate::on_demand::{OnDemandRequest, ScopePatterns};
 use crate::org::OrgNumber;
 use crate::profile::{Exchange, Profile, ProfileName, Profiles, SystemUser};
 use crate::retry::RetryPolicy;
@@ -25,6 +26,8 @@ pub struct Generation {
     pub fetcher: Fetcher,
     pub profiles: Profiles,
     pub default_org: Option<OrgNumber>,
+    /// `on_demand.scopes`: what `GET /token?scope=` may ask for; empty turns it off.
+    pub on_demand: ScopePatterns,
 }
 
 impl Generation {
@@ -66,6 +69,30 @@ impl Generation {
         let key = CacheKey {
             profile: profile.name.clone(),
             org,
+            on_demand: None,
+        };
+        Ok((profile, key))
+    }
+
+    /// Turn an on-demand request into a cache key, if `on_demand.scopes` allows every scope.
+    pub fn resolve_on_demand(
+        &self,
+        request: OnDemandRequest,
+        org: Option<OrgNumber>,
+    ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
+        if self.on_demand.is_empty() {
+            return Err(ResolveError::OnDemandOff);
+        }
+        if let Some(scope) = request.first_outside(&self.on_demand) {
+            return Err(ResolveError::ScopeNotAllowed {
+                scope: scope.to_owned(),
+            });
+        }
+        let profile = Arc::new(request.profile());
+        let key = CacheKey {
+            profile: profile.name.clone(),
+            org,
+            on_demand: Some(Arc::new(request)),
         };
         Ok((profile, key))
     }
@@ -82,6 +109,12 @@ pub enum ResolveError {
         "profile {profile:?} needs a system user: pass ?org=<organisation number> or set default_org in the config"
     )]
     OrgRequired { profile: String },
+    #[error(
+        "on-demand tokens are off: list the scopes callers may ask for under on_demand.scopes in the config"
+    )]
+    OnDemandOff,
+    #[error("scope {scope:?} is not allowed: on_demand.scopes in the config does not list it")]
+    ScopeNotAllowed { scope: String },
 }
 
 /// Why the source has no token.
@@ -186,6 +219,15 @@ impl Broker {
     ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
         self.generation.load().resolve(name, org)
     }
+
+    /// [`Generation::resolve_on_demand`] with the current generation.
+    pub fn resolve_on_demand(
+        &self,
+        request: OnDemandRequest,
+        org: Option<OrgNumber>,
+    ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
+        self.generation.load().resolve_on_demand(request, org)
+    }
 }
 
 impl TokenSource for Broker {
@@ -193,7 +235,10 @@ impl TokenSource for Broker {
 
     async fn fetch(&self, key: &CacheKey) -> Result<Token, SourceError> {
         let generation = self.generation.load_full();
-        let profile = generation.profile(key.profile.as_str())?;
+        let profile = match &key.on_demand {
+            Some(request) => Arc::new(request.profile()),
+            None => generation.profile(key.profile.as_str())?,
+        };
         let org = key.org.as_ref();
         let clock = &self.clock;
         let fetcher = &generation.fetcher;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::CacheSettings;
+use crate::on_demand::OnDemandRequest;
 use crate::org::OrgNumber;
 use crate::profile::ProfileName;
 use crate::token::Token;
@@ -36,11 +37,14 @@ pub const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
 /// Longest pause between background refresh attempts while the upstream fails.
 const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
-/// What a cached token is for.
+/// What a cached token is for: a configured profile, or an on-demand request (then `profile` is
+/// [`crate::on_demand::ON_DEMAND`]), and the system user's organisation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub profile: ProfileName,
     pub org: Option<OrgNumber>,
+    /// The normalised on-demand request; `None` for a profile.
+    pub on_demand: Option<Arc<OnDemandRequest>>,
 }
 
 /// Where fresh tokens come from.
@@ -339,6 +343,19 @@ impl<S: TokenSource> TokenCache<S> {
         }
     }
 
+    /// A fresh token for `key` whatever is cached (a caller's `skip_cache`); it replaces the
+    /// cached one. Fetches for one key run one at a time.
+    pub async fn refetch(&self, key: &CacheKey) -> Result<Token, CacheError<S::Error>> {
+        let Some(slot) = self.inner.slots.get(key).await else {
+            return self.get(key).await.map(|(token, _)| token);
+        };
+        let _guard = slot.refreshing.lock().await;
+        slot.touch();
+        let token = self.fetch(key).await?;
+        slot.replace(token.clone());
+        Ok(token)
+    }
+
     /// Stop all background refreshes.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
@@ -562,6 +579,7 @@ mod tests {
         CacheKey {
             profile: ProfileName::new("altinn"),
             org: None,
+            on_demand: None,
         }
     }
 

@@ -224,10 +224,14 @@ pub async fn simulate(
     jwk: Option<&Path>,
     client_id: &str,
 ) -> anyhow::Result<()> {
-    let profiles = match &settings {
-        Some(s) => s.validate()?.profiles,
-        None => crate::profile::Profiles::from_settings(&Default::default())
-            .map_err(|p| anyhow::anyhow!(p.join("; ")))?,
+    // Without a config: the built-in profiles, as a `local` broker would have them.
+    let validated = match &settings {
+        Some(s) => s.validate()?,
+        None => Settings {
+            env: Environment::Local,
+            ..Settings::default()
+        }
+        .validate()?,
     };
     let client = match (jwk, &settings) {
         (Some(path), _) => {
@@ -243,10 +247,10 @@ pub async fn simulate(
             RegisteredClient {
                 client_id: client_id.to_owned(),
                 keys: vec![(kid, public)],
-                scopes: profiles.all_scopes(),
+                scopes: validated.scopes(),
             }
         }
-        (None, Some(s)) => app::simulator_client(s.client_id(), &load_key(s)?, &profiles),
+        (None, Some(s)) => app::simulator_client(s.client_id(), &load_key(s)?, &validated),
         (None, None) => {
             bail!("no client to register: pass --jwk FILE (from keygen) or a --config with a key")
         }

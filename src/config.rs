@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::access::{ClientSettings, Clients};
 use crate::key::Algorithm;
+use crate::on_demand::{OnDemandSettings, ScopePatterns};
 use crate::org::OrgNumber;
 use crate::profile::{ProfileSettings, Profiles};
 
@@ -65,6 +66,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// API-key clients; when any is configured every token request must present a key.
     pub clients: Vec<ClientSettings>,
+    /// Scopes callers may ask for without a profile (`GET /token?scope=`, `POST /api/v1/token`).
+    pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
     pub allow_unauthenticated: bool,
     /// Egress proxy routes: `/proxy/{name}/...` forwarded with the profile's token added.
@@ -91,6 +94,7 @@ impl Default for Settings {
             local: LocalSettings::default(),
             log: LogSettings::default(),
             clients: Vec::new(),
+            on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
             proxy: BTreeMap::new(),
             token_files: Vec::new(),
@@ -356,6 +360,11 @@ impl Settings {
         self.check_local(&mut problems);
         self.log.check(&mut problems);
         let clients = self.parse_clients(&mut problems);
+        let on_demand = ScopePatterns::parse("on_demand.scopes", &self.on_demand.scopes)
+            .unwrap_or_else(|p| {
+                p.into_iter().for_each(|p| problems.push(p));
+                ScopePatterns::default()
+            });
         let profiles = Profiles::from_settings(&self.profiles)
             .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
         let known = profiles.as_ref().ok();
@@ -368,6 +377,7 @@ impl Settings {
                 clients,
                 proxy,
                 token_files,
+                on_demand,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
         }
@@ -500,6 +510,17 @@ pub struct Validated {
     pub(crate) clients: Clients,
     pub(crate) proxy: Vec<crate::proxy_route::ProxyRoute>,
     pub(crate) token_files: Vec<crate::token_files::TokenFile>,
+    pub(crate) on_demand: ScopePatterns,
+}
+
+impl Validated {
+    /// Every scope the profiles ask for, and the on-demand patterns (the `local` simulator
+    /// registers these for the broker's client and matches `*` as any run of characters).
+    pub(crate) fn scopes(&self) -> Vec<String> {
+        let mut scopes = self.profiles.all_scopes();
+        scopes.extend(self.on_demand.patterns().iter().cloned());
+        scopes
+    }
 }
 
 #[cfg(test)]

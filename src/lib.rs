@@ -27,6 +27,7 @@ mod http;
 mod key;
 mod maskinporten;
 mod meters;
+mod on_demand;
 mod org;
 mod profile;
 mod proxy_path;

@@ -24,7 +24,7 @@ pub const ADMIN_SCOPES: &[&str] = &[
 pub const SKD_SCOPES: &[&str] = &["skatteetaten:innrapporteringaksjonaerregisteroppgave"];
 
 /// What to do with the Maskinporten token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Exchange {
     /// Serve the Maskinporten token as it is.
@@ -159,6 +159,12 @@ impl Profiles {
             {
                 problems.push(format!(
                     "profiles.{name}: a profile name uses only letters, digits, '-' and '_'"
+                ));
+                continue;
+            }
+            if name == crate::on_demand::ON_DEMAND {
+                problems.push(format!(
+                    "profiles.{name}: this name is reserved for on-demand tokens (GET /token?scope=...)"
                 ));
                 continue;
             }

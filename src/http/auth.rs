@@ -39,12 +39,24 @@ impl Caller {
         };
         let forbidden =
             |detail: String| Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail);
-        if !client.may_use_profile(key.profile.as_str()) {
-            return Err(forbidden(format!(
-                "client {:?} may not use profile {:?}",
-                client.name,
-                key.profile.as_str()
-            )));
+        match &key.on_demand {
+            Some(request) => {
+                if let Some(scope) = request.scopes.iter().find(|s| !client.may_use_scope(s)) {
+                    return Err(forbidden(format!(
+                        "client {:?} may not ask for scope {scope:?}: its scopes in the config do not list it",
+                        client.name
+                    ))
+                    .with("scope", scope.as_str()));
+                }
+            }
+            None if !client.may_use_profile(key.profile.as_str()) => {
+                return Err(forbidden(format!(
+                    "client {:?} may not use profile {:?}",
+                    client.name,
+                    key.profile.as_str()
+                )));
+            }
+            None => {}
         }
         if let Some(org) = &key.org
             && !client.may_use_org(org)

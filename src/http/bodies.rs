@@ -95,6 +95,7 @@ mod tests {
         let key = CacheKey {
             profile: ProfileName::new("altinn"),
             org: None,
+            on_demand: None,
         };
         (profile, key)
     }
@@ -175,6 +176,7 @@ mod tests {
         let other = CacheKey {
             profile: ProfileName::new("admin"),
             org: None,
+            on_demand: None,
         };
         let bodies = TokenBodies::default();
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);

@@ -5,9 +5,11 @@ pub mod bodies;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+mod on_demand;
 pub mod openapi;
 pub mod problem;
 pub mod proxy;
+pub mod texas;
 pub mod token;
 
 use std::time::Duration;
@@ -88,7 +90,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// [`Caller`] argument; the size limits and the deadline of [`service`] wrap every route alike.
 fn table() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(token::list_profiles))
+        .routes(routes!(token::index))
+        .routes(routes!(texas::token))
         .routes(routes!(token::get_token))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
@@ -111,6 +114,29 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// that each is served and that `/openapi.json` documents exactly these).
 pub fn route_paths() -> Vec<String> {
     document().paths.paths.into_keys().collect()
+}
+
+/// "GET /token, GET /token/{profile}, POST /api/v1/token, ...": the routes for a 404's detail,
+/// from the table.
+pub(crate) fn route_summary() -> &'static str {
+    static SUMMARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SUMMARY.get_or_init(|| {
+        let mut routes = Vec::new();
+        for (path, item) in document().paths.paths {
+            for (method, operation) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+            ] {
+                if operation.is_some() {
+                    routes.push(format!("{method} {path}"));
+                }
+            }
+        }
+        routes.join(", ")
+    })
 }
 
 /// The routes of the table. Middleware is added by [`service`], around the whole router.

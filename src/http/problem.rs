@@ -133,6 +133,19 @@ impl ApiError {
                 "Unknown profile",
                 detail,
             ),
+            ApiError::Resolve(ResolveError::ScopeNotAllowed { scope }) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope-not-allowed",
+                "Scope not allowed",
+                detail,
+            )
+            .with("scope", scope.as_str()),
+            ApiError::Resolve(ResolveError::OnDemandOff) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope-not-allowed",
+                "Scope not allowed",
+                detail,
+            ),
             ApiError::Resolve(_) | ApiError::BadOrg(_) | ApiError::BadQuery(_) => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "bad-request",
@@ -238,7 +251,7 @@ pub async fn not_found() -> Problem {
         StatusCode::NOT_FOUND,
         "not-found",
         "Not found",
-        "no such route; the routes are GET /token, GET /token/{profile}, GET /healthz, GET /readyz, GET /metrics, GET /openapi.json, and /proxy/{name}/... for configured proxy routes",
+        format!("no such route; the routes are {}", super::route_summary()),
     )
 }
 
@@ -248,6 +261,9 @@ pub async fn method_not_allowed() -> Problem {
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "Method not allowed",
-        "this route only answers GET (and HEAD)",
+        format!(
+            "this route does not take this method (GET also answers HEAD); the routes are {}",
+            super::route_summary()
+        ),
     )
 }

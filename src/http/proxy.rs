@@ -35,7 +35,7 @@ use crate::upstream::{ClientBuildError, http_client};
 use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
-use super::token::cached_token;
+use super::token::token_for;
 
 /// Largest request body buffered so it can be sent again after a 401.
 pub const REPLAY_LIMIT: u64 = 1024 * 1024;
@@ -208,7 +208,7 @@ async fn forward_to(
         .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
     let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
     let headers = forwarded(&parts.headers);
-    let (token, _) = cached_token(state, &key).await?;
+    let token = token_for(state, &caller, &key).await?;
     let exchange = Exchange {
         client: &state.proxy.client,
         route,

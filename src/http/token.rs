@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use crate::cache::{CacheKey, Outcome};
+use crate::on_demand::ON_DEMAND;
 use crate::org::OrgNumber;
 use crate::profile::Profile;
 use crate::token::{Token, rfc3339};
@@ -135,19 +136,6 @@ pub async fn get_token(
     response
 }
 
-/// The token for `key`: a cache hit at once, else waiting at most [`MAX_CALLER_WAIT`].
-pub async fn cached_token(state: &AppState, key: &CacheKey) -> Result<(Token, Outcome), ApiError> {
-    // A cache hit needs no timer; only waiting for an upstream is bounded.
-    let (token, outcome) = match state.tokens.get_servable(key).await {
-        Some(token) => (token, Outcome::Hit),
-        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key))
-            .await
-            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
-    };
-    crate::meters::cache_lookup(outcome == Outcome::Hit);
-    Ok((token, outcome))
-}
-
 async fn serve_token(
     state: &AppState,
     caller: Result<Caller, Problem>,
@@ -159,32 +147,65 @@ async fn serve_token(
     let org = parse_query(query)?;
     let (profile, key) = state.broker().resolve(profile, org)?;
     caller.authorize(&key)?;
-    let (token, outcome) = cached_token(state, &key).await?;
-    let now = state.broker().clock().now();
+    let token = token_for(state, &caller, &key).await?;
+    answer(state, &token, &key, &profile, headers)
+}
+
+/// The token for `key` the caller is authorized for: from the cache, or fetched and waited for
+/// (at most [`MAX_CALLER_WAIT`]); counted and logged without the token.
+pub(super) async fn token_for(
+    state: &AppState,
+    caller: &Caller,
+    key: &CacheKey,
+) -> Result<Token, ApiError> {
+    // A cache hit needs no timer; only waiting for an upstream is bounded.
+    let (token, outcome) = match state.tokens.get_servable(key).await {
+        Some(token) => (token, Outcome::Hit),
+        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key))
+            .await
+            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
+    };
+    crate::meters::cache_lookup(outcome == Outcome::Hit);
+    served(caller, key, &token, outcome);
+    Ok(token)
+}
+
+/// The audit line of a token handed out.
+pub(super) fn served(caller: &Caller, key: &CacheKey, token: &Token, outcome: Outcome) {
     tracing::info!(
         client = caller.name(),
         profile = %key.profile,
         org = key.org.as_ref().map(|o| o.as_str()),
+        scope = key.on_demand.as_ref().map(tracing::field::display),
         cache = outcome.as_str(),
         expires_at = %rfc3339(token.expires_at),
         fingerprint = %token.value.fingerprint(),
         "token served"
     );
+}
+
+/// The answer of `/token/{profile}` and `GET /token?scope=`: JSON (shared per token and second),
+/// or the bare token for `Accept: text/plain`.
+pub(super) fn answer(
+    state: &AppState,
+    token: &Token,
+    key: &CacheKey,
+    profile: &Profile,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let now = state.broker().clock().now();
     let (content_type, body) = if wants_text(headers) {
         let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
         ("text/plain; charset=utf-8", text)
     } else {
-        let json = state
-            .bodies
-            .json(&token, &key, &profile, now)
-            .map_err(|e| {
-                Problem::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "Internal error",
-                    format!("the answer could not be written as JSON: {e}"),
-                )
-            })?;
+        let json = state.bodies.json(token, key, profile, now).map_err(|e| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                format!("the answer could not be written as JSON: {e}"),
+            )
+        })?;
         ("application/json", json)
     };
     Ok((
@@ -207,23 +228,71 @@ pub struct ProfileListing {
     pub env: String,
 }
 
-/// The profiles this broker can make tokens for.
+/// `GET /token`: without a query, the profiles this broker can make tokens for; with `scope=`, an
+/// on-demand token for those scopes (see `http/on_demand.rs`), answered like `/token/{profile}`.
 #[utoipa::path(
     get,
     path = "/token",
     tag = "tokens",
+    params(
+        ("scope" = Option<Vec<String>>, Query, description = "On-demand scopes: repeat the parameter or separate scopes by spaces; each must match on_demand.scopes (and the client's scopes). Without any parameter the answer is the profile listing"),
+        ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
+        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token)"),
+        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer)"),
+        ("externalRef" = Option<String>, Query, description = "The system user's externalRef"),
+        ("exchange" = Option<String>, Query, description = "altinn: exchange the Maskinporten token at Altinn; none (default): the Maskinporten token"),
+    ),
     responses(
-        (status = 200, description = "The configured profiles", body = ProfileListing),
+        (status = 200, description = "Without a query: the configured profiles. With scope=: a token with at least cache.min_remaining left", content(
+            (IndexAnswer = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Maskinporten or Altinn timed out; see Retry-After", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list_profiles(State(state): State<AppState>, _caller: Caller) -> Json<ProfileListing> {
+pub async fn index(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Response {
+    match query.filter(|q| !q.is_empty()) {
+        None => match caller {
+            Ok(_) => Json(listing(&state)).into_response(),
+            Err(problem) => problem.into_response(),
+        },
+        Some(query) => {
+            let response = super::on_demand::serve(&state, caller, &query, request.headers())
+                .await
+                .unwrap_or_else(IntoResponse::into_response);
+            crate::meters::token_request(ON_DEMAND, response.status().as_u16());
+            response
+        }
+    }
+}
+
+/// The two JSON answers of `GET /token`, for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum IndexAnswer {
+    Listing(ProfileListing),
+    Token(TokenResponse<'static>),
+}
+
+fn listing(state: &AppState) -> ProfileListing {
     let generation = state.broker().generation();
-    Json(ProfileListing {
+    ProfileListing {
         profiles: generation.profiles.iter().cloned().collect(),
         default_org: generation.default_org.clone(),
         env: state.env.to_string(),
-    })
+    }
 }
 
 #[cfg(test)]

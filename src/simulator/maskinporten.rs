@@ -339,6 +339,15 @@ fn check_lifetime(claims: &Value, now: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Whether a registered scope allows `scope`: itself, or, for a pattern ending in `*` (the
+/// broker's `on_demand.scopes`), any scope with that prefix.
+fn scope_matches(registered: &str, scope: &str) -> bool {
+    match registered.strip_suffix('*') {
+        Some(prefix) => scope.starts_with(prefix),
+        None => registered == scope,
+    }
+}
+
 /// The requested scopes, each checked against the client's; returned space separated.
 fn check_scopes(claims: &Value, allowed: &[String]) -> Result<String, Refusal> {
     let requested: Vec<&str> = claims
@@ -354,7 +363,7 @@ fn check_scopes(claims: &Value, allowed: &[String]) -> Result<String, Refusal> {
     let refused: Vec<&str> = requested
         .iter()
         .copied()
-        .filter(|s| !allowed.iter().any(|a| a == s))
+        .filter(|s| !allowed.iter().any(|a| scope_matches(a, s)))
         .collect();
     if !refused.is_empty() {
         return Err(Refusal::ScopeNotAllowed(format!(

@@ -95,6 +95,25 @@ async fn the_shipped_config_serves_verifiable_tokens_with_no_credentials() {
         &format!("{issuer}authentication/api/v1/openid/"),
     );
 
+    // On demand: the shipped on_demand.scopes lets any altinn: scope through, and the simulator
+    // accepts what the pattern allows; the texas route answers the same request.
+    let any = get(format!(
+        "{base}/token?scope=altinn:resourceregistry/resource.read"
+    ))
+    .await;
+    let claims = verify_with(&jwks, any["access_token"].as_str().unwrap(), &issuer);
+    assert_eq!(claims["scope"], "altinn:resourceregistry/resource.read");
+    let texas: Value = http
+        .post(format!("{base}/api/v1/token"))
+        .json(&serde_json::json!({"identity_provider": "maskinporten", "target": "altinn:resourceregistry/resource.read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(texas["access_token"], any["access_token"]);
+
     // The README's proxy example: the simulated Altinn API checks the token the broker added.
     let me = get(format!("{base}/proxy/altinn-storage/whoami")).await;
     assert_eq!(me["client_id"], "local-client", "{me}");

@@ -13,6 +13,7 @@ mod errors;
 mod faults;
 mod local_env;
 mod observability;
+mod on_demand;
 mod proxy;
 mod reload;
 mod secrets;

@@ -175,14 +175,25 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
     let routed: BTreeSet<&str> = routes.iter().map(String::as_str).collect();
     assert_eq!(documented, routed);
     for route in &routes {
-        assert!(doc["paths"][route]["get"].is_object(), "GET {route}");
-        let path = route
-            .replace("{profile}", "admin")
-            .replace("{name}", "p")
-            .replace("{rest}", "x");
-        let status = env.get(&path).await.status().as_u16();
-        assert_ne!(status, 404, "GET {path} is in ROUTES but not served");
-        assert_ne!(status, 405, "GET {path}");
+        let operations = doc["paths"][route].as_object().unwrap();
+        assert!(!operations.is_empty(), "{route} has no operation");
+        for method in operations.keys() {
+            let path = route
+                .replace("{profile}", "admin")
+                .replace("{name}", "p")
+                .replace("{rest}", "x");
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let status = env
+                .http
+                .request(method.clone(), env.url(&path))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            assert_ne!(status, 404, "{method} {path} is documented but not served");
+            assert_ne!(status, 405, "{method} {path}");
+        }
     }
 }
 

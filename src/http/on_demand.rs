@@ -1,0 +1,123 @@
+//! `GET /token?scope=…`: an on-demand token for scopes no profile names, when `on_demand.scopes`
+//! (and the calling client's `scopes`) allow them. Answered exactly like `/token/{profile}`.
+
+use axum::http::HeaderMap;
+use axum::response::Response;
+
+use crate::on_demand::OnDemandRequest;
+use crate::org::OrgNumber;
+use crate::profile::Exchange;
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::{ApiError, Problem};
+use super::token::{answer, token_for};
+
+/// Serve one on-demand request: parse, allow-list, authorize, then the cache.
+pub(super) async fn serve(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = caller?;
+    let (request, org) = parse_query(query)?;
+    let (profile, key) = state.broker().resolve_on_demand(request, org)?;
+    caller.authorize(&key)?;
+    let token = token_for(state, &caller, &key).await?;
+    answer(state, &token, &key, &profile, headers)
+}
+
+/// The parameters of an on-demand request. `scope` may repeat; every other parameter at most
+/// once; anything else is a caller mistake worth a 400.
+pub(super) fn parse_query(raw: &str) -> Result<(OnDemandRequest, Option<OrgNumber>), ApiError> {
+    let mut scopes = Vec::new();
+    let (mut org, mut resource, mut consumer_org, mut external_ref, mut exchange) =
+        (None, None, None, None, None);
+    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match name.as_ref() {
+            "scope" => {
+                scopes.push(value.into_owned());
+                continue;
+            }
+            "org" => &mut org,
+            "resource" => &mut resource,
+            "consumer_org" => &mut consumer_org,
+            "externalRef" | "external_ref" => &mut external_ref,
+            "exchange" => &mut exchange,
+            other => {
+                return Err(ApiError::BadQuery(format!(
+                    "unknown parameter {:?}; an on-demand request takes scope, org, resource, consumer_org, externalRef and exchange",
+                    other.chars().take(40).collect::<String>()
+                )));
+            }
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::BadQuery(format!(
+                "{name} is given more than once"
+            )));
+        }
+    }
+    let exchange = parse_exchange(exchange.as_deref())?;
+    let org = org.map(|o| o.trim().parse()).transpose()?;
+    let request = OnDemandRequest::new(
+        scopes.iter().map(String::as_str),
+        exchange,
+        resource,
+        consumer_org,
+        external_ref,
+    )
+    .map_err(|e| ApiError::BadQuery(e.to_string()))?;
+    Ok((request, org))
+}
+
+/// `exchange=altinn` or `exchange=none` (the default).
+pub(super) fn parse_exchange(value: Option<&str>) -> Result<Exchange, ApiError> {
+    match value.map(str::trim) {
+        None | Some("") | Some("none") => Ok(Exchange::None),
+        Some("altinn") => Ok(Exchange::Altinn),
+        Some(_) => Err(ApiError::BadQuery(
+            "exchange must be altinn or none".to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn repeated_and_space_separated_scopes_are_one_request() {
+        let (a, org) = parse_query("scope=b&scope=a&org=991825827").unwrap();
+        let (b, _) = parse_query("scope=a%20b").unwrap();
+        let (c, _) = parse_query("scope=a+b+a").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b, c);
+        assert_eq!(org.unwrap().as_str(), "991825827");
+    }
+
+    #[test]
+    fn refuses_unknown_repeated_and_bad_parameters() {
+        for bad in [
+            "scope=a&orgnr=1",
+            "scope=a&org=1&org=2",
+            "scope=a&exchange=maybe",
+            "org=991825827",
+            "scope=a&org=991825828",
+        ] {
+            assert!(parse_query(bad).is_err(), "{bad}");
+        }
+        let (r, _) = parse_query("scope=a&exchange=altinn&externalRef=x&resource=r").unwrap();
+        assert_eq!(r.exchange, Exchange::Altinn);
+        assert_eq!(r.external_ref.as_deref(), Some("x"));
+        assert_eq!(r.resource.as_deref(), Some("r"));
+    }
+
+    proptest! {
+        #[test]
+        fn any_query_parses_or_fails_cleanly(q in ".{0,300}") {
+            let _ = parse_query(&q);
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `POST /api/v1/token`: the token endpoint of nais/texas, so apps written for texas can point
+//! `NAIS_TOKEN_ENDPOINT` at the broker and get Maskinporten tokens, and, what texas lacks, the
+//! Altinn exchange (`"exchange": "altinn"`) and system users by organisation (`"org"`).
+//!
+//! Requests are JSON or form-encoded, as texas takes them; answers are texas's
+//! `{"access_token","expires_in","token_type"}`, errors texas's `{"error","error_description"}`
+//! with texas's statuses (400 `invalid_request` for a bad request, the upstream's status and
+//! OAuth error when Maskinporten refuses, 500 `server_error` when it cannot be reached). The same
+//! allow-list, clients, cache and fetch rules apply as for `GET /token?scope=`.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::on_demand::{ON_DEMAND, OnDemandRequest};
+use crate::org::OrgNumber;
+
+use super::AppState;
+use super::auth::Caller;
+use super::on_demand::parse_exchange;
+use super::problem::{ApiError, Problem};
+use super::token::token_for;
+
+/// Largest request body accepted: a texas request is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A texas token request, with the broker's extensions `org` and `exchange`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TexasTokenRequest {
+    /// Only `maskinporten`.
+    pub identity_provider: String,
+    /// The scopes, separated by spaces.
+    pub target: String,
+    /// The grant's `resource` claim.
+    pub resource: Option<String>,
+    /// The system-user form: `[{"type":"urn:altinn:systemuser","systemuser_org":{"authority":"iso6523-actorid-upis","ID":"0192:<orgnr>"}}]`
+    /// (a JSON string in a form). Same cache entry as the equivalent `org`.
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub authorization_details: Option<Value>,
+    /// Fetch a new token even when one is cached (counts against the fetch budget).
+    pub skip_cache: Option<bool>,
+    /// Extension: the system user's organisation number, instead of `authorization_details`.
+    pub org: Option<String>,
+    /// Extension: `altinn` exchanges the Maskinporten token at Altinn.
+    pub exchange: Option<String>,
+}
+
+/// texas's successful answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TexasTokenResponse {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub token_type: &'static str,
+}
+
+/// texas's error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TexasError {
+    pub error: String,
+    pub error_description: String,
+}
+
+/// A Maskinporten token, texas style.
+#[utoipa::path(
+    post,
+    path = "/api/v1/token",
+    tag = "texas",
+    request_body(content(
+        (TexasTokenRequest = "application/json"),
+        (TexasTokenRequest = "application/x-www-form-urlencoded"),
+    )),
+    responses(
+        (status = 200, description = "A token with at least cache.min_remaining left", body = TexasTokenResponse),
+        (status = 400, description = "invalid_request: bad body, unsupported identity provider, bad org or authorization_details; invalid_scope: a scope outside on_demand.scopes; or Maskinporten's own refusal with its status", body = TexasError),
+        (status = 401, description = "invalid_client: API key missing or unknown (when clients are configured)", body = TexasError),
+        (status = 403, description = "unauthorized_client: the client may not use this scope or org", body = TexasError),
+        (status = 500, description = "server_error: Maskinporten or Altinn unavailable, unreachable, too slow or unusable; see Retry-After", body = TexasError),
+    )
+)]
+pub async fn token(
+    State(state): State<AppState>,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Response {
+    let response = match serve(&state, caller, request).await {
+        Ok(answer) => answer,
+        Err(error) => texas_error(error.problem()),
+    };
+    crate::meters::token_request(ON_DEMAND, response.status().as_u16());
+    response
+}
+
+async fn serve(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = caller?;
+    let (parts, body) = request.into_parts();
+    let texas = parse_body(&parts.headers, body).await?;
+    let skip_cache = texas.skip_cache.unwrap_or(false);
+    let (request, org) = on_demand_request(texas)?;
+    let (_, key) = state.broker().resolve_on_demand(request, org)?;
+    caller.authorize(&key)?;
+    if skip_cache {
+        state.tokens.refetch(&key).await?;
+    }
+    let token = token_for(state, &caller, &key).await?;
+    let now = state.broker().clock().now();
+    let mut response = Json(TexasTokenResponse {
+        access_token: token.value.expose().to_owned(),
+        expires_in: token.remaining(now).as_secs(),
+        token_type: "Bearer",
+    })
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+fn bad_request(detail: impl Into<String>) -> ApiError {
+    ApiError::BadQuery(detail.into())
+}
+
+/// The body as JSON or a form, by its content type, at most [`MAX_BODY_BYTES`].
+async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| bad_request(format!("the body must be at most {MAX_BODY_BYTES} bytes")))?;
+    if content_type.starts_with("application/json") {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| bad_request(format!("the JSON body is not a token request: {e}")))
+    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded::from_bytes(&bytes)
+            .map_err(|e| bad_request(format!("the form is not a token request: {e}")))
+    } else {
+        Err(bad_request(
+            "unsupported media type: send application/json or application/x-www-form-urlencoded",
+        ))
+    }
+}
+
+/// texas's fields as an on-demand request and the system user's organisation.
+fn on_demand_request(
+    texas: TexasTokenRequest,
+) -> Result<(OnDemandRequest, Option<OrgNumber>), ApiError> {
+    if texas.identity_provider != "maskinporten" {
+        return Err(bad_request(format!(
+            "identity provider {:?} is not supported: this broker serves only maskinporten",
+            texas.identity_provider.chars().take(40).collect::<String>()
+        )));
+    }
+    let org = texas
+        .org
+        .map(|o| o.trim().parse::<OrgNumber>())
+        .transpose()?;
+    let (detail_org, external_ref) = match texas.authorization_details {
+        None | Some(Value::Null) => (None, None),
+        Some(details) => system_user(details)?,
+    };
+    let org = match (org, detail_org) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(bad_request(
+                "org and authorization_details name different organisations",
+            ));
+        }
+        (a, b) => a.or(b),
+    };
+    let request = OnDemandRequest::new(
+        [texas.target.as_str()],
+        parse_exchange(texas.exchange.as_deref())?,
+        texas.resource,
+        None,
+        external_ref,
+    )
+    .map_err(|e| bad_request(format!("target: {e}")))?;
+    Ok((request, org))
+}
+
+/// The organisation (and `externalRef`) of a system-user `authorization_details`; anything else
+/// is refused, as Maskinporten would.
+fn system_user(details: Value) -> Result<(Option<OrgNumber>, Option<String>), ApiError> {
+    let details = match details {
+        Value::String(text) => serde_json::from_str(&text)
+            .map_err(|_| bad_request("authorization_details is not JSON"))?,
+        other => other,
+    };
+    let malformed = || {
+        bad_request(
+            "authorization_details must be [{\"type\":\"urn:altinn:systemuser\",\"systemuser_org\":{\"authority\":\"iso6523-actorid-upis\",\"ID\":\"0192:<organisation number>\"}}]",
+        )
+    };
+    let [detail] = details
+        .as_array()
+        .map(Vec::as_slice)
+        .ok_or_else(malformed)?
+    else {
+        return Err(malformed());
+    };
+    if detail["type"] != "urn:altinn:systemuser"
+        || detail["systemuser_org"]["authority"] != "iso6523-actorid-upis"
+    {
+        return Err(malformed());
+    }
+    let id = detail["systemuser_org"]["ID"]
+        .as_str()
+        .ok_or_else(malformed)?;
+    let org = id.strip_prefix("0192:").ok_or_else(malformed)?.parse()?;
+    let external_ref = match &detail["externalRef"] {
+        Value::Null => None,
+        Value::String(r) => Some(r.clone()),
+        _ => return Err(malformed()),
+    };
+    Ok((Some(org), external_ref))
+}
+
+/// A problem in texas's error shape and statuses (see the module documentation).
+fn texas_error(problem: Problem) -> Response {
+    let upstream_status = problem.extra.get("upstream_status").and_then(Value::as_u64);
+    let upstream_error = problem.extra.get("error").and_then(Value::as_str);
+    let (status, error) = match (problem.status, upstream_status, upstream_error) {
+        (400, ..) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        (401, ..) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+        (403, ..) if problem.kind.ends_with(":scope-not-allowed") => {
+            (StatusCode::BAD_REQUEST, "invalid_scope")
+        }
+        (403, ..) => (StatusCode::FORBIDDEN, "unauthorized_client"),
+        (429, ..) => (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable"),
+        (502, Some(status @ 400..=499), error) => (
+            StatusCode::from_u16(status as u16).unwrap_or(StatusCode::BAD_REQUEST),
+            error.unwrap_or("invalid_request"),
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+    };
+    let mut response = (
+        status,
+        Json(TexasError {
+            error: error.to_owned(),
+            error_description: problem.detail.clone(),
+        }),
+    )
+        .into_response();
+    if let Some(wait) = problem.retry_after {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(wait.as_secs().max(1)),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(body: Value) -> TexasTokenRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn authorization_details_and_org_are_the_same_request() {
+        let details = json!([{"type": "urn:altinn:systemuser",
+            "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:991825827"}}]);
+        let a = on_demand_request(request(json!({"identity_provider": "maskinporten",
+            "target": "a b", "authorization_details": details})))
+        .unwrap();
+        let b = on_demand_request(request(json!({"identity_provider": "maskinporten",
+            "target": "b a", "org": "991825827"})))
+        .unwrap();
+        assert_eq!(a, b);
+        let as_text = on_demand_request(request(json!({"identity_provider": "maskinporten",
+            "target": "a b", "authorization_details": details.to_string()})))
+        .unwrap();
+        assert_eq!(as_text, b);
+    }
+
+    #[test]
+    fn refuses_other_providers_and_malformed_details() {
+        assert!(
+            on_demand_request(request(
+                json!({"identity_provider": "azuread", "target": "a"})
+            ))
+            .is_err()
+        );
+        for details in [
+            json!([]),
+            json!({"type": "urn:altinn:systemuser"}),
+            json!([{"type": "other", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:991825827"}}]),
+            json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:991825828"}}]),
+            json!([{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "x", "ID": "0192:991825827"}}]),
+        ] {
+            let r = request(
+                json!({"identity_provider": "maskinporten", "target": "a", "authorization_details": details}),
+            );
+            assert!(on_demand_request(r).is_err(), "{details}");
+        }
+        let both = request(
+            json!({"identity_provider": "maskinporten", "target": "a", "org": "974761076",
+            "authorization_details": [{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:991825827"}}]}),
+        );
+        assert!(on_demand_request(both).is_err());
+    }
+
+    #[test]
+    fn problems_take_texas_shapes_and_statuses() {
+        let p = Problem::new(StatusCode::BAD_GATEWAY, "upstream-refused", "t", "d")
+            .with("upstream_status", 400)
+            .with("error", "invalid_scope");
+        let r = texas_error(p);
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = texas_error(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream-unavailable",
+            "t",
+            "d",
+        ));
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let r = texas_error(Problem::new(
+            StatusCode::FORBIDDEN,
+            "scope-not-allowed",
+            "t",
+            "d",
+        ));
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+}
