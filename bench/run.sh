@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # bench/run.sh: how fast and how small is maskinporten-broker on this machine?
 #
-#   bench/run.sh                   # everything, about 3.5 minutes after the builds
+#   bench/run.sh                   # everything, about 4.5 minutes after the builds
 #   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
 # markdown table; bench/README.md says how to read it. Everything it starts is stopped on exit.
+#
+# Step (6) measures the egress proxy: the baseline called through the broker's /proxy/bench/
+# route and directly ("broker" and "baseline" columns), at 1 and 16 connections.
 #
 # Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (3 runs per load point, the
 # median counts), BENCH_PIN (1: servers on CPU 0, oha on CPU 1), BENCH_REFRESH_SECONDS (50),
@@ -39,6 +42,8 @@ else
   PLACEMENT="load generator on the same cores"
 fi
 CONNECTIONS=(1 16 64)
+# Step (6), the egress proxy against calling its upstream directly.
+PROXY_CONNECTIONS=(1 16)
 # Must match bench/broker.yaml.
 TOKEN_LIFETIME_SECONDS=20
 
@@ -291,6 +296,18 @@ SERVERS+=("baseline:$BASELINE_PID:$BASELINE_URL/token/altinn")
 hit_series
 if [[ $MODE == full ]]; then
   record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
+  # (6) the egress proxy's overhead: the baseline called through the broker's /proxy/bench/
+  # route (bench/broker.yaml; the broker adds the altinn token) and called directly, taking turns.
+  curl -fsS --max-time 30 -o /dev/null "$BROKER_URL/proxy/bench/token/altinn" ||
+    die "the broker did not proxy to the baseline; see $WORK/broker.log"
+  for c in "${PROXY_CONNECTIONS[@]}"; do
+    for round in $(seq "$ROUNDS"); do
+      load "proxy_c${c}_r$round" "$BROKER_URL/proxy/bench/token/altinn" "$c"
+      load "direct_c${c}_r$round" "$BASELINE_URL/token/altinn" "$c"
+    done
+    median_run "proxy_c$c"
+    median_run "direct_c$c"
+  done
   stop_pid "$BROKER_PID"
 fi
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
@@ -325,10 +342,10 @@ fi
 
 # ---- the table -------------------------------------------------------------------------------
 
-python3 - "$WORK" "${CONNECTIONS[@]}" <<'PY'
+python3 - "$WORK" "${PROXY_CONNECTIONS[*]}" "${CONNECTIONS[@]}" <<'PY'
 import json, os, sys
 
-work, conns = sys.argv[1], sys.argv[2:]
+work, proxy_conns, conns = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 results = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "results.env")))
 
 def oha(name):
@@ -425,6 +442,19 @@ if refresh:
          f"{upstream} ({upstream / lifetimes:.2f})", "", ""),
         ("(4) refresh: non-200 answers", fmt(ok(refresh)[1]), "", ""),
     ]
+for c in proxy_conns:
+    via, direct = oha(f"proxy_c{c}"), oha(f"direct_c{c}")
+    if not via:
+        continue
+    rows.append((f"(6) proxy vs direct, {c} conn: req/s", fmt(rps(via)), fmt(rps(direct)),
+                 ratio(rps(via), rps(direct))))
+    rows.append((
+        f"(6) proxy vs direct, {c} conn: p50 / p99 ms",
+        " / ".join(fmt(ms(via, p), 2) for p in ("p50", "p99")),
+        " / ".join(fmt(ms(direct, p), 2) for p in ("p50", "p99")),
+        f"{ratio(ms(via, 'p50'), ms(direct, 'p50'))} / {ratio(ms(via, 'p99'), ms(direct, 'p99'))} (p50 / p99)",
+    ))
+    rows.append((f"(6) proxy vs direct, {c} conn: non-200 answers", fmt(ok(via)[1]), fmt(ok(direct)[1]), ""))
 rows += [
     ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
     (f"(5) peak RSS during the {conns[-1]}-conn load", mib(r("broker_peak_rss_kib")), mib(r("baseline_peak_rss_kib")), ""),

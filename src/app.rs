@@ -28,6 +28,7 @@ use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::serve;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
+use crate::token_files::TokenFiles;
 use crate::upstream::{ClientBuildError, http_client};
 
 /// Longest a single request to the broker may take before it gets a 503.
@@ -179,7 +180,16 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
     let discovered = discover(&settings, local_base).await?;
+    let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
+    let files = validated.token_files.clone();
+    let fixed_orgs: Vec<_> = validated
+        .proxy
+        .iter()
+        .filter(|r| r.org.is_some())
+        .cloned()
+        .collect();
     let generation = generation(&settings, validated, key, local_base, discovered)?;
+    let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let tokens = TokenCache::new(broker, Policy::from(&settings.cache), clock);
@@ -193,6 +203,8 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             openapi: serde_json::to_vec(&http::document())
                 .unwrap_or_default()
                 .into(),
+            proxy,
+            token_files,
         }),
         simulator,
     })
@@ -211,6 +223,32 @@ pub(crate) async fn discover(
     let http = http_client(&settings.http_client)?;
     let metadata = plan.resolve(&http, settings.http_client.timeout).await?;
     Ok(Some((plan, metadata)))
+}
+
+/// Token files and proxy routes with a fixed org must name a token the broker can make, by the
+/// same rules as a request (`Generation::resolve`); checked before the broker listens.
+fn token_files(
+    generation: &Generation,
+    files: &[crate::token_files::TokenFile],
+    fixed_orgs: &[crate::proxy_route::ProxyRoute],
+) -> Result<TokenFiles, StartError> {
+    let mut problems: Vec<String> = fixed_orgs
+        .iter()
+        .filter_map(|r| {
+            generation
+                .resolve(&r.profile, r.org.clone())
+                .err()
+                .map(|e| format!("proxy.{}.org: {e}", r.name))
+        })
+        .collect();
+    match TokenFiles::new(files, generation) {
+        Ok(files) if problems.is_empty() => Ok(files),
+        Ok(_) => Err(ConfigError::Invalid(problems).into()),
+        Err(mut more) => {
+            problems.append(&mut more);
+            Err(ConfigError::Invalid(problems).into())
+        }
+    }
 }
 
 /// The reloadable part of the broker, from validated settings, a loaded key and what discovery
@@ -317,6 +355,7 @@ impl App {
         let stop = CancellationToken::new();
         let server_settings = started.server.clone();
         raise_and_log_connection_limits(&server_settings);
+        built.state.token_files.spawn(&built.state.tokens, &stop);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
             serve::serve(listener, service, &server_settings, signal).await;

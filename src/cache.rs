@@ -178,6 +178,8 @@ struct Slot {
     refreshing: tokio::sync::Mutex<()>,
     /// Milliseconds since `epoch` at the last caller's request.
     last_used_ms: AtomicU64,
+    /// Milliseconds since `epoch` at the last replacement of a rejected token, plus one (0: never).
+    rejected_ms: AtomicU64,
     epoch: Instant,
     stop: CancellationToken,
 }
@@ -192,6 +194,18 @@ impl Slot {
     fn touch(&self) {
         self.last_used_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    /// Whether a rejected token was replaced less than `within` ago.
+    fn rejected_within(&self, within: Duration) -> bool {
+        let last = self.rejected_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        last != 0 && now.saturating_sub(last) < within.as_millis() as u64
+    }
+    fn note_rejection(&self) {
+        self.rejected_ms.store(
+            self.epoch.elapsed().as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
     }
     fn idle_for(&self) -> Duration {
         self.epoch.elapsed().saturating_sub(Duration::from_millis(
@@ -272,7 +286,7 @@ impl<S: TokenSource> TokenCache<S> {
                 return Ok((token, Outcome::Hit));
             }
             return self
-                .refresh_now(key, &slot)
+                .refresh_now(key, &slot, None)
                 .await
                 .map(|t| (t, Outcome::Miss));
         }
@@ -290,6 +304,7 @@ impl<S: TokenSource> TokenCache<S> {
                     token: RwLock::new(token),
                     refreshing: tokio::sync::Mutex::new(()),
                     last_used_ms: AtomicU64::new(0),
+                    rejected_ms: AtomicU64::new(0),
                     epoch: Instant::now(),
                     stop: this.inner.shutdown.child_token(),
                 });
@@ -307,9 +322,24 @@ impl<S: TokenSource> TokenCache<S> {
         match self.servable_in(&slot) {
             Some(token) => Ok((token, outcome)),
             None => self
-                .refresh_now(key, &slot)
+                .refresh_now(key, &slot, None)
                 .await
                 .map(|t| (t, Outcome::Miss)),
+        }
+    }
+
+    /// The upstream refused `rejected` (revoked before its expiry): replace it with a fresh token.
+    /// Callers reporting the same rejected token share one fetch; one that reports a token already
+    /// replaced gets the replacement. At most one replacement per key every [`REFUSAL_MEMORY`]:
+    /// within it the rejected token itself comes back, so a caller can tell nothing changed.
+    pub async fn invalidate(
+        &self,
+        key: &CacheKey,
+        rejected: &Token,
+    ) -> Result<Token, CacheError<S::Error>> {
+        match self.inner.slots.get(key).await {
+            Some(slot) => self.refresh_now(key, &slot, Some(rejected)).await,
+            None => self.get(key).await.map(|(token, _)| token),
         }
     }
 
@@ -373,21 +403,30 @@ impl<S: TokenSource> TokenCache<S> {
         }
     }
 
-    /// The caller's path when the slot's token is too old: one fetch per slot, others wait for it.
+    /// The caller's path when the slot's token is too old (or was `rejected` upstream): one fetch
+    /// per slot, others wait for it.
     async fn refresh_now(
         &self,
         key: &CacheKey,
         slot: &Slot,
+        rejected: Option<&Token>,
     ) -> Result<Token, CacheError<S::Error>> {
         let _guard = slot.refreshing.lock().await;
         let current = slot.current();
-        if self.inner.policy.servable(&current, self.inner.clock.now()) {
+        // A token rejected again within REFUSAL_MEMORY of the last replacement stays: the
+        // upstream refuses fresh tokens too, and each rejection must not cost a fetch.
+        let still_rejected = rejected.is_some_and(|r| r.value == current.value)
+            && !slot.rejected_within(REFUSAL_MEMORY);
+        if !still_rejected && self.inner.policy.servable(&current, self.inner.clock.now()) {
             return Ok(current);
         }
         if let Some(refusal) = self.inner.refusals.get(key).await {
             return Err(refusal.error);
         }
         let token = self.fetch(key).await?;
+        if still_rejected {
+            slot.note_rejection();
+        }
         slot.replace(token.clone());
         Ok(token)
     }
@@ -578,6 +617,40 @@ mod tests {
             out.push(h.await.unwrap());
         }
         out
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_is_replaced_once_however_many_report_it() {
+        let cache = TokenCache::new(
+            Counting {
+                calls: AtomicUsize::new(0),
+                lifetime: Duration::from_secs(120),
+            },
+            policy(),
+            Arc::new(Clock::default()),
+        );
+        let (first, _) = cache.get(&key()).await.unwrap();
+        let reports: Vec<_> = (0..5)
+            .map(|_| {
+                let (c, first) = (cache.clone(), first.clone());
+                tokio::spawn(async move { c.invalidate(&key(), &first).await.unwrap() })
+            })
+            .collect();
+        let mut fresh = Vec::new();
+        for r in reports {
+            fresh.push(r.await.unwrap());
+        }
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 2);
+        assert!(
+            fresh
+                .iter()
+                .all(|t| t.value == fresh[0].value && t.value != first.value)
+        );
+        assert_eq!(cache.get(&key()).await.unwrap().0.value, fresh[0].value);
+        // Rejected again at once: the upstream refuses fresh tokens too; no more fetches.
+        let again = cache.invalidate(&key(), &fresh[0]).await.unwrap();
+        assert_eq!(again.value, fresh[0].value);
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

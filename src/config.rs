@@ -74,6 +74,12 @@ pub struct Settings {
     pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
     pub allow_unauthenticated: bool,
+    /// Egress proxy routes: `/proxy/{name}/...` forwarded with the profile's token added.
+    #[serde(default)]
+    pub proxy: BTreeMap<String, crate::proxy_route::ProxyRouteSettings>,
+    /// Files kept holding a fresh token, for programs that read files more easily than HTTP.
+    #[serde(default)]
+    pub token_files: Vec<crate::token_files::TokenFileSettings>,
 }
 
 impl Default for Settings {
@@ -96,6 +102,8 @@ impl Default for Settings {
             clients: Vec::new(),
             on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
+            proxy: BTreeMap::new(),
+            token_files: Vec::new(),
         }
     }
 }
@@ -430,11 +438,16 @@ impl Settings {
             });
         let profiles = Profiles::from_settings(&self.profiles)
             .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
+        let known = profiles.as_ref().ok();
+        let proxy = crate::proxy_route::validate(&self.proxy, self.env, known, &mut problems.0);
+        let token_files = crate::token_files::validate(&self.token_files, known, &mut problems.0);
         match profiles {
             Ok(profiles) => problems.into_result(Validated {
                 default_org,
                 profiles,
                 clients,
+                proxy,
+                token_files,
                 on_demand,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
@@ -595,6 +608,8 @@ pub struct Validated {
     pub(crate) default_org: Option<OrgNumber>,
     pub(crate) profiles: Profiles,
     pub(crate) clients: Clients,
+    pub(crate) proxy: Vec<crate::proxy_route::ProxyRoute>,
+    pub(crate) token_files: Vec<crate::token_files::TokenFile>,
     pub(crate) on_demand: ScopePatterns,
 }
 

@@ -24,6 +24,8 @@ pub const REFRESH_FAILURES: &str = "broker_refresh_failures_total";
 pub const TOKEN_EXPIRY: &str = "broker_token_seconds_until_expiry";
 pub const KEY_EXPIRY: &str = "broker_key_seconds_until_expiry";
 pub const BUILD_INFO: &str = "broker_build_info";
+pub const PROXY_REQUESTS: &str = "broker_proxy_requests_total";
+pub const PROXY_UPSTREAM_DURATION: &str = "broker_proxy_upstream_duration_seconds";
 
 /// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
 /// `http_client.timeout` (seconds), so the buckets span both.
@@ -61,8 +63,11 @@ pub fn install() -> PrometheusHandle {
 
 fn install_recorder() -> PrometheusHandle {
     let builder = match PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), UPSTREAM_BUCKETS)
-    {
+        // Both latency histograms: token upstreams and proxied upstreams.
+        .set_buckets_for_metric(
+            Matcher::Suffix("upstream_duration_seconds".into()),
+            UPSTREAM_BUCKETS,
+        ) {
         Ok(b) => b,
         // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
         Err(e) => {
@@ -101,6 +106,15 @@ fn describe() {
     ::metrics::describe_counter!(
         REFRESH_FAILURES,
         "Background refreshes that failed (the cached token is served while it lasts)"
+    );
+    ::metrics::describe_counter!(
+        PROXY_REQUESTS,
+        "Requests to /proxy/{name}/..., by route and status class of the answer"
+    );
+    ::metrics::describe_histogram!(
+        PROXY_UPSTREAM_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time until a proxied upstream's response headers arrived, by route"
     );
     ::metrics::describe_gauge!(
         BUILD_INFO,
@@ -155,6 +169,24 @@ pub fn cache_lookup(hit: bool) {
 /// Count a background refresh that failed.
 pub fn refresh_failure(profile: &str) {
     ::metrics::counter!(REFRESH_FAILURES, "profile" => profile.to_owned()).increment(1);
+}
+
+/// Count one answered proxy request. `route` must be a configured route name (or `_unknown`).
+pub fn proxy_request(route: &str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ::metrics::counter!(PROXY_REQUESTS, "route" => route.to_owned(), "class" => class).increment(1);
+}
+
+/// Record how long a proxied upstream took to answer (headers).
+pub fn proxy_upstream(route: &str, elapsed: Duration) {
+    ::metrics::histogram!(PROXY_UPSTREAM_DURATION, "route" => route.to_owned())
+        .record(elapsed.as_secs_f64());
 }
 
 /// Count one upstream call to `target` (`maskinporten`, `altinn`) with its `outcome` (`ok`,

@@ -10,7 +10,8 @@
 //! services are strict, or a bug in the broker would pass locally and fail in production.
 //!
 //! - `maskinporten`: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.
-//! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`.
+//! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`, and a small Altinn-like API,
+//!   `GET /storage/api/v1/whoami`, that checks tokens as Altinn would (for the egress proxy).
 
 mod altinn;
 mod maskinporten;
@@ -227,5 +228,6 @@ fn router(world: Arc<World>) -> Router {
             "/authentication/api/v1/exchange/maskinporten",
             get(altinn::exchange),
         )
+        .route("/storage/api/v1/whoami", get(altinn::whoami))
         .with_state(world)
 }

@@ -16,6 +16,8 @@ mod faults;
 mod local_env;
 mod observability;
 mod on_demand;
+mod proxy;
 mod reload;
 mod secrets;
 mod token_endpoints;
+mod token_files;
