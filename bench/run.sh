@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # bench/run.sh: how fast and how small is maskinporten-broker on this machine?
 #
-#   bench/run.sh                   # everything, about 6 minutes after the builds
+#   bench/run.sh                   # everything, about 7.5 minutes after the builds
 #   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
-#   bench/run.sh --keys-only       # only step (6), many keys (about 3 minutes; BENCH_KEYS_QUIET=0: 40 s)
+#   bench/run.sh --keys-only       # only step (7), many keys (about 3 minutes; BENCH_KEYS_QUIET=0: 40 s)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
 # markdown table; bench/README.md says how to read it. Everything it starts is stopped on exit.
 #
+# Step (6) measures the egress proxy: the baseline called through the broker's /proxy/bench/
+# route and directly ("broker" and "baseline" columns), at 1 and 16 connections.
+#
 # Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (3 runs per load point, the
 # median counts), BENCH_PIN (1: servers on CPU 0, oha on CPU 1), BENCH_REFRESH_SECONDS (50),
 # BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
 # broker's measured answer size), BENCH_KEYS (2000 keys in step 6; 0 skips it),
-# BENCH_KEYS_LIFETIME (30, seconds, the simulator's token lifetime in step 6), BENCH_KEYS_QUIET
-# (1: step 6 also waits with no traffic to count upstream calls after the callers stop).
+# BENCH_KEYS_LIFETIME (30, seconds, the simulator's token lifetime in step 7), BENCH_KEYS_QUIET
+# (1: step 7 also waits with no traffic to count upstream calls after the callers stop).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -45,6 +48,8 @@ else
   PLACEMENT="load generator on the same cores"
 fi
 CONNECTIONS=(1 16 64)
+# Step (6), the egress proxy against calling its upstream directly.
+PROXY_CONNECTIONS=(1 16)
 # Must match bench/broker.yaml.
 TOKEN_LIFETIME_SECONDS=20
 
@@ -313,6 +318,18 @@ SERVERS+=("baseline:$BASELINE_PID:$BASELINE_URL/token/altinn")
 hit_series
 if [[ $MODE == full ]]; then
   record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
+  # (6) the egress proxy's overhead: the baseline called through the broker's /proxy/bench/
+  # route (bench/broker.yaml; the broker adds the altinn token) and called directly, taking turns.
+  curl -fsS --max-time 30 -o /dev/null "$BROKER_URL/proxy/bench/token/altinn" ||
+    die "the broker did not proxy to the baseline; see $WORK/broker.log"
+  for c in "${PROXY_CONNECTIONS[@]}"; do
+    for round in $(seq "$ROUNDS"); do
+      load "proxy_c${c}_r$round" "$BROKER_URL/proxy/bench/token/altinn" "$c"
+      load "direct_c${c}_r$round" "$BASELINE_URL/token/altinn" "$c"
+    done
+    median_run "proxy_c$c"
+    median_run "direct_c$c"
+  done
   stop_pid "$BROKER_PID"
 fi
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
@@ -347,7 +364,7 @@ fi
 fi
 
 if [[ $MODE != baseline && $KEYS -gt 0 ]]; then
-  # (6) many keys: KEYS system-user tokens (/token/skd?org=...), tokens of KEYS_LIFETIME s, info
+  # (7) many keys: KEYS system-user tokens (/token/skd?org=...), tokens of KEYS_LIFETIME s, info
   # logs, a fetch budget the warm-up does not hit.
   start_broker BROKER__LOCAL__TOKEN_LIFETIME="${KEYS_LIFETIME}s" \
     BROKER__CACHE__MAX_FETCHES_PER_SECOND=100000 BROKER__LOG__LEVEL=info
@@ -406,10 +423,10 @@ fi
 
 # ---- the table -------------------------------------------------------------------------------
 
-python3 - "$WORK" "${CONNECTIONS[@]}" <<'PY'
+python3 - "$WORK" "${PROXY_CONNECTIONS[*]}" "${CONNECTIONS[@]}" <<'PY'
 import json, os, sys
 
-work, conns = sys.argv[1], sys.argv[2:]
+work, proxy_conns, conns = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
 results = dict(line.rstrip("\n").split("=", 1) for line in open(os.path.join(work, "results.env")))
 
 def oha(name):
@@ -507,6 +524,19 @@ if refresh:
          f"{upstream} ({upstream / lifetimes:.2f})", "", ""),
         ("(4) refresh: non-200 answers", fmt(ok(refresh)[1]), "", ""),
     ]
+for c in proxy_conns:
+    via, direct = oha(f"proxy_c{c}"), oha(f"direct_c{c}")
+    if not via:
+        continue
+    rows.append((f"(6) proxy vs direct, {c} conn: req/s", fmt(rps(via)), fmt(rps(direct)),
+                 ratio(rps(via), rps(direct))))
+    rows.append((
+        f"(6) proxy vs direct, {c} conn: p50 / p99 ms",
+        " / ".join(fmt(ms(via, p), 2) for p in ("p50", "p99")),
+        " / ".join(fmt(ms(direct, p), 2) for p in ("p50", "p99")),
+        f"{ratio(ms(via, 'p50'), ms(direct, 'p50'))} / {ratio(ms(via, 'p99'), ms(direct, 'p99'))} (p50 / p99)",
+    ))
+    rows.append((f"(6) proxy vs direct, {c} conn: non-200 answers", fmt(ok(via)[1]), fmt(ok(direct)[1]), ""))
 if r("mode") != "keys":
     rows += [
         ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
@@ -524,24 +554,24 @@ if hot and rotate:
         return int(r(f"keys_{name}_log_bytes")) * 10000 / max(ok(run)[0], 1)
 
     rows += [
-        (f"(6) {keys} keys, tokens of {r('keys_lifetime')} s: upstream calls for a burst of {keys} keys, each asked once",
+        (f"(7) {keys} keys, tokens of {r('keys_lifetime')} s: upstream calls for a burst of {keys} keys, each asked once",
          r("keys_burst_upstream"), "", f"{keys} expected"),
     ]
     if r("keys_after_burst_upstream"):
-        rows.append((f"(6) then no traffic for {int(r('keys_lifetime')) + 5} s: more upstream calls",
+        rows.append((f"(7) then no traffic for {int(r('keys_lifetime')) + 5} s: more upstream calls",
                      str(int(r("keys_after_burst_upstream")) - int(r("keys_burst_upstream"))), "", "0 expected"))
     rows += [
-        ("(6) 16 conn, one hot key: req/s / CPU µs per hit", f"{fmt(rps(hot))} / {us_per_hit(hot, 'hot'):.1f}", "", ""),
-        (f"(6) 16 conn, rotating over {keys} keys: req/s / CPU µs per hit",
+        ("(7) 16 conn, one hot key: req/s / CPU µs per hit", f"{fmt(rps(hot))} / {us_per_hit(hot, 'hot'):.1f}", "", ""),
+        (f"(7) 16 conn, rotating over {keys} keys: req/s / CPU µs per hit",
          f"{fmt(rps(rotate))} / {us_per_hit(rotate, 'rotate'):.1f}", "", ""),
-        ("(6) log bytes per 10,000 hits at info (hot / rotating)",
+        ("(7) log bytes per 10,000 hits at info (hot / rotating)",
          f"{log_per_10k(hot, 'hot'):,.0f} / {log_per_10k(rotate, 'rotate'):,.0f}", "", ""),
-        ("(6) new cache misses during the two runs / non-200 answers",
+        ("(7) new cache misses during the two runs / non-200 answers",
          f"{r('keys_new_misses')} / {ok(hot)[1] + ok(rotate)[1]}", "", "0 / 0 expected"),
-        (f"(6) VmHWM with {keys} keys cached", mib(r("keys_hwm_kib")), "", ""),
+        (f"(7) VmHWM with {keys} keys cached", mib(r("keys_hwm_kib")), "", ""),
     ]
     if r("keys_stop_first"):
-        rows.append(("(6) callers stop: upstream calls in the next token lifetime / the one after",
+        rows.append(("(7) callers stop: upstream calls in the next token lifetime / the one after",
                      f"{r('keys_stop_first')} / {r('keys_stop_second')}", "", f"at most {keys} / 0 expected"))
 print("| measurement | broker | baseline | broker/baseline, or expected |")
 print("| --- | --- | --- | --- |")

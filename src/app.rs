@@ -21,13 +21,16 @@ use crate::broker::{Broker, Generation};
 use crate::budget::FetchBudget;
 use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
-use crate::config::{ConfigError, Environment, Settings, Validated};
+use crate::config::{ConfigError, Environment, LOCAL_KID, Settings, Validated};
+use crate::discovery::{self, DiscoveryError, Metadata, Plan};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
-use crate::key::{KeyError, SigningKey};
+use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
 use crate::retry::RetryPolicy;
+use crate::secret::Secret;
 use crate::serve;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
+use crate::token_files::TokenFiles;
 use crate::upstream::{ClientBuildError, http_client};
 
 /// Longest a single request to the broker may take before it gets a 503.
@@ -46,6 +49,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Client(#[from] ClientBuildError),
+    #[error("endpoints.issuer")]
+    Discovery(#[from] DiscoveryError),
     #[error("cannot start the local simulator")]
     Simulator(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -56,33 +61,95 @@ pub enum StartError {
     },
 }
 
-/// The loaded key and where it came from.
+/// The signing key the config names, checked (kid rules, certificate validity). Warns when the
+/// certificate expires within 30 days; called at start and on every reload.
 pub(crate) fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
-    let (kid, alg) = (settings.kid(), settings.key.algorithm);
-    if let Some(pem) = &settings.key.pem {
-        return SigningKey::from_pem(pem, kid, alg).map_err(|source| StartError::Key {
-            field: "key.pem",
+    let (kid, alg) = (settings.kid.as_deref(), settings.key.algorithm);
+    let fallback = (settings.env == Environment::Local).then_some(LOCAL_KID);
+    let Some((field, file)) = read_key_file(settings)? else {
+        let kid = kid.unwrap_or(LOCAL_KID);
+        tracing::info!(
+            kid,
+            "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
+        );
+        return SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
+            field: "key",
             source,
         });
+    };
+    let key = file
+        .select(kid, fallback, alg, SystemTime::now())
+        .map_err(|source| StartError::Key {
+            field: if source.is_about_kid() { "kid" } else { field },
+            source,
+        })?;
+    warn_if_expiring(&key, SystemTime::now());
+    Ok(key)
+}
+
+/// Every key the configured source holds (all of a JWKS), with the config field it came from;
+/// `None` in `local` without a key.
+pub(crate) fn read_key_file(
+    settings: &Settings,
+) -> Result<Option<(&'static str, KeyFile)>, StartError> {
+    let key = &settings.key;
+    let at = |field: &'static str| move |source| StartError::Key { field, source };
+    if let Some(pem) = &key.pem {
+        return Ok(Some((
+            "key.pem",
+            KeyFile::parse(pem.as_bytes(), None).map_err(at("key.pem"))?,
+        )));
     }
-    match &settings.key.path {
+    if let Some(jwk) = &key.jwk {
+        return Ok(Some((
+            "key.jwk",
+            KeyFile::inline_jwk(jwk).map_err(at("key.jwk"))?,
+        )));
+    }
+    match &key.path {
         Some(path) if settings.env != Environment::Local || path.exists() => {
             warn_if_readable_by_others(path);
-            SigningKey::from_file(path, kid, alg).map_err(|source| StartError::Key {
-                field: "key.path",
-                source,
-            })
+            let password = password(settings)?;
+            let file = KeyFile::read(path, password.as_ref()).map_err(at("key.path"))?;
+            Ok(Some(("key.path", file)))
         }
-        _ => {
-            tracing::info!(
-                kid,
-                "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
-            );
-            SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
-                field: "key",
-                source,
-            })
-        }
+        _ => Ok(None),
+    }
+}
+
+/// The PKCS#12 password from `key.password` (or `BROKER__KEY__PASSWORD`) or `key.password_file`.
+fn password(settings: &Settings) -> Result<Option<Secret>, StartError> {
+    if let Some(password) = &settings.key.password {
+        return Ok(Some(Secret::new(password.as_str())));
+    }
+    let Some(path) = &settings.key.password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::Key {
+        field: "key.password_file",
+        source: KeyError::PasswordFile {
+            path: path.display().to_string(),
+            source,
+        },
+    })?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+}
+
+/// A certificate that expires within [`EXPIRY_WARNING`] gets a warning at start and each reload.
+fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
+    let Some(leaf) = key.chain().first() else {
+        return;
+    };
+    if let Ok(left) = leaf.not_after.duration_since(now)
+        && left < EXPIRY_WARNING
+    {
+        tracing::warn!(
+            kid = key.kid(),
+            subject = %leaf.subject,
+            not_after = %crate::token::rfc3339(leaf.not_after),
+            days_left = left.as_secs() / 86_400,
+            "the business certificate expires within 30 days: order a renewed one from the vendor and switch key.path"
+        );
     }
 }
 
@@ -114,7 +181,17 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
-    let generation = generation(&settings, validated, key, local_base)?;
+    let discovered = discover(&settings, local_base).await?;
+    let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
+    let files = validated.token_files.clone();
+    let fixed_orgs: Vec<_> = validated
+        .proxy
+        .iter()
+        .filter(|r| r.org.is_some())
+        .cloned()
+        .collect();
+    let generation = generation(&settings, validated, key, local_base, discovered)?;
+    let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
     let budget = FetchBudget::new(
@@ -131,22 +208,73 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             openapi: serde_json::to_vec(&http::document())
                 .unwrap_or_default()
                 .into(),
+            proxy,
+            token_files,
         }),
         simulator,
     })
 }
 
-/// The reloadable part of the broker, from validated settings and a loaded key.
+/// The issuer metadata, when these settings discover the token endpoint: the plan, and what it
+/// read (`None` after a tolerated failure). A required read that fails refuses the settings.
+pub(crate) async fn discover(
+    settings: &Settings,
+    local_base: Option<&Url>,
+) -> Result<Option<(Plan, Option<Metadata>)>, StartError> {
+    let issuer = settings.endpoints(local_base).issuer;
+    let Some(plan) = Plan::of(settings, &issuer) else {
+        return Ok(None);
+    };
+    let http = http_client(&settings.http_client)?;
+    let metadata = plan.resolve(&http, settings.http_client.timeout).await?;
+    Ok(Some((plan, metadata)))
+}
+
+/// Token files and proxy routes with a fixed org must name a token the broker can make, by the
+/// same rules as a request (`Generation::resolve`); checked before the broker listens.
+fn token_files(
+    generation: &Generation,
+    files: &[crate::token_files::TokenFile],
+    fixed_orgs: &[crate::proxy_route::ProxyRoute],
+) -> Result<TokenFiles, StartError> {
+    let mut problems: Vec<String> = fixed_orgs
+        .iter()
+        .filter_map(|r| {
+            generation
+                .resolve(&r.profile, r.org.clone())
+                .err()
+                .map(|e| format!("proxy.{}.org: {e}", r.name))
+        })
+        .collect();
+    match TokenFiles::new(files, generation) {
+        Ok(files) if problems.is_empty() => Ok(files),
+        Ok(_) => Err(ConfigError::Invalid(problems).into()),
+        Err(mut more) => {
+            problems.append(&mut more);
+            Err(ConfigError::Invalid(problems).into())
+        }
+    }
+}
+
+/// The reloadable part of the broker, from validated settings, a loaded key and what discovery
+/// read.
 pub(crate) fn generation(
     settings: &Settings,
     validated: Validated,
     key: SigningKey,
     local_base: Option<&Url>,
+    discovered: Option<(Plan, Option<Metadata>)>,
 ) -> Result<Generation, StartError> {
+    let mut endpoints = settings.endpoints(local_base);
+    let (discovery, metadata) = discovered.unzip();
+    if let Some(metadata) = metadata.flatten() {
+        endpoints.token_url = metadata.token_endpoint;
+    }
     let fetcher = Fetcher::new(
         settings.client_id().to_owned(),
         key,
-        settings.endpoints(local_base),
+        endpoints,
+        settings.grant.lifetime,
         http_client(&settings.http_client)?,
         settings.http_client.timeout,
     );
@@ -155,6 +283,7 @@ pub(crate) fn generation(
         profiles: validated.profiles,
         default_org: validated.default_org,
         on_demand: validated.on_demand,
+        discovery,
     })
 }
 
@@ -167,7 +296,7 @@ pub(crate) fn simulator_client(
 ) -> RegisteredClient {
     RegisteredClient {
         client_id: client_id.to_owned(),
-        keys: vec![(key.kid().to_owned(), key.public_key())],
+        keys: vec![(key.kid().unwrap_or(LOCAL_KID).to_owned(), key.public_key())],
         scopes: validated.scopes(),
     }
 }
@@ -203,18 +332,35 @@ pub struct App {
     started: Settings,
     stop: CancellationToken,
     server: JoinHandle<()>,
+    /// Re-reads the issuer metadata daily; aborted on shutdown.
+    rediscovery: JoinHandle<()>,
 }
 
 impl App {
     /// Build from settings and serve on `listener` until [`App::shutdown`].
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
         let started = settings.clone();
+        let http_settings = settings.http_client.clone();
         let built = build(settings).await?;
+        let (http, timeout) = (http_client(&http_settings)?, http_settings.timeout);
+        let (current, changed) = (built.state.clone(), built.state.clone());
+        let rediscovery = tokio::spawn(discovery::keep_fresh(
+            move || {
+                let g = current.broker().generation();
+                let plan = g.discovery.clone()?;
+                Some((plan, g.fetcher.endpoints.token_url.clone()))
+            },
+            move |plan, url| changed.broker().set_token_url(plan, url),
+            http,
+            timeout,
+            (discovery::REREAD_INTERVAL, discovery::RETRY_INTERVAL),
+        ));
         let addr = listener.local_addr().map_err(StartError::Simulator)?;
         let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
         let stop = CancellationToken::new();
         let server_settings = started.server.clone();
         raise_and_log_connection_limits(&server_settings);
+        built.state.token_files.spawn(&built.state.tokens, &stop);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
             serve::serve(listener, service, &server_settings, signal).await;
@@ -226,6 +372,7 @@ impl App {
             started,
             stop,
             server,
+            rediscovery,
         })
     }
 
@@ -234,18 +381,20 @@ impl App {
         self.simulator.as_ref().map(SimulatorHandle::base_url)
     }
 
-    /// Replace key, kid, client id, endpoints, `http_client`, profiles, `on_demand`, default org
-    /// and clients with those of `settings`. Everything is built before anything is applied: a
-    /// config that does not validate, a key that does not load or an HTTP client that cannot be
-    /// built changes nothing. Tokens already cached stay until they expire; they are valid whatever key signed
-    /// the grant. Sections read only at start-up ([`needing_restart`]) are logged, not applied.
-    pub fn reload(&self, settings: &Settings) -> Result<(), StartError> {
+    /// Replace key, kid, client id, endpoints (discovered again), `http_client`, profiles,
+    /// `on_demand`, default org and clients with those of `settings`. Everything is built before
+    /// anything is applied: a config that does not validate, a key that does not load, a discovery
+    /// that must succeed and fails, or an HTTP client that cannot be built changes nothing. Tokens
+    /// already cached stay until they expire; they are valid whatever key signed the grant.
+    /// Sections read only at start-up ([`needing_restart`]) are logged, not applied.
+    pub async fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
         let key = load_key(settings)?;
+        let discovered = discover(settings, self.simulator_url()).await?;
         let registration = simulator_client(settings.client_id(), &key, &validated);
-        let kid = key.kid().to_owned();
+        let kid = key.kid().map(str::to_owned);
         let clients = Arc::new(validated.clients.clone());
-        let generation = generation(settings, validated, key, self.simulator_url())?;
+        let generation = generation(settings, validated, key, self.simulator_url(), discovered)?;
         // Built completely: apply.
         if let Some(sim) = &self.simulator {
             sim.register_client(registration);
@@ -253,7 +402,7 @@ impl App {
         self.state.clients.store(clients);
         self.state.broker().replace(generation);
         tracing::info!(
-            kid,
+            kid = kid.as_deref(),
             "configuration and key reloaded (key, kid, client_id, endpoints, http_client, profiles, on_demand, default_org, clients)"
         );
         let unchanged = needing_restart(&self.started, settings);
@@ -269,6 +418,7 @@ impl App {
     /// Stop accepting, let requests in flight finish, stop background work.
     pub async fn shutdown(self) {
         self.stop.cancel();
+        self.rediscovery.abort();
         let _ = self.server.await;
         self.state.tokens.shutdown();
         if let Some(sim) = self.simulator {
@@ -411,10 +561,11 @@ async fn reload_on_change(
                 "file change"
             }
         };
-        match Settings::load(config_path)
-            .map_err(StartError::from)
-            .and_then(|s| app.reload(&s).map(|()| s))
-        {
+        let reloaded = match Settings::load(config_path) {
+            Ok(settings) => app.reload(&settings).await.map(|()| settings),
+            Err(e) => Err(e.into()),
+        };
+        match reloaded {
             Ok(settings) => {
                 files.follow_key(settings.key.path.as_deref());
                 tracing::info!(reason, "reloaded")

@@ -26,13 +26,15 @@ use crate::token::Token;
 use crate::upstream::Target;
 
 /// What a reload replaces.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Generation {
     pub fetcher: Fetcher,
     pub profiles: Profiles,
     pub default_org: Option<OrgNumber>,
     /// `on_demand.scopes`: what `GET /token?scope=` may ask for; empty turns it off.
     pub on_demand: ScopePatterns,
+    /// Where the token endpoint was discovered, for the daily re-read; `None` when configured.
+    pub discovery: Option<crate::discovery::Plan>,
 }
 
 impl Generation {
@@ -235,6 +237,21 @@ impl Broker {
 
     pub fn generation(&self) -> Arc<Generation> {
         self.generation.load_full()
+    }
+
+    /// Post to `token_url` from now on, if the current generation still discovers with `plan`
+    /// (a reload in between wins).
+    pub fn set_token_url(&self, plan: &crate::discovery::Plan, token_url: url::Url) {
+        self.generation.rcu(|current| {
+            if current.discovery.as_ref() == Some(plan) {
+                Arc::new(Generation {
+                    fetcher: current.fetcher.with_token_url(token_url.clone()),
+                    ..Generation::clone(current)
+                })
+            } else {
+                Arc::clone(current)
+            }
+        });
     }
 
     /// Install a new generation (key rotation, config reload).

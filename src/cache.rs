@@ -17,12 +17,15 @@
 //!   never; the caller then waits for a fresh one or gets the error.
 //! - **Refusals are remembered.** A permanent refusal is returned from memory for
 //!   [`REFUSAL_MEMORY`], so a crowd of callers cannot hammer Maskinporten with a broken grant.
+//! - **Rejected tokens are replaced.** A token an API refused before its expiry (the proxy's
+//!   401) is replaced once by [`TokenCache::invalidate`], at most once per key per
+//!   [`REFUSAL_MEMORY`].
 //!
 //! The cache knows nothing of HTTP, grants or upstreams: it asks a [`TokenSource`].
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -236,6 +239,9 @@ struct Slot {
     asked: AtomicBool,
     /// Wakes the background task waiting for a caller to ask.
     wake: Notify,
+    /// Milliseconds since `epoch` at the last replacement of a rejected token, plus one (0: never).
+    rejected_ms: AtomicU64,
+    epoch: Instant,
     stop: CancellationToken,
 }
 
@@ -246,6 +252,8 @@ impl Slot {
             refreshing: tokio::sync::Mutex::new(()),
             asked: AtomicBool::new(false),
             wake: Notify::new(),
+            rejected_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             stop,
         }
     }
@@ -260,6 +268,18 @@ impl Slot {
         if !self.asked.load(Ordering::Relaxed) && !self.asked.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
+    }
+    /// Whether a rejected token was replaced less than `within` ago.
+    fn rejected_within(&self, within: Duration) -> bool {
+        let last = self.rejected_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        last != 0 && now.saturating_sub(last) < within.as_millis() as u64
+    }
+    fn note_rejection(&self) {
+        self.rejected_ms.store(
+            self.epoch.elapsed().as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -341,7 +361,7 @@ impl<S: TokenSource> TokenCache<S> {
         }
         if let Some(slot) = inner.slots.get(key).await {
             return self
-                .refresh_now(key, &slot, client)
+                .refresh_now(key, &slot, client, None)
                 .await
                 .map(|t| (t, Outcome::Miss));
         }
@@ -375,9 +395,25 @@ impl<S: TokenSource> TokenCache<S> {
         if inner.policy.servable(&token, inner.clock.now()) {
             return Ok((token, outcome));
         }
-        self.refresh_now(key, &slot, client)
+        self.refresh_now(key, &slot, client, None)
             .await
             .map(|t| (t, Outcome::Miss))
+    }
+
+    /// The upstream refused `rejected` (revoked before its expiry): replace it with a fresh token.
+    /// Callers reporting the same rejected token share one fetch; one that reports a token already
+    /// replaced gets the replacement. At most one replacement per key every [`REFUSAL_MEMORY`]:
+    /// within it the rejected token itself comes back, so a caller can tell nothing changed.
+    pub async fn invalidate(
+        &self,
+        key: &CacheKey,
+        rejected: &Token,
+        client: Option<&ClientBudget>,
+    ) -> Result<Arc<Token>, CacheError<S::Error>> {
+        match self.inner.slots.get(key).await {
+            Some(slot) => self.refresh_now(key, &slot, client, Some(rejected)).await,
+            None => self.get(key, client).await.map(|(token, _)| token),
+        }
     }
 
     /// A fresh token for `key` whatever is cached (a caller's `skip_cache`); it replaces the
@@ -474,22 +510,31 @@ impl<S: TokenSource> TokenCache<S> {
         }
     }
 
-    /// The caller's path when the slot's token is too old: one fetch per slot, others wait for it.
+    /// The caller's path when the slot's token is too old (or was `rejected` upstream): one fetch
+    /// per slot, others wait for it.
     async fn refresh_now(
         &self,
         key: &CacheKey,
         slot: &Slot,
         client: Option<&ClientBudget>,
+        rejected: Option<&Token>,
     ) -> Result<Arc<Token>, CacheError<S::Error>> {
         let _guard = slot.refreshing.lock().await;
         let current = slot.current();
-        if self.inner.policy.servable(&current, self.inner.clock.now()) {
+        // A token rejected again within REFUSAL_MEMORY of the last replacement stays: the
+        // upstream refuses fresh tokens too, and each rejection must not cost a fetch.
+        let still_rejected = rejected.is_some_and(|r| r.value == current.value)
+            && !slot.rejected_within(REFUSAL_MEMORY);
+        if !still_rejected && self.inner.policy.servable(&current, self.inner.clock.now()) {
             return Ok(current);
         }
         if let Some(refusal) = self.inner.refusals.get(key).await {
             return Err(refusal.error);
         }
         let token = self.fetch(key, client).await?;
+        if still_rejected {
+            slot.note_rejection();
+        }
         slot.replace(token.clone());
         Ok(token)
     }
@@ -745,6 +790,44 @@ mod tests {
             out.push(h.await.unwrap());
         }
         out
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_is_replaced_once_however_many_report_it() {
+        let cache = TokenCache::new(
+            Counting {
+                calls: AtomicUsize::new(0),
+                lifetime: Duration::from_secs(120),
+            },
+            policy(),
+            budget(),
+            Arc::new(Clock::default()),
+        );
+        let (first, _) = cache.get(&key(), None).await.unwrap();
+        let reports: Vec<_> = (0..5)
+            .map(|_| {
+                let (c, first) = (cache.clone(), first.clone());
+                tokio::spawn(async move { c.invalidate(&key(), &first, None).await.unwrap() })
+            })
+            .collect();
+        let mut fresh = Vec::new();
+        for r in reports {
+            fresh.push(r.await.unwrap());
+        }
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 2);
+        assert!(
+            fresh
+                .iter()
+                .all(|t| t.value == fresh[0].value && t.value != first.value)
+        );
+        assert_eq!(
+            cache.get(&key(), None).await.unwrap().0.value,
+            fresh[0].value
+        );
+        // Rejected again at once: the upstream refuses fresh tokens too; no more fetches.
+        let again = cache.invalidate(&key(), &fresh[0], None).await.unwrap();
+        assert_eq!(again.value, fresh[0].value);
+        assert_eq!(cache.source().calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

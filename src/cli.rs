@@ -55,6 +55,16 @@ pub enum Command {
         /// Key size: 2048, 3072 or 4096 bits.
         #[arg(long, default_value_t = 2048, value_parser = clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"]).map(|s| s.parse::<usize>().unwrap_or(2048)))]
         bits: usize,
+        /// Add the new key to this private JWKS file instead (created when absent; at most 5
+        /// keys), for key rotation. Print the set to upload with `jwks --file`.
+        #[arg(long, value_name = "JWKS_FILE")]
+        add_to: Option<PathBuf>,
+    },
+    /// Print the public JWKS of every key in the key file: the set to upload to Digdir (at most 5).
+    Jwks {
+        /// A key file (PEM, JWK or JWKS); without it, the config's key source.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
     /// Validate the config and key and show what the broker would use; --online fetches tokens.
     Check {

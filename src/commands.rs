@@ -12,8 +12,9 @@ use crate::app::{self, load_key};
 use crate::config::{Environment, Settings};
 use crate::http::problem::ApiError;
 use crate::http::token::TokenResponse;
-use crate::key::{Algorithm, SigningKey, public_key_from_jwk};
+use crate::key::{Algorithm, Form, KeyFile, MAX_KEYS_PER_CLIENT, SigningKey, public_key_from_jwk};
 use crate::org::OrgNumber;
+use crate::secret::Secret;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig};
 
 fn parse_org(org: Option<&str>) -> anyhow::Result<Option<OrgNumber>> {
@@ -57,7 +58,7 @@ pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Re
     let validated = settings.validate()?;
     let key = load_key(&settings)?;
     // The same profile and system-user rules, and the same grant, as the server's.
-    let generation = app::generation(&settings, validated, key, None)?;
+    let generation = app::generation(&settings, validated, key, None, None)?;
     let (profile, key) = generation.resolve(profile, org)?;
     let grant =
         generation
@@ -67,13 +68,21 @@ pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Re
     Ok(())
 }
 
-/// `keygen --out DIR --bits N`
-pub fn keygen(out: &Path, bits: usize) -> anyhow::Result<()> {
+/// A fresh kid: the date and a random suffix, unique enough for Digdir's global namespace.
+fn fresh_kid() -> String {
     let date = time::OffsetDateTime::now_utc().date();
-    let kid = format!(
+    format!(
         "broker-{date}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    )
+}
+
+/// `keygen --out DIR --bits N`, or `keygen --add-to JWKS_FILE` for rotation.
+pub fn keygen(out: &Path, bits: usize, add_to: Option<&Path>) -> anyhow::Result<()> {
+    let kid = fresh_kid();
+    if let Some(jwks) = add_to {
+        return add_to_jwks(jwks, || SigningKey::generate(bits, &kid, Algorithm::RS256));
+    }
     let key = SigningKey::generate(bits, &kid, Algorithm::RS256)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let pem_path = out.join("maskinporten-key.pem");
@@ -107,6 +116,90 @@ pub fn keygen(out: &Path, bits: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Add `key` to the private JWKS at `path` (created when absent), at most
+/// [`MAX_KEYS_PER_CLIENT`] keys, replacing the file atomically with mode 0600.
+fn add_to_jwks(
+    path: &Path,
+    generate: impl FnOnce() -> Result<SigningKey, crate::key::KeyError>,
+) -> anyhow::Result<()> {
+    let mut keys: Vec<serde_json::Value> = if path.exists() {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let file = KeyFile::parse(&bytes, None)
+            .with_context(|| format!("{} is not a private JWKS", path.display()))?;
+        if file.form != Form::Jwks {
+            bail!(
+                "{} is not a JWKS ({{\"keys\": [...]}}); --add-to extends a JWKS file",
+                path.display()
+            );
+        }
+        if file.len() >= MAX_KEYS_PER_CLIENT {
+            bail!(
+                "{} already holds {} keys, Digdir's limit per client; remove the oldest (after switching kid away from it) first",
+                path.display(),
+                file.len()
+            );
+        }
+        let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+        value["keys"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let key = generate()?;
+    keys.push(key.private_jwk());
+    let text =
+        Secret::new(serde_json::to_string_pretty(&serde_json::json!({ "keys": keys }))? + "\n");
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = dir.join(format!(".{}.new", uuid::Uuid::new_v4().simple()));
+    write_private(&temp, text.expose())?;
+    std::fs::rename(&temp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    let kid = key.kid().unwrap_or_default();
+    println!(
+        "added kid {kid} to {} (now {} keys, mode 0600)",
+        path.display(),
+        keys.len()
+    );
+    println!(
+        "1. upload the public set to Digdir: maskinporten-broker jwks --file {}",
+        path.display()
+    );
+    println!("2. wait until Digdir has it (up to 2 minutes)");
+    println!("3. set kid: {kid} in broker.yaml; the broker reloads and signs with the new key");
+    println!("4. later, remove the old key from the file and upload the set again");
+    Ok(())
+}
+
+/// `jwks [--file PATH]`: the public JWKS of every key in the file (or the configured key
+/// source): the set to upload to Digdir.
+pub fn jwks(settings: Option<&Settings>, file: Option<&Path>) -> anyhow::Result<()> {
+    let algorithm = settings.map(|s| s.key.algorithm).unwrap_or_default();
+    let keys = match (file, settings) {
+        (Some(path), _) => match KeyFile::read(path, None) {
+            Ok(file) => file,
+            // A read error names the path already; the others say what the content is not.
+            Err(e @ crate::key::KeyError::Read { .. }) => return Err(e.into()),
+            Err(e) => return Err(anyhow::Error::new(e).context(path.display().to_string())),
+        },
+        (None, Some(settings)) => match app::read_key_file(settings)? {
+            Some((_, file)) => file,
+            None => bail!("the config names no key (key.path, key.pem or key.jwk)"),
+        },
+        (None, None) => bail!("pass --file PATH or a --config with a key"),
+    };
+    if keys.len() > MAX_KEYS_PER_CLIENT {
+        bail!(
+            "the file holds {} keys; Digdir accepts at most {MAX_KEYS_PER_CLIENT} per client: remove the oldest first",
+            keys.len()
+        );
+    }
+    let set = keys.public_jwks(algorithm);
+    println!("{}", serde_json::to_string_pretty(&set)?);
+    Ok(())
+}
+
 fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -130,19 +223,27 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
         settings.env
     );
     println!("client_id:       {}", settings.client_id());
-    println!(
-        "kid:             {} (RSA {} bits, {})",
-        key.kid(),
-        key.bits(),
-        key.algorithm().name()
-    );
-    println!("key pair:        ok (a signed grant verifies with the public key)");
+    print_key(&key);
     if settings.env == Environment::Local {
         println!("endpoints:       the embedded simulator on a loopback port chosen at start");
     } else {
         let e = settings.endpoints(None);
         println!("issuer:          {}", e.issuer);
-        println!("token endpoint:  {}", e.token_url);
+        let token_url = match crate::discovery::Plan::of(&settings, &e.issuer) {
+            None => format!("{} (configured; no discovery)", e.token_url),
+            Some(plan) if !online => format!(
+                "read from {} at start (built-in: {}; check --online reads it now)",
+                plan.url, e.token_url
+            ),
+            Some(_) => match app::discover(&settings, None).await? {
+                Some((_, Some(m))) => format!("{} (from the issuer's metadata)", m.token_endpoint),
+                _ => format!(
+                    "{} (built-in: the issuer's metadata is unreadable, see the warning)",
+                    e.token_url
+                ),
+            },
+        };
+        println!("token endpoint:  {token_url}");
         println!("altinn exchange: {}", e.altinn_exchange_url);
     }
     if let Some(org) = &validated.default_org {
@@ -189,6 +290,48 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
         bail!("{failures} profile(s) failed");
     }
     Ok(())
+}
+
+/// What `check` says about the key: its form, kid, and the business certificate.
+fn print_key(key: &SigningKey) {
+    println!("key form:        {}", key.form().explain());
+    println!(
+        "kid:             {} (RSA {} bits, {})",
+        key.kid()
+            .unwrap_or("none: grants carry only x5c (Digdir requires kid once a key or certificate is registered on the client)"),
+        key.bits(),
+        key.algorithm().name()
+    );
+    println!("key pair:        ok (a signed grant verifies with the public key)");
+    let Some(leaf) = key.chain().first() else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let days = leaf
+        .not_after
+        .duration_since(now)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0);
+    println!("certificate:     {}", leaf.subject);
+    println!(
+        "  org number:    {}",
+        leaf.org_number
+            .as_deref()
+            .unwrap_or("none found (no serialNumber or organizationIdentifier in the subject)")
+    );
+    println!("  issuer:        {}", leaf.issuer);
+    println!(
+        "  not after:     {} ({days} days left{})",
+        crate::token::rfc3339(leaf.not_after),
+        if days < 30 { "; renew it now" } else { "" }
+    );
+    println!(
+        "  x5c:           the leaf{} in every grant header",
+        match key.chain().len() {
+            1 => String::new(),
+            n => format!(" and {} chain certificate(s)", n - 1),
+        }
+    );
 }
 
 /// Sign a grant and verify it with the public half: catches a PEM that is not the pair of itself.

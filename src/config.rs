@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::access::{ClientSettings, Clients};
+use crate::grant::MAX_GRANT_LIFETIME;
 use crate::key::Algorithm;
 use crate::on_demand::{OnDemandSettings, ScopePatterns};
 use crate::org::OrgNumber;
@@ -55,6 +56,7 @@ pub struct Settings {
     /// The key id Digdir gave the uploaded public key. Optional only in `local`.
     pub kid: Option<String>,
     pub key: KeySettings,
+    pub grant: GrantSettings,
     /// Organisation for system-user profiles when a request has no `org`.
     pub default_org: Option<String>,
     pub listen: SocketAddr,
@@ -72,6 +74,12 @@ pub struct Settings {
     pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
     pub allow_unauthenticated: bool,
+    /// Egress proxy routes: `/proxy/{name}/...` forwarded with the profile's token added.
+    #[serde(default)]
+    pub proxy: BTreeMap<String, crate::proxy_route::ProxyRouteSettings>,
+    /// Files kept holding a fresh token, for programs that read files more easily than HTTP.
+    #[serde(default)]
+    pub token_files: Vec<crate::token_files::TokenFileSettings>,
 }
 
 impl Default for Settings {
@@ -81,6 +89,7 @@ impl Default for Settings {
             client_id: None,
             kid: None,
             key: KeySettings::default(),
+            grant: GrantSettings::default(),
             default_org: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             server: ServerSettings::default(),
@@ -93,27 +102,66 @@ impl Default for Settings {
             clients: Vec::new(),
             on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
+            proxy: BTreeMap::new(),
+            token_files: Vec::new(),
         }
     }
 }
 
-/// Where the private key comes from: a PEM file, or PEM text (meant for `BROKER__KEY__PEM` from a
-/// container secret). Exactly one of the two outside `local`.
+/// Where the private key comes from: a file of any form (PEM, private JWK, JWKS, PKCS#12; told
+/// apart by content), PEM text (`BROKER__KEY__PEM`) or JWK text (`BROKER__KEY__JWK`, JSON or base64
+/// of it), meant for container secrets. Exactly one of the three outside `local`. A PKCS#12 file
+/// takes its password from `password` (`BROKER__KEY__PASSWORD`) or `password_file`.
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
     pub path: Option<PathBuf>,
     pub pem: Option<String>,
+    pub jwk: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
     pub algorithm: Algorithm,
 }
 
 impl fmt::Debug for KeySettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "[redacted]");
         f.debug_struct("KeySettings")
             .field("path", &self.path)
-            .field("pem", &self.pem.as_ref().map(|_| "[redacted]"))
+            .field("pem", &redacted(&self.pem))
+            .field("jwk", &redacted(&self.jwk))
+            .field("password", &redacted(&self.password))
+            .field("password_file", &self.password_file)
             .field("algorithm", &self.algorithm)
             .finish()
+    }
+}
+
+/// The JWT grant the broker signs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrantSettings {
+    /// `exp - iat`; Maskinporten accepts at most 120 s.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+}
+
+impl Default for GrantSettings {
+    fn default() -> Self {
+        GrantSettings {
+            lifetime: Duration::from_secs(120),
+        }
+    }
+}
+
+impl GrantSettings {
+    fn check(&self, problems: &mut Problems) {
+        if self.lifetime < Duration::from_secs(1) || self.lifetime > MAX_GRANT_LIFETIME {
+            problems.push(format!(
+                "grant.lifetime: must be between 1s and 120s (Maskinporten refuses longer grants), got {}",
+                humantime::format_duration(self.lifetime)
+            ));
+        }
     }
 }
 
@@ -125,6 +173,9 @@ pub struct EndpointSettings {
     pub issuer: Option<String>,
     pub token_url: Option<Url>,
     pub altinn_exchange_url: Option<Url>,
+    /// Read the token endpoint from `{issuer}.well-known/oauth-authorization-server`; default on
+    /// for `test` and `prod` and for a custom issuer without `token_url`.
+    pub discovery: Option<bool>,
 }
 
 /// `server:`: how many connections the broker holds and how long each may stall (src/serve.rs).
@@ -396,37 +447,48 @@ impl Settings {
             });
         let profiles = Profiles::from_settings(&self.profiles)
             .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
+        let known = profiles.as_ref().ok();
+        let proxy = crate::proxy_route::validate(&self.proxy, self.env, known, &mut problems.0);
+        let token_files = crate::token_files::validate(&self.token_files, known, &mut problems.0);
         match profiles {
             Ok(profiles) => problems.into_result(Validated {
                 default_org,
                 profiles,
                 clients,
+                proxy,
+                token_files,
                 on_demand,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
         }
     }
 
-    /// `client_id`, `kid` and one source of the key: required outside `local`.
+    /// `client_id` and one source of the key: required outside `local`. `kid` may come from the
+    /// key itself (a JWK) or be absent for a business certificate; loading the key decides.
     fn check_credentials(&self, problems: &mut Problems) {
         let local = self.env == Environment::Local;
-        for (field, value) in [("client_id", &self.client_id), ("kid", &self.kid)] {
-            match value.as_deref().map(str::trim) {
-                Some("") => problems.push(format!("{field}: must not be empty")),
-                None if !local => problems.push(format!(
-                    "{field}: is required (set it in the config file or BROKER__{})",
-                    field.to_uppercase()
-                )),
-                _ => {}
-            }
-        }
-        match (&self.key.path, &self.key.pem) {
-            (Some(_), Some(_)) => problems.push("key: set either key.path or key.pem, not both"),
-            (None, None) if !local => problems.push(
-                "key.path: is required (the PEM file of the private key; or key.pem via BROKER__KEY__PEM)",
-            ),
+        match self.client_id.as_deref().map(str::trim) {
+            Some("") => problems.push("client_id: must not be empty"),
+            None if !local => problems
+                .push("client_id: is required (set it in the config file or BROKER__CLIENT_ID)"),
             _ => {}
         }
+        if self.kid.as_deref().map(str::trim) == Some("") {
+            problems.push("kid: must not be empty");
+        }
+        let k = &self.key;
+        let sources = [k.path.is_some(), k.pem.is_some(), k.jwk.is_some()];
+        match sources.iter().filter(|s| **s).count() {
+            0 if !local => problems.push(
+                "key.path: is required (the key file: PEM, private JWK, JWKS or PKCS#12; or key.pem / key.jwk via BROKER__KEY__PEM / BROKER__KEY__JWK)",
+            ),
+            0 | 1 => {}
+            _ => problems.push("key: set only one of key.path, key.pem and key.jwk"),
+        }
+        if k.password.is_some() && k.password_file.is_some() {
+            problems.push("key: set either key.password or key.password_file, not both");
+        }
+        self.grant.check(problems);
     }
 
     fn parse_default_org(&self, problems: &mut Problems) -> Option<OrgNumber> {
@@ -441,6 +503,12 @@ impl Settings {
             && Url::parse(issuer).is_err()
         {
             problems.push(format!("endpoints.issuer: {issuer:?} is not a URL"));
+        }
+        let e = &self.endpoints;
+        if e.issuer.is_some() && e.token_url.is_none() && e.discovery == Some(false) {
+            problems.push(
+                "endpoints.token_url: is required with a custom endpoints.issuer and endpoints.discovery: false (or let discovery read it)",
+            );
         }
     }
 
@@ -471,10 +539,6 @@ impl Settings {
 
     pub fn client_id(&self) -> &str {
         self.client_id.as_deref().unwrap_or(LOCAL_CLIENT_ID)
-    }
-
-    pub fn kid(&self) -> &str {
-        self.kid.as_deref().unwrap_or(LOCAL_KID)
     }
 
     /// The environment's endpoints with this config's overrides applied.
@@ -565,6 +629,8 @@ pub struct Validated {
     pub(crate) default_org: Option<OrgNumber>,
     pub(crate) profiles: Profiles,
     pub(crate) clients: Clients,
+    pub(crate) proxy: Vec<crate::proxy_route::ProxyRoute>,
+    pub(crate) token_files: Vec<crate::token_files::TokenFile>,
     pub(crate) on_demand: ScopePatterns,
 }
 
@@ -671,7 +737,7 @@ mod tests {
         ]);
         let s = Settings::load_with_env(&path, Some(env)).unwrap();
         assert_eq!(s.client_id(), "from-env");
-        assert_eq!(s.kid(), "k1");
+        assert_eq!(s.kid.as_deref(), Some("k1"));
         assert_eq!(s.cache.min_remaining, Duration::from_secs(20));
     }
 
@@ -705,5 +771,38 @@ mod tests {
     fn key_pem_is_redacted_in_debug() {
         let s = Settings::from_yaml("key:\n  pem: SECRETPEM\n").unwrap();
         assert!(!format!("{s:?}").contains("SECRETPEM"));
+        let s = Settings::from_yaml("key:\n  jwk: SECRETJWK\n  password: SECRETPW\n").unwrap();
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("SECRETJWK") && !debug.contains("SECRETPW"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn one_key_source_one_password_source_and_a_grant_of_at_most_120_seconds() {
+        let p = problems(
+            "env: test\nclient_id: c\nkey:\n  path: k\n  jwk: '{}'\n  password: a\n  password_file: b\ngrant:\n  lifetime: 121s\n",
+        );
+        assert!(
+            p.contains(&"key: set only one of key.path, key.pem and key.jwk".to_owned()),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("key: set either key.password")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("grant.lifetime: must be between 1s and 120s")),
+            "{p:?}"
+        );
+        let ok = Settings::from_yaml("env: test\nclient_id: c\nkey:\n  path: k.p12\n").unwrap();
+        assert!(
+            ok.validate().is_ok(),
+            "kid is decided when the key is loaded"
+        );
+        assert_eq!(ok.grant.lifetime, Duration::from_secs(120));
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::altinn::AltinnClient;
 use crate::clock::Clock;
 use crate::config::Endpoints;
-use crate::grant::{GrantError, GrantRequest, MAX_GRANT_LIFETIME, build_jwt_grant};
+use crate::grant::{GrantError, GrantRequest, build_jwt_grant};
 use crate::key::SigningKey;
 use crate::maskinporten::MaskinportenClient;
 use crate::org::OrgNumber;
@@ -19,13 +19,15 @@ use crate::token::{Token, from_unix_seconds, unverified_claims};
 use crate::upstream::{self, Target, UpstreamError};
 
 /// Everything needed to get a token from one environment with one key.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Fetcher {
     pub client_id: String,
     pub key: SigningKey,
     pub endpoints: Endpoints,
     /// `http_client.timeout`: the longest one upstream call may take.
     pub timeout: Duration,
+    /// `exp - iat` of each grant (`grant.lifetime`).
+    grant_lifetime: Duration,
     maskinporten: MaskinportenClient,
     altinn: AltinnClient,
 }
@@ -44,6 +46,7 @@ impl Fetcher {
         client_id: String,
         key: SigningKey,
         endpoints: Endpoints,
+        grant_lifetime: Duration,
         http: reqwest::Client,
         timeout: Duration,
     ) -> Self {
@@ -58,7 +61,16 @@ impl Fetcher {
             key,
             endpoints,
             timeout,
+            grant_lifetime,
         }
+    }
+
+    /// The same fetcher posting to another token endpoint.
+    pub fn with_token_url(&self, token_url: url::Url) -> Self {
+        let mut fetcher = self.clone();
+        fetcher.maskinporten = self.maskinporten.with_token_url(token_url.clone());
+        fetcher.endpoints.token_url = token_url;
+        fetcher
     }
 
     /// The signed grant for a profile (also what `maskinporten-broker grant` prints).
@@ -76,7 +88,7 @@ impl Fetcher {
                 profile,
                 org,
                 now,
-                lifetime: MAX_GRANT_LIFETIME,
+                lifetime: self.grant_lifetime,
             },
         )
     }

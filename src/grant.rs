@@ -1,8 +1,10 @@
 //! `build_jwt_grant`: the signed JWT (RFC 7523) the broker posts to Maskinporten.
 //!
 //! Exactly the claims the reference library sends: `iss` = `sub` = client id, `aud` = the
-//! Maskinporten issuer, `scope`, `iat`, `exp` (at most 120 s after `iat`), a fresh random `jti`;
-//! header `alg` and `kid`. With an organisation it adds the system-user `authorization_details`.
+//! Maskinporten issuer, `scope`, `iat`, `exp` (`grant.lifetime`, at most 120 s after `iat`), a
+//! fresh random `jti`; header `alg`, `kid` when the key has one, and `x5c` (the business
+//! certificate chain, leaf first, standard base64 DER) when the key came with certificates. With an
+//! organisation it adds the system-user `authorization_details`.
 //! This module knows nothing about caches or HTTP; it turns inputs into one signed string.
 
 use std::time::{Duration, SystemTime};
@@ -97,7 +99,8 @@ pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secre
         }),
     };
     let mut header = jsonwebtoken::Header::new(key.algorithm().jwt());
-    header.kid = Some(key.kid().to_owned());
+    header.kid = key.kid().map(str::to_owned);
+    header.x5c = key.x5c();
     jsonwebtoken::encode(&header, &claims, key.encoding_key())
         .map(Secret::new)
         .map_err(GrantError)

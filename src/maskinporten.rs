@@ -56,6 +56,14 @@ impl MaskinportenClient {
         }
     }
 
+    /// The same client for another token endpoint (the issuer's metadata named a new one).
+    pub fn with_token_url(&self, token_url: Url) -> Self {
+        MaskinportenClient {
+            token_url,
+            ..self.clone()
+        }
+    }
+
     /// Exchange a signed grant for an access token.
     pub async fn request_token(
         &self,

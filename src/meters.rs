@@ -22,7 +22,10 @@ pub const UPSTREAM_REQUESTS: &str = "broker_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "broker_upstream_duration_seconds";
 pub const REFRESH_FAILURES: &str = "broker_refresh_failures_total";
 pub const TOKEN_EXPIRY: &str = "broker_token_seconds_until_expiry";
+pub const KEY_EXPIRY: &str = "broker_key_seconds_until_expiry";
 pub const BUILD_INFO: &str = "broker_build_info";
+pub const PROXY_REQUESTS: &str = "broker_proxy_requests_total";
+pub const PROXY_UPSTREAM_DURATION: &str = "broker_proxy_upstream_duration_seconds";
 
 /// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
 /// `http_client.timeout` (seconds), so the buckets span both.
@@ -60,8 +63,11 @@ pub fn install() -> PrometheusHandle {
 
 fn install_recorder() -> PrometheusHandle {
     let builder = match PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(UPSTREAM_DURATION.into()), UPSTREAM_BUCKETS)
-    {
+        // Both latency histograms: token upstreams and proxied upstreams.
+        .set_buckets_for_metric(
+            Matcher::Suffix("upstream_duration_seconds".into()),
+            UPSTREAM_BUCKETS,
+        ) {
         Ok(b) => b,
         // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
         Err(e) => {
@@ -100,6 +106,15 @@ fn describe() {
     ::metrics::describe_counter!(
         REFRESH_FAILURES,
         "Background refreshes that failed (the cached token is served while it lasts)"
+    );
+    ::metrics::describe_counter!(
+        PROXY_REQUESTS,
+        "Requests to /proxy/{name}/..., by route and status class of the answer"
+    );
+    ::metrics::describe_histogram!(
+        PROXY_UPSTREAM_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time until a proxied upstream's response headers arrived, by route"
     );
     ::metrics::describe_gauge!(
         BUILD_INFO,
@@ -156,6 +171,24 @@ pub fn refresh_failure(profile: &str) {
     ::metrics::counter!(REFRESH_FAILURES, "profile" => profile.to_owned()).increment(1);
 }
 
+/// Count one answered proxy request. `route` must be a configured route name (or `_unknown`).
+pub fn proxy_request(route: &str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ::metrics::counter!(PROXY_REQUESTS, "route" => route.to_owned(), "class" => class).increment(1);
+}
+
+/// Record how long a proxied upstream took to answer (headers).
+pub fn proxy_upstream(route: &str, elapsed: Duration) {
+    ::metrics::histogram!(PROXY_UPSTREAM_DURATION, "route" => route.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
 /// Count one upstream call to `target` (`maskinporten`, `altinn`) with its `outcome` (`ok`,
 /// `refused`, `unavailable`, `unreachable`, `timeout`, `invalid`) and time it.
 pub fn upstream_call(target: &'static str, outcome: &'static str, elapsed: Duration) {
@@ -191,6 +224,19 @@ pub fn render<'a>(
         );
     }
     text
+}
+
+/// Append the seconds until each signing key stops working (its certificate's not-after; negative
+/// once past), by `kid` (empty for a certificate without one). Written at each scrape from the
+/// current keys, so a rotated-away key disappears.
+pub fn render_key_expiry<'a>(text: &mut String, keys: impl IntoIterator<Item = (&'a str, f64)>) {
+    let _ = writeln!(
+        text,
+        "# HELP {KEY_EXPIRY} Seconds until the signing key's certificate expires\n# TYPE {KEY_EXPIRY} gauge"
+    );
+    for (kid, left) in keys {
+        let _ = writeln!(text, "{KEY_EXPIRY}{{kid=\"{}\"}} {left}", escape(kid));
+    }
 }
 
 /// Escape a label value for the text format.

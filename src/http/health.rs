@@ -39,7 +39,8 @@ pub async fn readyz(
         *per_profile.entry(key.profile.as_str()).or_default() += 1;
     }
     let upstreams = state.broker().health();
-    let degraded = upstreams.values().any(|h| h.consecutive_failures > 0);
+    let degraded =
+        upstreams.values().any(|h| h.consecutive_failures > 0) || state.token_files.failing();
     let mut body = json!({
         "status": if degraded { "degraded" } else { "ready" },
         "upstreams": upstreams,
@@ -49,6 +50,7 @@ pub async fn readyz(
         "issuer": generation.fetcher.endpoints.issuer,
         "cached_token_count": snapshot.len(),
         "cached_tokens_per_profile": per_profile,
+        "token_files": state.token_files.report(),
     });
     // Organisations are listed only to whom may ask for their tokens: everyone on an open broker,
     // an authenticated client for the profiles and organisations it may use.

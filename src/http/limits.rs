@@ -1,6 +1,7 @@
 //! Request limits: a token broker needs short URLs and few headers, so anything larger is refused
 //! before a handler sees it (414, 431), and no request runs longer than the deadline (503), each
-//! with a problem body like every other error.
+//! with a problem body like every other error. `/proxy/` requests get longer URIs and bound their
+//! own time (route timeouts); their bodies are bounded by the proxy itself (`max_body`).
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
@@ -35,8 +36,20 @@ pub const MAX_HEAD_BUFFER: usize = 64 * 1024;
 const _: () = {
     assert!(MAX_HEADER_COUNT < HYPER_MAX_HEADERS);
     // The largest head ours let through: request line, and per header ": " and CRLF.
-    assert!(MAX_URI_BYTES + 32 + MAX_HEADER_BYTES + 4 * MAX_HEADER_COUNT < MAX_HEAD_BUFFER / 2);
+    assert!(
+        MAX_PROXY_URI_BYTES + 32 + MAX_HEADER_BYTES + 4 * MAX_HEADER_COUNT < MAX_HEAD_BUFFER / 2
+    );
 };
+/// Longest path + query accepted on `/proxy/` routes: upstream APIs take longer queries.
+pub const MAX_PROXY_URI_BYTES: usize = 8 * 1024;
+/// The last-resort deadline of `/proxy/` requests, which bound themselves with their route's
+/// `timeout` (at most an hour) and the token wait: bodies may stream for that long.
+pub const PROXY_DEADLINE: Duration = Duration::from_secs(3600 + 120);
+
+/// Whether a request is for the egress proxy, which takes bodies and longer URIs.
+fn is_proxy(request: &Request) -> bool {
+    request.uri().path().starts_with("/proxy/")
+}
 
 /// Size limits, then the deadline, for every request: one plain tower layer rather than
 /// `axum::middleware::from_fn`, which boxes the rest of the stack and clones it on every request.
@@ -86,9 +99,14 @@ where
         if let Some(refusal) = oversized(&request) {
             return Either::Left(ready(Ok(refusal)));
         }
+        let limit = if is_proxy(&request) {
+            PROXY_DEADLINE
+        } else {
+            self.deadline
+        };
         Either::Right(Deadline {
-            answer: tokio::time::timeout(self.deadline, self.inner.call(request)),
-            limit: self.deadline,
+            answer: tokio::time::timeout(limit, self.inner.call(request)),
+            limit,
         })
     }
 }
@@ -131,12 +149,17 @@ fn oversized(request: &Request) -> Option<Response> {
         .uri()
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
-    if uri_len > MAX_URI_BYTES {
+    let max_uri = if is_proxy(request) {
+        MAX_PROXY_URI_BYTES
+    } else {
+        MAX_URI_BYTES
+    };
+    if uri_len > max_uri {
         return Problem::new(
             StatusCode::URI_TOO_LONG,
             "uri-too-long",
             "URI too long",
-            format!("the path and query may have at most {MAX_URI_BYTES} bytes"),
+            format!("the path and query may have at most {max_uri} bytes"),
         )
         .into_response()
         .into();
@@ -183,6 +206,40 @@ mod tests {
         assert_eq!(
             response.headers()["content-type"],
             "application/problem+json"
+        );
+    }
+
+    #[tokio::test]
+    async fn proxy_requests_may_have_longer_uris_and_outlive_the_token_deadline() {
+        let app = Router::new().route(
+            "/{*rest}",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                "ok"
+            }),
+        );
+        let app = GuardLayer::new(Duration::from_millis(50)).layer(app);
+        let long = "a".repeat(2 * MAX_URI_BYTES);
+        let status = |path: String| {
+            let app = app.clone();
+            async move {
+                let request = Request::get(path).body(Body::empty()).unwrap();
+                app.oneshot(request).await.unwrap().status()
+            }
+        };
+        assert_eq!(status(format!("/proxy/r/{long}")).await, StatusCode::OK);
+        assert_eq!(
+            status(format!("/token/{long}")).await,
+            StatusCode::URI_TOO_LONG
+        );
+        assert_eq!(
+            status("/token/slow".into()).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let too_long = "a".repeat(MAX_PROXY_URI_BYTES);
+        assert_eq!(
+            status(format!("/proxy/r/{too_long}")).await,
+            StatusCode::URI_TOO_LONG
         );
     }
 

@@ -23,13 +23,23 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let cached = state.tokens.snapshot();
-    let text = crate::meters::render(
+    let mut text = crate::meters::render(
         &state.metrics,
         cached.iter().map(|(key, left)| {
             let org = key.org.as_ref().map_or("", |o| o.as_str());
             (key.profile.as_str(), org, *left)
         }),
     );
+    let key = &state.broker().generation().fetcher.key;
+    let expiry = key.not_after().map(|at| {
+        let now = std::time::SystemTime::now();
+        let left = match at.duration_since(now) {
+            Ok(d) => d.as_secs_f64(),
+            Err(e) => -e.duration().as_secs_f64(),
+        };
+        (key.kid().unwrap_or_default(), left)
+    });
+    crate::meters::render_key_expiry(&mut text, expiry);
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         text,

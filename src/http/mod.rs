@@ -8,6 +8,7 @@ pub mod metrics;
 mod on_demand;
 pub mod openapi;
 pub mod problem;
+pub mod proxy;
 pub mod texas;
 pub mod token;
 
@@ -19,6 +20,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderName, Request};
 use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -66,6 +68,10 @@ pub struct Shared {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The OpenAPI document as JSON, rendered once from the route table.
     pub openapi: axum::body::Bytes,
+    /// The egress proxy's routes (`/proxy/{name}/...`).
+    pub proxy: proxy::Proxy,
+    /// Token files and their state, for `/readyz`.
+    pub token_files: crate::token_files::TokenFiles,
 }
 
 impl Shared {
@@ -89,6 +95,12 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::openapi))
+        .routes(routes!(proxy::forward))
+        // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
+        .route("/proxy/{name}", any(proxy::forward))
+        .route("/proxy/{name}/", any(proxy::forward))
+        .route("/proxy/{name}/{rest}/", any(proxy::forward))
+        .route("/proxy/{name}/{rest}/{*more}", any(proxy::forward))
 }
 
 /// The OpenAPI document of the route table, served by `GET /openapi.json`.

@@ -23,6 +23,7 @@ use super::token::{ProfileListing, TokenResponse};
     components(schemas(TokenResponse, ProfileListing, Problem)),
     tags(
         (name = "tokens", description = "Tokens and the profiles they are made for"),
+        (name = "proxy", description = "Requests forwarded to configured upstreams with a token added"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

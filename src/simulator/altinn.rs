@@ -6,6 +6,10 @@
 //!
 //! It must never say why it refuses: like Altinn, every refusal is a 401 with an empty body (the
 //! reason goes to the trace only).
+//!
+//! `GET /storage/api/v1/whoami` is a small Altinn-like API for trying the broker's egress proxy: it
+//! accepts only an Altinn token this simulator issued (signature, issuer, `exp`) and says who
+//! called: client, scopes, organisation and system user.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -85,8 +89,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The claims of a Maskinporten token signed by this simulator, for this issuer, not expired.
 fn verify_maskinporten_token(world: &World, token: &str) -> Result<Value, ExchangeError> {
+    verify_own_token(world, token, &world.issuer)
+}
+
+/// The claims of a token signed by this simulator with `issuer`, not expired.
+fn verify_own_token(world: &World, token: &str, issuer: &str) -> Result<Value, ExchangeError> {
     let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_issuer(&[&world.issuer]);
+    validation.set_issuer(&[issuer]);
     validation.validate_aud = false;
     validation.leeway = 0;
     validation.required_spec_claims = HashSet::from(["exp".to_owned(), "iss".to_owned()]);
@@ -100,13 +109,8 @@ fn verify_maskinporten_token(world: &World, token: &str) -> Result<Value, Exchan
 
 fn altinn_claims(world: &World, maskinporten: &Value) -> Value {
     let now = now_unix();
-    let openid = world
-        .base_url
-        .join("authentication/api/v1/openid/")
-        .map(String::from)
-        .unwrap_or_default();
     let mut claims = json!({
-        "iss": openid,
+        "iss": altinn_issuer(world),
         "iat": now,
         "nbf": now,
         "exp": now + ALTINN_TOKEN_LIFETIME,
@@ -130,4 +134,46 @@ fn altinn_claims(world: &World, maskinporten: &Value) -> Value {
         claims["authorization_details"] = details.clone();
     }
     claims
+}
+
+/// The issuer of the simulator's Altinn tokens.
+fn altinn_issuer(world: &World) -> String {
+    world
+        .base_url
+        .join("authentication/api/v1/openid/")
+        .map(String::from)
+        .unwrap_or_default()
+}
+
+/// `GET /storage/api/v1/whoami`: who the bearer Altinn token says called, or an empty 401.
+pub(super) async fn whoami(State(world): State<Arc<World>>, headers: HeaderMap) -> Response {
+    let claims = bearer(&headers)
+        .ok_or(ExchangeError::NoBearer)
+        .and_then(|token| verify_altinn_token(&world, token));
+    match claims {
+        Ok(c) => Json(json!({
+            "client_id": c.get("client_id"),
+            "scope": c.get("scope"),
+            "org": c.get("urn:altinn:orgNumber"),
+            "system_user_org": c
+                .pointer("/authorization_details/0/systemuser_org/ID")
+                .and_then(Value::as_str)
+                .and_then(|id| id.strip_prefix("0192:")),
+            "expires_at": c.get("exp"),
+        }))
+        .into_response(),
+        Err(refusal) => {
+            tracing::debug!(reason = %refusal, "simulated Altinn API refused a token");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The claims of an Altinn token signed by this simulator, not expired.
+fn verify_altinn_token(world: &World, token: &str) -> Result<Value, ExchangeError> {
+    verify_own_token(world, token, &altinn_issuer(world))
 }

@@ -10,7 +10,8 @@
 //! services are strict, or a bug in the broker would pass locally and fail in production.
 //!
 //! - `maskinporten`: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.
-//! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`.
+//! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`, and a small Altinn-like API,
+//!   `GET /storage/api/v1/whoami`, that checks tokens as Altinn would (for the egress proxy).
 
 mod altinn;
 mod maskinporten;
@@ -99,7 +100,7 @@ impl World {
     /// Sign claims as the simulator (RS256, with its `kid`), for access and Altinn tokens.
     fn sign(&self, claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(self.key.kid().to_owned());
+        header.kid = self.key.kid().map(str::to_owned);
         jsonwebtoken::encode(&header, claims, self.key.encoding_key())
     }
 
@@ -211,7 +212,7 @@ pub async fn start(
             })
             .await
     });
-    tracing::info!(issuer = %world.issuer, kid = world.key.kid(), "simulator started");
+    tracing::info!(issuer = %world.issuer, kid = world.key.kid().unwrap_or_default(), "simulator started");
     Ok(SimulatorHandle { world, stop, task })
 }
 
@@ -227,5 +228,6 @@ fn router(world: Arc<World>) -> Router {
             "/authentication/api/v1/exchange/maskinporten",
             get(altinn::exchange),
         )
+        .route("/storage/api/v1/whoami", get(altinn::whoami))
         .with_state(world)
 }

@@ -651,7 +651,7 @@ async fn the_exchange_of_a_token_signed_by_someone_else_is_401() {
         "iss": sim.issuer(), "client_id": CLIENT_ID, "scope": "altinn:broker.read",
         "iat": now, "exp": now + 120,
     });
-    let kid = sim.world.key.kid().to_owned();
+    let kid = sim.world.key.kid().unwrap_or_default().to_owned();
     assert_exchange_refused(&sim, Some(&sign_with(&claims, OTHER_PEM, &kid, Alg::RS256))).await;
 }
 
@@ -679,6 +679,66 @@ async fn the_exchange_refuses_an_altinn_token_in_place_of_a_maskinporten_token()
         .await
         .unwrap();
     assert_exchange_refused(&sim, Some(&altinn)).await;
+}
+
+// --- Altinn-like API (for the egress proxy) -------------------------------------------------
+
+async fn whoami(sim: &SimulatorHandle, bearer: &str) -> reqwest::Response {
+    http()
+        .get(sim.base_url().join("storage/api/v1/whoami").unwrap())
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn whoami_says_who_an_altinn_token_belongs_to() {
+    let sim = simulator().await;
+    let mut claims = grant_claims(&sim);
+    claims["authorization_details"] = system_user("0192:974761076");
+    let token = access_token(&sim, &claims).await;
+    let altinn = exchange(&sim, Some(&token), "text/plain")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let response = whoami(&sim, &altinn).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["client_id"], CLIENT_ID);
+    assert_eq!(body["scope"], "altinn:broker.read");
+    assert_eq!(body["system_user_org"], "974761076");
+    assert!(body["expires_at"].as_i64().unwrap() > now_unix());
+}
+
+#[tokio::test]
+async fn whoami_refuses_maskinporten_expired_and_foreign_tokens_like_altinn() {
+    let sim = simulator().await;
+    let maskinporten = access_token(&sim, &grant_claims(&sim)).await;
+    let now = now_unix();
+    let issuer = sim
+        .base_url()
+        .join("authentication/api/v1/openid/")
+        .unwrap();
+    let expired = sim
+        .world
+        .sign(&json!({"iss": issuer.as_str(), "iat": now - 100, "exp": now - 1}))
+        .unwrap();
+    let claims = json!({"iss": issuer.as_str(), "iat": now, "exp": now + 100});
+    let kid = sim.world.key.kid().unwrap_or_default().to_owned();
+    let foreign = sign_with(&claims, OTHER_PEM, &kid, Alg::RS256);
+    for token in [maskinporten.as_str(), &expired, &foreign, "garbage"] {
+        let response = whoami(&sim, token).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        assert_eq!(response.text().await.unwrap(), "");
+    }
 }
 
 // --- Lifecycle ---------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ async fn a_key_that_is_not_pem_is_refused_without_quoting_it() {
     let err = refuses_to_start(
         dir.path(),
         &yaml,
-        "key.path: is not an RSA private key in PEM form",
+        "key.path: is none of the key forms the broker reads",
     )
     .await;
     assert!(!err.contains("SECRET-NOT-A-KEY"));

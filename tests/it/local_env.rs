@@ -113,6 +113,31 @@ async fn the_shipped_config_serves_verifiable_tokens_with_no_credentials() {
         .await
         .unwrap();
     assert_eq!(texas["access_token"], any["access_token"]);
+
+    // The README's proxy example: the simulated Altinn API checks the token the broker added.
+    let me = get(format!("{base}/proxy/altinn-storage/whoami")).await;
+    assert_eq!(me["client_id"], "local-client", "{me}");
+    assert!(
+        me["scope"]
+            .as_str()
+            .unwrap()
+            .contains("altinn:instances.read")
+    );
+    let as_org = http
+        .get(format!("{base}/proxy/altinn-storage/whoami"))
+        .header("x-broker-org", OTHER_ORG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_org.status(), 200);
+    let as_org: Value = as_org.json().await.unwrap();
+    assert_eq!(as_org["system_user_org"], OTHER_ORG);
+    let bare = http
+        .get(format!("{issuer}storage/api/v1/whoami"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 401, "without the broker there is no token");
 }
 
 #[tokio::test]

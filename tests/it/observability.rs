@@ -159,7 +159,10 @@ async fn upstream_failures_are_counted_by_outcome() {
 
 #[tokio::test]
 async fn openapi_documents_exactly_the_routes_the_router_serves() {
-    let env = TestEnv::start("").await;
+    // One proxy route, so /proxy/{name}/{rest} has a name to serve (nothing listens upstream: 502).
+    let env =
+        TestEnv::start("proxy:\n  p:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n")
+            .await;
     let doc = env.get_json("/openapi.json", 200).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     let documented: BTreeSet<&str> = doc["paths"]
@@ -175,7 +178,10 @@ async fn openapi_documents_exactly_the_routes_the_router_serves() {
         let operations = doc["paths"][route].as_object().unwrap();
         assert!(!operations.is_empty(), "{route} has no operation");
         for method in operations.keys() {
-            let path = route.replace("{profile}", "admin");
+            let path = route
+                .replace("{profile}", "admin")
+                .replace("{name}", "p")
+                .replace("{rest}", "x");
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let status = env
                 .http

@@ -118,7 +118,7 @@ async fn a_refused_reload_changes_nothing() {
         "http_client:\n  extra_ca_cert: /nonexistent/ca.pem\n",
     ))
     .unwrap();
-    let err = env.app.reload(&bad_ca).unwrap_err().to_string();
+    let err = env.app.reload(&bad_ca).await.unwrap_err().to_string();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     assert_eq!(
         status("new-key-0123456789").await,
@@ -130,6 +130,7 @@ async fn a_refused_reload_changes_nothing() {
     // The same clients with a working HTTP client: applied.
     env.app
         .reload(&Settings::from_yaml(&yaml("")).unwrap())
+        .await
         .unwrap();
     assert_eq!(status("new-key-0123456789").await, 200);
 }

@@ -27,6 +27,10 @@ const API_KEY: &str = "very-secret-api-key-123456";
 async fn no_secret_appears_in_trace_logs() {
     let capture = Capture::default();
     let writer = capture.clone();
+    // A second live dispatcher: with only one, tracing decides a callsite's interest from the
+    // default of whichever thread hits it first, so a callsite first hit by another test's
+    // thread would be cached as "never" and its events lost here.
+    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
     // Scoped to this test's (current-thread) runtime: the other tests share the process.
     let _logs = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
@@ -35,8 +39,20 @@ async fn no_secret_appears_in_trace_logs() {
             .finish(),
     );
 
+    // An upstream for the proxy that refuses the first token (the 401 retry path) and then accepts.
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let upstream = serve(axum::Router::new().fallback(move || {
+        let first = !refused.swap(true, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            match first {
+                true => axum::http::StatusCode::UNAUTHORIZED,
+                false => axum::http::StatusCode::OK,
+            }
+        }
+    }))
+    .await;
     let env = TestEnv::start(&format!(
-        "default_org: '{ORG}'\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\n",
+        "default_org: '{ORG}'\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
         hash_api_key(API_KEY)
     ))
     .await;
@@ -63,6 +79,22 @@ async fn no_secret_appears_in_trace_logs() {
         served.push(body["access_token"].as_str().expect(&path).to_owned());
         served.push(get(path, "text/plain").await.unwrap().text().await.unwrap());
     }
+    for path in [
+        "/proxy/p/x",
+        "/proxy/p/y?org=1",
+        "/proxy/dead/x",
+        "/proxy/p/%2e%2e/x",
+    ] {
+        get(path.into(), "application/json").await.unwrap();
+    }
+    // The proxy replaced the rejected admin token: the fresh one must not leak either.
+    let fresh: Value = get("/token/admin".into(), "application/json")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    served.push(fresh["access_token"].as_str().unwrap().to_owned());
     for path in [
         "/token/nope",
         "/token/altinn?org=123",
@@ -95,6 +127,10 @@ async fn no_secret_appears_in_trace_logs() {
     assert!(
         logs.contains("token served") && logs.contains("TRACE"),
         "trace output was captured"
+    );
+    assert!(
+        logs.contains("sending once more") && logs.contains("proxy request failed"),
+        "the proxy's retry and failure lines were captured"
     );
     let mut secrets: Vec<String> = served;
     secrets.extend(env.mp.grants().into_iter().map(|g| g.raw));

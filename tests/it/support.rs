@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rsa::RsaPublicKey;
+use rsa::traits::PublicKeyParts;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -96,8 +98,11 @@ struct MpState {
     violations: Mutex<Vec<String>>,
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
-    kid: Mutex<String>,
-    public_pem: Mutex<Vec<u8>>,
+    /// Requests for the issuer metadata, and how it answers (`None`: normally).
+    metadata_calls: AtomicUsize,
+    metadata: Mutex<Option<Metadata>>,
+    /// The keys registered on the client, by kid (Digdir's self-service portal).
+    keys: Mutex<HashMap<String, RsaPublicKey>>,
 }
 
 pub struct FakeMaskinporten {
@@ -112,12 +117,15 @@ impl FakeMaskinporten {
         let state = Arc::new(MpState {
             issuer: format!("http://{addr}/"),
             expires_in: AtomicU64::new(120),
-            kid: Mutex::new(KID.into()),
-            public_pem: Mutex::new(read("client-key.pub.pem")),
+            keys: Mutex::new(HashMap::from([(
+                KID.into(),
+                public_key("client-key.pub.pem"),
+            )])),
             ..Default::default()
         });
         let router = Router::new()
             .route("/token", post(mp_token))
+            .route("/.well-known/oauth-authorization-server", get(mp_metadata))
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         FakeMaskinporten { addr, state }
@@ -160,11 +168,56 @@ impl FakeMaskinporten {
         *self.state.fallback.lock().unwrap() = None;
         self.state.script.lock().unwrap().clear();
     }
-    /// Accept grants signed by another key under another kid (key rotation).
-    pub fn register_key(&self, kid: &str, public_pem_fixture: &str) {
-        *self.state.kid.lock().unwrap() = kid.into();
-        *self.state.public_pem.lock().unwrap() = read(public_pem_fixture);
+    /// Requests for `/.well-known/oauth-authorization-server`.
+    pub fn metadata_calls(&self) -> usize {
+        self.state.metadata_calls.load(Ordering::SeqCst)
     }
+    /// Answer the metadata requests this way from now on.
+    pub fn set_metadata(&self, metadata: Metadata) {
+        *self.state.metadata.lock().unwrap() = Some(metadata);
+    }
+    /// Accept grants signed by another key under another kid only (key rotation: the set on
+    /// the client is replaced).
+    pub fn register_key(&self, kid: &str, public_pem_fixture: &str) {
+        *self.state.keys.lock().unwrap() =
+            HashMap::from([(kid.to_owned(), public_key(public_pem_fixture))]);
+    }
+    /// Add a key to the set on the client (an upload of {old, new}).
+    pub fn add_key(&self, kid: &str, key: RsaPublicKey) {
+        self.state.keys.lock().unwrap().insert(kid.to_owned(), key);
+    }
+}
+
+/// How the fake answers `GET /.well-known/oauth-authorization-server`.
+#[derive(Debug, Clone)]
+pub enum Metadata {
+    /// Its own issuer and token endpoint (the default).
+    Normal,
+    /// Another issuer than its own.
+    WrongIssuer,
+    /// 503.
+    Down,
+}
+
+async fn mp_metadata(State(state): State<Arc<MpState>>) -> Response {
+    state.metadata_calls.fetch_add(1, Ordering::SeqCst);
+    let reply = state
+        .metadata
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or(Metadata::Normal);
+    let issuer = match reply {
+        Metadata::Normal => state.issuer.clone(),
+        Metadata::WrongIssuer => "https://maskinporten.no/".into(),
+        Metadata::Down => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    axum::Json(json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{}token", state.issuer),
+        "jwks_uri": format!("{}jwk", state.issuer),
+    }))
+    .into_response()
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
@@ -175,17 +228,71 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
+/// The public key of an `x5c` chain's leaf, checking the chain as Maskinporten does: each entry
+/// standard base64 of a DER certificate (MP-123), the leaf valid now (MP-120).
+fn certificate_key(x5c: &[String]) -> Result<RsaPublicKey, String> {
+    use base64::Engine;
+    use rsa::pkcs8::DecodePublicKey;
+    if x5c.is_empty() {
+        return Err("x5c is empty (MP-123)".into());
+    }
+    let mut leaf = None;
+    for entry in x5c {
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(entry)
+            .map_err(|_| "an x5c entry is not standard base64 (MP-123)".to_owned())?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|_| "an x5c entry is not a DER certificate (MP-123)".to_owned())?;
+        if leaf.is_none() {
+            if !cert.validity().is_valid() {
+                return Err("the certificate is not valid now (MP-120)".into());
+            }
+            leaf = Some(
+                RsaPublicKey::from_public_key_der(cert.public_key().raw)
+                    .map_err(|_| "the certificate's key is not RSA (MP-120)".to_owned())?,
+            );
+        }
+    }
+    leaf.ok_or_else(|| "no leaf".to_owned())
+}
+
+/// A public key fixture.
+pub fn public_key(fixture_name: &str) -> RsaPublicKey {
+    use rsa::pkcs8::DecodePublicKey;
+    RsaPublicKey::from_public_key_pem(&String::from_utf8(read(fixture_name)).unwrap()).unwrap()
+}
+
 /// Verify a grant like Maskinporten; returns the problems found.
 fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| format!("header: {e}"))?;
-    let kid = state.kid.lock().unwrap().clone();
-    if header.kid.as_deref() != Some(kid.as_str()) {
-        return Err(format!("kid {:?} is not {kid:?} (MP-124)", header.kid));
-    }
     if header.alg != Algorithm::RS256 {
         return Err(format!("alg {:?} is not RS256", header.alg));
     }
-    let key = DecodingKey::from_rsa_pem(&state.public_pem.lock().unwrap()).unwrap();
+    let keys = state.keys.lock().unwrap().clone();
+    let registered = |kid: &str| {
+        keys.get(kid)
+            .cloned()
+            .ok_or_else(|| format!("Unknown key identifier {kid:?} (MP-124)"))
+    };
+    let public = match (&header.x5c, &header.kid) {
+        // A business certificate: the signature must verify with the leaf's key; a kid that comes
+        // along must be registered, and for that very key.
+        (Some(x5c), kid) => {
+            let leaf = certificate_key(x5c)?;
+            if let Some(kid) = kid
+                && registered(kid)? != leaf
+            {
+                return Err(format!(
+                    "kid {kid:?} is registered for another key than x5c's (MP-124)"
+                ));
+            }
+            leaf
+        }
+        (None, Some(kid)) => registered(kid)?,
+        (None, None) => return Err("the header has neither kid nor x5c".into()),
+    };
+    let key =
+        DecodingKey::from_rsa_raw_components(&public.n().to_bytes_be(), &public.e().to_bytes_be());
     let mut validation = Validation::new(Algorithm::RS256);
     validation.set_audience(&[state.issuer.as_str()]);
     validation.set_required_spec_claims(&["iss", "sub", "aud", "exp", "iat", "jti", "scope"]);
@@ -478,9 +585,19 @@ async fn altinn_exchange(State(state): State<Arc<AltinnState>>, headers: HeaderM
 
 /// The YAML of a broker that talks to the fakes; `extra` is appended (top-level keys).
 pub fn config_yaml(mp: &FakeMaskinporten, altinn: &FakeAltinn, extra: &str) -> String {
+    let credentials = format!("kid: {KID}\nkey:\n  path: {}\n", fixture("client-key.pem"));
+    config_yaml_with(mp, altinn, &credentials, extra)
+}
+
+/// As [`config_yaml`] with other credentials (`kid:` and `key:` lines).
+pub fn config_yaml_with(
+    mp: &FakeMaskinporten,
+    altinn: &FakeAltinn,
+    credentials: &str,
+    extra: &str,
+) -> String {
     format!(
-        "env: test\nclient_id: {CLIENT_ID}\nkid: {KID}\nkey:\n  path: {}\nendpoints:\n  issuer: {}\n  token_url: {}\n  altinn_exchange_url: {}\n{extra}",
-        fixture("client-key.pem"),
+        "env: test\nclient_id: {CLIENT_ID}\n{credentials}endpoints:\n  issuer: {}\n  token_url: {}\n  altinn_exchange_url: {}\n{extra}",
         mp.issuer(),
         mp.token_url(),
         altinn.exchange_url(),
@@ -505,6 +622,15 @@ impl TestEnv {
     pub async fn start_with(mp: FakeMaskinporten, altinn: FakeAltinn, extra: &str) -> Self {
         let settings =
             Settings::from_yaml(&config_yaml(&mp, &altinn, extra)).expect("test config parses");
+        Self::start_settings(mp, altinn, settings).await
+    }
+
+    /// A broker with these settings (which should point at `mp` and `altinn`).
+    pub async fn start_settings(
+        mp: FakeMaskinporten,
+        altinn: FakeAltinn,
+        settings: Settings,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = App::spawn(settings, listener).await.expect("broker starts");
         TestEnv {
@@ -632,11 +758,15 @@ pub struct ServedBinary {
 
 impl ServedBinary {
     pub async fn start(mp: &FakeMaskinporten, altinn: &FakeAltinn, extra: &str) -> Self {
+        Self::start_yaml(|listen| config_yaml(mp, altinn, &format!("{listen}{extra}"))).await
+    }
+
+    /// The binary serving the YAML `yaml` makes from a `listen:` line.
+    pub async fn start_yaml(yaml: impl FnOnce(&str) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("broker.yaml");
-        let yaml = config_yaml(mp, altinn, &format!("listen: 127.0.0.1:{port}\n{extra}"));
-        std::fs::write(&config, yaml).unwrap();
+        std::fs::write(&config, yaml(&format!("listen: 127.0.0.1:{port}\n"))).unwrap();
         let child = spawn_bin(&["--config", config.to_str().unwrap()], &[]);
         let base = format!("http://127.0.0.1:{port}");
         wait_until_up(&format!("{base}/healthz")).await;

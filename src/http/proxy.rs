@@ -1,0 +1,533 @@
+//! `/proxy/{name}/{rest}`: the egress proxy. A request to a configured route goes to the route's
+//! upstream with the profile's token as `Authorization: Bearer`, so the app never touches a token.
+//!
+//! - **Where:** only under the route's base URL; the path rules live in `proxy_path.rs`. Redirects
+//!   are passed back, never followed.
+//! - **Who:** the same client rules as `/token/{profile}` (API key, allowed profiles and orgs);
+//!   the organisation comes from the route's fixed `org` or the `X-Broker-Org` header.
+//! - **What:** method, query, headers (minus hop-by-hop ones and the caller's credentials) and body,
+//!   streamed both ways; the request body is bounded by the route's `max_body`.
+//! - **401 from the upstream:** the token is replaced, and the request sent once more when its
+//!   body can be replayed (no body, or up to [`REPLAY_LIMIT`], which is then buffered).
+//!
+//! This module never logs a token or a request header.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName};
+use axum::http::{Method, StatusCode, Version};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use url::Url;
+
+use crate::config::HttpClientSettings;
+use crate::org::OrgNumber;
+use crate::proxy_path;
+use crate::proxy_route::ProxyRoute;
+use crate::token::Token;
+use crate::upstream::{ClientBuildError, http_client};
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::{ApiError, Problem};
+use super::token::token_for;
+
+/// Largest request body buffered so it can be sent again after a 401.
+pub const REPLAY_LIMIT: u64 = 1024 * 1024;
+/// The header a caller names the system user's organisation with.
+pub const ORG_HEADER: HeaderName = HeaderName::from_static("x-broker-org");
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Request headers that are the caller's business with the broker, not the upstream's: its
+/// credentials, the organisation it asked for, and what the broker and the client library set
+/// themselves (`Host`, `Content-Length`, `Expect`).
+const NOT_FORWARDED: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "x-broker-org",
+    "host",
+    "content-length",
+    "expect",
+];
+
+/// The routes and the HTTP client they share.
+pub struct Proxy {
+    routes: HashMap<String, Route>,
+    client: reqwest::Client,
+}
+
+/// A route ready to serve: its base URL resolved.
+struct Route {
+    name: String,
+    base: Url,
+    profile: String,
+    org: Option<OrgNumber>,
+    timeout: Duration,
+    max_body: u64,
+}
+
+impl Proxy {
+    /// The routes with `local:` upstreams resolved against the simulator's base URL, and an HTTP
+    /// client of their own (rustls, `http_client` settings, redirects never followed).
+    pub fn new(
+        routes: &[ProxyRoute],
+        local_base: Option<&Url>,
+        settings: &HttpClientSettings,
+    ) -> Result<Proxy, ClientBuildError> {
+        let mut resolved = HashMap::new();
+        for r in routes {
+            let base = r.base_url(local_base);
+            resolved.insert(
+                r.name.clone(),
+                Route {
+                    name: r.name.clone(),
+                    base,
+                    profile: r.profile.clone(),
+                    org: r.org.clone(),
+                    timeout: r.timeout,
+                    max_body: r.max_body,
+                },
+            );
+        }
+        Ok(Proxy {
+            routes: resolved,
+            client: http_client(settings)?,
+        })
+    }
+
+    /// The configured route names, sorted.
+    fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// Forward a request to a configured route's upstream with the route profile's token.
+#[utoipa::path(
+    method(get, head, post, put, patch, delete, options),
+    path = "/proxy/{name}/{rest}",
+    tag = "proxy",
+    params(
+        ("name" = String, Path, description = "A route configured under proxy: in broker.yaml"),
+        ("rest" = String, Path, description = "The path below the route's upstream base URL, with the query string passed through; no '.' or '..' segments, encoded slashes, backslashes or '//'"),
+        ("X-Broker-Org" = Option<String>, Header, description = "Organisation number (9 digits) of the system user, for routes without a fixed org; validated like ?org= of /token/{profile}, never forwarded"),
+    ),
+    responses(
+        (status = 200, description = "Whatever the upstream answered: its status (redirects included, never followed), headers minus hop-by-hop ones, and body, streamed"),
+        (status = 400, description = "Path leaves the route's base (dot segments, encoded slashes, backslashes, '//', absolute-form target), bad X-Broker-Org, or an org the profile does not take", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or unknown (when clients are configured); or the upstream's own 401, passed back", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key's client may not use this route's profile or org", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such proxy route (the detail lists them)", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "A small request body (buffered for a retry) did not arrive within the route's timeout", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Request body larger than the route's max_body", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The upstream could not be reached, or Maskinporten/Altinn refused the token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No token: Maskinporten or Altinn unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The upstream did not answer within the route's timeout", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn forward(
+    State(state): State<AppState>,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let (name, rest) = split(request.uri().path());
+    let rest = rest.to_owned();
+    let route = state.proxy.routes.get(name);
+    let label = route.map_or("_unknown", |r| r.name.as_str());
+    let method = request.method().clone();
+    let result = match route {
+        Some(route) => forward_to(&state, caller, route, &rest, request).await,
+        None => Err(unknown_route(&state.proxy).into()),
+    };
+    let (response, failure) = match result {
+        Ok(response) => (response, None),
+        Err(e) => {
+            let problem = e.problem();
+            let detail = problem.detail.clone();
+            (problem.into_response(), Some(detail))
+        }
+    };
+    let status = response.status().as_u16();
+    crate::meters::proxy_request(label, status);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match failure {
+        Some(error) => {
+            tracing::warn!(route = label, %method, status, elapsed_ms, %error, "proxy request failed")
+        }
+        None => tracing::debug!(route = label, %method, status, elapsed_ms, "proxied"),
+    }
+    response
+}
+
+/// `/proxy/{name}/{rest}` → (name, rest), from the raw path (still percent-encoded).
+fn split(path: &str) -> (&str, &str) {
+    let after = path.strip_prefix("/proxy/").unwrap_or("");
+    after.split_once('/').unwrap_or((after, ""))
+}
+
+async fn forward_to(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    route: &Route,
+    rest: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let caller = caller?;
+    let (parts, body) = request.into_parts();
+    if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
+        return Err(bad_request(
+            "absolute-form request targets are not accepted: send only the path, /proxy/{name}/...",
+        )
+        .into());
+    }
+    let org = request_org(&parts.headers, route)?;
+    let (_, key) = state.broker().resolve(&route.profile, org)?;
+    caller.authorize(&key)?;
+    let url = proxy_path::target(&route.base, rest, parts.uri.query())
+        .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
+    let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
+    let headers = forwarded(&parts.headers);
+    let token = token_for(state, &caller, &key).await?;
+    let exchange = Exchange {
+        client: &state.proxy.client,
+        route,
+        method: &parts.method,
+        url: &url,
+        headers: &headers,
+    };
+    let mut answer = exchange.send(&mut body, &token).await?;
+    if answer.status() == StatusCode::UNAUTHORIZED {
+        // The token is replaced either way, so the next request has a fresh one.
+        let fresh = state
+            .tokens
+            .invalidate(&key, &token, caller.budget())
+            .await?;
+        if fresh.value != token.value && body.replayable() {
+            tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
+            answer = exchange.send(&mut body, &fresh).await?;
+        }
+    }
+    Ok(into_response(answer))
+}
+
+/// The organisation of a request: the route's fixed one, or the `X-Broker-Org` header.
+fn request_org(headers: &HeaderMap, route: &Route) -> Result<Option<OrgNumber>, ApiError> {
+    let mut values = headers.get_all(ORG_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(route.org.clone());
+    };
+    if values.next().is_some() {
+        return Err(bad_request("send X-Broker-Org once").into());
+    }
+    let org: OrgNumber = value
+        .to_str()
+        .map_err(|_| bad_request("X-Broker-Org: must be 9 digits"))?
+        .trim()
+        .parse()?;
+    match &route.org {
+        Some(fixed) if *fixed != org => Err(bad_request(format!(
+            "route {:?} always uses organisation {fixed}; leave out X-Broker-Org or send that number",
+            route.name
+        ))
+        .into()),
+        _ => Ok(Some(org)),
+    }
+}
+
+/// The caller's headers minus hop-by-hop ones (and those `Connection` names) and minus the
+/// caller's business with the broker ([`NOT_FORWARDED`]).
+fn forwarded(headers: &HeaderMap) -> HeaderMap {
+    let mut out = headers.clone();
+    strip_hop_by_hop(&mut out);
+    for name in NOT_FORWARDED {
+        out.remove(*name);
+    }
+    out
+}
+
+/// Remove hop-by-hop headers, including every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The request body: buffered when small enough to send twice, else streamed (once).
+enum RequestBody {
+    Buffered(Bytes),
+    Streamed {
+        body: Option<reqwest::Body>,
+        length: Option<u64>,
+        /// Set when the caller sent more than `max_body`.
+        over_limit: Arc<AtomicBool>,
+        max_body: u64,
+    },
+}
+
+impl RequestBody {
+    /// Read a small body into memory (within `timeout`), or wrap a large one as a bounded stream.
+    async fn read(
+        body: Body,
+        headers: &HeaderMap,
+        max_body: u64,
+        timeout: Duration,
+    ) -> Result<Self, ApiError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max_body) {
+            return Err(too_large(max_body).into());
+        }
+        let replay_limit = REPLAY_LIMIT.min(max_body);
+        if body.size_hint().exact().is_some_and(|n| n <= replay_limit) {
+            let limit = usize::try_from(replay_limit).unwrap_or(usize::MAX);
+            let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+            let bytes = read
+                .await
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body-timeout",
+                        "Request body too slow",
+                        format!(
+                            "the request body did not arrive within {}",
+                            humantime::format_duration(timeout)
+                        ),
+                    )
+                })?
+                .map_err(|e| bad_request(format!("the request body could not be read: {e}")))?;
+            return Ok(RequestBody::Buffered(bytes));
+        }
+        let over_limit = Arc::new(AtomicBool::new(false));
+        let flag = over_limit.clone();
+        let mut seen: u64 = 0;
+        let stream = body.into_data_stream().map(move |chunk| {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            seen = seen.saturating_add(chunk.len() as u64);
+            if seen > max_body {
+                flag.store(true, Ordering::SeqCst);
+                return Err(std::io::Error::other("request body over max_body"));
+            }
+            Ok(chunk)
+        });
+        Ok(RequestBody::Streamed {
+            body: Some(reqwest::Body::wrap_stream(stream)),
+            length: declared,
+            over_limit,
+            max_body,
+        })
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+
+    fn over_limit(&self) -> Option<u64> {
+        match self {
+            RequestBody::Streamed {
+                over_limit,
+                max_body,
+                ..
+            } if over_limit.load(Ordering::SeqCst) => Some(*max_body),
+            _ => None,
+        }
+    }
+}
+
+/// One request to the upstream, sendable once more with another token.
+struct Exchange<'a> {
+    client: &'a reqwest::Client,
+    route: &'a Route,
+    method: &'a Method,
+    url: &'a Url,
+    headers: &'a HeaderMap,
+}
+
+impl Exchange<'_> {
+    async fn send(
+        &self,
+        body: &mut RequestBody,
+        token: &Token,
+    ) -> Result<reqwest::Response, ApiError> {
+        let mut request = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(self.route.timeout)
+            .bearer_auth(token.value.expose());
+        match body {
+            RequestBody::Buffered(bytes) if bytes.is_empty() => {}
+            RequestBody::Buffered(bytes) => request = request.body(bytes.clone()),
+            RequestBody::Streamed {
+                body: stream,
+                length,
+                ..
+            } => {
+                if let Some(n) = length {
+                    request = request.header(header::CONTENT_LENGTH, *n);
+                }
+                if let Some(stream) = stream.take() {
+                    request = request.body(stream);
+                }
+            }
+        }
+        let started = Instant::now();
+        let result = request.send().await;
+        crate::meters::proxy_upstream(&self.route.name, started.elapsed());
+        result.map_err(|e| {
+            if let Some(max) = body.over_limit() {
+                return too_large(max).into();
+            }
+            self.transport_problem(&e).into()
+        })
+    }
+
+    /// 504 for a timeout, else 502, naming the route (not the URL: its query is the caller's).
+    fn transport_problem(&self, e: &reqwest::Error) -> Problem {
+        let name = &self.route.name;
+        if e.is_timeout() {
+            return Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "proxy-upstream-timeout",
+                "Upstream timed out",
+                format!(
+                    "the upstream of route {name:?} did not answer within {} (proxy.{name}.timeout)",
+                    humantime::format_duration(self.route.timeout)
+                ),
+            )
+            .with("route", name.as_str());
+        }
+        let mut reason = String::new();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "proxy-upstream-unreachable",
+            "Upstream unreachable",
+            format!("the upstream of route {name:?} could not be reached{reason}"),
+        )
+        .with("route", name.as_str())
+    }
+}
+
+/// The upstream's answer as the caller's: status, headers minus hop-by-hop ones, body streamed.
+fn into_response(answer: reqwest::Response) -> Response {
+    let status = answer.status();
+    let mut headers = answer.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+fn bad_request(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-request",
+        "Bad request",
+        detail,
+    )
+}
+
+fn too_large(max_body: u64) -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        "Request body too large",
+        format!("this route forwards request bodies of at most {max_body} bytes (max_body)"),
+    )
+}
+
+fn unknown_route(proxy: &Proxy) -> Problem {
+    let names = proxy.names();
+    let known = if names.is_empty() {
+        "none is configured (proxy: in broker.yaml)".to_owned()
+    } else {
+        names.join(", ")
+    };
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "unknown-proxy-route",
+        "Unknown proxy route",
+        format!("there is no proxy route by that name; the routes are: {known}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn the_raw_path_splits_into_route_and_rest() {
+        assert_eq!(split("/proxy/a/b/c"), ("a", "b/c"));
+        assert_eq!(split("/proxy/a/"), ("a", ""));
+        assert_eq!(split("/proxy/a"), ("a", ""));
+        assert_eq!(split("/proxy/a/%2e%2e/x"), ("a", "%2e%2e/x"));
+    }
+
+    #[test]
+    fn hop_by_hop_credentials_and_connection_named_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("authorization", "Bearer api-key"),
+            ("x-api-key", "api-key"),
+            ("cookie", "a=b"),
+            ("x-broker-org", "991825827"),
+            ("host", "broker"),
+            ("accept", "application/json"),
+            ("x-custom", "kept"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = forwarded(&h);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept", "x-custom"]);
+    }
+}
