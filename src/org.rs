@@ -68,6 +68,19 @@ impl fmt::Display for OrgNumber {
     }
 }
 
+/// An optional organisation number written at `field` in the config; a problem when it is not valid.
+pub fn parse_field(
+    text: Option<&str>,
+    field: &str,
+    problems: &mut Vec<String>,
+) -> Option<OrgNumber> {
+    text?
+        .trim()
+        .parse()
+        .inspect_err(|e| problems.push(format!("{field}: {e}")))
+        .ok()
+}
+
 impl fmt::Debug for OrgNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "OrgNumber({})", self.0)

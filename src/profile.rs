@@ -140,6 +140,16 @@ pub fn builtins() -> Vec<Profile> {
 pub struct Profiles(BTreeMap<ProfileName, Arc<Profile>>);
 
 impl Profiles {
+    /// A config problem when no profile is called `name` (`field` names where it was written).
+    pub fn check_named(&self, name: &str, field: &str) -> Option<String> {
+        self.get(name).is_none().then(|| {
+            format!(
+                "{field}: there is no profile named {name:?}; the profiles are: {}",
+                self.names().join(", ")
+            )
+        })
+    }
+
     /// Merge the configured profiles over the built-in ones. Returns every problem found, each
     /// prefixed with its field path, so config validation can report them all at once.
     pub fn from_settings(

@@ -116,24 +116,10 @@ pub fn validate(
                 None
             }
         };
-        if let Some(profiles) = profiles
-            && profiles.get(&s.profile).is_none()
-        {
-            problems.push(format!(
-                "{}: there is no profile named {:?}; the profiles are: {}",
-                field("profile"),
-                s.profile,
-                profiles.names().join(", ")
-            ));
+        if let Some(profiles) = profiles {
+            problems.extend(profiles.check_named(&s.profile, &field("profile")));
         }
-        let org = match s.org.as_deref().map(|o| o.trim().parse::<OrgNumber>()) {
-            None => None,
-            Some(Ok(org)) => Some(org),
-            Some(Err(e)) => {
-                problems.push(format!("{}: {e}", field("org")));
-                None
-            }
-        };
+        let org = crate::org::parse_field(s.org.as_deref(), &field("org"), problems);
         if s.timeout.is_zero() || s.timeout > MAX_TIMEOUT {
             problems.push(format!(
                 "{}: must be longer than 0s and at most 1h",
