@@ -123,7 +123,7 @@ if ! command -v wrk >/dev/null; then
     die "wrk is missing: sudo apt-get install wrk (Debian/Ubuntu), then run again"
   fi
 fi
-WRK_VERSION=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }')
+WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n 1 | awk '{ print $1, $2 }')  # wrk -v exits 1
 log "$WRK_VERSION"
 
 log "building release binaries"
@@ -317,7 +317,8 @@ median_run() {
   python3 - "$WORK" "$1" <<'PY'
 import glob, json, os, shutil, sys
 work, name = sys.argv[1], sys.argv[2]
-runs = sorted(glob.glob(os.path.join(work, name + "_r*.json")),
+runs = sorted((p for p in glob.glob(os.path.join(work, name + "_r*.json"))
+               if not p.endswith(".wrk.json")),
               key=lambda p: json.load(open(p))["summary"]["requestsPerSec"])
 shutil.copy(runs[len(runs) // 2], os.path.join(work, name + ".json"))
 PY
