@@ -113,6 +113,18 @@ if [[ ! -x $OHA ]]; then
   cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
 fi
 log "$("$OHA" --version)"
+# wrk (Debian package) beside oha: one thread of a C load generator takes far less of the two
+# shared cores than oha, so its ratios show more of the servers' own cost.
+if ! command -v wrk >/dev/null; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing wrk from the Debian package (once)"
+    apt-get install -y -qq wrk >/dev/null || die "apt-get install wrk failed; install the wrk package and run again"
+  else
+    die "wrk is missing: sudo apt-get install wrk (Debian/Ubuntu), then run again"
+  fi
+fi
+WRK_VERSION=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }')
+log "$WRK_VERSION"
 
 log "building release binaries"
 if [[ $MODE != keys ]]; then
@@ -185,6 +197,15 @@ load() {
     -z "${seconds}s" -c "$c" "$url" >"$WORK/$name.json"
 }
 
+# wrk_load NAME URL CONNECTIONS: wrk with one thread for SECONDS_PER_POINT at CONNECTIONS, the
+# JSON line of bench/wrk-report.lua to $WORK/NAME.wrk.json.
+wrk_load() {
+  local name=$1 url=$2 c=$3 seconds=${4:-$SECONDS_PER_POINT}
+  log "load: $name with wrk ($c connections, ${seconds}s)"
+  timeout $((seconds + 60)) "${ON_LOAD_CPU[@]}" wrk -t1 -c "$c" -d "${seconds}s" \
+    -s "$BENCH/wrk-report.lua" "$url" | tail -n 1 >"$WORK/$name.wrk.json"
+}
+
 # load_urls NAME FILE CONNECTIONS: as load, each request to a random URL of FILE.
 load_urls() {
   local name=$1 file=$2 c=$3 seconds=${4:-$SECONDS_PER_POINT}
@@ -243,6 +264,7 @@ record date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 record nproc "$(nproc)"
 record memory_mib "$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 }' /proc/meminfo)"
 record oha "$("$OHA" --version)"
+record wrk "$WRK_VERSION"
 record rustc "$(rustc --version)"
 record mode "$MODE"
 record burst "$BURST"
@@ -275,10 +297,12 @@ hit_series() {
       for server in "${SERVERS[@]}"; do
         IFS=: read -r name pid url <<<"$server"  # url keeps its own colons
         load "${name}_c${c}_r$round" "$url" "$c"
+        wrk_load "${name}_c${c}_r$round" "$url" "$c"
       done
     done
     for server in "${SERVERS[@]}"; do
       median_run "${server%%:*}_c$c"
+      median_wrk_run "${server%%:*}_c$c"
     done
   done
   for pid in "${samplers[@]}"; do stop_pid "$pid"; done
@@ -296,6 +320,17 @@ work, name = sys.argv[1], sys.argv[2]
 runs = sorted(glob.glob(os.path.join(work, name + "_r*.json")),
               key=lambda p: json.load(open(p))["summary"]["requestsPerSec"])
 shutil.copy(runs[len(runs) // 2], os.path.join(work, name + ".json"))
+PY
+}
+
+# median_wrk_run NAME: as median_run, for the wrk runs (NAME_r*.wrk.json -> NAME.wrk.json).
+median_wrk_run() {
+  python3 - "$WORK" "$1" <<'PY'
+import glob, json, os, shutil, sys
+work, name = sys.argv[1], sys.argv[2]
+runs = sorted(glob.glob(os.path.join(work, name + "_r*.wrk.json")),
+              key=lambda p: json.load(open(p))["requestsPerSec"])
+shutil.copy(runs[len(runs) // 2], os.path.join(work, name + ".wrk.json"))
 PY
 }
 
@@ -433,6 +468,10 @@ def oha(name):
     path = os.path.join(work, name + ".json")
     return json.load(open(path)) if os.path.exists(path) else None
 
+def wrk(name):
+    path = os.path.join(work, name + ".wrk.json")
+    return json.load(open(path)) if os.path.exists(path) else None
+
 def ok(run):
     """Answers with status 200 and everything else (errors and other statuses)."""
     codes = run.get("statusCodeDistribution") or {}
@@ -467,7 +506,7 @@ rows = [
     ("date", r("date"), "", ""),
     ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; {r('placement')}", "", ""),
     ("cache-hit runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, broker and baseline taking turns", "", ""),
-    ("tools", f"{r('oha')}; {r('rustc')}", "", ""),
+    ("tools", f"{r('oha')}; {r('wrk')} (-t1); {r('rustc')}", "", ""),
 ]
 if r("mode") != "keys":
     rows.append(("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
@@ -483,6 +522,18 @@ for c in (conns if r("mode") != "keys" else []):
     ))
     errors = [ok(x)[1] if x else None for x in (b, base)]
     rows.append((f"(1,2) cache hit, {c} conn: non-200 answers", fmt(errors[0]), fmt(errors[1]), ""))
+    wb, wbase = wrk(f"broker_c{c}"), wrk(f"baseline_c{c}")
+    wrps = [x["requestsPerSec"] if x else None for x in (wb, wbase)]
+    rows.append((f"(1,2) cache hit, {c} conn, wrk: req/s", fmt(wrps[0]), fmt(wrps[1]), ratio(*wrps)))
+    wms = lambda run, p: run[p] * 1000 if run else None
+    rows.append((
+        f"(1,2) cache hit, {c} conn, wrk: p50 / p99 / p99.9 ms",
+        " / ".join(fmt(wms(wb, p), 2) for p in ("p50", "p99", "p999")),
+        " / ".join(fmt(wms(wbase, p), 2) for p in ("p50", "p99", "p999")),
+        ratio(wms(wb, "p99"), wms(wbase, "p99")) + " (p99)",
+    ))
+    werr = [x["non2xx"] + x["errors"] if x else None for x in (wb, wbase)]
+    rows.append((f"(1,2) cache hit, {c} conn, wrk: non-2xx answers and socket errors", fmt(werr[0]), fmt(werr[1]), ""))
 burst, base_burst = oha("cold_burst"), oha("baseline_burst")
 
 def total_ms(run):
