@@ -35,6 +35,10 @@ pub struct ClientSettings {
     /// every scope `on_demand.scopes` allows.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
+    /// Maskinporten clients (`default`, `maskinporten_clients.<name>`) whose tokens this client
+    /// may have; absent means all.
+    #[serde(default)]
+    pub maskinporten_clients: Option<Vec<String>>,
 }
 
 /// The hash of an API key, as stored in the config.
@@ -52,9 +56,16 @@ pub struct Client {
     /// Its own fetch budget, if it has one; shared by reference with the requests it makes.
     pub budget: Option<std::sync::Arc<ClientBudget>>,
     scopes: Option<ScopePatterns>,
+    maskinporten_clients: Option<Vec<String>>,
 }
 
 impl Client {
+    /// Whether this client may have tokens of the Maskinporten client `name`.
+    pub fn may_use_maskinporten_client(&self, name: &str) -> bool {
+        self.maskinporten_clients
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
     pub fn may_use_profile(&self, profile: &str) -> bool {
         self.profiles.iter().any(|p| p == "*" || p == profile)
     }
@@ -133,6 +144,7 @@ impl Clients {
                 orgs,
                 budget,
                 scopes,
+                maskinporten_clients: c.maskinporten_clients.clone(),
             }));
         }
         if problems.is_empty() {
@@ -171,6 +183,7 @@ mod tests {
             orgs: vec!["991825827".into()],
             max_fetches_per_second: None,
             scopes: None,
+            maskinporten_clients: None,
         }])
         .unwrap()
     }
@@ -202,6 +215,7 @@ mod tests {
             orgs: vec!["1".into()],
             max_fetches_per_second: Some(0),
             scopes: None,
+            maskinporten_clients: None,
         }])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));
@@ -223,6 +237,7 @@ mod tests {
             orgs: vec![],
             scopes: None,
             max_fetches_per_second: None,
+            maskinporten_clients: None,
         };
         let errs = Clients::from_settings(&[
             client("app-a", hash_api_key("shared")),

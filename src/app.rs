@@ -21,11 +21,12 @@ use crate::broker::{Broker, Generation};
 use crate::budget::FetchBudget;
 use crate::cache::{Policy, TokenCache};
 use crate::clock::Clock;
-use crate::config::{ConfigError, Environment, LOCAL_KID, Settings, Validated};
+use crate::config::{ClientView, ConfigError, Environment, LOCAL_KID, Settings, Validated};
 use crate::discovery::{self, DiscoveryError, Metadata, Plan};
 use crate::fetch::Fetcher;
 use crate::http::{self, AppState, Shared};
 use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
+use crate::profile::ClientName;
 use crate::retry::RetryPolicy;
 use crate::secret::Secret;
 use crate::serve;
@@ -43,7 +44,7 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("{field}")]
     Key {
-        field: &'static str,
+        field: String,
         #[source]
         source: KeyError,
     },
@@ -51,6 +52,12 @@ pub enum StartError {
     Client(#[from] ClientBuildError),
     #[error("endpoints.issuer")]
     Discovery(#[from] DiscoveryError),
+    #[error("{field}")]
+    ClientDiscovery {
+        field: String,
+        #[source]
+        source: Box<DiscoveryError>,
+    },
     #[error("cannot start the local simulator")]
     Simulator(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -61,26 +68,67 @@ pub enum StartError {
     },
 }
 
-/// The signing key the config names, checked (kid rules, certificate validity). Warns when the
-/// certificate expires within 30 days; called at start and on every reload.
+/// The signing key the config names for the default client, checked (kid rules, certificate
+/// validity). Warns when the certificate expires within 30 days; called at start and on every
+/// reload.
 pub(crate) fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
-    let (kid, alg) = (settings.kid.as_deref(), settings.key.algorithm);
-    let fallback = (settings.env == Environment::Local).then_some(LOCAL_KID);
-    let Some((field, file)) = read_key_file(settings)? else {
+    load_client_key(&settings.default_client())
+}
+
+/// The keys of every Maskinporten client: the default's, and those of `maskinporten_clients` in
+/// the order of [`Settings::named_clients`].
+pub(crate) fn load_keys(settings: &Settings) -> Result<ClientKeys, StartError> {
+    let named = settings
+        .named_clients()
+        .map(|c| load_client_key(&c))
+        .collect::<Result<_, _>>()?;
+    Ok(ClientKeys {
+        default: load_key(settings)?,
+        named,
+    })
+}
+
+/// Every Maskinporten client's signing key, loaded before anything is built.
+pub(crate) struct ClientKeys {
+    pub(crate) default: SigningKey,
+    pub(crate) named: Vec<SigningKey>,
+}
+
+impl ClientKeys {
+    /// Each key with the client it belongs to, the default first.
+    fn with_clients<'s>(
+        &self,
+        settings: &'s Settings,
+    ) -> impl Iterator<Item = (ClientView<'s>, &SigningKey)> {
+        std::iter::once((settings.default_client(), &self.default))
+            .chain(settings.named_clients().zip(&self.named))
+    }
+}
+
+/// One Maskinporten client's key; errors name the client's field (`maskinporten_clients.b.key.path`).
+fn load_client_key(client: &ClientView<'_>) -> Result<SigningKey, StartError> {
+    let (kid, alg) = (client.kid, client.key.algorithm);
+    let fallback = (client.env == Environment::Local).then_some(LOCAL_KID);
+    let Some((field, file)) = read_client_key_file(client)? else {
         let kid = kid.unwrap_or(LOCAL_KID);
         tracing::info!(
+            client = client.name,
             kid,
             "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
         );
         return SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
-            field: "key",
+            field: client.field("key"),
             source,
         });
     };
     let key = file
         .select(kid, fallback, alg, SystemTime::now())
         .map_err(|source| StartError::Key {
-            field: if source.is_about_kid() { "kid" } else { field },
+            field: if source.is_about_kid() {
+                client.field("kid")
+            } else {
+                field
+            },
             source,
         })?;
     warn_if_expiring(&key, SystemTime::now());
@@ -88,45 +136,46 @@ pub(crate) fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
 }
 
 /// Every key the configured source holds (all of a JWKS), with the config field it came from;
-/// `None` in `local` without a key.
-pub(crate) fn read_key_file(
-    settings: &Settings,
-) -> Result<Option<(&'static str, KeyFile)>, StartError> {
-    let key = &settings.key;
-    let at = |field: &'static str| move |source| StartError::Key { field, source };
+/// `None` in `local` without a key. The default client's.
+pub(crate) fn read_key_file(settings: &Settings) -> Result<Option<(String, KeyFile)>, StartError> {
+    read_client_key_file(&settings.default_client())
+}
+
+fn read_client_key_file(client: &ClientView<'_>) -> Result<Option<(String, KeyFile)>, StartError> {
+    let key = client.key;
+    let at = |field: String| move |source| StartError::Key { field, source };
     if let Some(pem) = &key.pem {
-        return Ok(Some((
-            "key.pem",
-            KeyFile::parse(pem.as_bytes(), None).map_err(at("key.pem"))?,
-        )));
+        let field = client.field("key.pem");
+        let file = KeyFile::parse(pem.as_bytes(), None).map_err(at(field.clone()))?;
+        return Ok(Some((field, file)));
     }
     if let Some(jwk) = &key.jwk {
-        return Ok(Some((
-            "key.jwk",
-            KeyFile::inline_jwk(jwk).map_err(at("key.jwk"))?,
-        )));
+        let field = client.field("key.jwk");
+        let file = KeyFile::inline_jwk(jwk).map_err(at(field.clone()))?;
+        return Ok(Some((field, file)));
     }
     match &key.path {
-        Some(path) if settings.env != Environment::Local || path.exists() => {
+        Some(path) if client.env != Environment::Local || path.exists() => {
             warn_if_readable_by_others(path);
-            let password = password(settings)?;
-            let file = KeyFile::read(path, password.as_ref()).map_err(at("key.path"))?;
-            Ok(Some(("key.path", file)))
+            let password = password(client)?;
+            let field = client.field("key.path");
+            let file = KeyFile::read(path, password.as_ref()).map_err(at(field.clone()))?;
+            Ok(Some((field, file)))
         }
         _ => Ok(None),
     }
 }
 
 /// The PKCS#12 password from `key.password` (or `BROKER__KEY__PASSWORD`) or `key.password_file`.
-fn password(settings: &Settings) -> Result<Option<Secret>, StartError> {
-    if let Some(password) = &settings.key.password {
+fn password(client: &ClientView<'_>) -> Result<Option<Secret>, StartError> {
+    if let Some(password) = &client.key.password {
         return Ok(Some(Secret::new(password.as_str())));
     }
-    let Some(path) = &settings.key.password_file else {
+    let Some(path) = &client.key.password_file else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(path).map_err(|source| StartError::Key {
-        field: "key.password_file",
+        field: client.field("key.password_file"),
         source: KeyError::PasswordFile {
             path: path.display().to_string(),
             source,
@@ -174,9 +223,9 @@ pub(crate) struct Built {
 /// Build the broker from settings (validates, loads the key, starts the `local` simulator).
 pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
-    let key = load_key(&settings)?;
+    let keys = load_keys(&settings)?;
     let simulator = match settings.env {
-        Environment::Local => Some(start_simulator(&settings, &key, &validated).await?),
+        Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),
         _ => None,
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
@@ -190,7 +239,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
         .filter(|r| r.org.is_some())
         .cloned()
         .collect();
-    let generation = generation(&settings, validated, key, local_base, discovered)?;
+    let generation = generation(&settings, validated, keys, local_base, discovered)?;
     let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
@@ -215,19 +264,37 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     })
 }
 
-/// The issuer metadata, when these settings discover the token endpoint: the plan, and what it
-/// read (`None` after a tolerated failure). A required read that fails refuses the settings.
+/// What discovery read for each Maskinporten client (the default first): the plan, and what it
+/// read (`None` after a tolerated failure); `None` for a client that does not discover.
+pub(crate) type Discovered = Vec<Option<(Plan, Option<Metadata>)>>;
+
+/// The issuer metadata of every Maskinporten client that discovers its token endpoint. A
+/// required read that fails refuses the settings.
 pub(crate) async fn discover(
     settings: &Settings,
     local_base: Option<&Url>,
-) -> Result<Option<(Plan, Option<Metadata>)>, StartError> {
-    let issuer = settings.endpoints(local_base).issuer;
-    let Some(plan) = Plan::of(settings, &issuer) else {
-        return Ok(None);
-    };
+) -> Result<Discovered, StartError> {
     let http = http_client(&settings.http_client)?;
-    let metadata = plan.resolve(&http, settings.http_client.timeout).await?;
-    Ok(Some((plan, metadata)))
+    let mut discovered = Vec::new();
+    for client in settings.maskinporten_clients() {
+        let issuer = client.endpoints(local_base).issuer;
+        let Some(plan) = Plan::of_client(&client, &issuer) else {
+            discovered.push(None);
+            continue;
+        };
+        let metadata = match plan.resolve(&http, settings.http_client.timeout).await {
+            Ok(metadata) => metadata,
+            Err(source) if client.field.is_empty() => return Err(source.into()),
+            Err(source) => {
+                return Err(StartError::ClientDiscovery {
+                    field: client.field("endpoints.issuer"),
+                    source: Box::new(source),
+                });
+            }
+        };
+        discovered.push(Some((plan, metadata)));
+    }
+    Ok(discovered)
 }
 
 /// Token files and proxy routes with a fixed org must name a token the broker can make, by the
@@ -256,30 +323,41 @@ fn token_files(
     }
 }
 
-/// The reloadable part of the broker, from validated settings, a loaded key and what discovery
-/// read.
+/// The reloadable part of the broker, from validated settings, every client's key and what
+/// discovery read (in the order of [`Settings::maskinporten_clients`]; missing entries did not
+/// discover).
 pub(crate) fn generation(
     settings: &Settings,
     validated: Validated,
-    key: SigningKey,
+    keys: ClientKeys,
     local_base: Option<&Url>,
-    discovered: Option<(Plan, Option<Metadata>)>,
+    discovered: Discovered,
 ) -> Result<Generation, StartError> {
-    let mut endpoints = settings.endpoints(local_base);
-    let (discovery, metadata) = discovered.unzip();
-    if let Some(metadata) = metadata.flatten() {
-        endpoints.token_url = metadata.token_endpoint;
-    }
-    let fetcher = Fetcher::new(
-        settings.client_id().to_owned(),
-        key,
-        endpoints,
-        settings.grant.lifetime,
-        http_client(&settings.http_client)?,
-        settings.http_client.timeout,
-    );
+    let http = http_client(&settings.http_client)?;
+    let mut discovered = discovered.into_iter();
+    let mut fetcher = |client: &ClientView<'_>, key: &SigningKey| {
+        let mut endpoints = client.endpoints(local_base);
+        let (plan, metadata) = discovered.next().flatten().unzip();
+        if let Some(metadata) = metadata.flatten() {
+            endpoints.token_url = metadata.token_endpoint;
+        }
+        let fetcher = Fetcher::new(
+            client.client_id.to_owned(),
+            key.clone(),
+            endpoints,
+            settings.grant.lifetime,
+            http.clone(),
+            settings.http_client.timeout,
+        );
+        (fetcher, plan)
+    };
+    let (default, discovery) = fetcher(&settings.default_client(), &keys.default);
+    let clients = (settings.named_clients().zip(&keys.named))
+        .map(|(client, key)| (ClientName::new(client.name), fetcher(&client, key).0))
+        .collect();
     Ok(Generation {
-        fetcher,
+        fetcher: default,
+        clients,
         profiles: validated.profiles,
         default_org: validated.default_org,
         on_demand: validated.on_demand,
@@ -287,8 +365,19 @@ pub(crate) fn generation(
     })
 }
 
-/// The broker's Maskinporten client as the `local` simulator should know it: its id, the public
-/// half of its key, and every scope its profiles and `on_demand.scopes` may ask for.
+/// The broker's Maskinporten clients as the `local` simulator should know them: each id, the
+/// public half of its key, and every scope the profiles and `on_demand.scopes` may ask for.
+pub(crate) fn simulator_clients(
+    settings: &Settings,
+    keys: &ClientKeys,
+    validated: &Validated,
+) -> Vec<RegisteredClient> {
+    keys.with_clients(settings)
+        .map(|(client, key)| simulator_client(client.client_id, key, validated))
+        .collect()
+}
+
+/// One Maskinporten client as the `local` simulator should know it.
 pub(crate) fn simulator_client(
     client_id: &str,
     key: &SigningKey,
@@ -303,7 +392,7 @@ pub(crate) fn simulator_client(
 
 async fn start_simulator(
     settings: &Settings,
-    key: &SigningKey,
+    keys: &ClientKeys,
     validated: &Validated,
 ) -> Result<SimulatorHandle, StartError> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
@@ -313,7 +402,7 @@ async fn start_simulator(
         SimulatorConfig {
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
-            clients: vec![simulator_client(settings.client_id(), key, validated)],
+            clients: simulator_clients(settings, keys, validated),
         },
         listener,
     )
@@ -389,21 +478,24 @@ impl App {
     /// Sections read only at start-up ([`needing_restart`]) are logged, not applied.
     pub async fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
-        let key = load_key(settings)?;
+        let keys = load_keys(settings)?;
         let discovered = discover(settings, self.simulator_url()).await?;
-        let registration = simulator_client(settings.client_id(), &key, &validated);
-        let kid = key.kid().map(str::to_owned);
+        let registrations = simulator_clients(settings, &keys, &validated);
+        let kid = keys.default.kid().map(str::to_owned);
         let clients = Arc::new(validated.clients.clone());
-        let generation = generation(settings, validated, key, self.simulator_url(), discovered)?;
+        let generation = generation(settings, validated, keys, self.simulator_url(), discovered)?;
         // Built completely: apply.
         if let Some(sim) = &self.simulator {
-            sim.register_client(registration);
+            registrations
+                .into_iter()
+                .for_each(|r| sim.register_client(r));
         }
         self.state.clients.store(clients);
         self.state.broker().replace(generation);
         tracing::info!(
             kid = kid.as_deref(),
-            "configuration and key reloaded (key, kid, client_id, endpoints, http_client, profiles, on_demand, default_org, clients)"
+            maskinporten_clients = settings.maskinporten_clients.len() + 1,
+            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, http_client, profiles, on_demand, default_org, clients)"
         );
         let unchanged = needing_restart(&self.started, settings);
         if !unchanged.is_empty() {
@@ -473,10 +565,10 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
-    let key_path = settings.key.path.clone();
+    let key_paths = key_paths(&settings);
     // Before serving: a SIGHUP that arrives once callers can see the broker must reload it, not
     // end it (the default action of SIGHUP), and a file changed meanwhile must count as changed.
-    let files = WatchedFiles::new(config_path, key_path.as_deref());
+    let files = WatchedFiles::new(config_path, key_paths);
     #[cfg(unix)]
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]
@@ -496,31 +588,43 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
 /// by symlink, which file-change notifications miss; a cheap `stat` does not).
 const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The config file and the key file it names, and when each was last seen modified. After a
-/// reload the key file watched is the one the new config names.
+/// The key files of every Maskinporten client (the default's first).
+fn key_paths(settings: &Settings) -> Vec<PathBuf> {
+    settings
+        .maskinporten_clients()
+        .iter()
+        .filter_map(|c| c.key.path.clone())
+        .collect()
+}
+
+/// The config file and the key files it names (one per Maskinporten client), and when each was
+/// last seen modified. After a reload the key files watched are those the new config names.
 struct WatchedFiles {
     config: PathBuf,
-    key: Option<PathBuf>,
-    seen: (Option<SystemTime>, Option<SystemTime>),
+    keys: Vec<PathBuf>,
+    seen: Vec<Option<SystemTime>>,
 }
 
 impl WatchedFiles {
-    fn new(config: &Path, key: Option<&Path>) -> Self {
+    fn new(config: &Path, keys: Vec<PathBuf>) -> Self {
         let mut files = WatchedFiles {
             config: config.to_owned(),
-            key: key.map(Path::to_owned),
-            seen: (None, None),
+            keys,
+            seen: Vec::new(),
         };
         files.seen = files.stamps();
         files
     }
 
-    fn stamps(&self) -> (Option<SystemTime>, Option<SystemTime>) {
-        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        (stamp(&self.config), self.key.as_deref().and_then(stamp))
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        std::iter::once(&self.config)
+            .chain(&self.keys)
+            .map(stamp)
+            .collect()
     }
 
-    /// Whether either file changed since the last look.
+    /// Whether any file changed since the last look.
     fn changed(&mut self) -> bool {
         let now = self.stamps();
         let changed = now != self.seen;
@@ -528,9 +632,9 @@ impl WatchedFiles {
         changed
     }
 
-    /// Watch `key` from now on (the key file of a config just applied).
-    fn follow_key(&mut self, key: Option<&Path>) {
-        self.key = key.map(Path::to_owned);
+    /// Watch `keys` from now on (the key files of a config just applied).
+    fn follow_keys(&mut self, keys: Vec<PathBuf>) {
+        self.keys = keys;
         self.seen = self.stamps();
     }
 }
@@ -567,7 +671,7 @@ async fn reload_on_change(
         };
         match reloaded {
             Ok(settings) => {
-                files.follow_key(settings.key.path.as_deref());
+                files.follow_keys(key_paths(&settings));
                 tracing::info!(reason, "reloaded")
             }
             Err(e) => {
@@ -618,13 +722,13 @@ mod tests {
             touch(&path, 1_000);
             path
         });
-        let mut files = WatchedFiles::new(&config, Some(&old));
+        let mut files = WatchedFiles::new(&config, vec![old.clone()]);
         assert!(!files.changed());
         touch(&old, 2_000);
         assert!(files.changed(), "the key file named at start is watched");
         assert!(!files.changed(), "a change is reported once");
 
-        files.follow_key(Some(&new));
+        files.follow_keys(vec![new.clone()]);
         touch(&old, 3_000);
         assert!(!files.changed(), "the old key file is no longer watched");
         touch(&new, 3_000);

@@ -1,7 +1,8 @@
 //! The broker's token source: which profile and organisation a request means, and fetching for a
 //! cache key with the current configuration generation and the retry policy.
 //!
-//! A *generation* is everything a reload may replace (key, kid, client id, endpoints, profiles).
+//! A *generation* is everything a reload may replace (each Maskinporten client's key, kid, client
+//! id and endpoints, the profiles).
 //! It is swapped atomically; fetches in flight finish with the generation they started with, and
 //! tokens made with an old key stay cached until they expire.
 //!
@@ -20,7 +21,9 @@ use crate::clock::Clock;
 use crate::fetch::{FetchError, Fetcher};
 use crate::on_demand::{OnDemandRequest, ScopePatterns};
 use crate::org::OrgNumber;
-use crate::profile::{Exchange, Profile, ProfileName, Profiles, SystemUser};
+use crate::profile::{
+    ClientName, DEFAULT_CLIENT, Exchange, Profile, ProfileName, Profiles, SystemUser,
+};
 use crate::retry::RetryPolicy;
 use crate::token::Token;
 use crate::upstream::Target;
@@ -28,7 +31,10 @@ use crate::upstream::Target;
 /// What a reload replaces.
 #[derive(Debug, Clone)]
 pub struct Generation {
+    /// The default Maskinporten client (top-level `client_id`, `kid`, `key`).
     pub fetcher: Fetcher,
+    /// The clients of `maskinporten_clients`, by name.
+    pub clients: BTreeMap<ClientName, Fetcher>,
     pub profiles: Profiles,
     pub default_org: Option<OrgNumber>,
     /// `on_demand.scopes`: what `GET /token?scope=` may ask for; empty turns it off.
@@ -38,6 +44,24 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Every Maskinporten client with its name, the default first.
+    pub fn fetchers(&self) -> impl Iterator<Item = (&str, &Fetcher)> {
+        std::iter::once((DEFAULT_CLIENT, &self.fetcher))
+            .chain(self.clients.iter().map(|(n, f)| (n.as_str(), f)))
+    }
+
+    /// The Maskinporten client called `name`.
+    pub fn fetcher(&self, name: &ClientName) -> Result<&Fetcher, ResolveError> {
+        if name.as_str() == DEFAULT_CLIENT {
+            return Ok(&self.fetcher);
+        }
+        self.clients
+            .get(name)
+            .ok_or_else(|| ResolveError::UnknownClient {
+                name: name.to_string(),
+            })
+    }
+
     /// The profile called `name`.
     pub fn profile(&self, name: &str) -> Result<Arc<Profile>, ResolveError> {
         self.profiles
@@ -74,6 +98,7 @@ impl Generation {
                 )?),
             };
         let key = CacheKey {
+            client: profile.client.clone(),
             profile: profile.name.clone(),
             org,
             on_demand: None,
@@ -96,7 +121,9 @@ impl Generation {
             });
         }
         let profile = Arc::new(request.profile());
+        // On-demand requests use the default Maskinporten client (`request.profile()` says so).
         let key = CacheKey {
+            client: profile.client.clone(),
             profile: profile.name.clone(),
             org,
             on_demand: Some(Arc::new(request)),
@@ -122,6 +149,10 @@ pub enum ResolveError {
     OnDemandOff,
     #[error("scope {scope:?} is not allowed: on_demand.scopes in the config does not list it")]
     ScopeNotAllowed { scope: String },
+    #[error(
+        "there is no Maskinporten client named {name:?} since the last reload; ask again for the profile"
+    )]
+    UnknownClient { name: String },
 }
 
 /// Why the source has no token.
@@ -303,7 +334,7 @@ impl TokenSource for Broker {
         };
         let org = key.org.as_ref();
         let clock = &self.clock;
-        let fetcher = &generation.fetcher;
+        let fetcher = generation.fetcher(&key.client)?;
         let result = match purpose {
             Purpose::Caller => {
                 // The generation's own timeout: http_client is reloadable.

@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::config::CacheSettings;
 use crate::on_demand::OnDemandRequest;
 use crate::org::OrgNumber;
-use crate::profile::ProfileName;
+use crate::profile::{ClientName, ProfileName};
 use crate::token::{Token, rfc3339};
 
 /// How long a permanent refusal is answered from memory.
@@ -49,9 +49,12 @@ pub const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
 pub const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a cached token is for: a configured profile, or an on-demand request (then `profile` is
-/// [`crate::on_demand::ON_DEMAND`]), and the system user's organisation.
+/// [`crate::on_demand::ON_DEMAND`]), the Maskinporten client that signs its grants, and the
+/// system user's organisation. Built only by `broker.rs` (`resolve`, `resolve_on_demand`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
+    /// The same profile and org through two Maskinporten clients are two tokens.
+    pub client: ClientName,
     pub profile: ProfileName,
     pub org: Option<OrgNumber>,
     /// The normalised on-demand request; `None` for a profile.
@@ -752,6 +755,7 @@ mod tests {
             profile: ProfileName::new("altinn"),
             org: None,
             on_demand: None,
+            client: ClientName::default_client(),
         }
     }
 
@@ -925,6 +929,7 @@ mod tests {
             profile: ProfileName::new("skd"),
             org: org(i),
             on_demand: None,
+            client: ClientName::default_client(),
         };
         // Popular keys first, so frequency-based admission would refuse newcomers.
         for _ in 0..5 {

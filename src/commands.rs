@@ -56,14 +56,15 @@ pub async fn token(
 pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Result<()> {
     let org = parse_org(org)?;
     let validated = settings.validate()?;
-    let key = load_key(&settings)?;
+    let keys = app::load_keys(&settings)?;
     // The same profile and system-user rules, and the same grant, as the server's.
-    let generation = app::generation(&settings, validated, key, None, None)?;
+    let generation = app::generation(&settings, validated, keys, None, Vec::new())?;
     let (profile, key) = generation.resolve(profile, org)?;
-    let grant =
-        generation
-            .fetcher
-            .grant(&profile, key.org.as_ref(), std::time::SystemTime::now())?;
+    let grant = generation.fetcher(&key.client)?.grant(
+        &profile,
+        key.org.as_ref(),
+        std::time::SystemTime::now(),
+    )?;
     println!("{}", grant.expose());
     Ok(())
 }
@@ -215,7 +216,8 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
 /// `check [--online]`
 pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyhow::Result<()> {
     let validated = settings.validate()?;
-    let key = load_key(&settings)?;
+    let keys = app::load_keys(&settings)?;
+    let key = keys.default.clone();
     verify_key_pair(&key)?;
     println!(
         "config:          {} (env {})",
@@ -224,6 +226,16 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
     );
     println!("client_id:       {}", settings.client_id());
     print_key(&key);
+    for (client, key) in settings.named_clients().zip(&keys.named) {
+        verify_key_pair(key)?;
+        println!(
+            "maskinporten_clients.{}: client_id {}, kid {}, issuer {}",
+            client.name,
+            client.client_id,
+            key.kid().unwrap_or("none (x5c only)"),
+            client.endpoints(None).issuer
+        );
+    }
     if settings.env == Environment::Local {
         println!("endpoints:       the embedded simulator on a loopback port chosen at start");
     } else {
@@ -235,7 +247,12 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
                 "read from {} at start (built-in: {}; check --online reads it now)",
                 plan.url, e.token_url
             ),
-            Some(_) => match app::discover(&settings, None).await? {
+            Some(_) => match app::discover(&settings, None)
+                .await?
+                .into_iter()
+                .next()
+                .flatten()
+            {
                 Some((_, Some(m))) => format!("{} (from the issuer's metadata)", m.token_endpoint),
                 _ => format!(
                     "{} (built-in: the issuer's metadata is unreadable, see the warning)",

@@ -56,6 +56,9 @@ pub struct Settings {
     /// The key id Digdir gave the uploaded public key. Optional only in `local`.
     pub kid: Option<String>,
     pub key: KeySettings,
+    /// More Maskinporten clients beside the top-level one (which is named `default`); a profile
+    /// picks one with `client:`.
+    pub maskinporten_clients: BTreeMap<String, MaskinportenClientSettings>,
     pub grant: GrantSettings,
     /// Organisation for system-user profiles when a request has no `org`.
     pub default_org: Option<String>,
@@ -89,6 +92,7 @@ impl Default for Settings {
             client_id: None,
             kid: None,
             key: KeySettings::default(),
+            maskinporten_clients: BTreeMap::new(),
             grant: GrantSettings::default(),
             default_org: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -137,6 +141,50 @@ impl fmt::Debug for KeySettings {
     }
 }
 
+/// One entry of `maskinporten_clients:`: another Maskinporten client (its own id and key),
+/// optionally in another environment or at other endpoints than the top-level ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskinportenClientSettings {
+    pub client_id: String,
+    #[serde(default)]
+    pub kid: Option<String>,
+    #[serde(default)]
+    pub key: KeySettings,
+    /// Absent: the top-level `env`.
+    #[serde(default)]
+    pub env: Option<Environment>,
+    /// Absent: the top-level `endpoints` when `env` is the top-level one, else the env's defaults.
+    #[serde(default)]
+    pub endpoints: Option<EndpointSettings>,
+}
+
+/// One Maskinporten client's credentials and endpoints as the rest of the broker reads them:
+/// the top-level one (`default`) or a `maskinporten_clients` entry.
+#[derive(Debug, Clone)]
+pub struct ClientView<'a> {
+    pub name: &'a str,
+    pub client_id: &'a str,
+    pub kid: Option<&'a str>,
+    pub key: &'a KeySettings,
+    pub env: Environment,
+    pub endpoint_settings: &'a EndpointSettings,
+    /// The prefix of this client's config fields: `""` or `maskinporten_clients.<name>.`.
+    pub field: String,
+}
+
+impl ClientView<'_> {
+    /// The config field `name` of this client (`key.path` → `maskinporten_clients.b.key.path`).
+    pub fn field(&self, name: &str) -> String {
+        format!("{}{name}", self.field)
+    }
+
+    /// This client's environment defaults with its overrides applied.
+    pub fn endpoints(&self, local_base: Option<&Url>) -> Endpoints {
+        Endpoints::with_overrides(self.env, self.endpoint_settings, local_base)
+    }
+}
+
 /// The JWT grant the broker signs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -176,6 +224,57 @@ pub struct EndpointSettings {
     /// Read the token endpoint from `{issuer}.well-known/oauth-authorization-server`; default on
     /// for `test` and `prod` and for a custom issuer without `token_url`.
     pub discovery: Option<bool>,
+}
+
+static NO_ENDPOINT_OVERRIDES: EndpointSettings = EndpointSettings {
+    issuer: None,
+    token_url: None,
+    altinn_exchange_url: None,
+    discovery: None,
+};
+
+impl EndpointSettings {
+    /// `at` is the field prefix: `endpoints.` or `maskinporten_clients.<name>.endpoints.`.
+    fn check(&self, at: &str, problems: &mut Problems) {
+        if let Some(issuer) = &self.issuer
+            && Url::parse(issuer).is_err()
+        {
+            problems.push(format!("{at}issuer: {issuer:?} is not a URL"));
+        }
+        if self.issuer.is_some() && self.token_url.is_none() && self.discovery == Some(false) {
+            problems.push(format!(
+                "{at}token_url: is required with a custom {at}issuer and {at}discovery: false (or let discovery read it)"
+            ));
+        }
+    }
+}
+
+/// `kid` and the key source of one Maskinporten client; `at` is its field prefix.
+fn check_kid_and_key(
+    at: &str,
+    kid: Option<&str>,
+    k: &KeySettings,
+    local: bool,
+    problems: &mut Problems,
+) {
+    if kid.map(str::trim) == Some("") {
+        problems.push(format!("{at}kid: must not be empty"));
+    }
+    let sources = [k.path.is_some(), k.pem.is_some(), k.jwk.is_some()];
+    match sources.iter().filter(|s| **s).count() {
+        0 if !local => problems.push(format!(
+            "{at}key.path: is required (the key file: PEM, private JWK, JWKS or PKCS#12; or {at}key.pem / {at}key.jwk, for the top-level key via BROKER__KEY__PEM / BROKER__KEY__JWK)"
+        )),
+        0 | 1 => {}
+        _ => problems.push(format!(
+            "{at}key: set only one of key.path, key.pem and key.jwk"
+        )),
+    }
+    if k.password.is_some() && k.password_file.is_some() {
+        problems.push(format!(
+            "{at}key: set either key.password or key.password_file, not both"
+        ));
+    }
 }
 
 /// `server:`: how many connections the broker holds and how long each may stall (src/serve.rs).
@@ -347,6 +446,27 @@ impl Endpoints {
     }
 }
 
+impl Endpoints {
+    /// The defaults of `env` with the overrides of `settings`.
+    pub fn with_overrides(
+        env: Environment,
+        settings: &EndpointSettings,
+        local_base: Option<&Url>,
+    ) -> Endpoints {
+        let mut e = Endpoints::defaults(env, local_base);
+        if let Some(issuer) = &settings.issuer {
+            e.issuer = issuer.clone();
+        }
+        if let Some(url) = &settings.token_url {
+            e.token_url = url.clone();
+        }
+        if let Some(url) = &settings.altinn_exchange_url {
+            e.altinn_exchange_url = url.clone();
+        }
+        e
+    }
+}
+
 /// Why the broker cannot start with this configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -433,7 +553,7 @@ impl Settings {
         let mut problems = Problems::default();
         self.check_credentials(&mut problems);
         let default_org = self.parse_default_org(&mut problems);
-        self.check_endpoints(&mut problems);
+        self.endpoints.check("endpoints.", &mut problems);
         self.server.check(&mut problems);
         self.cache.check(&mut problems);
         self.http_client.check(&mut problems);
@@ -447,6 +567,9 @@ impl Settings {
             });
         let profiles = Profiles::from_settings(&self.profiles)
             .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
+        if let Ok(profiles) = &profiles {
+            self.check_client_names(profiles, &mut problems);
+        }
         let known = profiles.as_ref().ok();
         let proxy = crate::proxy_route::validate(&self.proxy, self.env, known, &mut problems.0);
         let token_files = crate::token_files::validate(&self.token_files, known, &mut problems.0);
@@ -473,22 +596,74 @@ impl Settings {
                 .push("client_id: is required (set it in the config file or BROKER__CLIENT_ID)"),
             _ => {}
         }
-        if self.kid.as_deref().map(str::trim) == Some("") {
-            problems.push("kid: must not be empty");
-        }
-        let k = &self.key;
-        let sources = [k.path.is_some(), k.pem.is_some(), k.jwk.is_some()];
-        match sources.iter().filter(|s| **s).count() {
-            0 if !local => problems.push(
-                "key.path: is required (the key file: PEM, private JWK, JWKS or PKCS#12; or key.pem / key.jwk via BROKER__KEY__PEM / BROKER__KEY__JWK)",
-            ),
-            0 | 1 => {}
-            _ => problems.push("key: set only one of key.path, key.pem and key.jwk"),
-        }
-        if k.password.is_some() && k.password_file.is_some() {
-            problems.push("key: set either key.password or key.password_file, not both");
-        }
+        check_kid_and_key("", self.kid.as_deref(), &self.key, local, problems);
+        self.check_maskinporten_clients(problems);
         self.grant.check(problems);
+    }
+
+    /// `maskinporten_clients:`: each entry as complete as the top-level client, under its own
+    /// field path. Client ids may repeat (one client, two keys).
+    fn check_maskinporten_clients(&self, problems: &mut Problems) {
+        for (name, c) in &self.maskinporten_clients {
+            let at = format!("maskinporten_clients.{name}.");
+            if name == crate::profile::DEFAULT_CLIENT {
+                problems.push(format!(
+                    "maskinporten_clients.{name}: the client named default is the top-level client_id, kid and key; set those there, or give this client another name"
+                ));
+            } else if !crate::profile::is_name(name) {
+                problems.push(format!(
+                    "maskinporten_clients.{name}: a client name uses only letters, digits, '-' and '_'"
+                ));
+            }
+            if c.client_id.trim().is_empty() {
+                problems.push(format!("{at}client_id: must not be empty"));
+            }
+            let env = c.env.unwrap_or(self.env);
+            if env == Environment::Local && self.env != Environment::Local {
+                problems.push(format!(
+                    "{at}env: local needs the top-level env: local (its simulator); use test or prod"
+                ));
+            }
+            let local = env == Environment::Local;
+            check_kid_and_key(&at, c.kid.as_deref(), &c.key, local, problems);
+            if let Some(endpoints) = &c.endpoints {
+                endpoints.check(&format!("{at}endpoints."), problems);
+            }
+        }
+    }
+
+    /// Every Maskinporten client a profile (`profiles.<name>.client`) or an API client
+    /// (`clients[].maskinporten_clients`) names must be configured.
+    fn check_client_names(&self, profiles: &Profiles, problems: &mut Problems) {
+        let known = |name: &str| {
+            name == crate::profile::DEFAULT_CLIENT || self.maskinporten_clients.contains_key(name)
+        };
+        let names = || {
+            std::iter::once(crate::profile::DEFAULT_CLIENT)
+                .chain(self.maskinporten_clients.keys().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for profile in profiles.iter() {
+            let client = profile.client.as_str();
+            if !known(client) {
+                problems.push(format!(
+                    "profiles.{}.client: there is no Maskinporten client named {client:?}; the clients are: {}",
+                    profile.name,
+                    names()
+                ));
+            }
+        }
+        for (i, c) in self.clients.iter().enumerate() {
+            for client in c.maskinporten_clients.iter().flatten() {
+                if !known(client) {
+                    problems.push(format!(
+                        "clients[{i}].maskinporten_clients: there is no Maskinporten client named {client:?}; the clients are: {}",
+                        names()
+                    ));
+                }
+            }
+        }
     }
 
     fn parse_default_org(&self, problems: &mut Problems) -> Option<OrgNumber> {
@@ -496,20 +671,6 @@ impl Settings {
         text.parse()
             .inspect_err(|e| problems.push(format!("default_org: {text:?} is not valid: {e}")))
             .ok()
-    }
-
-    fn check_endpoints(&self, problems: &mut Problems) {
-        if let Some(issuer) = &self.endpoints.issuer
-            && Url::parse(issuer).is_err()
-        {
-            problems.push(format!("endpoints.issuer: {issuer:?} is not a URL"));
-        }
-        let e = &self.endpoints;
-        if e.issuer.is_some() && e.token_url.is_none() && e.discovery == Some(false) {
-            problems.push(
-                "endpoints.token_url: is required with a custom endpoints.issuer and endpoints.discovery: false (or let discovery read it)",
-            );
-        }
     }
 
     fn check_local(&self, problems: &mut Problems) {
@@ -541,19 +702,52 @@ impl Settings {
         self.client_id.as_deref().unwrap_or(LOCAL_CLIENT_ID)
     }
 
-    /// The environment's endpoints with this config's overrides applied.
+    /// The environment's endpoints with this config's overrides applied (the default client's).
     pub fn endpoints(&self, local_base: Option<&Url>) -> Endpoints {
-        let mut e = Endpoints::defaults(self.env, local_base);
-        if let Some(issuer) = &self.endpoints.issuer {
-            e.issuer = issuer.clone();
+        Endpoints::with_overrides(self.env, &self.endpoints, local_base)
+    }
+
+    /// Every Maskinporten client: the top-level one (`default`) first, then
+    /// `maskinporten_clients` by name.
+    pub fn maskinporten_clients(&self) -> Vec<ClientView<'_>> {
+        let named = self.named_clients();
+        std::iter::once(self.default_client())
+            .chain(named)
+            .collect()
+    }
+
+    /// The top-level `client_id`, `kid` and `key`: the client named `default`.
+    pub fn default_client(&self) -> ClientView<'_> {
+        ClientView {
+            name: crate::profile::DEFAULT_CLIENT,
+            client_id: self.client_id(),
+            kid: self.kid.as_deref(),
+            key: &self.key,
+            env: self.env,
+            endpoint_settings: &self.endpoints,
+            field: String::new(),
         }
-        if let Some(url) = &self.endpoints.token_url {
-            e.token_url = url.clone();
-        }
-        if let Some(url) = &self.endpoints.altinn_exchange_url {
-            e.altinn_exchange_url = url.clone();
-        }
-        e
+    }
+
+    /// `maskinporten_clients`, by name.
+    pub fn named_clients(&self) -> impl Iterator<Item = ClientView<'_>> {
+        self.maskinporten_clients.iter().map(|(name, c)| {
+            let env = c.env.unwrap_or(self.env);
+            let inherited = (env == self.env).then_some(&self.endpoints);
+            ClientView {
+                name,
+                client_id: &c.client_id,
+                kid: c.kid.as_deref(),
+                key: &c.key,
+                env,
+                endpoint_settings: c
+                    .endpoints
+                    .as_ref()
+                    .or(inherited)
+                    .unwrap_or(&NO_ENDPOINT_OVERRIDES),
+                field: format!("maskinporten_clients.{name}."),
+            }
+        })
     }
 }
 
@@ -804,5 +998,30 @@ mod tests {
             "kid is decided when the key is loaded"
         );
         assert_eq!(ok.grant.lifetime, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_named_client_inherits_env_and_endpoints_unless_its_env_differs() {
+        let s = Settings::from_yaml(&format!(
+            "{MINIMAL}endpoints:\n  token_url: http://127.0.0.1:1/t\nmaskinporten_clients:\n  same:\n    client_id: s\n    key: {{path: s.pem}}\n  prod:\n    client_id: p\n    env: prod\n    key: {{path: p.pem}}\n"
+        ))
+        .unwrap();
+        assert!(s.validate().is_ok());
+        let clients = s.maskinporten_clients();
+        let names: Vec<_> = clients.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["default", "prod", "same"], "the default first");
+        assert_eq!(
+            clients[2].endpoints(None).token_url.as_str(),
+            "http://127.0.0.1:1/t"
+        );
+        assert_eq!(clients[1].env, Environment::Prod);
+        assert_eq!(
+            clients[1].endpoints(None).issuer,
+            "https://maskinporten.no/"
+        );
+        assert_eq!(
+            clients[1].field("key.path"),
+            "maskinporten_clients.prod.key.path"
+        );
     }
 }

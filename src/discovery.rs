@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{Environment, Settings};
+use crate::config::{ClientView, Environment, Settings};
 use crate::upstream::{Target, UpstreamError, call};
 
 /// How often the document is re-read while the broker runs.
@@ -68,11 +68,16 @@ impl Plan {
     /// `endpoints.token_url` is set or `endpoints.discovery: false`; in `local` only when
     /// `endpoints.discovery: true` (the simulator serves the document).
     pub(crate) fn of(settings: &Settings, issuer: &str) -> Option<Plan> {
-        let e = &settings.endpoints;
+        Plan::of_client(&settings.default_client(), issuer)
+    }
+
+    /// [`Plan::of`] for one Maskinporten client's environment and endpoints.
+    pub(crate) fn of_client(client: &ClientView<'_>, issuer: &str) -> Option<Plan> {
+        let e = client.endpoint_settings;
         if e.token_url.is_some() || e.discovery == Some(false) {
             return None;
         }
-        if settings.env == Environment::Local && e.discovery != Some(true) {
+        if client.env == Environment::Local && e.discovery != Some(true) {
             return None;
         }
         let base = if issuer.ends_with('/') {
@@ -86,7 +91,7 @@ impl Plan {
         Some(Plan {
             issuer: issuer.to_owned(),
             url,
-            required: e.issuer.is_some() && settings.env != Environment::Local,
+            required: e.issuer.is_some() && client.env != Environment::Local,
         })
     }
 

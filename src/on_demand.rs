@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::profile::{Exchange, Profile, ProfileName, SystemUser};
+use crate::profile::{ClientName, Exchange, Profile, ProfileName, SystemUser};
 
 /// The profile name of on-demand tokens (in answers, metrics and logs); no configured profile
 /// may take it.
@@ -181,6 +181,8 @@ impl OnDemandRequest {
             scopes: self.scopes.clone(),
             exchange: self.exchange,
             system_user: SystemUser::Optional,
+            // On-demand tokens always use the default Maskinporten client.
+            client: ClientName::default_client(),
             resource: self.resource.clone(),
             consumer_org: self.consumer_org.clone(),
             external_ref: self.external_ref.clone(),

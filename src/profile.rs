@@ -71,6 +71,46 @@ impl fmt::Display for ProfileName {
     }
 }
 
+/// The name of a Maskinporten client (`maskinporten_clients.<name>`; [`DEFAULT_CLIENT`] for the
+/// top-level `client_id`/`kid`/`key`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ClientName(Arc<str>);
+
+/// The client of the top-level `client_id`, `kid` and `key`.
+pub const DEFAULT_CLIENT: &str = "default";
+
+impl ClientName {
+    pub fn new(name: &str) -> Self {
+        ClientName(name.into())
+    }
+    pub fn default_client() -> Self {
+        ClientName::new(DEFAULT_CLIENT)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for ClientName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ClientName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `name` is usable as a profile or client name: letters, digits, '-' and '_'.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// A complete, validated profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Profile {
@@ -78,6 +118,8 @@ pub struct Profile {
     pub scopes: Vec<String>,
     pub exchange: Exchange,
     pub system_user: SystemUser,
+    /// The Maskinporten client whose id and key sign this profile's grants.
+    pub client: ClientName,
     /// RFC 8707 audience restriction sent as the grant's `resource` claim.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
@@ -107,6 +149,8 @@ pub struct ProfileSettings {
     pub consumer_org: Option<String>,
     #[serde(rename = "externalRef", alias = "external_ref")]
     pub external_ref: Option<String>,
+    /// `maskinporten_clients.<name>` whose credentials sign the grant; absent: `default`.
+    pub client: Option<String>,
 }
 
 fn builtin(name: &str, scopes: &[&str], exchange: Exchange, system_user: SystemUser) -> Profile {
@@ -115,6 +159,7 @@ fn builtin(name: &str, scopes: &[&str], exchange: Exchange, system_user: SystemU
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         exchange,
         system_user,
+        client: ClientName::default_client(),
         resource: None,
         consumer_org: None,
         external_ref: None,
@@ -162,11 +207,7 @@ impl Profiles {
         let mut problems = Vec::new();
         for (name, s) in settings {
             let field = |f: &str| format!("profiles.{name}.{f}");
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
+            if !is_name(name) {
                 problems.push(format!(
                     "profiles.{name}: a profile name uses only letters, digits, '-' and '_'"
                 ));
@@ -209,6 +250,12 @@ impl Profiles {
                     .system_user
                     .or(base.as_ref().map(|b| b.system_user))
                     .unwrap_or(SystemUser::None),
+                client: s
+                    .client
+                    .as_deref()
+                    .map(ClientName::new)
+                    .or(base.as_ref().map(|b| b.client.clone()))
+                    .unwrap_or_else(ClientName::default_client),
                 resource: s
                     .resource
                     .clone()

@@ -2,7 +2,7 @@
 //!
 //! With no `clients:` configured every caller is the anonymous local caller. Otherwise a request
 //! must carry an API key (`Authorization: Bearer KEY` or `X-Api-Key: KEY`): none or an unknown one
-//! is a 401, a profile or organisation outside the client's list a 403. Handlers take a
+//! is a 401, a profile, organisation or Maskinporten client outside the client's lists a 403. Handlers take a
 //! [`Caller`] (or `Result<Caller, Problem>` when they count refusals themselves) and never
 //! authenticate by hand.
 
@@ -48,6 +48,14 @@ impl Caller {
         };
         let forbidden =
             |detail: String| Problem::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail);
+        if !client.may_use_maskinporten_client(key.client.as_str()) {
+            return Err(forbidden(format!(
+                "client {:?} may not use Maskinporten client {:?}: its maskinporten_clients in the config do not list it",
+                client.name,
+                key.client.as_str()
+            ))
+            .with("maskinporten_client", key.client.as_str()));
+        }
         match &key.on_demand {
             Some(request) => {
                 if let Some(scope) = request.scopes.iter().find(|s| !client.may_use_scope(s)) {

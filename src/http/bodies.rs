@@ -56,6 +56,7 @@ mod tests {
             profile: ProfileName::new("altinn"),
             org: None,
             on_demand: None,
+            client: crate::profile::ClientName::default_client(),
         };
         (profile, key)
     }
@@ -125,6 +126,7 @@ mod tests {
             profile: ProfileName::new("admin"),
             org: None,
             on_demand: None,
+            client: crate::profile::ClientName::default_client(),
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (mine, theirs) = (token("value-a", t0, 600), token("value-b", t0, 600));

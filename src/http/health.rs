@@ -2,7 +2,7 @@
 //!
 //! `/readyz` answers 200 whenever the broker serves: config and key are loaded before it listens,
 //! and a failing upstream must not make an orchestrator kill a broker that still serves cached
-//! tokens. Upstream trouble shows in the body: `status: degraded` and, per upstream, the failures
+//! tokens. Each Maskinporten client shows its id, kid and issuer (never a key). Upstream trouble shows in the body: `status: degraded` and, per upstream, the failures
 //! since the last success and the last error. It never asks for an API key, but with `clients:`
 //! configured only an authenticated caller sees which organisations have cached tokens.
 
@@ -48,6 +48,7 @@ pub async fn readyz(
         "client_id": generation.fetcher.client_id,
         "kid": generation.fetcher.key.kid(),
         "issuer": generation.fetcher.endpoints.issuer,
+        "maskinporten_clients": super::token::maskinporten_clients(&generation),
         "cached_token_count": snapshot.len(),
         "cached_tokens_per_profile": per_profile,
         "token_files": state.token_files.report(),
@@ -61,6 +62,7 @@ pub async fn readyz(
             .map(|(key, left)| {
                 json!({
                     "profile": key.profile.as_str(),
+                    "maskinporten_client": key.client.as_str(),
                     "org": key.org.as_ref().map(|o| o.as_str()),
                     "expires_in": left.as_secs(),
                 })

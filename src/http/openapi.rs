@@ -12,7 +12,7 @@ use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES};
 
 use super::AppState;
 use super::problem::Problem;
-use super::token::{ProfileListing, TokenResponse};
+use super::token::{MaskinportenClientListing, ProfileListing, TokenResponse};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,7 @@ use super::token::{ProfileListing, TokenResponse};
         title = "maskinporten-broker",
         description = "Holds an organisation's Maskinporten key and serves ready-to-use tokens over local HTTP."
     ),
-    components(schemas(TokenResponse, ProfileListing, Problem)),
+    components(schemas(TokenResponse, ProfileListing, MaskinportenClientListing, Problem)),
     tags(
         (name = "tokens", description = "Tokens and the profiles they are made for"),
         (name = "proxy", description = "Requests forwarded to configured upstreams with a token added"),

@@ -135,7 +135,7 @@ impl Proxy {
         (status = 200, description = "Whatever the upstream answered: its status (redirects included, never followed), headers minus hop-by-hop ones, and body, streamed"),
         (status = 400, description = "Path leaves the route's base (dot segments, encoded slashes, backslashes, '//', absolute-form target), bad X-Broker-Org, or an org the profile does not take", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured); or the upstream's own 401, passed back", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The API key's client may not use this route's profile or org", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key's client may not use this route's profile, org or Maskinporten client", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such proxy route (the detail lists them)", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "A small request body (buffered for a retry) did not arrive within the route's timeout", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Request body larger than the route's max_body", body = Problem, content_type = "application/problem+json"),

@@ -105,7 +105,7 @@ fn wants_text(headers: &HeaderMap) -> bool {
         (status = 400, description = "Bad query or org, or org not allowed for this profile", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer realm=\"maskinporten-broker\": send the API key as Authorization: Bearer KEY (or X-Api-Key: KEY)"))),
-        (status = 403, description = "The API key's client may not have this profile or org", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key's client may not have this profile, org or Maskinporten client (clients[].maskinporten_clients; the body's maskinporten_client names it)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such profile", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
@@ -231,6 +231,32 @@ pub struct ProfileListing {
     #[schema(value_type = Option<String>)]
     pub default_org: Option<OrgNumber>,
     pub env: String,
+    /// Each Maskinporten client a profile may name (`client`), the default first.
+    pub maskinporten_clients: Vec<MaskinportenClientListing>,
+}
+
+/// One Maskinporten client in the `GET /token` listing and `/readyz`: who it is, never its key.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MaskinportenClientListing {
+    pub name: String,
+    pub client_id: String,
+    pub kid: Option<String>,
+    pub issuer: String,
+}
+
+/// Every Maskinporten client of `generation`, the default first.
+pub(super) fn maskinporten_clients(
+    generation: &crate::broker::Generation,
+) -> Vec<MaskinportenClientListing> {
+    generation
+        .fetchers()
+        .map(|(name, f)| MaskinportenClientListing {
+            name: name.to_owned(),
+            client_id: f.client_id.clone(),
+            kid: f.key.kid().map(str::to_owned),
+            issuer: f.endpoints.issuer.clone(),
+        })
+        .collect()
 }
 
 /// `GET /token`: without a query, the profiles this broker can make tokens for; with `scope=`, an
@@ -302,6 +328,7 @@ fn listing(state: &AppState) -> ProfileListing {
         profiles: generation.profiles.iter().cloned().collect(),
         default_org: generation.default_org.clone(),
         env: state.env.to_string(),
+        maskinporten_clients: maskinporten_clients(&generation),
     }
 }
 

@@ -103,6 +103,8 @@ struct MpState {
     metadata: Mutex<Option<Metadata>>,
     /// The keys registered on the client, by kid (Digdir's self-service portal).
     keys: Mutex<HashMap<String, RsaPublicKey>>,
+    /// More clients beside `CLIENT_ID`: client id → its keys by kid.
+    other_clients: Mutex<HashMap<String, HashMap<String, RsaPublicKey>>>,
 }
 
 pub struct FakeMaskinporten {
@@ -181,6 +183,18 @@ impl FakeMaskinporten {
     pub fn register_key(&self, kid: &str, public_pem_fixture: &str) {
         *self.state.keys.lock().unwrap() =
             HashMap::from([(kid.to_owned(), public_key(public_pem_fixture))]);
+    }
+    /// Register another client with its keys by kid (replacing what it had).
+    pub fn register_client(&self, client_id: &str, keys: &[(&str, &str)]) {
+        let keys = keys
+            .iter()
+            .map(|(kid, fixture)| ((*kid).to_owned(), public_key(fixture)))
+            .collect();
+        self.state
+            .other_clients
+            .lock()
+            .unwrap()
+            .insert(client_id.to_owned(), keys);
     }
     /// Add a key to the set on the client (an upload of {old, new}).
     pub fn add_key(&self, kid: &str, key: RsaPublicKey) {
@@ -262,13 +276,40 @@ pub fn public_key(fixture_name: &str) -> RsaPublicKey {
     RsaPublicKey::from_public_key_pem(&String::from_utf8(read(fixture_name)).unwrap()).unwrap()
 }
 
+/// The `iss` claim of a JWT, before its signature is checked ("" when unreadable).
+fn unverified_iss(jwt: &str) -> String {
+    use base64::Engine;
+    jwt.split('.')
+        .nth(1)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| c["iss"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 /// Verify a grant like Maskinporten; returns the problems found.
 fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| format!("header: {e}"))?;
     if header.alg != Algorithm::RS256 {
         return Err(format!("alg {:?} is not RS256", header.alg));
     }
-    let keys = state.keys.lock().unwrap().clone();
+    // The client's keys, chosen by the (not yet verified) iss, as Maskinporten looks it up.
+    let iss = unverified_iss(assertion);
+    let keys = if iss == CLIENT_ID {
+        state.keys.lock().unwrap().clone()
+    } else {
+        state
+            .other_clients
+            .lock()
+            .unwrap()
+            .get(&iss)
+            .cloned()
+            .ok_or_else(|| format!("client {iss:?} not found (MP-100)"))?
+    };
     let registered = |kid: &str| {
         keys.get(kid)
             .cloned()
@@ -301,7 +342,7 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
         .map_err(|e| format!("signature or claims invalid: {e} (MP-124)"))?;
     let c = &data.claims;
     let mut problems = Vec::new();
-    if c["iss"] != CLIENT_ID || c["sub"] != CLIENT_ID {
+    if c["iss"] != iss.as_str() || c["sub"] != iss.as_str() {
         problems.push(format!(
             "iss/sub {} {} are not the client id",
             c["iss"], c["sub"]
