@@ -142,6 +142,18 @@ fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
     path
 }
 
+/// A business certificate valid over `valid` with its key, as a modern (AES) PKCS#12 file.
+fn business_p12(dir: &Path, name: &str, valid: (SystemTime, SystemTime)) -> PathBuf {
+    write(
+        dir,
+        name,
+        pkcs12(
+            &business_certificate(valid),
+            EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
+        ),
+    )
+}
+
 /// `kid:` (when given) and `key:` lines for a key file.
 fn credentials(kid: Option<&str>, path: &Path, more: &str) -> String {
     let kid = kid.map(|k| format!("kid: {k}\n")).unwrap_or_default();
@@ -396,14 +408,7 @@ async fn a_legacy_pkcs12_made_by_openssl_is_read() {
 #[tokio::test]
 async fn the_pkcs12_password_comes_from_each_source_and_never_shows() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "business.p12",
-        pkcs12(
-            &business_certificate(valid_for(365)),
-            EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
-        ),
-    );
+    let path = business_p12(dir.path(), "business.p12", valid_for(365));
     let password_file = write(dir.path(), "password", format!("{PASSWORD}\n"));
     let env = start(
         &credentials(
@@ -461,14 +466,7 @@ async fn an_expired_or_not_yet_valid_certificate_refuses_to_start() {
             "is not valid before",
         ),
     ] {
-        let path = write(
-            dir.path(),
-            name,
-            pkcs12(
-                &business_certificate(valid),
-                EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
-            ),
-        );
+        let path = business_p12(dir.path(), name, valid);
         let err = refusal(&credentials(
             Some(KID),
             &path,
@@ -487,14 +485,7 @@ async fn an_expired_or_not_yet_valid_certificate_refuses_to_start() {
 #[tokio::test]
 async fn a_certificate_near_expiry_warns_and_shows_on_metrics_and_in_check() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "business.p12",
-        pkcs12(
-            &business_certificate(valid_for(10)),
-            EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
-        ),
-    );
+    let path = business_p12(dir.path(), "business.p12", valid_for(10));
     let more = format!("  password: '{PASSWORD}'\n");
     let env = start(&credentials(Some(KID), &path, &more), "")
         .await
@@ -794,14 +785,7 @@ async fn the_embedded_simulator_serves_the_metadata_the_broker_discovers() {
 #[tokio::test]
 async fn a_certificate_near_expiry_warns_at_start_and_at_each_reload() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(
-        dir.path(),
-        "business.p12",
-        pkcs12(
-            &business_certificate(valid_for(10)),
-            EncryptionAlgorithm::PbeWithHmacSha256AndAes256,
-        ),
-    );
+    let path = business_p12(dir.path(), "business.p12", valid_for(10));
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
     let more = format!("  password: '{PASSWORD}'\n");
