@@ -230,7 +230,8 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     };
     let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
-    let discovered = discover(&settings, local_base).await?;
+    let http = http_client(&settings.http_client)?;
+    let discovered = discover(&settings, local_base, &http).await?;
     let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let fixed_orgs: Vec<_> = validated
@@ -239,7 +240,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
         .filter(|r| r.org.is_some())
         .cloned()
         .collect();
-    let generation = generation(&settings, validated, keys, local_base, discovered)?;
+    let generation = generation(&settings, validated, keys, local_base, discovered, http);
     let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
     let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
@@ -273,8 +274,8 @@ pub(crate) type Discovered = Vec<Option<(Plan, Option<Metadata>)>>;
 pub(crate) async fn discover(
     settings: &Settings,
     local_base: Option<&Url>,
+    http: &reqwest::Client,
 ) -> Result<Discovered, StartError> {
-    let http = http_client(&settings.http_client)?;
     let mut discovered = Vec::new();
     for client in settings.maskinporten_clients() {
         let issuer = client.endpoints(local_base).issuer;
@@ -282,7 +283,7 @@ pub(crate) async fn discover(
             discovered.push(None);
             continue;
         };
-        let metadata = match plan.resolve(&http, settings.http_client.timeout).await {
+        let metadata = match plan.resolve(http, settings.http_client.timeout).await {
             Ok(metadata) => metadata,
             Err(source) if client.field.is_empty() => return Err(source.into()),
             Err(source) => {
@@ -332,8 +333,8 @@ pub(crate) fn generation(
     keys: ClientKeys,
     local_base: Option<&Url>,
     discovered: Discovered,
-) -> Result<Generation, StartError> {
-    let http = http_client(&settings.http_client)?;
+    http: reqwest::Client,
+) -> Generation {
     let mut discovered = discovered.into_iter();
     let mut fetcher = |client: &ClientView<'_>, key: &SigningKey| {
         let mut endpoints = client.endpoints(local_base);
@@ -355,14 +356,14 @@ pub(crate) fn generation(
     let clients = (settings.named_clients().zip(&keys.named))
         .map(|(client, key)| (ClientName::new(client.name), fetcher(&client, key).0))
         .collect();
-    Ok(Generation {
+    Generation {
         fetcher: default,
         clients,
         profiles: validated.profiles,
         default_org: validated.default_org,
         on_demand: validated.on_demand,
         discovery,
-    })
+    }
 }
 
 /// The broker's Maskinporten clients as the `local` simulator should know them: each id, the
@@ -479,11 +480,19 @@ impl App {
     pub async fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
         let keys = load_keys(settings)?;
-        let discovered = discover(settings, self.simulator_url()).await?;
+        let http = http_client(&settings.http_client)?;
+        let discovered = discover(settings, self.simulator_url(), &http).await?;
         let registrations = simulator_clients(settings, &keys, &validated);
         let kid = keys.default.kid().map(str::to_owned);
         let clients = Arc::new(validated.clients.clone());
-        let generation = generation(settings, validated, keys, self.simulator_url(), discovered)?;
+        let generation = generation(
+            settings,
+            validated,
+            keys,
+            self.simulator_url(),
+            discovered,
+            http,
+        );
         // Built completely: apply.
         if let Some(sim) = &self.simulator {
             registrations

@@ -58,7 +58,8 @@ pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Re
     let validated = settings.validate()?;
     let keys = app::load_keys(&settings)?;
     // The same profile and system-user rules, and the same grant, as the server's.
-    let generation = app::generation(&settings, validated, keys, None, Vec::new())?;
+    let http = crate::upstream::http_client(&settings.http_client)?;
+    let generation = app::generation(&settings, validated, keys, None, Vec::new(), http);
     let (profile, key) = generation.resolve(profile, org)?;
     let grant = generation.fetcher(&key.client)?.grant(
         &profile,
@@ -247,11 +248,15 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
                 "read from {} at start (built-in: {}; check --online reads it now)",
                 plan.url, e.token_url
             ),
-            Some(_) => match app::discover(&settings, None)
-                .await?
-                .into_iter()
-                .next()
-                .flatten()
+            Some(_) => match app::discover(
+                &settings,
+                None,
+                &crate::upstream::http_client(&settings.http_client)?,
+            )
+            .await?
+            .into_iter()
+            .next()
+            .flatten()
             {
                 Some((_, Some(m))) => format!("{} (from the issuer's metadata)", m.token_endpoint),
                 _ => format!(
