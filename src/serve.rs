@@ -27,6 +27,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -34,6 +35,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use axum::response::Response;
+use futures::task::AtomicWaker;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -129,9 +131,10 @@ pub(crate) async fn serve<S>(
     let slots = Arc::new(Semaphore::new(max));
     let mut http = http1::Builder::new();
     // Our size limits (http::limits) answer with a problem body; hyper's own only with a status.
-    // Its buffer must hold any request ours refuse, so ours speak first.
-    http.max_buf_size(limits::MAX_HEAD_BUFFER)
-        .max_headers(limits::HYPER_MAX_HEADERS);
+    // Its buffer must hold any request ours refuse, so ours speak first. Its header count limit
+    // is left at its default (limits::HYPER_MAX_HEADERS): setting it, even to the default,
+    // makes hyper fill a 100-entry buffer on every request.
+    http.max_buf_size(limits::MAX_HEAD_BUFFER);
     let open = Arc::new(Open::default());
     let mut at_cap = false;
     let mut accept_failing = false;
@@ -191,12 +194,13 @@ pub(crate) async fn serve<S>(
             http.clone(),
             service.clone(),
             timeouts,
-            stop.clone(),
             Registered::new(&open, slot),
         ));
     }
     drop(listener);
-    // Every connection holds a slot until it closes: all slots back means all connections closed.
+    // Finish the requests in flight, close idle connections; then every connection has closed
+    // once every slot is back.
+    open.drain_all();
     let _ = slots.acquire_many(max as u32).await;
 }
 
@@ -223,7 +227,6 @@ async fn connection<S>(
     http: http1::Builder,
     service: S,
     timeouts: Timeouts,
-    stop: CancellationToken,
     registered: Registered,
 ) where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
@@ -243,31 +246,43 @@ async fn connection<S>(
     };
     let conn = http.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
+    let stalled = activity.stalled(timeouts);
+    let mut stalled = std::pin::pin!(stalled);
     let mut draining = false;
-    loop {
-        tokio::select! {
-            ended = conn.as_mut() => {
-                if let Err(e) = ended {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
+    // One poll per wake-up: the connection, then the signals (plain atomics; a cancellation
+    // token shared by every connection would be a lock taken on every request), then the timer.
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            why = activity.stalled(timeouts) => {
-                tracing::debug!(reason = why, "closing a stalled connection");
-                return;
-            }
-            _ = activity.evicted.cancelled() => {
-                tracing::debug!("closing the connection idle or stalled the longest, to make room");
-                return;
-            }
-            _ = stop.cancelled(), if !draining => {
-                // Finish the request in flight, if any, then close; an idle connection closes now.
-                conn.as_mut().graceful_shutdown();
-                draining = true;
-            }
+            return Poll::Ready(());
         }
-    }
+        let signals = activity.signals(cx);
+        if signals & CLOSE != 0 {
+            tracing::debug!("closing the connection idle or stalled the longest, to make room");
+            return Poll::Ready(());
+        }
+        if signals & DRAIN != 0 && !draining {
+            // Finish the request in flight, if any, then close; an idle connection closes now.
+            conn.as_mut().graceful_shutdown();
+            draining = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Poll::Ready(why) = stalled.as_mut().poll(cx) {
+            tracing::debug!(reason = why, "closing a stalled connection");
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await;
 }
+
+/// [`Activity`] signal: close the connection now (to make room at the cap).
+const CLOSE: u8 = 1;
+/// [`Activity`] signal: finish the request in flight, then close (shutdown).
+const DRAIN: u8 = 2;
 
 /// Where a connection is in its life, for the two timeouts.
 #[derive(Debug, Clone, Copy)]
@@ -303,7 +318,14 @@ impl Open {
         if let Some((_, id)) = longest
             && let Some(activity) = open.1.remove(&id)
         {
-            activity.evicted.cancel();
+            activity.signal(CLOSE);
+        }
+    }
+
+    /// Ask every open connection to finish its request in flight and close (shutdown).
+    fn drain_all(&self) {
+        for activity in self.lock().1.values() {
+            activity.signal(DRAIN);
         }
     }
 }
@@ -343,8 +365,10 @@ impl Drop for Registered {
 #[derive(Debug)]
 struct Activity {
     phase: Mutex<Phase>,
-    /// Cancelled to close the connection at once (to make room at the cap).
-    evicted: CancellationToken,
+    /// [`CLOSE`] and [`DRAIN`], set by the accept loop; the connection's task reads them.
+    signals: AtomicU8,
+    /// Wakes the connection's task when a signal is set.
+    waker: AtomicWaker,
 }
 
 impl Activity {
@@ -353,8 +377,26 @@ impl Activity {
             phase: Mutex::new(Phase::Head {
                 since: Instant::now(),
             }),
-            evicted: CancellationToken::new(),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Set `signal` and wake the connection's task.
+    fn signal(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The signals set so far; a later one wakes the task of `cx`.
+    fn signals(&self, cx: &Context<'_>) -> u8 {
+        self.waker.register(cx.waker());
+        self.signals.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    fn closed(&self) -> bool {
+        self.signals.load(Ordering::Acquire) & CLOSE != 0
     }
 
     /// Since when the connection has waited without a request in flight; `None` while busy.
@@ -579,12 +621,12 @@ mod tests {
         let young = Registered::new(&open, slot());
 
         open.evict_longest_waiting();
-        assert!(stalled.activity.evicted.is_cancelled());
-        assert!(!busy.activity.evicted.is_cancelled() && !young.activity.evicted.is_cancelled());
+        assert!(stalled.activity.closed());
+        assert!(!busy.activity.closed() && !young.activity.closed());
         open.evict_longest_waiting();
-        assert!(young.activity.evicted.is_cancelled(), "the next one, once");
+        assert!(young.activity.closed(), "the next one, once");
         open.evict_longest_waiting();
-        assert!(!busy.activity.evicted.is_cancelled(), "never one in flight");
+        assert!(!busy.activity.closed(), "never one in flight");
         drop((stalled, young));
         assert_eq!(open.lock().1.len(), 1);
         assert_eq!(slots.available_permits(), 2);

@@ -1,21 +1,14 @@
 //! Request limits: a token broker needs short URLs and few headers, so anything larger is refused
 //! before a handler sees it (414, 431), and no request runs longer than the deadline (503), each
 //! with a problem body like every other error. `/proxy/` requests get longer URIs and bound their
-//! own time (route timeouts); their bodies are bounded by the proxy itself (`max_body`).
+//! own time (route timeouts); their bodies are bounded by the proxy itself (`max_body`). The
+//! limits are applied by the front door ([`super::front`]).
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::future::Either;
-use pin_project_lite::pin_project;
-use tokio::time::Timeout;
-use tower::{Layer, Service};
 
 use super::problem::Problem;
 
@@ -47,104 +40,12 @@ pub const MAX_PROXY_URI_BYTES: usize = 8 * 1024;
 pub const PROXY_DEADLINE: Duration = Duration::from_secs(3600 + 120);
 
 /// Whether a request is for the egress proxy, which takes bodies and longer URIs.
-fn is_proxy(request: &Request) -> bool {
+pub(super) fn is_proxy(request: &Request) -> bool {
     request.uri().path().starts_with("/proxy/")
 }
 
-/// Size limits, then the deadline, for every request: one plain tower layer rather than
-/// `axum::middleware::from_fn`, which boxes the rest of the stack and clones it on every request.
-#[derive(Debug, Clone, Copy)]
-pub struct GuardLayer {
-    deadline: Duration,
-}
-
-impl GuardLayer {
-    pub fn new(deadline: Duration) -> Self {
-        GuardLayer { deadline }
-    }
-}
-
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-    fn layer(&self, inner: S) -> Guard<S> {
-        Guard {
-            inner,
-            deadline: self.deadline,
-        }
-    }
-}
-
-/// The service of [`GuardLayer`].
-#[derive(Debug, Clone)]
-pub struct Guard<S> {
-    inner: S,
-    deadline: Duration,
-}
-
-type Answered = Result<Response, Infallible>;
-
-impl<S> Service<Request> for Guard<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Answered>, Deadline<S::Future>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        if let Some(refusal) = oversized(&request) {
-            return Either::Left(ready(Ok(refusal)));
-        }
-        let limit = if is_proxy(&request) {
-            PROXY_DEADLINE
-        } else {
-            self.deadline
-        };
-        Either::Right(Deadline {
-            answer: tokio::time::timeout(limit, self.inner.call(request)),
-            limit,
-        })
-    }
-}
-
-pin_project! {
-    /// The inner service's answer, or a 503 problem once `limit` has passed (a last resort: token
-    /// requests already give up waiting for an upstream sooner).
-    pub struct Deadline<F> {
-        #[pin]
-        answer: Timeout<F>,
-        limit: Duration,
-    }
-}
-
-impl<F: Future<Output = Answered>> Future for Deadline<F> {
-    type Output = Answered;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
-        let this = self.project();
-        match this.answer.poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(answered)) => Poll::Ready(answered),
-            Poll::Ready(Err(_)) => Poll::Ready(Ok(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request-timeout",
-                "Request timed out",
-                format!(
-                    "the request took longer than {}",
-                    humantime::format_duration(*this.limit)
-                ),
-            )
-            .into_response())),
-        }
-    }
-}
-
 /// A 414 or 431 problem when the request is larger than a token request can be.
-fn oversized(request: &Request) -> Option<Response> {
+pub(super) fn oversized(request: &Request) -> Option<Response> {
     let uri_len = request
         .uri()
         .path_and_query()
@@ -187,85 +88,28 @@ fn oversized(request: &Request) -> Option<Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::Router;
     use axum::body::Body;
-    use axum::routing::get;
-    use std::time::Duration;
-    use tower::ServiceExt;
 
-    #[tokio::test]
-    async fn an_oversized_request_is_refused_before_the_router() {
-        let app = GuardLayer::new(Duration::from_secs(1))
-            .layer(Router::new().route("/{*rest}", get(|| async { "ok" })));
-        let long = format!("/{}", "a".repeat(MAX_URI_BYTES));
-        let response = app
-            .oneshot(Request::get(long).body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::URI_TOO_LONG);
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json"
-        );
+    fn refusal(uri: &str, headers: usize) -> Option<StatusCode> {
+        let mut request = Request::get(uri).body(Body::empty()).unwrap();
+        for i in 0..headers {
+            let name = axum::http::HeaderName::try_from(format!("x-h{i}")).unwrap();
+            request.headers_mut().insert(name, "v".parse().unwrap());
+        }
+        oversized(&request).map(|r| r.status())
     }
 
-    #[tokio::test]
-    async fn proxy_requests_may_have_longer_uris_and_outlive_the_token_deadline() {
-        let app = Router::new().route(
-            "/{*rest}",
-            get(|| async {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                "ok"
-            }),
-        );
-        let app = GuardLayer::new(Duration::from_millis(50)).layer(app);
-        let long = "a".repeat(2 * MAX_URI_BYTES);
-        let status = |path: String| {
-            let app = app.clone();
-            async move {
-                let request = Request::get(path).body(Body::empty()).unwrap();
-                app.oneshot(request).await.unwrap().status()
-            }
-        };
-        assert_eq!(status(format!("/proxy/r/{long}")).await, StatusCode::OK);
+    #[test]
+    fn oversized_requests_are_refused_with_the_right_status() {
+        let long = format!("/token/{}", "a".repeat(MAX_URI_BYTES));
+        assert_eq!(refusal(&long, 0), Some(StatusCode::URI_TOO_LONG));
+        assert_eq!(refusal(&format!("/proxy/r/{long}"), 0), None);
+        let too_long = format!("/proxy/r/{}", "a".repeat(MAX_PROXY_URI_BYTES));
+        assert_eq!(refusal(&too_long, 0), Some(StatusCode::URI_TOO_LONG));
         assert_eq!(
-            status(format!("/token/{long}")).await,
-            StatusCode::URI_TOO_LONG
+            refusal("/token/altinn", MAX_HEADER_COUNT + 1),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
         );
-        assert_eq!(
-            status("/token/slow".into()).await,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        let too_long = "a".repeat(MAX_PROXY_URI_BYTES);
-        assert_eq!(
-            status(format!("/proxy/r/{too_long}")).await,
-            StatusCode::URI_TOO_LONG
-        );
-    }
-
-    #[tokio::test]
-    async fn a_request_past_the_deadline_gets_a_503_problem() {
-        let app = Router::new()
-            .route(
-                "/slow",
-                get(|| async {
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    "late"
-                }),
-            )
-            .route("/fast", get(|| async { "ok" }));
-        let app = GuardLayer::new(Duration::from_millis(50)).layer(app);
-        let slow = app
-            .clone()
-            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(slow.headers()["content-type"], "application/problem+json");
-        let fast = app
-            .oneshot(Request::get("/fast").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(fast.status(), StatusCode::OK);
+        assert_eq!(refusal("/token/altinn", MAX_HEADER_COUNT), None);
     }
 }

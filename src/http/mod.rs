@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod bodies;
+pub mod front;
 pub mod health;
 pub mod limits;
 pub mod metrics;
@@ -18,12 +19,10 @@ use std::convert::Infallible;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderName, Request};
-use axum::response::{IntoResponse, Response};
+use axum::http::Request;
+use axum::response::Response;
 use axum::routing::any;
-use tower::{Service, ServiceBuilder};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower::{Layer, Service};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -80,8 +79,6 @@ impl Shared {
         self.tokens.source()
     }
 }
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The route table: each route once, by its handler. The path, the methods and the OpenAPI
 /// operation come from the handler's `#[utoipa::path]`; authentication from the handler's
@@ -148,7 +145,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router inside its middleware: request ids, tracing, size limits and a deadline of
+/// The router behind the front door ([`front`]): request id, span, size limits and a deadline of
 /// `request_timeout` for every request. Wrapped once around the router rather than with
 /// `Router::layer`, which would clone the whole stack for every request.
 pub fn service(
@@ -158,19 +155,5 @@ pub fn service(
 + Clone
 + Send
 + 'static {
-    ServiceBuilder::new()
-        .map_response(IntoResponse::into_response)
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let id = request
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            // The path only: the query may carry an org number but never a secret; keep it short.
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(limits::GuardLayer::new(request_timeout))
-        .service(router(state))
+    front::FrontLayer::new(request_timeout).layer(router(state))
 }

@@ -165,11 +165,15 @@ pub(super) async fn token_for(
     key: &CacheKey,
 ) -> Result<Arc<Token>, ApiError> {
     // A cache hit needs no timer and no budget; only a fetch is paid for and bounded in time.
+    // The fetch's future is large and boxed, so every request does not carry (and move) it.
     let (token, outcome) = match state.tokens.get_servable(key).await {
         Some(token) => (token, Outcome::Hit),
-        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key, caller.budget()))
-            .await
-            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
+        None => Box::pin(tokio::time::timeout(
+            MAX_CALLER_WAIT,
+            state.tokens.get(key, caller.budget()),
+        ))
+        .await
+        .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
     };
     crate::meters::cache_lookup(outcome == Outcome::Hit);
     served(caller, key, &token, outcome);
@@ -181,11 +185,21 @@ pub(super) async fn token_for(
 pub(super) fn served(caller: &Caller, key: &CacheKey, token: &Token, outcome: Outcome) {
     let (client, org) = (caller.name(), key.org.as_ref().map(|o| o.as_str()));
     let scope = key.on_demand.as_ref().map(tracing::field::display);
-    let expires_at = rfc3339(token.expires_at);
+    // The field values are written only if the line is (the macros check the level first).
+    let expires_at = tracing::field::display(Rfc3339(token.expires_at));
     if token.served.first_for(client) {
         tracing::info!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
     } else {
         tracing::debug!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
+    }
+}
+
+/// A time as RFC 3339, formatted only when displayed.
+struct Rfc3339(SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&rfc3339(self.0))
     }
 }
 

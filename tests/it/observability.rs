@@ -302,6 +302,30 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         "more than one line for the miss: {first:?}"
     );
     assert!(of(&fresh_id).iter().any(|m| m == "token served"), "{log}");
+    // At debug every request is logged as it starts and as it is answered, with its status.
+    for id in ["caller-chosen-id-42", fresh_id.as_str()] {
+        let lines = of(id);
+        assert!(
+            lines.iter().any(|m| m == "started processing request"),
+            "{log}"
+        );
+        assert!(
+            lines.iter().any(|m| m == "finished processing request"),
+            "{log}"
+        );
+    }
+    let finished = lines
+        .iter()
+        .filter(|l| l["message"] == "finished processing request")
+        .filter(|l| l["span"]["path"] == "/token/admin")
+        .collect::<Vec<_>>();
+    assert_eq!(finished.len(), 2, "{log}");
+    assert!(
+        finished
+            .iter()
+            .all(|l| l["status"] == 200 && l["latency_ms"].is_number()),
+        "{log}"
+    );
     let served = lines
         .iter()
         .filter(|l| l["message"] == "token served")

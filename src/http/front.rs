@@ -1,0 +1,281 @@
+//! The front door: what every request passes before the router, as one tower layer and one
+//! future.
+//!
+//! - **Request id.** The caller's `X-Request-Id`, else a fresh UUID v4 (added to a `/proxy/`
+//!   request, so the egress proxy forwards it); echoed in the response either way.
+//! - **Span and access log.** Each request runs in a `request` span (method, path, request id)
+//!   at info, so every line it logs names the request; at debug one line when it starts and one
+//!   when it is answered (status, latency), 5xx answers included. The upstream failure behind a
+//!   5xx is logged once per fetch where it happens, not once per caller. When the level filters
+//!   these out, no span is built and no clock is read.
+//! - **Limits.** Requests larger than a token request can be get their 414/431 problem here,
+//!   before the router ([`super::limits`]).
+//! - **Deadline.** No answer after `request_timeout` (the proxy: [`limits::PROXY_DEADLINE`])
+//!   is a 503 problem. The timer is armed only if the answer is not ready when first asked for,
+//!   so a cache hit never touches the timer wheel; the deadline runs from that moment, a few
+//!   microseconds after the request arrived.
+//!
+//! This replaced tower-http's request-id, trace and propagate layers and our separate limits
+//! layer: four futures nested per request, a span, two clock reads and a timer entry even when
+//! nothing recorded them were the largest part of what the cache-hit path spent beyond a bare
+//! axum server (issue 15; the figures are in README.md's benchmark section).
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures::future::Either;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower::{Layer, Service};
+use tracing::{Level, Span};
+
+use super::limits;
+use super::problem::Problem;
+
+/// The header that carries a request's id, in and out.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The layer of [`Front`]: `deadline` is the longest any non-proxy request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct FrontLayer {
+    deadline: Duration,
+}
+
+impl FrontLayer {
+    pub fn new(deadline: Duration) -> Self {
+        FrontLayer { deadline }
+    }
+}
+
+impl<S> Layer<S> for FrontLayer {
+    type Service = Front<S>;
+    fn layer(&self, inner: S) -> Front<S> {
+        Front {
+            inner,
+            deadline: self.deadline,
+        }
+    }
+}
+
+/// The service of [`FrontLayer`], around the router.
+#[derive(Debug, Clone)]
+pub struct Front<S> {
+    inner: S,
+    deadline: Duration,
+}
+
+type Answered = Result<Response, Infallible>;
+
+impl<S> Service<Request> for Front<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Answer<Either<Ready<Answered>, S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(given) => given.clone(),
+            None => {
+                let fresh = fresh_request_id();
+                if limits::is_proxy(&request) {
+                    request.headers_mut().insert(REQUEST_ID, fresh.clone());
+                }
+                fresh
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            // The path only: the query may carry an org number but never a secret.
+            path = %request.uri().path(),
+            request_id = id.to_str().unwrap_or("-"),
+        );
+        let started = tracing::enabled!(Level::DEBUG).then(|| {
+            span.in_scope(|| tracing::debug!("started processing request"));
+            Instant::now()
+        });
+        let limit = if limits::is_proxy(&request) {
+            limits::PROXY_DEADLINE
+        } else {
+            self.deadline
+        };
+        let answer = match limits::oversized(&request) {
+            Some(refusal) => Either::Left(ready(Ok(refusal))),
+            None => Either::Right(span.in_scope(|| self.inner.call(request))),
+        };
+        Answer {
+            answer,
+            timer: None,
+            limit,
+            id: Some(id),
+            span,
+            started,
+        }
+    }
+}
+
+/// A fresh request id: a UUID v4 in its usual 36-character form.
+fn fresh_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
+}
+
+pin_project! {
+    /// The router's answer within the deadline, with the request id, in the request's span.
+    pub struct Answer<F> {
+        #[pin]
+        answer: F,
+        #[pin]
+        timer: Option<Sleep>,
+        limit: Duration,
+        id: Option<HeaderValue>,
+        span: Span,
+        started: Option<Instant>,
+    }
+}
+
+impl<F: Future<Output = Answered>> Future for Answer<F> {
+    type Output = Answered;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let mut response = match this.answer.poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Pending => {
+                if this.timer.is_none() {
+                    this.timer.set(Some(tokio::time::sleep(*this.limit)));
+                }
+                let timer = this.timer.as_mut().as_pin_mut();
+                if timer.is_none_or(|timer| timer.poll(cx).is_pending()) {
+                    return Poll::Pending;
+                }
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "request-timeout",
+                    "Request timed out",
+                    format!(
+                        "the request took longer than {}",
+                        humantime::format_duration(*this.limit)
+                    ),
+                )
+                .into_response()
+            }
+        };
+        if let Some(id) = this.id.take() {
+            response.headers_mut().entry(REQUEST_ID).or_insert(id);
+        }
+        if let Some(started) = this.started {
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            tracing::debug!(
+                status = response.status().as_u16(),
+                latency_ms,
+                "finished processing request"
+            );
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    fn app(deadline: Duration) -> Front<Router> {
+        let router = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "late"
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }))
+            .route(
+                "/proxy/{*rest}",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    "proxied"
+                }),
+            );
+        FrontLayer::new(deadline).layer(router)
+    }
+
+    async fn call(app: &Front<Router>, request: Request) -> Response {
+        app.clone().oneshot(request).await.unwrap()
+    }
+
+    async fn get_uri(app: &Front<Router>, uri: &str) -> Response {
+        call(app, Request::get(uri).body(Body::empty()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn a_request_past_the_deadline_gets_a_503_problem_and_a_fast_one_no_timer() {
+        let app = app(Duration::from_millis(50));
+        let slow = get_uri(&app, "/slow").await;
+        assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(slow.headers()["content-type"], "application/problem+json");
+        assert_eq!(slow.headers()[REQUEST_ID].len(), 36, "a fresh UUID");
+
+        let mut fast = std::pin::pin!(
+            app.clone()
+                .oneshot(Request::get("/fast").body(Body::empty()).unwrap())
+        );
+        let waker = futures::task::noop_waker();
+        let Poll::Ready(Ok(fast)) = fast.as_mut().poll(&mut Context::from_waker(&waker)) else {
+            panic!("a ready answer is returned at the first poll, with no timer");
+        };
+        assert_eq!(fast.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn proxy_requests_outlive_the_token_deadline_and_may_have_longer_uris() {
+        let app = app(Duration::from_millis(50));
+        let long = "a".repeat(2 * limits::MAX_URI_BYTES);
+        let proxied = get_uri(&app, &format!("/proxy/r/{long}")).await;
+        assert_eq!(proxied.status(), StatusCode::OK);
+        let token = get_uri(&app, &format!("/token/{long}")).await;
+        assert_eq!(token.status(), StatusCode::URI_TOO_LONG);
+        assert_eq!(token.headers()["content-type"], "application/problem+json");
+        assert!(
+            token.headers().contains_key(REQUEST_ID),
+            "refusals carry the id too"
+        );
+        let too_long = "a".repeat(limits::MAX_PROXY_URI_BYTES);
+        let refused = get_uri(&app, &format!("/proxy/r/{too_long}")).await;
+        assert_eq!(refused.status(), StatusCode::URI_TOO_LONG);
+    }
+
+    #[tokio::test]
+    async fn the_callers_request_id_is_kept_and_echoed() {
+        let app = app(Duration::from_secs(1));
+        let request = Request::get("/fast")
+            .header(REQUEST_ID, "caller-7")
+            .body(Body::empty())
+            .unwrap();
+        let answered = call(&app, request).await;
+        assert_eq!(answered.headers()[REQUEST_ID], "caller-7");
+        let fresh = get_uri(&app, "/fast").await;
+        let id = fresh.headers()[REQUEST_ID].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        let again = get_uri(&app, "/fast").await;
+        assert_ne!(again.headers()[REQUEST_ID], fresh.headers()[REQUEST_ID]);
+    }
+}
