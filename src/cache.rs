@@ -13,6 +13,10 @@
 //! - **Bounded.** At most `max_entries` slots (moka with a plain LRU policy, so a new key is always
 //!   admitted and answered from its slot, the least recently used one goes). Refusals are
 //!   remembered in a map of the same bound. Fetches go through the [`FetchBudget`].
+//! - **Hits without bookkeeping.** A read-mostly index of the slots (papaya: reads take no lock
+//!   and write no shared memory) answers the hit path without moka's per-read bookkeeping. moka
+//!   still owns the slots, eviction and idle time: each slot's use is reported to it at most once
+//!   a second (by reading it from moka), and every slot moka evicts leaves the index.
 //! - **Never stale.** A token with less than `min_remaining` left is not served, an expired one
 //!   never; the caller then waits for a fresh one or gets the error.
 //! - **Refusals are remembered.** A permanent refusal is returned from memory for
@@ -47,6 +51,9 @@ pub const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
 pub const OUTAGE_MEMORY: Duration = Duration::from_secs(1);
 /// Longest pause between background refresh attempts of one key while the upstream fails.
 pub const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
+/// How often at most a slot's use is reported to moka (its LRU order and idle time): the
+/// index answers the hits in between.
+const REPORT_USE_EVERY_SECS: u64 = 1;
 
 /// What a cached token is for: a configured profile, or an on-demand request (then `profile` is
 /// [`crate::on_demand::ON_DEMAND`]), the Maskinporten client that signs its grants, and the
@@ -246,6 +253,10 @@ struct Slot {
     rejected_ms: AtomicU64,
     epoch: Instant,
     stop: CancellationToken,
+    /// Set once moka has evicted the slot: the index no longer answers with it.
+    evicted: AtomicBool,
+    /// The Unix second of the last use reported to moka.
+    reported: AtomicU64,
 }
 
 impl Slot {
@@ -258,7 +269,22 @@ impl Slot {
             rejected_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             stop,
+            evicted: AtomicBool::new(false),
+            reported: AtomicU64::new(0),
         }
+    }
+    /// moka let go of the slot: stop its refresher, keep the index from answering with it.
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+    }
+    /// Whether this use at `now` is the first of its reporting period: moka is to be told.
+    fn report_due(&self, now: SystemTime) -> bool {
+        let second = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / REPORT_USE_EVERY_SECS);
+        self.reported.load(Ordering::Relaxed) != second
+            && self.reported.swap(second, Ordering::Relaxed) != second
     }
     fn current(&self) -> Arc<Token> {
         self.token.load_full()
@@ -286,8 +312,14 @@ impl Slot {
     }
 }
 
+/// The hit path's index of the slots moka holds.
+type Index = papaya::HashMap<CacheKey, Arc<Slot>, foldhash::fast::RandomState>;
+
 struct Inner<S: TokenSource> {
     slots: moka::future::Cache<CacheKey, Arc<Slot>>,
+    /// Every slot of `slots` (and, for the moment between moka's eviction and its listener, one
+    /// it just let go of, marked `evicted`). Written on insert and eviction only.
+    index: Arc<Index>,
     refusals: moka::future::Cache<CacheKey, Remembered<S::Error>>,
     source: S,
     policy: Policy,
@@ -311,11 +343,16 @@ impl<S: TokenSource> Clone for TokenCache<S> {
 
 impl<S: TokenSource> TokenCache<S> {
     pub fn new(source: S, policy: Policy, budget: FetchBudget, clock: Arc<Clock>) -> Self {
+        let index = Arc::new(Index::default());
+        let evicted_from = index.clone();
         let slots = moka::future::Cache::builder()
             .max_capacity(policy.max_entries)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_idle(policy.idle)
-            .eviction_listener(|_key, slot: Arc<Slot>, _cause| slot.stop.cancel())
+            .eviction_listener(move |key: Arc<CacheKey>, slot: Arc<Slot>, _cause| {
+                slot.evict();
+                unindex(&evicted_from, &key, &slot);
+            })
             .build();
         let refusals = moka::future::Cache::builder()
             .max_capacity(policy.max_entries)
@@ -325,6 +362,7 @@ impl<S: TokenSource> TokenCache<S> {
         TokenCache {
             inner: Arc::new(Inner {
                 slots,
+                index,
                 refusals,
                 source,
                 policy,
@@ -339,15 +377,55 @@ impl<S: TokenSource> TokenCache<S> {
         &self.inner.source
     }
 
-    /// The cached token for `key` if it is servable now: the hit path, which never waits.
+    /// The hit path, which never waits: the servable token for `key` from the index. `None`
+    /// when the index cannot tell (no such key, or the slot's use is due to be reported to
+    /// moka): [`TokenCache::get_servable`] then asks moka.
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Token>> {
+        let now = self.inner.clock.now();
+        let index = self.inner.index.pin();
+        let slot = index.get(key)?;
+        if slot.evicted.load(Ordering::SeqCst) || slot.report_due(now) {
+            return None;
+        }
+        self.servable_from(slot, now)
+    }
+
+    /// The cached token for `key` if it is servable now: [`TokenCache::peek`], else from moka
+    /// (boxed: rarely needed).
     pub async fn get_servable(&self, key: &CacheKey) -> Option<Arc<Token>> {
-        let slot = self.inner.slots.get(key).await?;
+        if let Some(token) = self.peek(key) {
+            return Some(token);
+        }
+        let slot = Box::pin(self.slot_from_moka(key)).await?;
+        self.servable_from(&slot, self.inner.clock.now())
+    }
+
+    /// The slot's token if it is servable at `now`; the slot counts as asked for.
+    fn servable_from(&self, slot: &Slot, now: SystemTime) -> Option<Arc<Token>> {
         let token = slot.current();
-        if !self.inner.policy.servable(&token, self.inner.clock.now()) {
+        if !self.inner.policy.servable(&token, now) {
             return None;
         }
         slot.touch();
         Some(token)
+    }
+
+    /// The slot of `key` as moka has it (a read moka counts), indexed.
+    async fn slot_from_moka(&self, key: &CacheKey) -> Option<Arc<Slot>> {
+        let slot = self.inner.slots.get(key).await?;
+        self.index(key, &slot);
+        Some(slot)
+    }
+
+    /// Put `slot` in the index, unless moka has evicted it meanwhile. The eviction listener
+    /// marks the slot before it unindexes it, and this looks at the mark after indexing, so
+    /// either one of them takes the slot out: the index never keeps an evicted slot.
+    fn index(&self, key: &CacheKey, slot: &Arc<Slot>) {
+        let index = &self.inner.index;
+        index.pin().insert(key.clone(), slot.clone());
+        if slot.evicted.load(Ordering::SeqCst) {
+            unindex(index, key, slot);
+        }
     }
 
     /// A servable token for `key`, from the cache or, if there is none, from the source. A fetch
@@ -394,6 +472,7 @@ impl<S: TokenSource> TokenCache<S> {
         };
         // Callers who waited for this fetch do not count as asking again after it.
         let slot = entry.into_value();
+        self.index(key, &slot);
         let token = slot.current();
         if inner.policy.servable(&token, inner.clock.now()) {
             return Ok((token, outcome));
@@ -637,6 +716,13 @@ impl<S: TokenSource> TokenCache<S> {
     }
 }
 
+/// Take `slot` out of the index, if the index still has this one for `key`.
+fn unindex(index: &Index, key: &CacheKey, slot: &Arc<Slot>) {
+    let _ = index
+        .pin()
+        .remove_if(key, |_, indexed| Arc::ptr_eq(indexed, slot));
+}
+
 /// Exponential backoff with full jitter: a random wait up to 1 s, 2 s, 4 s, ... capped at 30 s.
 fn backoff(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(5);
@@ -878,6 +964,39 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2500)).await;
         assert_eq!(cache.source().calls.load(Ordering::SeqCst), 1);
         assert!(cache.get_servable(&key()).await.is_none(), "lapsed");
+        cache.inner.slots.run_pending_tasks().await;
+        assert_eq!(cache.inner.index.len(), 0, "and left the index");
+        cache.shutdown();
+    }
+
+    #[tokio::test]
+    async fn hits_come_from_the_index_and_moka_hears_of_each_slot_once_a_second() {
+        let cache = counting(Duration::from_secs(120), policy());
+        cache.get(&key(), None).await.unwrap();
+        let slot = cache
+            .inner
+            .index
+            .pin()
+            .get(&key())
+            .cloned()
+            .expect("indexed");
+        let reported = || slot.reported.load(Ordering::Relaxed);
+        assert!(cache.get_servable(&key()).await.is_some());
+        let first = reported();
+        assert_ne!(first, 0, "the first hit is reported to moka");
+        for _ in 0..100 {
+            assert!(cache.get_servable(&key()).await.is_some());
+        }
+        assert!(reported() - first <= 1, "not once per hit");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(cache.get_servable(&key()).await.is_some());
+        assert!(reported() > first, "a hit in a later second is reported");
+        // A slot moka let go of is not answered from the index, even before its listener ran.
+        slot.evicted.store(true, Ordering::SeqCst);
+        cache.inner.slots.invalidate(&key()).await;
+        cache.inner.slots.run_pending_tasks().await;
+        assert!(cache.inner.index.pin().get(&key()).is_none());
+        assert!(cache.get_servable(&key()).await.is_none());
         cache.shutdown();
     }
 
@@ -947,6 +1066,11 @@ mod tests {
         assert_eq!(fetched, 3 + keys.len(), "one fetch per key");
         cache.inner.slots.run_pending_tasks().await;
         assert!(cache.inner.slots.entry_count() <= 3);
+        assert!(
+            cache.inner.index.len() <= 3,
+            "the index holds what moka holds: {}",
+            cache.inner.index.len()
+        );
         cache.shutdown();
     }
 

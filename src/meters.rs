@@ -42,8 +42,12 @@ struct Installed {
     cache_hits: Counter,
     cache_misses: Counter,
     /// By profile, then outcome; bounded, as profiles are configured names (or `_unknown`).
-    token_requests: ArcSwap<HashMap<Arc<str>, HashMap<&'static str, Counter>>>,
+    token_requests: ArcSwap<ByName<Arc<str>, ByName<&'static str, Counter>>>,
 }
+
+/// A map of names looked up on every request: foldhash, not SipHash (the names are configured,
+/// not chosen by callers).
+type ByName<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The handle of the process-wide recorder, installing it on first use.
 ///
@@ -147,7 +151,7 @@ pub fn token_request(profile: &str, status: u16) {
     let counter = register();
     counter.increment(1);
     installed.token_requests.rcu(|known| {
-        let mut known = HashMap::clone(known);
+        let mut known = ByName::clone(known);
         known
             .entry(profile.into())
             .or_default()

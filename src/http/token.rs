@@ -13,6 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use std::borrow::Cow;
+use std::future::{Ready, ready};
+
+use futures::future::{BoxFuture, Either};
 use std::time::{Duration, SystemTime};
 
 use crate::cache::{CacheKey, Outcome};
@@ -117,44 +120,66 @@ fn wants_text(headers: &HeaderMap) -> bool {
             headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
     )
 )]
-pub async fn get_token(
+pub fn get_token(
     State(state): State<AppState>,
     Path(profile): Path<String>,
     RawQuery(query): RawQuery,
     caller: Result<Caller, Problem>,
     request: Request,
+) -> Either<Ready<Response>, BoxFuture<'static, Response>> {
+    // Not an async fn: a cache hit is answered here, and its future is only the answer. A fetch
+    // (and its large future) is boxed.
+    let (caller, profile, key) = match prepare(&state, caller, &profile, query.as_deref()) {
+        Ok(prepared) => prepared,
+        Err(e) => return Either::Left(ready(counted(&state, None, &profile, Err(e)))),
+    };
+    if let Some(token) = cached(&state, &caller, &key) {
+        let answered = answer(&state, &token, &key, &profile, request.headers());
+        return Either::Left(ready(counted(&state, Some(&key), "", answered)));
+    }
+    Either::Right(Box::pin(async move {
+        let answered = match fetched(&state, &caller, &key).await {
+            Ok(token) => answer(&state, &token, &key, &profile, request.headers()),
+            Err(e) => Err(e),
+        };
+        counted(&state, Some(&key), "", answered)
+    }))
+}
+
+/// The response to `GET /token/{profile}`, counted by profile and outcome: the profile of `key`
+/// once resolved, else the configured name `profile` refers to, else "_unknown" (the raw path
+/// must not grow the label set).
+fn counted(
+    state: &AppState,
+    key: Option<&CacheKey>,
+    profile: &str,
+    answered: Result<Response, ApiError>,
 ) -> Response {
-    // A configured name or "_unknown": the raw path must not grow the label set.
-    let label = state.broker().profile_name(&profile);
-    let response = serve_token(
-        &state,
-        caller,
-        &profile,
-        query.as_deref(),
-        request.headers(),
-    )
-    .await
-    .unwrap_or_else(IntoResponse::into_response);
-    crate::meters::token_request(
-        label.as_ref().map_or("_unknown", |name| name.as_str()),
-        response.status().as_u16(),
-    );
+    let response = answered.unwrap_or_else(IntoResponse::into_response);
+    let status = response.status().as_u16();
+    match key {
+        Some(key) => crate::meters::token_request(key.profile.as_str(), status),
+        None => {
+            let label = state.broker().profile_name(profile);
+            crate::meters::token_request(label.as_ref().map_or("_unknown", |n| n.as_str()), status)
+        }
+    }
     response
 }
 
-async fn serve_token(
+/// Who asks for which token: the caller, the profile and its cache key; or why not (401, 400,
+/// 404, 403, in that order).
+fn prepare(
     state: &AppState,
     caller: Result<Caller, Problem>,
     profile: &str,
     query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Response, ApiError> {
+) -> Result<(Caller, Arc<Profile>, CacheKey), ApiError> {
     let caller = caller?;
     let org = parse_query(query)?;
     let (profile, key) = state.broker().resolve(profile, org)?;
     caller.authorize(&key)?;
-    let token = token_for(state, &caller, &key).await?;
-    answer(state, &token, &key, &profile, headers)
+    Ok((caller, profile, key))
 }
 
 /// The token for `key` the caller is authorized for: from the cache, or fetched and waited for
@@ -164,16 +189,33 @@ pub(super) async fn token_for(
     caller: &Caller,
     key: &CacheKey,
 ) -> Result<Arc<Token>, ApiError> {
-    // A cache hit needs no timer and no budget; only a fetch is paid for and bounded in time.
-    // The fetch's future is large and boxed, so every request does not carry (and move) it.
+    match cached(state, caller, key) {
+        Some(token) => Ok(token),
+        None => Box::pin(fetched(state, caller, key)).await,
+    }
+}
+
+/// The cache-hit path of [`token_for`], which never waits: a servable token from the cache's
+/// index, counted and logged.
+fn cached(state: &AppState, caller: &Caller, key: &CacheKey) -> Option<Arc<Token>> {
+    let token = state.tokens.peek(key)?;
+    crate::meters::cache_lookup(true);
+    served(caller, key, &token, Outcome::Hit);
+    Some(token)
+}
+
+/// The rest of [`token_for`]: the cache's full lookup, and a fetch if it has no servable token.
+/// A cache hit needs no timer and no budget; only a fetch is paid for and bounded in time.
+async fn fetched(
+    state: &AppState,
+    caller: &Caller,
+    key: &CacheKey,
+) -> Result<Arc<Token>, ApiError> {
     let (token, outcome) = match state.tokens.get_servable(key).await {
         Some(token) => (token, Outcome::Hit),
-        None => Box::pin(tokio::time::timeout(
-            MAX_CALLER_WAIT,
-            state.tokens.get(key, caller.budget()),
-        ))
-        .await
-        .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
+        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key, caller.budget()))
+            .await
+            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
     };
     crate::meters::cache_lookup(outcome == Outcome::Hit);
     served(caller, key, &token, outcome);
@@ -227,14 +269,12 @@ pub(super) fn answer(
         })?;
         ("application/json", json)
     };
-    Ok((
-        [
-            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        body,
-    )
-        .into_response())
+    // Built directly: `(headers, body).into_response()` would first set a content type of its own.
+    let mut response = Response::new(axum::body::Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// One profile in the `GET /token` listing.
