@@ -209,7 +209,8 @@ impl Policy {
 
     /// Whether a token may be handed out at `now`.
     pub fn servable(&self, token: &Token, now: SystemTime) -> bool {
-        token.remaining(now) >= self.min_remaining && !token.remaining(now).is_zero()
+        let remaining = token.remaining(now);
+        remaining >= self.min_remaining && !remaining.is_zero()
     }
 }
 
@@ -380,8 +381,8 @@ impl<S: TokenSource> TokenCache<S> {
     /// The hit path, which never waits: the servable token for `key` from the index. `None`
     /// when the index cannot tell (no such key, or the slot's use is due to be reported to
     /// moka): [`TokenCache::get_servable`] then asks moka.
-    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Token>> {
-        let now = self.inner.clock.now();
+    /// `now` is the cache's clock, read by the caller (which answers with the same instant).
+    pub fn peek(&self, key: &CacheKey, now: SystemTime) -> Option<Arc<Token>> {
         let index = self.inner.index.pin();
         let slot = index.get(key)?;
         if slot.evicted.load(Ordering::SeqCst) || slot.report_due(now) {
@@ -393,7 +394,7 @@ impl<S: TokenSource> TokenCache<S> {
     /// The cached token for `key` if it is servable now: [`TokenCache::peek`], else from moka
     /// (boxed: rarely needed).
     pub async fn get_servable(&self, key: &CacheKey) -> Option<Arc<Token>> {
-        if let Some(token) = self.peek(key) {
+        if let Some(token) = self.peek(key, self.inner.clock.now()) {
             return Some(token);
         }
         let slot = Box::pin(self.slot_from_moka(key)).await?;

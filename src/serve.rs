@@ -27,7 +27,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -246,11 +246,23 @@ async fn connection<S>(
     };
     let conn = http.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
-    let stalled = activity.stalled(timeouts);
-    let mut stalled = std::pin::pin!(stalled);
+    // The timeouts are watched by a task of their own, which sleeps until the current phase's
+    // deadline and signals a stall: the connection's task is woken by its socket on every
+    // request and then polls only the connection and the signals (plain atomics; a timer polled
+    // or a cancellation token shared by every connection would cost each request).
+    let watchdog = tokio::spawn({
+        let activity = activity.clone();
+        async move {
+            let why = activity.stalled(timeouts).await;
+            activity.signal(if why == HEADER_READ_TIMEOUT {
+                STALLED_HEAD
+            } else {
+                STALLED_IDLE
+            });
+        }
+    });
+    let _watchdog = AbortOnDrop(watchdog);
     let mut draining = false;
-    // One poll per wake-up: the connection, then the signals (plain atomics; a cancellation
-    // token shared by every connection would be a lock taken on every request), then the timer.
     std::future::poll_fn(|cx| {
         if let Poll::Ready(ended) = conn.as_mut().poll(cx) {
             if let Err(e) = ended {
@@ -263,6 +275,15 @@ async fn connection<S>(
             tracing::debug!("closing the connection idle or stalled the longest, to make room");
             return Poll::Ready(());
         }
+        if signals & (STALLED_HEAD | STALLED_IDLE) != 0 {
+            let reason = if signals & STALLED_HEAD != 0 {
+                HEADER_READ_TIMEOUT
+            } else {
+                KEEP_ALIVE_TIMEOUT
+            };
+            tracing::debug!(reason, "closing a stalled connection");
+            return Poll::Ready(());
+        }
         if signals & DRAIN != 0 && !draining {
             // Finish the request in flight, if any, then close; an idle connection closes now.
             conn.as_mut().graceful_shutdown();
@@ -270,19 +291,30 @@ async fn connection<S>(
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if let Poll::Ready(why) = stalled.as_mut().poll(cx) {
-            tracing::debug!(reason = why, "closing a stalled connection");
-            return Poll::Ready(());
-        }
         Poll::Pending
     })
     .await;
+}
+
+/// Ends the watchdog with its connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// [`Activity`] signal: close the connection now (to make room at the cap).
 const CLOSE: u8 = 1;
 /// [`Activity`] signal: finish the request in flight, then close (shutdown).
 const DRAIN: u8 = 2;
+/// [`Activity`] signal from the watchdog: a request head took too long.
+const STALLED_HEAD: u8 = 4;
+/// [`Activity`] signal from the watchdog: kept alive without a request for too long.
+const STALLED_IDLE: u8 = 8;
+const HEADER_READ_TIMEOUT: &str = "header read timeout";
+const KEEP_ALIVE_TIMEOUT: &str = "keep-alive timeout";
 
 /// Where a connection is in its life, for the two timeouts.
 #[derive(Debug, Clone, Copy)]
@@ -364,22 +396,71 @@ impl Drop for Registered {
 /// What the connection's reads and its requests tell the watchdog.
 #[derive(Debug)]
 struct Activity {
-    phase: Mutex<Phase>,
-    /// [`CLOSE`] and [`DRAIN`], set by the accept loop; the connection's task reads them.
+    /// The [`Phase`], packed into one word ([`Activity::pack`]): the request path marks a
+    /// request's start and end without a lock.
+    phase: AtomicU64,
+    /// The `since` of a phase is kept as nanoseconds after this.
+    epoch: Instant,
+    /// [`CLOSE`], [`DRAIN`], [`STALLED_HEAD`], [`STALLED_IDLE`]: set by the accept loop and the
+    /// watchdog; the connection's task reads them.
     signals: AtomicU8,
     /// Wakes the connection's task when a signal is set.
     waker: AtomicWaker,
 }
 
+/// The phase kinds in the top two bits of [`Activity::phase`].
+const HEAD: u64 = 0;
+const BUSY: u64 = 1;
+const IDLE: u64 = 2;
+const KIND_SHIFT: u32 = 62;
+const PAYLOAD: u64 = (1 << KIND_SHIFT) - 1;
+
 impl Activity {
     fn new() -> Self {
+        let epoch = Instant::now();
         Activity {
-            phase: Mutex::new(Phase::Head {
-                since: Instant::now(),
-            }),
+            phase: AtomicU64::new(HEAD << KIND_SHIFT),
+            epoch,
             signals: AtomicU8::new(0),
             waker: AtomicWaker::new(),
         }
+    }
+
+    fn pack(&self, phase: Phase) -> u64 {
+        let nanos = |at: Instant| {
+            u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        };
+        let (kind, payload) = match phase {
+            Phase::Head { since } => (HEAD, nanos(since)),
+            Phase::Busy { requests } => (BUSY, u64::try_from(requests).unwrap_or(u64::MAX)),
+            Phase::Idle { since } => (IDLE, nanos(since)),
+        };
+        (kind << KIND_SHIFT) | payload.min(PAYLOAD)
+    }
+
+    fn unpack(&self, word: u64) -> Phase {
+        let payload = word & PAYLOAD;
+        let since = || self.epoch + Duration::from_nanos(payload);
+        match word >> KIND_SHIFT {
+            BUSY => Phase::Busy {
+                requests: usize::try_from(payload).unwrap_or(usize::MAX),
+            },
+            IDLE => Phase::Idle { since: since() },
+            _ => Phase::Head { since: since() },
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        self.unpack(self.phase.load(Ordering::Acquire))
+    }
+
+    /// Move to the phase `next` gives for the current one (none: stay).
+    fn update(&self, mut next: impl FnMut(Phase) -> Option<Phase>) {
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                next(self.unpack(word)).map(|phase| self.pack(phase))
+            });
     }
 
     /// Set `signal` and wake the connection's task.
@@ -401,55 +482,54 @@ impl Activity {
 
     /// Since when the connection has waited without a request in flight; `None` while busy.
     fn waiting_since(&self) -> Option<Instant> {
-        match *self.phase() {
+        match self.phase() {
             Phase::Head { since } | Phase::Idle { since } => Some(since),
             Phase::Busy { .. } => None,
         }
     }
 
-    fn phase(&self) -> std::sync::MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Bytes arrived: on an idle connection they start the next request head.
     fn read(&self) {
-        let mut phase = self.phase();
-        if let Phase::Idle { .. } = *phase {
-            *phase = Phase::Head {
-                since: Instant::now(),
-            };
+        if self.phase.load(Ordering::Acquire) >> KIND_SHIFT == IDLE {
+            self.update(|phase| match phase {
+                Phase::Idle { .. } => Some(Phase::Head {
+                    since: Instant::now(),
+                }),
+                _ => None,
+            });
         }
     }
 
     /// hyper parsed a request head and called the service.
     fn begin(self: &Arc<Self>) -> Busy {
-        let mut phase = self.phase();
-        *phase = match *phase {
-            Phase::Busy { requests } => Phase::Busy {
-                requests: requests.saturating_add(1),
-            },
-            Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
-        };
+        self.update(|phase| {
+            Some(match phase {
+                Phase::Busy { requests } => Phase::Busy {
+                    requests: requests.saturating_add(1),
+                },
+                Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
+            })
+        });
         Busy(self.clone())
     }
 
     fn end(&self) {
-        let mut phase = self.phase();
-        if let Phase::Busy { requests } = *phase {
-            *phase = match requests.saturating_sub(1) {
-                0 => Phase::Idle {
-                    since: Instant::now(),
-                },
-                requests => Phase::Busy { requests },
-            };
-        }
+        self.update(|phase| match phase {
+            Phase::Busy { requests: 0 | 1 } => Some(Phase::Idle {
+                since: Instant::now(),
+            }),
+            Phase::Busy { requests } => Some(Phase::Busy {
+                requests: requests - 1,
+            }),
+            _ => None,
+        });
     }
 
     /// When the current phase runs out, and why; `None` while a request is answered.
     fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, &'static str)> {
-        match *self.phase() {
-            Phase::Head { since } => Some((since + timeouts.header_read, "header read timeout")),
-            Phase::Idle { since } => Some((since + timeouts.keep_alive, "keep-alive timeout")),
+        match self.phase() {
+            Phase::Head { since } => Some((since + timeouts.header_read, HEADER_READ_TIMEOUT)),
+            Phase::Idle { since } => Some((since + timeouts.keep_alive, KEEP_ALIVE_TIMEOUT)),
             Phase::Busy { .. } => None,
         }
     }
@@ -630,6 +710,30 @@ mod tests {
         drop((stalled, young));
         assert_eq!(open.lock().1.len(), 1);
         assert_eq!(slots.available_permits(), 2);
+    }
+
+    #[test]
+    fn a_phase_survives_its_packing() {
+        let activity = Activity::new();
+        let later = activity.epoch + Duration::from_millis(1234);
+        for phase in [
+            Phase::Head { since: later },
+            Phase::Idle { since: later },
+            Phase::Busy { requests: 3 },
+        ] {
+            let back = activity.unpack(activity.pack(phase));
+            assert_eq!(format!("{back:?}"), format!("{phase:?}"));
+        }
+        // Absurd values saturate instead of spilling into the kind bits.
+        let busy = activity.unpack(activity.pack(Phase::Busy {
+            requests: usize::MAX,
+        }));
+        assert!(matches!(busy, Phase::Busy { requests } if requests as u64 == PAYLOAD));
+        let far = activity.epoch + Duration::from_secs(u64::from(u32::MAX) * 1000);
+        assert!(matches!(
+            activity.unpack(activity.pack(Phase::Idle { since: far })),
+            Phase::Idle { .. }
+        ));
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! The front door: what every request passes before the router, as one tower layer and one
 //! future.
 //!
-//! - **Request id.** The caller's `X-Request-Id`, else a fresh UUID v4 (added to a `/proxy/`
-//!   request, so the egress proxy forwards it); echoed in the response either way.
+//! - **Request id.** The caller's `X-Request-Id`, always echoed in the response. Without one, a
+//!   fresh UUID v4 when the request's span is recorded (log level info or debug), returned in
+//!   the response and added to a `/proxy/` request (so the egress proxy forwards it). At a
+//!   quieter level no line would carry it, so none is made.
 //! - **Span and access log.** Each request runs in a `request` span (method, path, request id)
 //!   at info, so every line it logs names the request; at debug one line when it starts and one
 //!   when it is answered (status, latency), 5xx answers included. The upstream failure behind a
@@ -85,23 +87,28 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        let id = match request.headers().get(&REQUEST_ID) {
-            Some(given) => given.clone(),
-            None => {
-                let fresh = fresh_request_id();
-                if limits::is_proxy(&request) {
-                    request.headers_mut().insert(REQUEST_ID, fresh.clone());
-                }
-                fresh
-            }
-        };
         let span = tracing::info_span!(
             "request",
             method = %request.method(),
             // The path only: the query may carry an org number but never a secret.
             path = %request.uri().path(),
-            request_id = id.to_str().unwrap_or("-"),
+            request_id = tracing::field::Empty,
         );
+        let id = match request.headers().get(&REQUEST_ID) {
+            Some(given) => Some(given.clone()),
+            // A fresh id only where it can be found again: in the lines of a recorded span.
+            None if !span.is_disabled() => {
+                let fresh = fresh_request_id();
+                if limits::is_proxy(&request) {
+                    request.headers_mut().insert(REQUEST_ID, fresh.clone());
+                }
+                Some(fresh)
+            }
+            None => None,
+        };
+        if let Some(id) = &id {
+            span.record("request_id", id.to_str().unwrap_or("-"));
+        }
         let started = tracing::enabled!(Level::DEBUG).then(|| {
             span.in_scope(|| tracing::debug!("started processing request"));
             Instant::now()
@@ -119,7 +126,7 @@ where
             answer,
             timer: None,
             limit,
-            id: Some(id),
+            id,
             span,
             started,
         }
@@ -232,7 +239,6 @@ mod tests {
         let slow = get_uri(&app, "/slow").await;
         assert_eq!(slow.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(slow.headers()["content-type"], "application/problem+json");
-        assert_eq!(slow.headers()[REQUEST_ID].len(), 36, "a fresh UUID");
 
         let mut fast = std::pin::pin!(
             app.clone()
@@ -254,17 +260,13 @@ mod tests {
         let token = get_uri(&app, &format!("/token/{long}")).await;
         assert_eq!(token.status(), StatusCode::URI_TOO_LONG);
         assert_eq!(token.headers()["content-type"], "application/problem+json");
-        assert!(
-            token.headers().contains_key(REQUEST_ID),
-            "refusals carry the id too"
-        );
         let too_long = "a".repeat(limits::MAX_PROXY_URI_BYTES);
         let refused = get_uri(&app, &format!("/proxy/r/{too_long}")).await;
         assert_eq!(refused.status(), StatusCode::URI_TOO_LONG);
     }
 
     #[tokio::test]
-    async fn the_callers_request_id_is_kept_and_echoed() {
+    async fn the_callers_request_id_is_echoed_and_a_fresh_one_made_when_logs_record_it() {
         let app = app(Duration::from_secs(1));
         let request = Request::get("/fast")
             .header(REQUEST_ID, "caller-7")
@@ -272,10 +274,30 @@ mod tests {
             .unwrap();
         let answered = call(&app, request).await;
         assert_eq!(answered.headers()[REQUEST_ID], "caller-7");
+        let unrecorded = get_uri(&app, "/fast").await;
+        assert!(
+            !unrecorded.headers().contains_key(REQUEST_ID),
+            "no log records the request: no id to quote"
+        );
+
+        let recording = tracing_subscriber::fmt()
+            .with_max_level(Level::INFO)
+            .with_writer(std::io::sink)
+            .finish();
+        let _recorded = tracing::subscriber::set_default(recording);
         let fresh = get_uri(&app, "/fast").await;
         let id = fresh.headers()[REQUEST_ID].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
         let again = get_uri(&app, "/fast").await;
         assert_ne!(again.headers()[REQUEST_ID], fresh.headers()[REQUEST_ID]);
+        let refused = get_uri(
+            &app,
+            &format!("/token/{}", "a".repeat(limits::MAX_URI_BYTES)),
+        )
+        .await;
+        assert!(
+            refused.headers().contains_key(REQUEST_ID),
+            "refusals carry one too"
+        );
     }
 }

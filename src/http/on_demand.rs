@@ -25,7 +25,13 @@ pub(super) async fn serve(
     let (profile, key) = state.broker().resolve_on_demand(request, org)?;
     caller.authorize(&key)?;
     let token = token_for(state, &caller, &key).await?;
-    answer(state, &token, &key, &profile, headers)
+    answer(
+        &token,
+        &key,
+        &profile,
+        headers,
+        state.broker().clock().now(),
+    )
 }
 
 /// The parameters of an on-demand request. `scope` may repeat; every other parameter at most

@@ -133,13 +133,17 @@ pub fn get_token(
         Ok(prepared) => prepared,
         Err(e) => return Either::Left(ready(counted(&state, None, &profile, Err(e)))),
     };
-    if let Some(token) = cached(&state, &caller, &key) {
-        let answered = answer(&state, &token, &key, &profile, request.headers());
+    let now = state.broker().clock().now();
+    if let Some(token) = cached(&state, &caller, &key, now) {
+        let answered = answer(&token, &key, &profile, request.headers(), now);
         return Either::Left(ready(counted(&state, Some(&key), "", answered)));
     }
     Either::Right(Box::pin(async move {
         let answered = match fetched(&state, &caller, &key).await {
-            Ok(token) => answer(&state, &token, &key, &profile, request.headers()),
+            Ok(token) => {
+                let now = state.broker().clock().now();
+                answer(&token, &key, &profile, request.headers(), now)
+            }
             Err(e) => Err(e),
         };
         counted(&state, Some(&key), "", answered)
@@ -189,16 +193,21 @@ pub(super) async fn token_for(
     caller: &Caller,
     key: &CacheKey,
 ) -> Result<Arc<Token>, ApiError> {
-    match cached(state, caller, key) {
+    match cached(state, caller, key, state.broker().clock().now()) {
         Some(token) => Ok(token),
         None => Box::pin(fetched(state, caller, key)).await,
     }
 }
 
-/// The cache-hit path of [`token_for`], which never waits: a servable token from the cache's
-/// index, counted and logged.
-fn cached(state: &AppState, caller: &Caller, key: &CacheKey) -> Option<Arc<Token>> {
-    let token = state.tokens.peek(key)?;
+/// The cache-hit path of [`token_for`], which never waits: a token servable at `now` from the
+/// cache's index, counted and logged.
+fn cached(
+    state: &AppState,
+    caller: &Caller,
+    key: &CacheKey,
+    now: SystemTime,
+) -> Option<Arc<Token>> {
+    let token = state.tokens.peek(key, now)?;
     crate::meters::cache_lookup(true);
     served(caller, key, &token, Outcome::Hit);
     Some(token)
@@ -248,13 +257,12 @@ impl std::fmt::Display for Rfc3339 {
 /// The answer of `/token/{profile}` and `GET /token?scope=`: JSON (shared per token and second),
 /// or the bare token for `Accept: text/plain`.
 pub(super) fn answer(
-    state: &AppState,
     token: &Token,
     key: &CacheKey,
     profile: &Profile,
     headers: &HeaderMap,
+    now: SystemTime,
 ) -> Result<Response, ApiError> {
-    let now = state.broker().clock().now();
     let (content_type, body) = if wants_text(headers) {
         let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
         ("text/plain; charset=utf-8", text)

@@ -173,10 +173,9 @@ async fn oversized_queries_and_headers_are_refused_with_problems() {
 }
 
 #[tokio::test]
-async fn every_response_carries_a_request_id() {
+async fn a_callers_request_id_is_echoed() {
+    // (A fresh one when the caller sends none and logs record requests: observability.rs.)
     let env = TestEnv::start("").await;
-    let r = env.get("/token/nope").await;
-    assert_eq!(r.headers()["x-request-id"].to_str().unwrap().len(), 36);
     let r = env
         .http
         .get(env.url("/healthz"))

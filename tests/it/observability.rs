@@ -255,6 +255,29 @@ async fn openapi_describes_the_token_route_its_org_parameter_and_problems() {
 }
 
 #[tokio::test]
+async fn at_a_level_that_records_no_request_only_a_callers_id_comes_back() {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let mut broker = ServedBinary::start(&mp, &altinn, "log:\n  level: warn\n").await;
+    let http = reqwest::Client::new();
+    let url = broker.url("/token/admin");
+    let given = http
+        .get(&url)
+        .header("x-request-id", "quiet-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "quiet-1");
+    let fresh = http.get(&url).send().await.unwrap();
+    assert_eq!(fresh.status(), 200);
+    assert!(
+        !fresh.headers().contains_key("x-request-id"),
+        "no line records the request, so no id is made up"
+    );
+    broker.child.kill().await.unwrap();
+}
+
+#[tokio::test]
 async fn every_log_line_of_a_request_carries_its_request_id() {
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
