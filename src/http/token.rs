@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::extract::{RawPathParams, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -122,16 +123,32 @@ fn wants_text(headers: &HeaderMap) -> bool {
 )]
 pub fn get_token(
     State(state): State<AppState>,
-    Path(profile): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Result<RawPathParams, RawPathParamsRejection>,
     caller: Result<Caller, Problem>,
     request: Request,
 ) -> Either<Ready<Response>, BoxFuture<'static, Response>> {
     // Not an async fn: a cache hit is answered here, and its future is only the answer. A fetch
-    // (and its large future) is boxed.
-    let (caller, profile, key) = match prepare(&state, caller, &profile, query.as_deref()) {
+    // (and its large future) is boxed. The path and query are read where they are (percent-
+    // decoded by the router), not copied into Strings.
+    let params = match params {
+        Ok(params) => params,
+        Err(e) => {
+            let refusal = Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                format!(
+                    "the profile in the path cannot be read ({e}); profile names are plain ASCII"
+                ),
+            );
+            return Either::Left(ready(counted(&state, None, "", Err(refusal.into()))));
+        }
+    };
+    let profile = params.iter().next().map_or("", |(_, value)| value);
+    let query = request.uri().query();
+    let (caller, profile, key) = match prepare(&state, caller, profile, query) {
         Ok(prepared) => prepared,
-        Err(e) => return Either::Left(ready(counted(&state, None, &profile, Err(e)))),
+        Err(e) => return Either::Left(ready(counted(&state, None, profile, Err(e)))),
     };
     let now = state.broker().clock().now();
     if let Some(token) = cached(&state, &caller, &key, now) {

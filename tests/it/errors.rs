@@ -173,6 +173,20 @@ async fn oversized_queries_and_headers_are_refused_with_problems() {
 }
 
 #[tokio::test]
+async fn a_profile_that_does_not_decode_gets_a_problem() {
+    let env = TestEnv::start("").await;
+    let r = env.get("/token/%FF").await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("profile"),
+        "{body}"
+    );
+    assert_eq!(env.mp.calls(), 0);
+}
+
+#[tokio::test]
 async fn a_callers_request_id_is_echoed() {
     // (A fresh one when the caller sends none and logs record requests: observability.rs.)
     let env = TestEnv::start("").await;
