@@ -92,6 +92,14 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, Problem> {
+        Caller::identify(&parts.headers, state)
+    }
+}
+
+impl Caller {
+    /// The caller of a request with these headers (what the extractor does, for a handler that
+    /// reads the request itself).
+    pub fn identify(headers: &HeaderMap, state: &AppState) -> Result<Caller, Problem> {
         let clients = state.clients.load();
         if clients.is_empty() {
             return Ok(Caller::Anonymous);
@@ -104,7 +112,7 @@ impl FromRequestParts<AppState> for Caller {
                 detail,
             )
         };
-        let key = presented_key(&parts.headers).ok_or_else(|| {
+        let key = presented_key(headers).ok_or_else(|| {
             unauthorized(
                 "this broker requires an API key: send Authorization: Bearer <key> or X-Api-Key: <key>",
             )

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::RawPathParamsRejection;
-use axum::extract::{RawPathParams, RawQuery, Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -123,15 +122,20 @@ fn wants_text(headers: &HeaderMap) -> bool {
 )]
 pub fn get_token(
     State(state): State<AppState>,
-    params: Result<RawPathParams, RawPathParamsRejection>,
-    caller: Result<Caller, Problem>,
     request: Request,
 ) -> Either<Ready<Response>, BoxFuture<'static, Response>> {
     // Not an async fn: a cache hit is answered here, and its future is only the answer. A fetch
-    // (and its large future) is boxed. The path and query are read where they are (percent-
-    // decoded by the router), not copied into Strings.
-    let params = match params {
-        Ok(params) => params,
+    // (and its large future) is boxed. The request is read where it is (the profile from the
+    // path, the caller from the headers) rather than through a chain of extractors, each an
+    // await and a copy on every request.
+    let caller = Caller::identify(request.headers(), &state);
+    let segment = request
+        .uri()
+        .path()
+        .strip_prefix("/token/")
+        .unwrap_or_default();
+    let profile = match percent_encoding::percent_decode_str(segment).decode_utf8() {
+        Ok(profile) => profile,
         Err(e) => {
             let refusal = Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -144,7 +148,7 @@ pub fn get_token(
             return Either::Left(ready(counted(&state, None, "", Err(refusal.into()))));
         }
     };
-    let profile = params.iter().next().map_or("", |(_, value)| value);
+    let profile = profile.as_ref();
     let query = request.uri().query();
     let (caller, profile, key) = match prepare(&state, caller, profile, query) {
         Ok(prepared) => prepared,
