@@ -87,6 +87,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
+        let proxy = limits::is_proxy(&request);
         let span = tracing::info_span!(
             "request",
             method = %request.method(),
@@ -99,7 +100,7 @@ where
             // A fresh id only where it can be found again: in the lines of a recorded span.
             None if !span.is_disabled() => {
                 let fresh = fresh_request_id();
-                if limits::is_proxy(&request) {
+                if proxy {
                     request.headers_mut().insert(REQUEST_ID, fresh.clone());
                 }
                 Some(fresh)
@@ -113,12 +114,12 @@ where
             span.in_scope(|| tracing::debug!("started processing request"));
             Instant::now()
         });
-        let limit = if limits::is_proxy(&request) {
+        let limit = if proxy {
             limits::PROXY_DEADLINE
         } else {
             self.deadline
         };
-        let answer = match limits::oversized(&request) {
+        let answer = match limits::oversized(&request, proxy) {
             Some(refusal) => Either::Left(ready(Ok(refusal))),
             None => Either::Right(span.in_scope(|| self.inner.call(request))),
         };

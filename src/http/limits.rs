@@ -45,12 +45,13 @@ pub(super) fn is_proxy(request: &Request) -> bool {
 }
 
 /// A 414 or 431 problem when the request is larger than a token request can be.
-pub(super) fn oversized(request: &Request) -> Option<Response> {
+/// `proxy`: the request is for the egress proxy ([`is_proxy`]), which takes longer URIs.
+pub(super) fn oversized(request: &Request, proxy: bool) -> Option<Response> {
     let uri_len = request
         .uri()
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
-    let max_uri = if is_proxy(request) {
+    let max_uri = if proxy {
         MAX_PROXY_URI_BYTES
     } else {
         MAX_URI_BYTES
@@ -96,7 +97,7 @@ mod tests {
             let name = axum::http::HeaderName::try_from(format!("x-h{i}")).unwrap();
             request.headers_mut().insert(name, "v".parse().unwrap());
         }
-        oversized(&request).map(|r| r.status())
+        oversized(&request, is_proxy(&request)).map(|r| r.status())
     }
 
     #[test]

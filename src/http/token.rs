@@ -145,19 +145,24 @@ pub fn get_token(
                     "the profile in the path cannot be read ({e}); profile names are plain ASCII"
                 ),
             );
-            return Either::Left(ready(counted(&state, None, "", Err(refusal.into()))));
+            return Either::Left(ready(counted(UNKNOWN_PROFILE, Err(refusal.into()))));
         }
     };
     let profile = profile.as_ref();
     let query = request.uri().query();
     let (caller, profile, key) = match prepare(&state, caller, profile, query) {
         Ok(prepared) => prepared,
-        Err(e) => return Either::Left(ready(counted(&state, None, profile, Err(e)))),
+        Err(e) => {
+            // A configured name or "_unknown": the raw path must not grow the label set.
+            let label = state.broker().profile_name(profile);
+            let label = label.as_ref().map_or(UNKNOWN_PROFILE, |name| name.as_str());
+            return Either::Left(ready(counted(label, Err(e))));
+        }
     };
     let now = state.broker().clock().now();
     if let Some(token) = cached(&state, &caller, &key, now) {
         let answered = answer(&token, &key, &profile, request.headers(), now);
-        return Either::Left(ready(counted(&state, Some(&key), "", answered)));
+        return Either::Left(ready(counted(key.profile.as_str(), answered)));
     }
     Either::Right(Box::pin(async move {
         let answered = match fetched(&state, &caller, &key).await {
@@ -167,28 +172,18 @@ pub fn get_token(
             }
             Err(e) => Err(e),
         };
-        counted(&state, Some(&key), "", answered)
+        counted(key.profile.as_str(), answered)
     }))
 }
 
-/// The response to `GET /token/{profile}`, counted by profile and outcome: the profile of `key`
-/// once resolved, else the configured name `profile` refers to, else "_unknown" (the raw path
-/// must not grow the label set).
-fn counted(
-    state: &AppState,
-    key: Option<&CacheKey>,
-    profile: &str,
-    answered: Result<Response, ApiError>,
-) -> Response {
+/// The metric label of a request for no configured profile.
+const UNKNOWN_PROFILE: &str = "_unknown";
+
+/// The response to `GET /token/{profile}`, counted by `profile` (a configured name, or
+/// [`UNKNOWN_PROFILE`]) and outcome.
+fn counted(profile: &str, answered: Result<Response, ApiError>) -> Response {
     let response = answered.unwrap_or_else(IntoResponse::into_response);
-    let status = response.status().as_u16();
-    match key {
-        Some(key) => crate::meters::token_request(key.profile.as_str(), status),
-        None => {
-            let label = state.broker().profile_name(profile);
-            crate::meters::token_request(label.as_ref().map_or("_unknown", |n| n.as_str()), status)
-        }
-    }
+    crate::meters::token_request(profile, response.status().as_u16());
     response
 }
 
