@@ -848,15 +848,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_share_one_fetch_then_hit() {
-        let cache = TokenCache::new(
-            Counting {
-                calls: AtomicUsize::new(0),
-                lifetime: Duration::from_secs(120),
-            },
-            policy(),
-            budget(),
-            Arc::new(Clock::default()),
-        );
+        let cache = counting(Duration::from_secs(120), policy());
         let results = futures_join(&cache, 20).await;
         assert_eq!(cache.source().calls.load(Ordering::SeqCst), 1);
         let first = results[0].0.value.clone();
@@ -885,15 +877,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rejected_token_is_replaced_once_however_many_report_it() {
-        let cache = TokenCache::new(
-            Counting {
-                calls: AtomicUsize::new(0),
-                lifetime: Duration::from_secs(120),
-            },
-            policy(),
-            budget(),
-            Arc::new(Clock::default()),
-        );
+        let cache = counting(Duration::from_secs(120), policy());
         let (first, _) = cache.get(&key(), None).await.unwrap();
         let reports: Vec<_> = (0..5)
             .map(|_| {
