@@ -817,14 +817,7 @@ async fn a_certificate_near_expiry_warns_at_start_and_at_each_reload() {
     assert_eq!(r.status(), 200);
     signal(broker.child.id().unwrap(), "HUP");
     for _ in 0..100 {
-        let ready: Value = http
-            .get(broker.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: Value = fetch_json(&http, &broker.url("/readyz")).await;
         if ready["kid"] == "renewed" {
             break;
         }

@@ -33,25 +33,11 @@ async fn the_shipped_config_serves_verifiable_tokens_with_no_credentials() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     wait_until_up(&format!("{base}/healthz")).await;
-    let ready: Value = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = fetch_json(&http, &format!("{base}/readyz")).await;
     assert_eq!(ready["env"], "local");
     let issuer = ready["issuer"].as_str().unwrap().to_owned();
     assert!(issuer.starts_with("http://127.0.0.1:"), "{issuer}");
-    let jwks: JwkSet = http
-        .get(format!("{issuer}jwk"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let jwks: JwkSet = fetch_json(&http, &format!("{issuer}jwk")).await;
 
     let get = |path: String| {
         let http = http.clone();

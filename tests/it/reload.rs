@@ -183,14 +183,7 @@ async fn after_a_reload_the_new_key_file_is_watched_and_restart_only_changes_are
     let http = reqwest::Client::new();
     let mut rotated = false;
     for _ in 0..100 {
-        let ready: serde_json::Value = http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: serde_json::Value = fetch_json(&http, &format!("{base}/readyz")).await;
         if ready["kid"] == "rotated-kid" {
             rotated = true;
             break;

@@ -756,6 +756,11 @@ pub fn spawn_bin(args: &[&str], envs: &[(&str, String)]) -> tokio::process::Chil
         .unwrap()
 }
 
+/// GET `url` and parse the body as JSON, whatever the status.
+pub async fn fetch_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> T {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Poll `url` until it answers, for at most 15 s.
 pub async fn wait_until_up(url: &str) {
     let http = reqwest::Client::new();
