@@ -430,19 +430,19 @@ impl App {
     /// Build from settings and serve on `listener` until [`App::shutdown`].
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
         let started = settings.clone();
-        let http_settings = settings.http_client.clone();
         let built = build(settings).await?;
-        let (http, timeout) = (http_client(&http_settings)?, http_settings.timeout);
         let (current, changed) = (built.state.clone(), built.state.clone());
+        // With the current generation's own HTTP client: no client of its own, and a reloaded
+        // `http_client` applies here too.
         let rediscovery = tokio::spawn(discovery::keep_fresh(
             move || {
                 let g = current.broker().generation();
                 let plan = g.discovery.clone()?;
-                Some((plan, g.fetcher.endpoints.token_url.clone()))
+                let fetcher = &g.fetcher;
+                let token_url = fetcher.endpoints.token_url.clone();
+                Some((plan, token_url, fetcher.http().clone(), fetcher.timeout))
             },
             move |plan, url| changed.broker().set_token_url(plan, url),
-            http,
-            timeout,
             (discovery::REREAD_INTERVAL, discovery::RETRY_INTERVAL),
         ));
         let addr = listener.local_addr().map_err(StartError::Simulator)?;

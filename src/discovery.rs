@@ -163,20 +163,19 @@ impl Plan {
 }
 
 /// Re-read the document every `interval` (after a failure, every `retry`) for the plan and token
-/// endpoint `current` names at that moment, and hand a changed endpoint to `changed`; a failure
-/// only logs. Runs until the task is dropped or aborted.
+/// endpoint `current` names at that moment, with the HTTP client and timeout it names (those of
+/// the current generation, so a reloaded `http_client` applies), and hand a changed endpoint to
+/// `changed`; a failure only logs. Runs until the task is dropped or aborted.
 pub(crate) async fn keep_fresh(
-    current: impl Fn() -> Option<(Plan, Url)>,
+    current: impl Fn() -> Option<(Plan, Url, reqwest::Client, Duration)>,
     changed: impl Fn(&Plan, Url),
-    http: reqwest::Client,
-    timeout: Duration,
     (interval, retry): (Duration, Duration),
 ) {
     let mut wait = interval;
     loop {
         tokio::time::sleep(wait).await;
         wait = interval;
-        let Some((plan, token_url)) = current() else {
+        let Some((plan, token_url, http, timeout)) = current() else {
             continue;
         };
         match plan.read(&http, timeout).await {
@@ -271,14 +270,21 @@ mod tests {
         let record = seen.clone();
         let token_url = Arc::new(Mutex::new(Url::parse("http://issuer.test/token").unwrap()));
         let (read_url, write_url) = (token_url.clone(), token_url.clone());
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let task = tokio::spawn(keep_fresh(
-            move || Some((plan.clone(), read_url.lock().unwrap().clone())),
+            move || {
+                let token_url = read_url.lock().unwrap().clone();
+                Some((
+                    plan.clone(),
+                    token_url,
+                    http.clone(),
+                    Duration::from_secs(2),
+                ))
+            },
             move |_, url| {
                 record.lock().unwrap().push(url.to_string());
                 *write_url.lock().unwrap() = url;
             },
-            reqwest::Client::builder().no_proxy().build().unwrap(),
-            Duration::from_secs(2),
             (Duration::from_millis(20), Duration::from_millis(10)),
         ));
         for _ in 0..200 {

@@ -65,6 +65,11 @@ impl Fetcher {
         }
     }
 
+    /// The generation's HTTP client, which this fetcher's upstream calls go through.
+    pub fn http(&self) -> &reqwest::Client {
+        self.maskinporten.http()
+    }
+
     /// The same fetcher posting to another token endpoint.
     pub fn with_token_url(&self, token_url: url::Url) -> Self {
         let mut fetcher = self.clone();

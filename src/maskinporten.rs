@@ -56,6 +56,11 @@ impl MaskinportenClient {
         }
     }
 
+    /// The HTTP client it posts with (shared by every upstream of its generation).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The same client for another token endpoint (the issuer's metadata named a new one).
     pub fn with_token_url(&self, token_url: Url) -> Self {
         MaskinportenClient {
