@@ -712,6 +712,48 @@ mod tests {
         assert_eq!(slots.available_permits(), 2);
     }
 
+    #[tokio::test]
+    async fn each_connections_watchdog_ends_with_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::from("ok")))
+        });
+        let stop = CancellationToken::new();
+        let settings = ServerSettings::default();
+        let server = tokio::spawn({
+            let stop = stop.clone();
+            async move { serve(listener, service, &settings, stop).await }
+        });
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let idle = tasks();
+        for _ in 0..50 {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await.unwrap();
+            assert!(answer.starts_with(b"HTTP/1.1 200"));
+        }
+        // Each connection had its task and its watchdog; none outlives the connection.
+        for _ in 0..100 {
+            if tasks() <= idle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(tasks() <= idle, "{} tasks alive, {idle} before", tasks());
+        stop.cancel();
+        server.await.unwrap();
+    }
+
     #[test]
     fn a_phase_survives_its_packing() {
         let activity = Activity::new();
