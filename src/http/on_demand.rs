@@ -4,14 +4,14 @@
 use axum::http::HeaderMap;
 use axum::response::Response;
 
-use crate::on_demand::OnDemandRequest;
-use crate::org::OrgNumber;
-use crate::profile::Exchange;
+use crate::policy::on_demand::OnDemandRequest;
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::Exchange;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
-use super::token::{answer, token_for};
+use super::serving::{answer, token_for};
+use super::state::AppState;
 
 /// Serve one on-demand request: parse, allow-list, authorize, then the cache.
 pub(super) async fn serve(
