@@ -40,6 +40,7 @@ use crate::upstream::clock::Clock;
 use crate::upstream::discovery::{self, DiscoveryError, Metadata, Plan};
 use crate::upstream::fetch::Fetcher;
 use crate::upstream::retry::RetryPolicy;
+
 use validate::Validated;
 
 /// Why the broker did not start.

@@ -6,7 +6,7 @@ pub mod front;
 pub mod health;
 pub mod limits;
 pub mod metrics;
-mod on_demand;
+pub mod on_demand;
 pub mod openapi;
 pub mod problem;
 pub mod proxy;
@@ -43,6 +43,7 @@ use state::AppState;
 fn table() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(token::index))
+        .routes(routes!(on_demand::token))
         .merge(
             // The POST route reads a body: tower-http bounds it, and its refusal of a body whose
             // Content-Length is over the bound is answered in texas's error shape.

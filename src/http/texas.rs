@@ -33,7 +33,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TexasTokenRequest {
-    /// Only `maskinporten`.
+    /// Only `maskinporten` (any other is a 400 saying so).
+    #[schema(value_type = IdentityProvider)]
     pub identity_provider: String,
     /// The scopes, separated by spaces.
     pub target: String,
@@ -49,6 +50,14 @@ pub struct TexasTokenRequest {
     pub org: Option<String>,
     /// Extension: `altinn` exchanges the Maskinporten token at Altinn.
     pub exchange: Option<String>,
+}
+
+/// The identity providers this endpoint serves, for the OpenAPI document (texas has more).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum IdentityProvider {
+    Maskinporten,
 }
 
 /// texas's successful answer.

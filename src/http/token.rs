@@ -3,28 +3,25 @@
 //! Handlers stay short: parse the query, resolve the profile, ask the cache, shape the answer.
 //! The token leaves the process here and only here, in the body of the response to the caller.
 
+use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
 
-use std::future::{Ready, ready};
-
-use futures::future::{BoxFuture, Either};
-
 use crate::policy::org::OrgNumber;
-use crate::policy::profile::ON_DEMAND;
 use crate::policy::profile::Profile;
+use crate::tokens::answer::TokenResponse;
 use crate::tokens::cache::CacheKey;
 
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
 use super::serving::{answer, cached, fetched};
 use super::state::AppState;
-use crate::tokens::answer::TokenResponse;
 
 /// The query of `/token/{profile}`: only `org` is known.
 #[derive(Debug, Default, Deserialize)]
@@ -193,37 +190,26 @@ pub(super) fn maskinporten_clients(
         .collect()
 }
 
-/// `GET /token`: without a query, the profiles this broker can make tokens for; with `scope=`, an
-/// on-demand token for those scopes (see `http/on_demand.rs`), answered like `/token/{profile}`.
+/// `GET /token`: the profiles this broker can make tokens for. `GET /token?scope=…` is kept as
+/// an alias of `GET /token/on-demand?scope=…` (see `http/on_demand.rs`), which the OpenAPI
+/// document describes: there `scope` is required, so no valid request by the schema is refused
+/// for lacking it.
 #[utoipa::path(
     get,
     path = "/token",
     tag = "tokens",
-    params(
-        ("scope" = Option<Vec<String>>, Query, description = "On-demand scopes: repeat the parameter or separate scopes by spaces; each must match on_demand.scopes (and the client's scopes). Without any parameter the answer is the profile listing"),
-        ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
-        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token)"),
-        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer)"),
-        ("externalRef" = Option<String>, Query, description = "The system user's externalRef"),
-        ("exchange" = Option<String>, Query, description = "altinn: exchange the Maskinporten token at Altinn; none (default): the Maskinporten token"),
-    ),
     responses(
-        (status = 200, description = "Without a query: the configured profiles. With scope=: a token with at least cache.min_remaining left", content(
+        (status = 200, description = "The configured profiles, the default org, the env and the Maskinporten clients (no secrets). With scope= (an alias of /token/on-demand): a token", content(
             (IndexAnswer = "application/json"),
             (String = "text/plain"),
         )),
-        (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer realm=\"maskinporten-broker\": send the API key as Authorization: Bearer KEY (or X-Api-Key: KEY)"))),
-        (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
-        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
-        (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
+        (status = 403, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn index(
@@ -237,13 +223,7 @@ pub async fn index(
             Ok(_) => Json(listing(&state)).into_response(),
             Err(problem) => problem.into_response(),
         },
-        Some(query) => {
-            let response = super::on_demand::serve(&state, caller, &query, request.headers())
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
-            crate::telemetry::meters::token_request(ON_DEMAND, response.status().as_u16());
-            response
-        }
+        Some(query) => super::on_demand::counted(&state, caller, &query, request.headers()).await,
     }
 }
 

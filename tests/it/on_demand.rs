@@ -411,3 +411,28 @@ async fn texas_bodies_over_16_kib_are_a_413_in_texas_shape_announced_or_streamed
     }
     assert_eq!(env.mp.calls(), 0, "nothing reached Maskinporten");
 }
+
+#[tokio::test]
+async fn the_on_demand_route_is_the_same_as_the_token_alias_and_requires_a_scope() {
+    let env = TestEnv::start(ON_DEMAND).await;
+    let alias = env
+        .get_json("/token?scope=altinn:a&scope=altinn:b", 200)
+        .await;
+    let own = env
+        .get_json("/token/on-demand?scope=altinn:b+altinn:a", 200)
+        .await;
+    assert_eq!(own["profile"], "on-demand");
+    assert_eq!(
+        own["access_token"], alias["access_token"],
+        "one cache entry"
+    );
+    assert_eq!(env.mp.calls(), 1);
+    for path in ["/token/on-demand", "/token/on-demand?org=991825827"] {
+        let p = env.problem(path, 400).await;
+        assert!(
+            p["detail"].as_str().unwrap().contains("scope"),
+            "{path}: {p}"
+        );
+    }
+    assert_eq!(env.mp.calls(), 1, "a refusal never reaches Maskinporten");
+}
