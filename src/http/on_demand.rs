@@ -23,10 +23,10 @@ use super::state::AppState;
     path = "/token/on-demand",
     tag = "tokens",
     params(
-        ("scope" = Vec<String>, Query, description = "On-demand scopes (at least one): repeat the parameter or separate scopes by spaces; each must match on_demand.scopes (and the client's scopes)"),
+        ("scope" = String, Query, description = "On-demand scopes (at least one): separate them by spaces, or repeat the parameter; each must match on_demand.scopes (and the client's scopes); no '*'", pattern = "^[^\\s*]{1,200}( [^\\s*]{1,200}){0,19}$"),
         ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
-        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token)"),
-        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer)"),
+        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token, RFC 8707): an absolute https URI without a fragment", pattern = "^https://[^\\s#]+$"),
+        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer): 0192: and an organisation number", pattern = "^0192:[0-9]{9}$"),
         ("externalRef" = Option<String>, Query, description = "The system user's externalRef"),
         ("exchange" = Option<ExchangeParam>, Query, description = "altinn: exchange the Maskinporten token at Altinn; none (default): the Maskinporten token"),
     ),
