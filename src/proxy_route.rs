@@ -189,7 +189,8 @@ fn upstream(text: &str, env: Environment) -> Result<Upstream, String> {
     Ok(Upstream::Url(url))
 }
 
-fn is_loopback(url: &Url) -> bool {
+/// Whether `url`'s host is a loopback address or `localhost` (where plain http is acceptable).
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
