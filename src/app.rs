@@ -128,7 +128,12 @@ async fn load_client_key(
         source,
     })?;
     if let Some(key) = outside {
-        tracing::info!(client = client.name, kid, signer = key.location(), "the signing key is outside the process; a probe signature verified");
+        tracing::info!(
+            client = client.name,
+            kid,
+            signer = key.location(),
+            "the signing key is outside the process; a probe signature verified"
+        );
         return Ok(key);
     }
     let fallback = (client.env == Environment::Local).then_some(LOCAL_KID);

@@ -117,6 +117,34 @@ pub fn keygen(out: &Path, bits: usize, add_to: Option<&Path>) -> anyhow::Result<
     Ok(())
 }
 
+/// `keygen --pkcs11` / `keygen --vault-transit`: create the key where the config's `key.pkcs11`
+/// or `key.vault_transit` points (never over an existing one), read it back as the broker will
+/// (public key, probe signature) and print its public JWK with the config's `kid`, or a fresh
+/// one to put there.
+pub async fn keygen_outside(settings: Settings, bits: usize, vault: bool) -> anyhow::Result<()> {
+    let (kid, fresh) = match &settings.kid {
+        Some(kid) => (kid.clone(), false),
+        None => (fresh_kid(), true),
+    };
+    let key = crate::key::create_outside(
+        &settings.key,
+        vault,
+        &kid,
+        bits,
+        settings.http_client.timeout,
+    )
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
+    eprintln!(
+        "created {}: upload the JWK above to your client in Digdir's self-service portal",
+        key.location().unwrap_or_default()
+    );
+    if fresh {
+        eprintln!("then set kid: {kid} in broker.yaml (or BROKER__KID)");
+    }
+    Ok(())
+}
+
 /// Add `key` to the private JWKS at `path` (created when absent), at most
 /// [`MAX_KEYS_PER_CLIENT`] keys, replacing the file atomically with mode 0600.
 fn add_to_jwks(

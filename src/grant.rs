@@ -230,7 +230,10 @@ mod tests {
         let mut jtis = std::collections::HashSet::new();
         for _ in 0..20 {
             let grant = build_jwt_grant(&k, &request(&p, None)).await.unwrap();
-            let jti = verify(&grant, Algorithm::RS256).1["jti"].as_str().unwrap().to_owned();
+            let jti = verify(&grant, Algorithm::RS256).1["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned();
             jtis.insert(jti);
         }
         assert_eq!(jtis.len(), 20);
@@ -241,16 +244,24 @@ mod tests {
         // The signer split changes nothing for key files: same header, same signature bytes.
         let p = profile("admin");
         for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
-            let grant = build_jwt_grant(&key(alg), &request(&p, None)).await.unwrap();
+            let grant = build_jwt_grant(&key(alg), &request(&p, None))
+                .await
+                .unwrap();
             let (input, signature) = grant.expose().rsplit_once('.').unwrap();
             let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(PEM.as_bytes()).unwrap();
-            let theirs = jsonwebtoken::crypto::sign(input.as_bytes(), &encoding, alg.jwt()).unwrap();
+            let theirs =
+                jsonwebtoken::crypto::sign(input.as_bytes(), &encoding, alg.jwt()).unwrap();
             assert_eq!(signature, theirs);
             let header: Value = serde_json::from_slice(
-                &URL_SAFE_NO_PAD.decode(input.split('.').next().unwrap()).unwrap(),
+                &URL_SAFE_NO_PAD
+                    .decode(input.split('.').next().unwrap())
+                    .unwrap(),
             )
             .unwrap();
-            assert_eq!(header, json!({"typ": "JWT", "alg": alg.name(), "kid": "my-kid"}));
+            assert_eq!(
+                header,
+                json!({"typ": "JWT", "alg": alg.name(), "kid": "my-kid"})
+            );
         }
     }
 

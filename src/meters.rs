@@ -75,8 +75,9 @@ fn install_recorder() -> PrometheusHandle {
             UPSTREAM_BUCKETS,
         )
         // An HSM signs in milliseconds, Vault is a network call: the same span.
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SIGNER_DURATION.into()), UPSTREAM_BUCKETS))
-    {
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SIGNER_DURATION.into()), UPSTREAM_BUCKETS)
+        }) {
         Ok(b) => b,
         // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
         Err(e) => {

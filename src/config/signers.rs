@@ -64,10 +64,7 @@ impl Pkcs11Settings {
             (None, Some(id)) => format!("key id {id}"),
             (None, None) => "no key".into(),
         };
-        format!(
-            "pkcs11 {token} {key} (module {})",
-            self.module.display()
-        )
+        format!("pkcs11 {token} {key} (module {})", self.module.display())
     }
 
     fn check(&self, at: &str, problems: &mut Vec<String>) {
@@ -78,7 +75,9 @@ impl Pkcs11Settings {
             ));
         }
         if self.key_label.is_some() == self.key_id.is_some() {
-            problems.push(format!("{at}key_label: set exactly one of key_label and key_id"));
+            problems.push(format!(
+                "{at}key_label: set exactly one of key_label and key_id"
+            ));
         }
         if let Some(id) = &self.key_id
             && (id.is_empty() || hex::decode(id).is_err())
@@ -275,7 +274,10 @@ mod tests {
         assert_eq!(problems(yaml), Vec::<String>::new());
         let s = Settings::from_yaml(&format!("env: test\nclient_id: c\n{yaml}")).unwrap();
         let debug = format!("{:?}", s.key);
-        assert!(debug.contains("[redacted]") && !debug.contains("123456"), "{debug}");
+        assert!(
+            debug.contains("[redacted]") && !debug.contains("123456"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -287,7 +289,10 @@ mod tests {
             "key.pkcs11.pin_file: is required",
             "kid: is required with key.pkcs11",
         ] {
-            assert!(p.iter().any(|p| p.starts_with(expected)), "{expected} in {p:?}");
+            assert!(
+                p.iter().any(|p| p.starts_with(expected)),
+                "{expected} in {p:?}"
+            );
         }
     }
 
@@ -296,12 +301,20 @@ mod tests {
         let base = "kid: k\nkey:\n  vault_transit:\n    name: mp\n    token: s.secret-token\n";
         assert!(problems(&format!("{base}    address: http://127.0.0.1:8200/\n")).is_empty());
         assert!(problems(&format!("{base}    address: https://vault.example.no/\n")).is_empty());
-        let p = problems(&format!("{base}    address: http://vault.example.no:8200/\n"));
-        assert!(p[0].starts_with("key.vault_transit.address: plain http only"), "{p:?}");
+        let p = problems(&format!(
+            "{base}    address: http://vault.example.no:8200/\n"
+        ));
+        assert!(
+            p[0].starts_with("key.vault_transit.address: plain http only"),
+            "{p:?}"
+        );
         let p = problems(&format!(
             "{base}    address: https://v/\n    token_file: /t\n"
         ));
-        assert!(p[0].starts_with("key.vault_transit.token_file: set only one"), "{p:?}");
+        assert!(
+            p[0].starts_with("key.vault_transit.token_file: set only one"),
+            "{p:?}"
+        );
         let s = Settings::from_yaml(&format!(
             "env: test\nclient_id: c\n{base}    address: https://v/\n"
         ))
@@ -319,6 +332,9 @@ mod tests {
         let p = problems(
             "kid: k\nkey:\n  path: /k.pem\n  vault_transit:\n    address: https://v/\n    name: mp\n    token: t\n",
         );
-        assert!(p.iter().any(|p| p.starts_with("key: set only one of")), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.starts_with("key: set only one of")),
+            "{p:?}"
+        );
     }
 }

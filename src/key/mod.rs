@@ -30,7 +30,7 @@ pub use jwk::public_key_from_jwk;
 pub(crate) use jwk::{private_jwk, public_jwks};
 pub(crate) use pkcs11::Pkcs11Signer;
 pub use signer::SignError;
-pub(crate) use signer::{RemoteSigner, Signer, load_outside};
+pub(crate) use signer::{RemoteSigner, Signer, create_outside, load_outside};
 pub(crate) use vault_transit::VaultTransitSigner;
 
 use crate::secret::Secret;

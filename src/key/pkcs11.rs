@@ -146,6 +146,23 @@ impl Pkcs11Signer {
         settings: &Pkcs11Settings,
         max_sessions: usize,
     ) -> Result<(Arc<Self>, RsaPublicKey, Option<Certificate>), KeyError> {
+        let signer = Self::connect(settings, max_sessions)?;
+        let (public, certificate) = signer
+            .read_public()
+            .map_err(|e| KeyError::Signer(signer.error(e)))?;
+        Ok((signer, public, certificate))
+    }
+
+    fn error(&self, e: P11Error) -> SignError {
+        SignError {
+            signer: self.location.clone(),
+            reason: e.reason(),
+            failure: e.failure(),
+        }
+    }
+
+    /// Load and initialize the module; nothing on the token is touched yet.
+    fn connect(settings: &Pkcs11Settings, max_sessions: usize) -> Result<Arc<Self>, KeyError> {
         let location = settings.location();
         let fail = |e: P11Error| {
             KeyError::Signer(SignError {
@@ -158,18 +175,16 @@ impl Pkcs11Signer {
         let ctx = Pkcs11::new(&settings.module).map_err(|e| fail(e.into()))?;
         initialize(&ctx).map_err(fail)?;
         let max_sessions = max_sessions.max(1);
-        let signer = Arc::new(Pkcs11Signer {
+        Ok(Arc::new(Pkcs11Signer {
             ctx,
             settings: settings.clone(),
             pin,
-            location: location.clone(),
+            location,
             idle: Mutex::new(Vec::new()),
             found: Mutex::new(None),
             permits: Arc::new(tokio::sync::Semaphore::new(max_sessions)),
             max_sessions,
-        });
-        let (public, certificate) = signer.read_public().map_err(fail)?;
-        Ok((signer, public, certificate))
+        }))
     }
 
     /// The public key from the private key object (its modulus and exponent) or, where the
@@ -320,21 +335,27 @@ impl Pkcs11Signer {
             }
             other => other,
         };
-        result.map_err(|e| SignError {
-            signer: self.location.clone(),
-            reason: e.reason(),
-            failure: e.failure(),
-        })
+        result.map_err(|e| self.error(e))
     }
 
     /// Generate an RSA key pair on the token (`keygen --pkcs11`): private key sensitive,
     /// not extractable, sign only; both halves with the configured label or id.
-    pub(crate) fn generate(&self, bits: usize) -> Result<RsaPublicKey, SignError> {
-        let fail = |e: P11Error| SignError {
-            signer: self.location.clone(),
-            reason: e.reason(),
-            failure: e.failure(),
-        };
+    /// Refused when a private key with that label or id is there already. Blocking.
+    pub(crate) fn generate(settings: &Pkcs11Settings, bits: usize) -> Result<(), KeyError> {
+        let signer = Self::connect(settings, 1)?;
+        match signer.target() {
+            Ok(_) => Err(KeyError::Signer(signer.error(P11Error::Missing(
+                "a private key with this label or id is on the token already; refusing to make a second (use it, or pick another key_label)".into(),
+            )))),
+            Err(P11Error::Missing(m)) if m.starts_with("no such private key") => {
+                signer.generate_pair(bits).map_err(KeyError::Signer)
+            }
+            Err(e) => Err(KeyError::Signer(signer.error(e))),
+        }
+    }
+
+    fn generate_pair(&self, bits: usize) -> Result<(), SignError> {
+        let fail = |e: P11Error| self.error(e);
         let slot = self.slot().map_err(fail)?;
         let session = self.ctx.open_rw_session(slot).map_err(|e| fail(e.into()))?;
         let pin = AuthPin::new(self.pin.expose().into());
@@ -358,19 +379,14 @@ impl Pkcs11Signer {
             Attribute::Sign(true),
         ];
         private_template.extend(naming);
-        let (public, _) = session
+        session
             .generate_key_pair(
                 &Mechanism::RsaPkcsKeyPairGen,
                 &public_template,
                 &private_template,
             )
             .map_err(|e| fail(e.into()))?;
-        let wanted = [AttributeType::Modulus, AttributeType::PublicExponent];
-        let attributes = session
-            .get_attributes(public, &wanted)
-            .map_err(|e| fail(e.into()))?;
-        rsa_public(&attributes)
-            .ok_or_else(|| fail(P11Error::Missing("the new key's modulus cannot be read".into())))
+        Ok(())
     }
 }
 

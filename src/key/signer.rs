@@ -18,9 +18,7 @@ use rsa::traits::SignatureScheme;
 use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use sha2::Digest;
 
-use super::{
-    Algorithm, Certificate, Form, KeyError, Pkcs11Signer, SigningKey, VaultTransitSigner,
-};
+use super::{Algorithm, Certificate, Form, KeyError, Pkcs11Signer, SigningKey, VaultTransitSigner};
 
 impl Algorithm {
     /// The digest of the JWS signing input (`header.payload`) for this algorithm.
@@ -100,8 +98,11 @@ pub(crate) trait RemoteSigner: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Where the key is, for messages, `check` and `/readyz`; no secret.
     fn location(&self) -> &str;
-    fn sign(self: Arc<Self>, algorithm: Algorithm, digest: Vec<u8>)
-    -> BoxFuture<'static, Result<Vec<u8>, SignError>>;
+    fn sign(
+        self: Arc<Self>,
+        algorithm: Algorithm,
+        digest: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, SignError>>;
 }
 
 /// The one who signs for a [`super::SigningKey`].
@@ -192,17 +193,17 @@ pub(crate) async fn load_outside(
     let (signer, public, chain, form): (Arc<dyn RemoteSigner>, _, Vec<Certificate>, _) =
         if let Some(p) = &settings.pkcs11 {
             let p = p.clone();
-            let location = p.location();
-            let opened =
-                tokio::task::spawn_blocking(move || Pkcs11Signer::open(&p, max_sessions))
-                    .await
-                    .map_err(|_| SignError {
-                        signer: location,
-                        reason: "the PKCS#11 module failed while opening the token".into(),
-                        failure: SignFailure::Invalid,
-                    })??;
-            let (signer, public, certificate) = opened;
-            (signer, public, certificate.into_iter().collect(), Form::Pkcs11)
+            let (signer, public, certificate) =
+                blocking(p.location(), "opening the token", move || {
+                    Pkcs11Signer::open(&p, max_sessions)
+                })
+                .await?;
+            (
+                signer,
+                public,
+                certificate.into_iter().collect(),
+                Form::Pkcs11,
+            )
         } else if let Some(v) = &settings.vault_transit {
             let signer = VaultTransitSigner::new(v, timeout)?;
             let (public, _version) = signer.public_key().await?;
@@ -226,6 +227,59 @@ pub(crate) async fn load_outside(
     )?;
     probe(key.signer(), &public, algorithm, &location).await?;
     Ok(Some(key))
+}
+
+/// Create the key of `key.pkcs11` (`vault` false) or `key.vault_transit` (`vault` true), RSA of
+/// `bits`, refusing when one is there already; then load it as the broker does (probe included).
+pub(crate) async fn create_outside(
+    settings: &crate::config::KeySettings,
+    vault: bool,
+    kid: &str,
+    bits: usize,
+    timeout: Duration,
+) -> Result<SigningKey, KeyError> {
+    let missing = |what: &str| SignError {
+        signer: "keygen".into(),
+        reason: format!("the config has no {what} section to create the key in"),
+        failure: SignFailure::Refused,
+    };
+    if vault {
+        let v = settings
+            .vault_transit
+            .as_ref()
+            .ok_or_else(|| missing("key.vault_transit"))?;
+        VaultTransitSigner::new(v, timeout)?
+            .create_key(bits)
+            .await?;
+    } else {
+        let p = settings
+            .pkcs11
+            .clone()
+            .ok_or_else(|| missing("key.pkcs11"))?;
+        blocking(p.location(), "generating the key", move || {
+            Pkcs11Signer::generate(&p, bits)
+        })
+        .await?;
+    }
+    load_outside(settings, Some(kid), 1, timeout)
+        .await?
+        .ok_or_else(|| missing("key.pkcs11 or key.vault_transit").into())
+}
+
+/// Run a blocking PKCS#11 step off the async workers; a panic inside the module becomes a
+/// sentence naming the signer.
+async fn blocking<T: Send + 'static>(
+    location: String,
+    doing: &str,
+    step: impl FnOnce() -> Result<T, KeyError> + Send + 'static,
+) -> Result<T, KeyError> {
+    tokio::task::spawn_blocking(step)
+        .await
+        .map_err(|_| SignError {
+            signer: location,
+            reason: format!("the PKCS#11 module failed while {doing}"),
+            failure: SignFailure::Invalid,
+        })?
 }
 
 /// The longest a remote signer may take for one signature (Vault's HTTP timeout is

@@ -82,7 +82,10 @@ impl VaultTransitSigner {
                 source,
             })?;
             let certificate = reqwest::Certificate::from_pem(&pem).map_err(|_| {
-                unusable(format!("ca_cert {} is not a PEM certificate", path.display()))
+                unusable(format!(
+                    "ca_cert {} is not a PEM certificate",
+                    path.display()
+                ))
             })?;
             builder = builder.add_root_certificate(certificate);
         }
@@ -151,7 +154,9 @@ impl VaultTransitSigner {
                 request = request.json(body);
             }
             match self.answer(request).await {
-                Err(e) if e.failure == SignFailure::Refused && !last && e.reason.contains("403") => {
+                Err(e)
+                    if e.failure == SignFailure::Refused && !last && e.reason.contains("403") =>
+                {
                     let fresh = self.token(true).await?;
                     if fresh.expose() == token.expose() {
                         return Err(e);
@@ -174,7 +179,10 @@ impl VaultTransitSigner {
         }
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|_| {
-                self.error(SignFailure::Invalid, format!("HTTP {status} without a JSON body"))
+                self.error(
+                    SignFailure::Invalid,
+                    format!("HTTP {status} without a JSON body"),
+                )
             });
         }
         let errors = serde_json::from_slice::<Value>(&body)
@@ -342,9 +350,9 @@ impl VaultTransitSigner {
                 format!("the key is of type {kind:?}; Maskinporten needs an RSA key (rsa-2048, rsa-3072 or rsa-4096)"),
             ));
         }
-        let latest = data["latest_version"].as_u64().ok_or_else(|| {
-            self.error(SignFailure::Invalid, "the key has no latest_version")
-        })?;
+        let latest = data["latest_version"]
+            .as_u64()
+            .ok_or_else(|| self.error(SignFailure::Invalid, "the key has no latest_version"))?;
         let pem = data["keys"][latest.to_string()]["public_key"]
             .as_str()
             .ok_or_else(|| {
@@ -363,11 +371,7 @@ impl VaultTransitSigner {
         Ok((public, latest))
     }
 
-    async fn sign_digest(
-        &self,
-        algorithm: Algorithm,
-        digest: &[u8],
-    ) -> Result<Vec<u8>, SignError> {
+    async fn sign_digest(&self, algorithm: Algorithm, digest: &[u8]) -> Result<Vec<u8>, SignError> {
         let mut body = json!({
             "input": STANDARD.encode(digest),
             "prehashed": true,
@@ -378,9 +382,7 @@ impl VaultTransitSigner {
             body["key_version"] = (*version).into();
         }
         let path = format!("{}/sign/{}", self.settings.mount, self.settings.name);
-        let answer = self
-            .send(reqwest::Method::POST, &path, Some(&body))
-            .await?;
+        let answer = self.send(reqwest::Method::POST, &path, Some(&body)).await?;
         let signature = answer["data"]["signature"].as_str().unwrap_or_default();
         // `vault:v<N>:<standard base64>`
         let encoded = signature
@@ -393,13 +395,24 @@ impl VaultTransitSigner {
                     "the answer has no data.signature of the form vault:v<N>:<base64>",
                 )
             })?;
-        STANDARD.decode(encoded).map_err(|_| {
-            self.error(SignFailure::Invalid, "data.signature is not base64")
-        })
+        STANDARD
+            .decode(encoded)
+            .map_err(|_| self.error(SignFailure::Invalid, "data.signature is not base64"))
     }
 
-    /// Create the transit key (`keygen --vault-transit`): RSA of `bits`, not exportable.
+    /// Create the transit key (`keygen --vault-transit`): RSA of `bits`, not exportable;
+    /// refused when a key of that name exists (creating it again would change nothing, silently).
     pub(crate) async fn create_key(&self, bits: usize) -> Result<(), SignError> {
+        match self.public_key().await {
+            Ok(_) => {
+                return Err(self.error(
+                    SignFailure::Refused,
+                    "a key of this name exists already; refusing to create it again (use it, or pick another name)",
+                ));
+            }
+            Err(e) if e.reason.contains("HTTP 404") => {}
+            Err(e) => return Err(e),
+        }
         let path = format!("{}/keys/{}", self.settings.mount, self.settings.name);
         let body = json!({"type": format!("rsa-{bits}")});
         self.send(reqwest::Method::POST, &path, Some(&body))

@@ -34,10 +34,7 @@ fn tools() -> &'static Tools {
             .stderr(Stdio::inherit())
             .output()
             .expect("runs .ci/install-signer-tools.sh");
-        assert!(
-            out.status.success(),
-            "install-signer-tools.sh failed"
-        );
+        assert!(out.status.success(), "install-signer-tools.sh failed");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let bao = PathBuf::from(stdout.lines().last().expect("prints bao's path").trim());
         let module = [
@@ -92,7 +89,14 @@ fn hsm() -> &'static Hsm {
             assert!(out.status.success(), "softhsm2-util {args:?}: {out:?}");
         };
         util(&[
-            "--init-token", "--free", "--label", TOKEN, "--pin", PIN, "--so-pin", "so-4711",
+            "--init-token",
+            "--free",
+            "--label",
+            TOKEN,
+            "--pin",
+            PIN,
+            "--so-pin",
+            "so-4711",
         ]);
         util(&[
             "--import",
@@ -147,7 +151,10 @@ async fn a_token_is_fetched_through_the_hsm_and_its_grant_verifies_with_the_toke
     let ready = env.get_json("/readyz", 200).await;
     assert_eq!(ready["upstreams"]["signer"]["consecutive_failures"], 0);
     assert!(
-        ready["signer"].as_str().unwrap().starts_with("pkcs11 token \"broker-tests\""),
+        ready["signer"]
+            .as_str()
+            .unwrap()
+            .starts_with("pkcs11 token \"broker-tests\""),
         "{ready}"
     );
     let metrics = env.get("/metrics").await.text().await.unwrap();
@@ -176,7 +183,8 @@ async fn a_lost_hsm_login_and_closed_sessions_are_recovered_without_a_restart() 
     })
     .await
     .unwrap();
-    env.get_json(&format!("/token/skd?org={}", orgs[0]), 200).await;
+    env.get_json(&format!("/token/skd?org={}", orgs[0]), 200)
+        .await;
 
     // Every session of the process on the slot closed (as when the token is pulled).
     let module = tools().module.clone();
@@ -186,11 +194,15 @@ async fn a_lost_hsm_login_and_closed_sessions_are_recovered_without_a_restart() 
         let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
         let slot = token_slot(&ctx).id();
         let raw = unsafe { cryptoki_sys::Pkcs11::new(&module) }.unwrap();
-        assert_eq!(unsafe { raw.C_CloseAllSessions(slot) }, cryptoki_sys::CKR_OK);
+        assert_eq!(
+            unsafe { raw.C_CloseAllSessions(slot) },
+            cryptoki_sys::CKR_OK
+        );
     })
     .await
     .unwrap();
-    env.get_json(&format!("/token/skd?org={}", orgs[1]), 200).await;
+    env.get_json(&format!("/token/skd?org={}", orgs[1]), 200)
+        .await;
     assert_signed_by_fixture_key(&env, 3);
 }
 
@@ -262,9 +274,19 @@ async fn check_and_jwks_say_where_the_hsm_key_is_and_print_its_public_jwk() {
     let envs = [("SOFTHSM2_CONF", hsm.conf.as_path())];
     let out = run_bin(&["--config", config.to_str().unwrap(), "check"], &envs).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("key location:    pkcs11 token \"broker-tests\" key \"mp-key\""), "{stdout}");
-    assert!(stdout.contains("key pair:        ok (a probe signature"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("key location:    pkcs11 token \"broker-tests\" key \"mp-key\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("key pair:        ok (a probe signature"),
+        "{stdout}"
+    );
 
     let out = run_bin(&["--config", config.to_str().unwrap(), "jwks"], &envs).await;
     assert!(out.status.success());
@@ -475,7 +497,10 @@ async fn a_rotated_vault_token_file_is_read_again_without_a_restart() {
     bao.post("auth/token/revoke-self", json!({}), &first).await;
     let problem = env.problem(&format!("/token/skd?org={ORG}"), 503).await;
     assert!(
-        problem["detail"].as_str().unwrap().contains("permission denied (HTTP 403)"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied (HTTP 403)"),
         "{problem}"
     );
     assert!(!problem.to_string().contains(&first));
@@ -484,6 +509,93 @@ async fn a_rotated_vault_token_file_is_read_again_without_a_restart() {
     let second = bao.token().await;
     std::fs::write(&token_file, &second).unwrap();
     // Another key than the one that failed (a failure is answered from memory for a second).
-    env.get_json(&format!("/token/skd?org={OTHER_ORG}"), 200).await;
+    env.get_json(&format!("/token/skd?org={OTHER_ORG}"), 200)
+        .await;
     assert_signed_by_fixture_key(&env, 2);
+}
+
+#[tokio::test]
+async fn keygen_pkcs11_creates_the_key_on_the_token_once_and_prints_its_public_jwk() {
+    let hsm = hsm();
+    let config = hsm.dir.join("keygen.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "env: test\nclient_id: {CLIENT_ID}\nkid: made-on-token\nkey:\n  pkcs11:\n    module: {}\n    token_label: {TOKEN}\n    key_label: made-by-keygen\n",
+            tools().module.display()
+        ),
+    )
+    .unwrap();
+    let run = |command: &'static str| {
+        let config = config.clone();
+        async move {
+            Command::new(BIN)
+                .args(["--config", config.to_str().unwrap(), command])
+                .args(if command == "keygen" {
+                    &["--pkcs11"][..]
+                } else {
+                    &[][..]
+                })
+                .env("SOFTHSM2_CONF", &hsm.conf)
+                .env("BROKER__KEY__PKCS11__PIN", PIN)
+                .env_remove("RUST_LOG")
+                .stdin(Stdio::null())
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let made = run("keygen").await;
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let jwk: Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert_eq!(jwk["kid"], "made-on-token");
+    assert!(maskinporten_broker::public_key_from_jwk(&jwk).is_some());
+    // The broker reads the same key back.
+    let listed = run("jwks").await;
+    let set: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(set["keys"][0], jwk);
+    let again = run("keygen").await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to make a second"));
+}
+
+#[tokio::test]
+async fn keygen_vault_transit_creates_the_key_once_and_prints_its_public_jwk() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "env: test\nclient_id: {CLIENT_ID}\nkid: made-in-vault\nkey:\n  vault_transit:\n    address: {}\n    name: made\n",
+            bao.address()
+        ),
+    )
+    .unwrap();
+    let keygen = || {
+        Command::new(BIN)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "keygen",
+                "--vault-transit",
+            ])
+            .env("BROKER__KEY__VAULT_TRANSIT__TOKEN", ROOT_TOKEN)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let made = keygen().await.unwrap();
+    let stderr = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{stderr}");
+    assert!(!stderr.contains(ROOT_TOKEN));
+    let jwk: Value = serde_json::from_slice(&made.stdout).unwrap();
+    assert_eq!(jwk["kid"], "made-in-vault");
+    let again = keygen().await.unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to create it again"));
 }
