@@ -78,7 +78,7 @@ fn certificate(
 
 /// A business certificate for the client key (`client-key.pem`), issued by a CA whose key is
 /// `other-key.pem`, valid in `valid`: (leaf, CA) as DER.
-fn business_certificate(valid: (SystemTime, SystemTime)) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn business_certificate(valid: (SystemTime, SystemTime)) -> (Vec<u8>, Vec<u8>) {
     let now = SystemTime::now();
     let ca_key = private_key("other-key.pem");
     let ca = certificate(CA_NAME, &ca_key, None, (now - DAY, now + 3650 * DAY));
@@ -91,7 +91,7 @@ fn business_certificate(valid: (SystemTime, SystemTime)) -> (Vec<u8>, Vec<u8>) {
     (leaf, ca)
 }
 
-fn valid_for(days: u32) -> (SystemTime, SystemTime) {
+pub(crate) fn valid_for(days: u32) -> (SystemTime, SystemTime) {
     let now = SystemTime::now();
     (now - DAY, now + days * DAY)
 }

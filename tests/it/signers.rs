@@ -599,3 +599,161 @@ async fn keygen_vault_transit_creates_the_key_once_and_prints_its_public_jwk() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to create it again"));
 }
+
+/// PEM of a DER certificate.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn kubernetes_login_gets_the_vault_token_and_logs_in_again_before_its_lease_runs_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let bao = Bao::start().await;
+    // A service-account token as the kubelet mounts it (its claims name the account).
+    let claims = json!({
+        "iss": "kubernetes/serviceaccount",
+        "sub": "system:serviceaccount:team:broker",
+        "kubernetes.io/serviceaccount/namespace": "team",
+        "kubernetes.io/serviceaccount/service-account.name": "broker",
+        "kubernetes.io/serviceaccount/service-account.uid": "uid-1",
+    });
+    let jwt = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b64.encode(br#"{"alg":"RS256"}"#),
+            b64.encode(claims.to_string())
+        )
+    };
+    // The Kubernetes API's TokenReview, which Vault asks: it accepts exactly that token.
+    let reviews = Arc::new(AtomicUsize::new(0));
+    let (count, expected) = (reviews.clone(), jwt.clone());
+    let review = axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+        count.fetch_add(1, Ordering::SeqCst);
+        let ok = body["spec"]["token"] == expected.as_str();
+        (
+            axum::http::StatusCode::CREATED,
+            axum::Json(json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "status": {"authenticated": ok, "user": {
+                    "username": "system:serviceaccount:team:broker", "uid": "uid-1"}},
+            })),
+        )
+    });
+    let api =
+        serve(axum::Router::new().route("/apis/authentication.k8s.io/v1/tokenreviews", review))
+            .await;
+    let (leaf, _) = crate::credentials::business_certificate(crate::credentials::valid_for(30));
+    bao.post(
+        "sys/auth/kubernetes",
+        json!({"type": "kubernetes"}),
+        ROOT_TOKEN,
+    )
+    .await;
+    bao.post(
+        "auth/kubernetes/config",
+        json!({"kubernetes_host": format!("http://{api}"), "disable_local_ca_jwt": true,
+               "token_reviewer_jwt": "reviewer", "kubernetes_ca_cert": pem_certificate(&leaf)}),
+        ROOT_TOKEN,
+    )
+    .await;
+    bao.post(
+        "sys/policies/acl/signer",
+        json!({"policy": "path \"transit/sign/mp\" { capabilities = [\"update\"] }\npath \"transit/keys/mp\" { capabilities = [\"read\"] }"}),
+        ROOT_TOKEN,
+    )
+    .await;
+    // Tokens of this role live 3 s: the broker must log in again after 2.
+    bao.post(
+        "auth/kubernetes/role/maskinporten-broker",
+        json!({"bound_service_account_names": ["broker"], "bound_service_account_namespaces": ["team"],
+               "token_policies": ["signer"], "token_ttl": "3s", "token_max_ttl": "3s"}),
+        ROOT_TOKEN,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_file = dir.path().join("token");
+    std::fs::write(&jwt_file, &jwt).unwrap();
+
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let credentials = format!(
+        "kid: {KID}\nkey:\n  vault_transit:\n    address: {}\n    name: mp\n    kubernetes:\n      role: maskinporten-broker\n      jwt_file: {}\n",
+        bao.address(),
+        jwt_file.display()
+    );
+    let yaml = config_yaml_with(&mp, &altinn, &credentials, "");
+    let env = TestEnv::start_settings(mp, altinn, Settings::from_yaml(&yaml).unwrap()).await;
+    assert_eq!(reviews.load(Ordering::SeqCst), 1, "one login at start");
+    env.get_json("/token/admin", 200).await;
+    assert_eq!(reviews.load(Ordering::SeqCst), 1, "the token is reused");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    env.get_json(&format!("/token/skd?org={ORG}"), 200).await;
+    assert_eq!(
+        reviews.load(Ordering::SeqCst),
+        2,
+        "logged in again before the lease ran out"
+    );
+    assert_signed_by_fixture_key(&env, 2);
+}
+
+#[tokio::test]
+async fn a_certificate_on_the_token_goes_into_every_grant_as_x5c() {
+    let _turn = HSM_TURN.lock().await;
+    let hsm = hsm();
+    let (leaf, _) = crate::credentials::business_certificate(crate::credentials::valid_for(30));
+    let der = hsm.dir.join("business-cert.der");
+    std::fs::write(&der, &leaf).unwrap();
+    let out = std::process::Command::new("pkcs11-tool")
+        .args([
+            "--module",
+            tools().module.to_str().unwrap(),
+            "--token-label",
+            TOKEN,
+        ])
+        .args([
+            "--login",
+            "--pin",
+            PIN,
+            "--write-object",
+            der.to_str().unwrap(),
+        ])
+        .args(["--type", "cert", "--label", "business-cert", "--id", "01"])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pkcs11-tool: {out:?}");
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let credentials = format!(
+        "{}    certificate_label: business-cert\n",
+        hsm_credentials(&hsm.dir.join("pin"))
+    );
+    let yaml = config_yaml_with(&mp, &altinn, &credentials, "");
+    let env = TestEnv::start_settings(mp, altinn, Settings::from_yaml(&yaml).unwrap()).await;
+    env.get_json("/token/admin", 200).await;
+    assert_eq!(env.mp.violations(), Vec::<String>::new());
+    let x5c = env.mp.grants()[0]
+        .header
+        .x5c
+        .clone()
+        .expect("x5c in the header");
+    use base64::Engine;
+    assert_eq!(
+        x5c,
+        [base64::engine::general_purpose::STANDARD.encode(&leaf)]
+    );
+}
