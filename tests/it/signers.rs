@@ -600,21 +600,6 @@ async fn keygen_vault_transit_creates_the_key_once_and_prints_its_public_jwk() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to create it again"));
 }
 
-/// PEM of a DER certificate.
-fn pem_certificate(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-        lines.join("\n")
-    )
-}
-
 #[tokio::test]
 async fn kubernetes_login_gets_the_vault_token_and_logs_in_again_before_its_lease_runs_out() {
     use std::sync::Arc;
@@ -666,7 +651,7 @@ async fn kubernetes_login_gets_the_vault_token_and_logs_in_again_before_its_leas
     bao.post(
         "auth/kubernetes/config",
         json!({"kubernetes_host": format!("http://{api}"), "disable_local_ca_jwt": true,
-               "token_reviewer_jwt": "reviewer", "kubernetes_ca_cert": pem_certificate(&leaf)}),
+               "token_reviewer_jwt": "reviewer", "kubernetes_ca_cert": crate::credentials::pem_certificate(&leaf)}),
         ROOT_TOKEN,
     )
     .await;
