@@ -491,3 +491,101 @@ mod tests {
         assert_eq!(wrong.failure(), SignFailure::Refused);
     }
 }
+
+/// Against SoftHSM2 (installed by `.ci/install-signer-tools.sh` when missing), with a token
+/// directory of this test process.
+#[cfg(test)]
+mod softhsm_tests {
+    use super::*;
+    use std::time::Duration;
+
+    const PIN: &str = "unit-pin";
+
+    fn settings() -> Pkcs11Settings {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let installed = std::process::Command::new("bash")
+            .arg(root.join(".ci/install-signer-tools.sh"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(installed.status.success(), "{installed:?}");
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::create_dir(dir.join("tokens")).unwrap();
+        let conf = dir.join("softhsm2.conf");
+        let tokens = dir.join("tokens");
+        std::fs::write(
+            &conf,
+            format!("directories.tokendir = {}\n", tokens.display()),
+        )
+        .unwrap();
+        // The only PKCS#11 user in this test binary; read when the module is initialized.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
+        let key = root.join("tests/fixtures/client-key.pem");
+        for args in [
+            vec![
+                "--init-token",
+                "--free",
+                "--label",
+                "unit",
+                "--pin",
+                PIN,
+                "--so-pin",
+                "so-pin",
+            ],
+            vec![
+                "--import",
+                key.to_str().unwrap(),
+                "--token",
+                "unit",
+                "--label",
+                "k",
+                "--id",
+                "01",
+                "--pin",
+                PIN,
+            ],
+        ] {
+            let out = std::process::Command::new("softhsm2-util")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        Pkcs11Settings {
+            module: [
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+            ]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap(),
+            token_label: Some("unit".into()),
+            slot: None,
+            key_label: Some("k".into()),
+            key_id: None,
+            pin_file: None,
+            pin: Some(PIN.into()),
+            certificate_label: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signature_past_the_session_limit_waits_for_a_session() {
+        let (signer, public, _) = Pkcs11Signer::open(&settings(), 2).unwrap();
+        let digest = Algorithm::RS256.digest(b"x");
+        let sign = || signer.clone().sign(Algorithm::RS256, digest.clone());
+        // Both sessions busy: a third signature waits.
+        let busy = signer.permits.clone().acquire_many_owned(2).await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_millis(300), sign()).await;
+        assert!(waited.is_err(), "signed past the limit of 2 sessions");
+        drop(busy);
+        let signature = sign().await.unwrap();
+        let verified = public.verify(Algorithm::RS256.pkcs1v15(), &digest, &signature);
+        assert!(verified.is_ok());
+        // A burst of 8 leaves at most 2 sessions open.
+        let burst = futures::future::join_all((0..8).map(|_| sign())).await;
+        assert!(burst.iter().all(Result::is_ok));
+        assert!(lock(&signer.idle).len() <= 2);
+    }
+}

@@ -742,3 +742,45 @@ async fn a_certificate_on_the_token_goes_into_every_grant_as_x5c() {
         [base64::engine::general_purpose::STANDARD.encode(&leaf)]
     );
 }
+
+#[tokio::test]
+async fn neither_the_pin_nor_the_vault_token_appears_in_a_trace_log() {
+    let hsm = hsm();
+    let bao = Bao::start().await;
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hsm_yaml = format!(
+        "kid: {KID}\nkey:\n  pkcs11:\n    module: {}\n    token_label: {TOKEN}\n    key_label: {KEY_LABEL}\n",
+        tools().module.display()
+    );
+    let vault_yaml = format!(
+        "kid: {KID}\nkey:\n  vault_transit:\n    address: {}\n    name: mp\n",
+        bao.address()
+    );
+    for (name, credentials, secret_env, secret) in [
+        ("hsm", hsm_yaml, "BROKER__KEY__PKCS11__PIN", PIN),
+        (
+            "vault",
+            vault_yaml,
+            "BROKER__KEY__VAULT_TRANSIT__TOKEN",
+            ROOT_TOKEN,
+        ),
+    ] {
+        let config = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&config, config_yaml_with(&mp, &altinn, &credentials, "")).unwrap();
+        let out = Command::new(BIN)
+            .args(["--config", config.to_str().unwrap(), "token", "admin"])
+            .env("RUST_LOG", "trace")
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .env(secret_env, secret)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {log}");
+        assert!(log.lines().count() > 10, "{name}: the trace log is written");
+        assert!(!log.contains(secret), "{name}: the secret is in the log");
+    }
+}
