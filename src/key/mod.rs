@@ -11,6 +11,8 @@ mod jwk;
 mod pem;
 mod pkcs11;
 mod pkcs12;
+pub(crate) mod secret;
+mod settings;
 mod signer;
 mod vault_transit;
 
@@ -29,11 +31,12 @@ pub(crate) use certificate::{Certificate, EXPIRY_WARNING};
 pub use jwk::public_key_from_jwk;
 pub(crate) use jwk::{private_jwk, public_jwks};
 pub(crate) use pkcs11::Pkcs11Signer;
-pub use signer::SignError;
+pub use settings::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
+pub use signer::{OutsideKey, SignError};
 pub(crate) use signer::{RemoteSigner, Signer, create_outside, load_outside};
 pub(crate) use vault_transit::VaultTransitSigner;
 
-use crate::secret::Secret;
+use crate::key::secret::Secret;
 
 /// Digdir accepts at most this many keys on one client.
 pub(crate) const MAX_KEYS_PER_CLIENT: usize = 5;

@@ -23,10 +23,10 @@ use cryptoki::types::AuthPin;
 use futures::future::BoxFuture;
 use rsa::{BigUint, RsaPublicKey};
 
+use super::secret::Secret;
+use super::settings::Pkcs11Settings;
 use super::signer::{RemoteSigner, SIGN_TIMEOUT, SignError, SignFailure};
 use super::{Algorithm, Certificate, KeyError};
-use crate::config::Pkcs11Settings;
-use crate::secret::Secret;
 
 /// An RSA private key on a PKCS#11 token.
 pub(crate) struct Pkcs11Signer {

@@ -11,13 +11,14 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rsa::traits::SignatureScheme;
 use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use sha2::Digest;
 
+use super::settings::{Pkcs11Settings, VaultTransitSettings};
 use super::{Algorithm, Certificate, Form, KeyError, Pkcs11Signer, SigningKey, VaultTransitSigner};
 
 impl Algorithm {
@@ -123,7 +124,7 @@ impl fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Sign `digest` (of `algorithm`), timing remote signers on `/metrics`.
+    /// Sign `digest` (of `algorithm`).
     pub(crate) async fn sign(
         &self,
         algorithm: Algorithm,
@@ -139,13 +140,7 @@ impl Signer {
                         failure: SignFailure::Invalid,
                     })
             }
-            Signer::Remote(remote) => {
-                let started = Instant::now();
-                let result = remote.clone().sign(algorithm, digest).await;
-                let outcome = result.as_ref().err().map_or("ok", |e| e.failure.as_str());
-                crate::meters::signer_call(remote.kind(), outcome, started.elapsed());
-                result
-            }
+            Signer::Remote(remote) => remote.clone().sign(algorithm, digest).await,
         }
     }
 
@@ -180,18 +175,26 @@ pub(crate) async fn probe(
         })
 }
 
+/// A key outside the process, as `key.pkcs11` or `key.vault_transit` configure it (at most one).
+#[derive(Debug, Clone, Copy)]
+pub struct OutsideKey<'a> {
+    pub pkcs11: Option<&'a Pkcs11Settings>,
+    pub vault_transit: Option<&'a VaultTransitSettings>,
+    pub algorithm: Algorithm,
+}
+
 /// The key of `key.pkcs11` or `key.vault_transit` with `kid` from the configuration: its public
 /// half (and a certificate on the token) read from there, and a probe signature verified with it.
 /// `None` when the key is a file. `max_sessions` bounds the HSM's session pool, `timeout` each
 /// call to Vault.
 pub(crate) async fn load_outside(
-    settings: &crate::config::KeySettings,
+    settings: OutsideKey<'_>,
     kid: Option<&str>,
     max_sessions: usize,
     timeout: Duration,
 ) -> Result<Option<SigningKey>, KeyError> {
     let (signer, public, chain, form): (Arc<dyn RemoteSigner>, _, Vec<Certificate>, _) =
-        if let Some(p) = &settings.pkcs11 {
+        if let Some(p) = settings.pkcs11 {
             let p = p.clone();
             let (signer, public, certificate) =
                 blocking(p.location(), "opening the token", move || {
@@ -204,7 +207,7 @@ pub(crate) async fn load_outside(
                 certificate.into_iter().collect(),
                 Form::Pkcs11,
             )
-        } else if let Some(v) = &settings.vault_transit {
+        } else if let Some(v) = settings.vault_transit {
             let signer = VaultTransitSigner::new(v, timeout)?;
             let (public, _version) = signer.public_key().await?;
             (signer, public, Vec::new(), Form::VaultTransit)
@@ -232,7 +235,7 @@ pub(crate) async fn load_outside(
 /// Create the key of `key.pkcs11` (`vault` false) or `key.vault_transit` (`vault` true), RSA of
 /// `bits`, refusing when one is there already; then load it as the broker does (probe included).
 pub(crate) async fn create_outside(
-    settings: &crate::config::KeySettings,
+    settings: OutsideKey<'_>,
     vault: bool,
     kid: &str,
     bits: usize,
@@ -246,7 +249,6 @@ pub(crate) async fn create_outside(
     if vault {
         let v = settings
             .vault_transit
-            .as_ref()
             .ok_or_else(|| missing("key.vault_transit"))?;
         VaultTransitSigner::new(v, timeout)?
             .create_key(bits)
@@ -254,7 +256,7 @@ pub(crate) async fn create_outside(
     } else {
         let p = settings
             .pkcs11
-            .clone()
+            .cloned()
             .ok_or_else(|| missing("key.pkcs11"))?;
         blocking(p.location(), "generating the key", move || {
             Pkcs11Signer::generate(&p, bits)

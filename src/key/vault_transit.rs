@@ -22,10 +22,10 @@ use rsa::pkcs8::DecodePublicKey;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use super::secret::Secret;
+use super::settings::{VaultKubernetesSettings, VaultTransitSettings};
 use super::signer::{RemoteSigner, SignError, SignFailure};
 use super::{Algorithm, KeyError};
-use crate::config::{VaultKubernetesSettings, VaultTransitSettings};
-use crate::secret::Secret;
 
 /// The most of a Vault error body quoted in a message.
 const MAX_QUOTED: usize = 200;

@@ -16,14 +16,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
+use crate::config::MAX_GRANT_LIFETIME;
+use crate::key::secret::Secret;
 use crate::key::{SignError, SigningKey};
-use crate::org::OrgNumber;
-use crate::profile::Profile;
-use crate::secret::Secret;
-use crate::token::unix_seconds;
-
-/// Maskinporten documents 120 s as the longest grant it accepts.
-pub const MAX_GRANT_LIFETIME: Duration = Duration::from_secs(120);
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::Profile;
+use crate::tokens::token::unix_seconds;
 
 /// Everything a grant depends on besides the key.
 #[derive(Debug, Clone)]
@@ -125,7 +123,16 @@ pub async fn build_jwt_grant(
         part(serde_json::to_vec(&claims))?
     );
     let digest = key.algorithm().digest(input.as_bytes());
-    let signature = key.signer().sign(key.algorithm(), digest).await?;
+    let started = std::time::Instant::now();
+    let signature = key.signer().sign(key.algorithm(), digest).await;
+    if let Some(remote) = key.signer().remote() {
+        let outcome = signature
+            .as_ref()
+            .err()
+            .map_or("ok", |e| e.failure.as_str());
+        crate::telemetry::meters::signer_call(remote.kind(), outcome, started.elapsed());
+    }
+    let signature = signature?;
     Ok(Secret::new(format!(
         "{input}.{}",
         URL_SAFE_NO_PAD.encode(signature)
@@ -136,12 +143,12 @@ pub async fn build_jwt_grant(
 mod tests {
     use super::*;
     use crate::key::Algorithm;
-    use crate::profile::{ProfileName, Profiles};
+    use crate::policy::profile::{ProfileName, Profiles};
     use jsonwebtoken::{DecodingKey, Validation};
     use serde_json::{Value, json};
 
-    const PEM: &str = include_str!("../tests/fixtures/client-key.pem");
-    const PUB: &str = include_str!("../tests/fixtures/client-key.pub.pem");
+    const PEM: &str = include_str!("../../tests/fixtures/client-key.pem");
+    const PUB: &str = include_str!("../../tests/fixtures/client-key.pub.pem");
 
     fn key(alg: Algorithm) -> SigningKey {
         SigningKey::from_pem(PEM, "my-kid", alg).unwrap()
