@@ -244,7 +244,7 @@ fn hsm_config(name: &str, pin_file: &Path) -> PathBuf {
 }
 
 #[tokio::test]
-async fn a_wrong_pin_stops_the_broker_at_start_with_one_line_that_does_not_hold_the_pin() {
+async fn a_wrong_pin_or_an_unknown_key_stops_the_broker_at_start_with_one_line() {
     let hsm = hsm();
     let wrong = hsm.dir.join("wrong-pin");
     std::fs::write(&wrong, "99887766\n").unwrap();
@@ -265,6 +265,23 @@ async fn a_wrong_pin_stops_the_broker_at_start_with_one_line_that_does_not_hold_
         "{stderr}"
     );
     assert!(!stderr.contains("99887766") && !stderr.contains(PIN));
+
+    // An unknown key: the same, naming what is missing.
+    let config = hsm.dir.join("unknown-key.yaml");
+    let yaml = std::fs::read_to_string(hsm_config("pin.yaml", &hsm.dir.join("pin"))).unwrap();
+    std::fs::write(&config, yaml.replace(KEY_LABEL, "no-such-key")).unwrap();
+    let out = run_bin(
+        &["--config", config.to_str().unwrap(), "check"],
+        &[("SOFTHSM2_CONF", &hsm.conf)],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no such private key on the token"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
