@@ -243,45 +243,39 @@ fn hsm_config(name: &str, pin_file: &Path) -> PathBuf {
     path
 }
 
+/// `check` with this config must exit 1 with one line on stderr, which it returns.
+async fn refused_at_start(config: &Path) -> String {
+    let out = run_bin(
+        &["--config", config.to_str().unwrap(), "check"],
+        &[("SOFTHSM2_CONF", &hsm().conf)],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
 #[tokio::test]
 async fn a_wrong_pin_or_an_unknown_key_stops_the_broker_at_start_with_one_line() {
     let hsm = hsm();
     let wrong = hsm.dir.join("wrong-pin");
     std::fs::write(&wrong, "99887766\n").unwrap();
-    let config = hsm_config("wrong-pin.yaml", &wrong);
-    let out = run_bin(
-        &["--config", config.to_str().unwrap(), "check"],
-        &[("SOFTHSM2_CONF", &hsm.conf)],
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = refused_at_start(&hsm_config("wrong-pin.yaml", &wrong)).await;
     assert!(
-        lines[0].contains("key.pkcs11")
-            && lines[0].contains("pkcs11 token \"broker-tests\" key \"mp-key\"")
-            && lines[0].contains("wrong PIN (CKR_PIN_INCORRECT"),
-        "{stderr}"
+        line.contains("key.pkcs11")
+            && line.contains("pkcs11 token \"broker-tests\" key \"mp-key\"")
+            && line.contains("wrong PIN (CKR_PIN_INCORRECT"),
+        "{line}"
     );
-    assert!(!stderr.contains("99887766") && !stderr.contains(PIN));
+    assert!(!line.contains("99887766") && !line.contains(PIN));
 
     // An unknown key: the same, naming what is missing.
     let config = hsm.dir.join("unknown-key.yaml");
     let yaml = std::fs::read_to_string(hsm_config("pin.yaml", &hsm.dir.join("pin"))).unwrap();
     std::fs::write(&config, yaml.replace(KEY_LABEL, "no-such-key")).unwrap();
-    let out = run_bin(
-        &["--config", config.to_str().unwrap(), "check"],
-        &[("SOFTHSM2_CONF", &hsm.conf)],
-    )
-    .await;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("no such private key on the token"),
-        "{stderr}"
-    );
+    let line = refused_at_start(&config).await;
+    assert!(line.contains("no such private key on the token"), "{line}");
 }
 
 #[tokio::test]
