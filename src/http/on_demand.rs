@@ -43,7 +43,7 @@ use super::state::AppState;
         (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
-        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable, or the signer (HSM, Vault) gave no signature", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
         (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
