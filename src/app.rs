@@ -260,6 +260,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
                 .into(),
             proxy,
             token_files,
+            draining: Default::default(),
         }),
         simulator,
     })
@@ -516,8 +517,26 @@ impl App {
         Ok(())
     }
 
+    /// The orchestrator asked the broker to go (SIGTERM): `/readyz` answers 503 at once, so the
+    /// broker is taken out of its Service's endpoints, while it keeps accepting and serving for
+    /// `server.shutdown_delay` (callers still sent here while the endpoint change spreads get
+    /// their answers); then [`App::shutdown`].
+    pub async fn terminate(self) {
+        let delay = self.started.server.shutdown_delay;
+        self.state.begin_draining();
+        if !delay.is_zero() {
+            tracing::info!(
+                shutdown_delay = %humantime::format_duration(delay),
+                "shutting down: /readyz answers 503; still accepting and serving for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        self.shutdown().await;
+    }
+
     /// Stop accepting, let requests in flight finish, stop background work.
     pub async fn shutdown(self) {
+        self.state.begin_draining();
         self.stop.cancel();
         self.rediscovery.abort();
         let _ = self.server.await;
@@ -584,12 +603,17 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
     let hangup = None::<()>;
     let app = App::spawn(settings, listener).await?;
     tracing::info!(addr = %app.addr, env = %app.state.env, "maskinporten-broker is listening");
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = reload_on_change(&app, config_path, files, hangup) => {}
+    let signal = tokio::select! {
+        signal = shutdown_signal() => signal,
+        _ = reload_on_change(&app, config_path, files, hangup) => Stop::Interrupt,
+    };
+    match signal {
+        Stop::Terminate => app.terminate().await,
+        Stop::Interrupt => {
+            tracing::info!("shutting down: finishing requests in flight");
+            app.shutdown().await
+        }
     }
-    tracing::info!("shutting down: finishing requests in flight");
-    app.shutdown().await;
     Ok(())
 }
 
@@ -690,8 +714,17 @@ async fn reload_on_change(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub(crate) async fn shutdown_signal() {
+/// Which signal asked the broker to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// SIGTERM: an orchestrator; wait `server.shutdown_delay` before closing the listener.
+    Terminate,
+    /// SIGINT (Ctrl-C): a person at a terminal; stop at once.
+    Interrupt,
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), saying which.
+pub(crate) async fn shutdown_signal() -> Stop {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -707,8 +740,8 @@ pub(crate) async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = ctrl_c => Stop::Interrupt,
+        _ = term => Stop::Terminate,
     }
 }
 

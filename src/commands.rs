@@ -443,7 +443,7 @@ pub async fn simulate(
         handle.issuer(),
         handle.base_url()
     );
-    app::shutdown_signal().await;
+    let _ = app::shutdown_signal().await;
     handle.shutdown().await;
     Ok(())
 }

@@ -289,6 +289,11 @@ pub struct ServerSettings {
     pub keep_alive_timeout: Duration,
     /// Most connections open at once; absent means derived from the file descriptor limit.
     pub max_connections: Option<usize>,
+    /// After SIGTERM: `/readyz` answers 503 at once, and the broker keeps accepting and serving
+    /// for this long (so a load balancer stops sending before the listener closes), then stops
+    /// accepting and drains. 0 turns it off. SIGINT (Ctrl-C) does not wait.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
 }
 
 impl Default for ServerSettings {
@@ -297,9 +302,17 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
             max_connections: None,
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
         }
     }
 }
+
+/// `server.shutdown_delay` when absent: longer than a Kubernetes endpoint update usually takes to
+/// reach every node's proxy.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// The longest `server.shutdown_delay`: below Kubernetes' default grace period of 30 s, so the
+/// drain still has time before SIGKILL.
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -786,6 +799,13 @@ impl ServerSettings {
             if value.is_zero() {
                 problems.push(format!("{field}: must be longer than 0s"));
             }
+        }
+        if self.shutdown_delay > MAX_SHUTDOWN_DELAY {
+            problems.push(format!(
+                "server.shutdown_delay: must be at most {} (leave the drain time before the orchestrator's SIGKILL), got {}",
+                humantime::format_duration(MAX_SHUTDOWN_DELAY),
+                humantime::format_duration(self.shutdown_delay)
+            ));
         }
         let most = crate::serve::MAX_CONNECTIONS_LIMIT;
         if let Some(max) = self.max_connections

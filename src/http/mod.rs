@@ -71,9 +71,21 @@ pub struct Shared {
     pub proxy: proxy::Proxy,
     /// Token files and their state, for `/readyz`.
     pub token_files: crate::token_files::TokenFiles,
+    /// Set once shutdown has begun: `/readyz` answers 503 from then on.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
+    /// Shutdown has begun: `/readyz` answers 503 so that no new callers are sent here.
+    pub(crate) fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The token source behind the cache: profiles, resolution, upstream health.
     pub fn broker(&self) -> &Broker {
         self.tokens.source()

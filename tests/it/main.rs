@@ -20,6 +20,7 @@ mod observability;
 mod on_demand;
 mod proxy;
 mod reload;
+mod rollouts;
 mod secrets;
 mod token_endpoints;
 mod token_files;
