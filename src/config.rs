@@ -345,6 +345,10 @@ impl Default for HttpClientSettings {
 pub struct CacheSettings {
     /// Refresh in the background once only this fraction of the lifetime is left.
     pub refresh_when_left: f64,
+    /// Each refresh-ahead moment is moved earlier by a random share, up to this fraction of the
+    /// token's lifetime (uniform, drawn anew for every token), so replicas started together do
+    /// not refresh in lockstep. Never later than without it; 0 turns it off.
+    pub refresh_jitter: f64,
     /// ... but never later than this long before expiry (short tokens).
     #[serde(with = "humantime_serde")]
     pub refresh_floor: Duration,
@@ -366,6 +370,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             refresh_when_left: 1.0 / 3.0,
+            refresh_jitter: DEFAULT_REFRESH_JITTER,
             refresh_floor: Duration::from_secs(5),
             min_remaining: Duration::from_secs(10),
             idle: Duration::from_secs(15 * 60),
@@ -375,6 +380,10 @@ impl Default for CacheSettings {
         }
     }
 }
+
+/// `cache.refresh_jitter` when absent: a 120 s Maskinporten token is refreshed between 40 s and
+/// 52 s before expiry.
+pub const DEFAULT_REFRESH_JITTER: f64 = 0.1;
 
 /// The embedded simulator of `env: local`.
 #[derive(Debug, Clone, Deserialize)]
@@ -770,6 +779,14 @@ impl CacheSettings {
             problems.push(format!(
                 "cache.refresh_when_left: must be between 0 and 1 (a fraction of the lifetime), got {}",
                 self.refresh_when_left
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.refresh_jitter)
+            || self.refresh_when_left + self.refresh_jitter >= 1.0
+        {
+            problems.push(format!(
+                "cache.refresh_jitter: must be between 0 and 0.5 (a fraction of the lifetime; 0 turns it off) and below 1 - cache.refresh_when_left, got {}",
+                self.refresh_jitter
             ));
         }
         if self.idle.is_zero() {

@@ -140,3 +140,118 @@ async fn a_shutdown_delay_over_25_seconds_is_refused() {
     .to_string();
     assert!(problems.contains("server.shutdown_delay"), "{problems}");
 }
+
+/// How the fake saw the upstream calls of one refresh-ahead cycle.
+#[derive(Debug)]
+struct Cycle {
+    /// From the first fetch of the 30 tokens to the last.
+    fetches_spread: Duration,
+    /// From the first refresh to the last.
+    refreshes_spread: Duration,
+    /// Most refreshes in any one-second window.
+    most_in_a_second: usize,
+}
+
+/// Three brokers started together against one fake Maskinporten, each serving the same ten
+/// profiles of 10 s tokens; the fake's calls of their first refresh-ahead cycle.
+async fn refreshes_of_three_brokers(jitter: f64) -> Cycle {
+    let mp = FakeMaskinporten::start().await;
+    mp.set_expires_in(10);
+    let altinn = FakeAltinn::start(&mp).await;
+    let profiles: String = (0..10)
+        .map(|i| format!("  p{i}:\n    scopes: ['test:p{i}']\n"))
+        .collect();
+    let extra = format!(
+        "cache:\n  refresh_when_left: 0.3\n  refresh_jitter: {jitter}\n  refresh_floor: 1s\n  min_remaining: 1s\nprofiles:\n{profiles}"
+    );
+    let mut brokers = Vec::new();
+    for _ in 0..3 {
+        let settings =
+            maskinporten_broker::config::Settings::from_yaml(&config_yaml(&mp, &altinn, &extra))
+                .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        brokers.push(
+            maskinporten_broker::app::App::spawn(settings, listener)
+                .await
+                .unwrap(),
+        );
+    }
+    let http = reqwest::Client::new();
+    let ask_all = || {
+        let requests = brokers.iter().flat_map(|b| {
+            (0..10).map(|i| http.get(format!("http://{}/token/p{i}", b.addr)).send())
+        });
+        futures::future::join_all(requests)
+    };
+    for r in ask_all().await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    assert_eq!(mp.calls(), 30);
+    let fetched: Vec<Instant> = mp.grants().iter().map(|g| g.at).collect();
+    let started = *fetched.iter().min().unwrap();
+    let fetches_spread = *fetched.iter().max().unwrap() - started;
+    // Asked again, so every token is in use and refreshed ahead (at 7 s of its 10 s without
+    // jitter; between 2 s and 7 s with 0.5).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in ask_all().await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    // The last refresh is due 7 s after the last fetch.
+    let until = fetches_spread + Duration::from_millis(8_000);
+    tokio::time::sleep(until.saturating_sub(started.elapsed())).await;
+    for broker in brokers {
+        broker.shutdown().await;
+    }
+    let mut refreshes: Vec<Duration> = mp
+        .grants()
+        .iter()
+        .map(|g| g.at.duration_since(started))
+        .filter(|at| *at > fetches_spread)
+        .collect();
+    refreshes.sort();
+    assert_eq!(
+        refreshes.len(),
+        30,
+        "each token refreshed once: {refreshes:?}"
+    );
+    let most_in_a_second = refreshes
+        .iter()
+        .map(|from| {
+            refreshes
+                .iter()
+                .filter(|at| **at >= *from && **at < *from + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    Cycle {
+        fetches_spread,
+        refreshes_spread: refreshes[29] - refreshes[0],
+        most_in_a_second,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jitter_spreads_the_refreshes_of_replicas_started_together() {
+    // Side by side, each on a task of its own (one's start-up must not delay the other's calls).
+    let lockstep = tokio::spawn(refreshes_of_three_brokers(0.0));
+    let jittered = tokio::spawn(refreshes_of_three_brokers(0.5));
+    let (lockstep, jittered) = (lockstep.await.unwrap(), jittered.await.unwrap());
+    eprintln!(
+        "3 brokers x 10 tokens of 10 s; the refresh cycle at the fake: without jitter {lockstep:?}; with refresh_jitter 0.5 {jittered:?}"
+    );
+    // Without jitter the refreshes repeat the fetches' pattern (here all within about a second);
+    // with it they spread over seconds, and the busiest second has fewer calls.
+    assert!(
+        lockstep.refreshes_spread < lockstep.fetches_spread + Duration::from_millis(500),
+        "without jitter they refresh in lockstep: {lockstep:?}"
+    );
+    assert!(
+        jittered.refreshes_spread > jittered.fetches_spread + Duration::from_secs(2),
+        "with jitter they spread: {jittered:?}"
+    );
+    assert!(
+        jittered.most_in_a_second <= 20,
+        "with jitter at most 20 of 30 in one second: {jittered:?}"
+    );
+}
