@@ -232,6 +232,10 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
     let http = http_client(&settings.http_client)?;
     let discovered = discover(&settings, local_base, &http).await?;
+    // Workload-token issuers: their keys read once now; a failure is logged and the keys are
+    // read again when a token names one (the broker still serves API-key clients meanwhile).
+    let identity = crate::identity::Issuers::build(&settings.identity, &settings.http_client)?;
+    identity.read_keys().await;
     let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let fixed_orgs: Vec<_> = validated
@@ -261,6 +265,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             proxy,
             token_files,
             draining: Default::default(),
+            identity,
         }),
         simulator,
     })
@@ -560,6 +565,7 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
         ("cache", differs(&running.cache, &new.cache)),
         ("local", differs(&running.local, &new.local)),
         ("log", differs(&running.log, &new.log)),
+        ("identity", differs(&running.identity, &new.identity)),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))

@@ -73,6 +73,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// API-key clients; when any is configured every token request must present a key.
     pub clients: Vec<ClientSettings>,
+    /// Issuers of workload tokens that `clients[].identity` may name.
+    pub identity: crate::identity::IdentitySettings,
     /// Scopes callers may ask for without a profile (`GET /token?scope=`, `POST /api/v1/token`).
     pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
@@ -104,6 +106,7 @@ impl Default for Settings {
             local: LocalSettings::default(),
             log: LogSettings::default(),
             clients: Vec::new(),
+            identity: Default::default(),
             on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
             proxy: BTreeMap::new(),
@@ -582,6 +585,14 @@ impl Settings {
         self.check_local(&mut problems);
         self.log.check(&mut problems);
         let clients = self.parse_clients(&mut problems);
+        self.identity.check(&mut problems.0);
+        for (i, issuer) in clients.token_issuers() {
+            if !self.identity.issuers.contains_key(issuer) {
+                problems.push(format!(
+                    "clients[{i}].identity.issuer: there is no issuer named {issuer:?} under identity.issuers"
+                ));
+            }
+        }
         let on_demand = ScopePatterns::parse("on_demand.scopes", &self.on_demand.scopes)
             .unwrap_or_else(|p| {
                 p.into_iter().for_each(|p| problems.push(p));

@@ -73,6 +73,8 @@ pub struct Shared {
     pub token_files: crate::token_files::TokenFiles,
     /// Set once shutdown has begun: `/readyz` answers 503 from then on.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// The issuers of workload tokens (`identity.issuers`), fixed at start.
+    pub(crate) identity: crate::identity::Issuers,
 }
 
 impl Shared {

@@ -25,7 +25,7 @@ use crate::profile::Profile;
 use crate::token::{Token, rfc3339};
 
 use super::AppState;
-use super::auth::Caller;
+use super::auth::{Caller, Identity};
 use super::bodies;
 use super::problem::{ApiError, Problem};
 
@@ -128,7 +128,28 @@ pub fn get_token(
     // (and its large future) is boxed. The request is read where it is (the profile from the
     // path, the caller from the headers) rather than through a chain of extractors, each an
     // await and a copy on every request.
-    let caller = Caller::identify(request.headers(), &state);
+    match Caller::try_identify(request.headers(), request.extensions(), &state) {
+        Identity::Known(caller) => serve_token(state, caller, request),
+        // A workload token signed with a key not yet read: read the issuer's keys (at most once
+        // per 10 s), then go on.
+        Identity::UnknownKid(keys) => Either::Right(Box::pin(async move {
+            keys.reread().await;
+            let caller =
+                Caller::try_identify(request.headers(), request.extensions(), &state).settled();
+            match serve_token(state, caller, request) {
+                Either::Left(ready) => ready.await,
+                Either::Right(fetch) => fetch.await,
+            }
+        })),
+    }
+}
+
+/// `GET /token/{profile}` once the caller is known (or refused).
+fn serve_token(
+    state: AppState,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Either<Ready<Response>, BoxFuture<'static, Response>> {
     let segment = request
         .uri()
         .path()
@@ -251,13 +272,19 @@ async fn fetched(
 /// lifetime per client and key, not per hit), at debug for every request. Never the token.
 pub(super) fn served(caller: &Caller, key: &CacheKey, token: &Token, outcome: Outcome) {
     let (client, org) = (caller.name(), key.org.as_ref().map(|o| o.as_str()));
+    let principal = caller.principal();
     let scope = key.on_demand.as_ref().map(tracing::field::display);
     // The field values are written only if the line is (the macros check the level first).
     let expires_at = tracing::field::display(Rfc3339(token.expires_at));
-    if token.served.first_for(client) {
-        tracing::info!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
+    // Once per client and principal: each workload a subject pattern admits is named once.
+    let first = match principal {
+        "-" | "api_key" => token.served.first_for(client),
+        principal => token.served.first_for(principal),
+    };
+    if first {
+        tracing::info!(client, principal, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
     } else {
-        tracing::debug!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
+        tracing::debug!(client, principal, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
     }
 }
 
