@@ -236,6 +236,12 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     // read again when a token names one (the broker still serves API-key clients meanwhile).
     let identity = crate::identity::Issuers::build(&settings.identity, &settings.http_client)?;
     identity.read_keys().await;
+    // Introspection checks tokens of the default client's environment; keys read on first use.
+    let introspection = crate::introspection::Introspection::new(
+        &settings.endpoints(local_base),
+        http.clone(),
+        settings.introspection.clone(),
+    );
     let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let fixed_orgs: Vec<_> = validated
@@ -266,6 +272,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             token_files,
             draining: Default::default(),
             identity,
+            introspection,
         }),
         simulator,
     })
@@ -566,6 +573,10 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
         ("local", differs(&running.local, &new.local)),
         ("log", differs(&running.log, &new.log)),
         ("identity", differs(&running.identity, &new.identity)),
+        (
+            "introspection",
+            differs(&running.introspection, &new.introspection),
+        ),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))

@@ -75,6 +75,8 @@ pub struct Settings {
     pub clients: Vec<ClientSettings>,
     /// Issuers of workload tokens that `clients[].identity` may name.
     pub identity: crate::identity::IdentitySettings,
+    /// What `POST /api/v1/introspect` counts as active.
+    pub introspection: crate::introspection::IntrospectionSettings,
     /// Scopes callers may ask for without a profile (`GET /token?scope=`, `POST /api/v1/token`).
     pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
@@ -107,6 +109,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             clients: Vec::new(),
             identity: Default::default(),
+            introspection: Default::default(),
             on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
             proxy: BTreeMap::new(),
@@ -634,6 +637,7 @@ impl Settings {
         self.log.check(&mut problems);
         let clients = self.parse_clients(&mut problems);
         self.identity.check(&mut problems.0);
+        self.introspection.check(&mut problems.0);
         for (i, issuer) in clients.token_issuers() {
             if !self.identity.issuers.contains_key(issuer) {
                 problems.push(format!(

@@ -27,6 +27,7 @@ mod fetch;
 mod grant;
 mod http;
 mod identity;
+mod introspection;
 mod key;
 mod maskinporten;
 mod meters;

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bodies;
 pub mod front;
 pub mod health;
+pub mod introspect;
 pub mod limits;
 pub mod metrics;
 mod on_demand;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub(crate) draining: std::sync::atomic::AtomicBool,
     /// The issuers of workload tokens (`identity.issuers`), fixed at start.
     pub(crate) identity: crate::identity::Issuers,
+    /// `POST /api/v1/introspect`'s verifiers (fixed at start).
+    pub(crate) introspection: crate::introspection::Introspection,
 }
 
 impl Shared {
@@ -101,6 +104,7 @@ fn table() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(token::index))
         .routes(routes!(texas::token))
+        .routes(routes!(introspect::introspect))
         .routes(routes!(token::get_token))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))

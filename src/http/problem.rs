@@ -37,7 +37,9 @@ pub struct Problem {
     /// A 401's `WWW-Authenticate` when it is not [`WWW_AUTHENTICATE`] (a refused token's
     /// `error="invalid_token"`).
     #[serde(skip)]
-    pub challenge: Option<Box<str>>,
+    // A thin pointer: the problem travels in every handler's `Result`, kept small.
+    #[allow(clippy::box_collection)]
+    pub challenge: Option<Box<String>>,
 }
 
 impl Problem {
@@ -76,9 +78,8 @@ impl Problem {
             "Invalid token",
             format!("the bearer token was refused: {reason}"),
         );
-        problem.challenge = Some(
-            format!("Bearer error=\"invalid_token\", error_description=\"{quoted}\"").into(),
-        );
+        problem.challenge =
+            Some(format!("Bearer error=\"invalid_token\", error_description=\"{quoted}\"").into());
         problem
     }
 

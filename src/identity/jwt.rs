@@ -69,7 +69,7 @@ impl Invalid {
         match self {
             Invalid::Malformed => "invalid token header: InvalidToken".into(),
             Invalid::Algorithm(alg) => {
-                format!("invalid token header: algorithm {alg:?} is not allowed")
+                format!("invalid token header: algorithm {alg} is not allowed")
             }
             Invalid::MissingKid => "missing key id from token header".into(),
             Invalid::UnknownKey => "token can not be validated with this identity provider".into(),
@@ -156,13 +156,19 @@ pub fn verify(
 ) -> Result<Map<String, Value>, Invalid> {
     let (alg, kid) = header(token)?;
     let key = keys.key(&kid).ok_or(Invalid::UnknownKey)?;
-    let fits = match (key.family, alg) {
-        (Family::Rsa, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
-        | (Family::Rsa, Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512)
-        | (Family::P256, Algorithm::ES256)
-        | (Family::P384, Algorithm::ES384) => true,
-        _ => false,
-    };
+    let fits = matches!(
+        (key.family, alg),
+        (
+            Family::Rsa,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ) | (Family::P256, Algorithm::ES256)
+            | (Family::P384, Algorithm::ES384)
+    );
     let named = ALLOWED
         .iter()
         .find(|(_, a)| *a == alg)

@@ -15,6 +15,7 @@ mod credentials;
 mod errors;
 mod faults;
 mod identity;
+mod introspect;
 mod local_env;
 mod mp_clients;
 mod observability;

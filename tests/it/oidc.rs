@@ -109,6 +109,8 @@ impl FakeIssuer {
         let router = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/openid/v1/jwks", get(jwks))
+            // Where Maskinporten publishes its keys: `{issuer}jwk`.
+            .route("/jwk", get(jwks))
             .with_state(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         FakeIssuer { addr, state }
