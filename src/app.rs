@@ -58,6 +58,8 @@ pub enum StartError {
         #[source]
         source: Box<DiscoveryError>,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot start the local simulator")]
     Simulator(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -443,6 +445,15 @@ impl App {
     /// Build from settings and serve on `listener` until [`App::shutdown`].
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
         let started = settings.clone();
+        // The listener's certificate and key load first: a broker that cannot serve TLS as
+        // configured does not start.
+        let tls = started
+            .server
+            .tls
+            .as_ref()
+            .map(crate::tls::Tls::load)
+            .transpose()?
+            .map(Arc::new);
         let built = build(settings).await?;
         let (current, changed) = (built.state.clone(), built.state.clone());
         // With the current generation's own HTTP client: no client of its own, and a reloaded
@@ -466,7 +477,7 @@ impl App {
         built.state.token_files.spawn(&built.state.tokens, &stop);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
-            serve::serve(listener, service, &server_settings, signal).await;
+            serve::serve(listener, service, &server_settings, tls, signal).await;
         });
         Ok(App {
             addr,

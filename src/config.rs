@@ -335,6 +335,8 @@ pub struct ServerSettings {
     /// accepting and drains. 0 turns it off. SIGINT (Ctrl-C) does not wait.
     #[serde(with = "humantime_serde")]
     pub shutdown_delay: Duration,
+    /// TLS (and client certificates) on the listener; absent: plain HTTP.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl Default for ServerSettings {
@@ -344,6 +346,7 @@ impl Default for ServerSettings {
             keep_alive_timeout: Duration::from_secs(60),
             max_connections: None,
             shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
+            tls: None,
         }
     }
 }
@@ -879,6 +882,9 @@ impl ServerSettings {
             if value.is_zero() {
                 problems.push(format!("{field}: must be longer than 0s"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.check(&mut problems.0);
         }
         if self.shutdown_delay > MAX_SHUTDOWN_DELAY {
             problems.push(format!(

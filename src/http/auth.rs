@@ -172,7 +172,7 @@ impl Caller {
         if clients.is_empty() {
             return Identity::Known(Ok(Caller::Anonymous));
         }
-        if let Some(peer) = extensions.get::<crate::tls::PeerCertificate>()
+        if let Some(peer) = extensions.get::<Arc<crate::tls::PeerCertificate>>()
             && let Some(client) = clients.by_certificate(peer.spiffe_id.as_deref(), &peer.subject)
         {
             return Identity::Known(Ok(Caller::Client(

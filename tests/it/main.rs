@@ -25,5 +25,6 @@ mod proxy;
 mod reload;
 mod rollouts;
 mod secrets;
+mod tls;
 mod token_endpoints;
 mod token_files;
