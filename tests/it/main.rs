@@ -17,6 +17,7 @@ mod faults;
 mod identity;
 mod introspect;
 mod local_env;
+mod manifests;
 mod mp_clients;
 mod observability;
 mod oidc;
