@@ -132,7 +132,7 @@ fn the_validator_refuses_a_broken_manifest() {
         std::fs::read_to_string(repo().join("deploy/kubernetes/shared/deployment.yaml")).unwrap();
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, deployment.replace("replicas: 2", "replicas: two")).unwrap();
-    assert!(!validate(&[broken.clone()]).status.success());
+    assert!(!validate(std::slice::from_ref(&broken)).status.success());
     std::fs::write(
         &broken,
         deployment.replace("maxSkew: 1", "maxSkew: 1\n          maxSkewed: 2"),
