@@ -15,15 +15,15 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 
-use crate::access::Client;
-use crate::budget::ClientBudget;
-use crate::cache::CacheKey;
-use crate::identity::Refusal;
-use crate::identity::jwks::KeySet;
-use crate::identity::jwt::{Invalid, looks_like_jwt};
+use crate::policy::access::Client;
+use crate::policy::identity::jwks::KeySet;
+use crate::policy::identity::jwt::{Invalid, looks_like_jwt};
+use crate::policy::identity::{PeerCertificate, Refusal};
+use crate::tokens::budget::ClientBudget;
+use crate::tokens::cache::CacheKey;
 
-use super::AppState;
 use super::problem::Problem;
+use super::state::AppState;
 
 /// Who a request comes from, for authorization and the audit line.
 pub enum Caller {
@@ -172,7 +172,7 @@ impl Caller {
         if clients.is_empty() {
             return Identity::Known(Ok(Caller::Anonymous));
         }
-        if let Some(peer) = extensions.get::<Arc<crate::tls::PeerCertificate>>()
+        if let Some(peer) = extensions.get::<Arc<PeerCertificate>>()
             && let Some(client) = clients.by_certificate(peer.spiffe_id.as_deref(), &peer.subject)
         {
             return Identity::Known(Ok(Caller::Client(

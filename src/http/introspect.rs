@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::Problem;
+use super::state::AppState;
 use super::texas::{TexasError, parse_body, texas_error};
 
 /// A texas introspection request.
