@@ -396,7 +396,8 @@ pub struct CacheSettings {
     pub refresh_when_left: f64,
     /// Each refresh-ahead moment is moved earlier by a random share, up to this fraction of the
     /// token's lifetime (uniform, drawn anew for every token), so replicas started together do
-    /// not refresh in lockstep. Never later than without it; 0 turns it off.
+    /// not refresh in lockstep. Never later than without it, never before the token was issued;
+    /// 0 turns it off.
     pub refresh_jitter: f64,
     /// ... but never later than this long before expiry (short tokens).
     #[serde(with = "humantime_serde")]
@@ -768,11 +769,9 @@ impl CacheSettings {
                 self.refresh_when_left
             ));
         }
-        if !(0.0..=0.5).contains(&self.refresh_jitter)
-            || self.refresh_when_left + self.refresh_jitter >= 1.0
-        {
+        if !(0.0..=0.5).contains(&self.refresh_jitter) {
             problems.push(format!(
-                "cache.refresh_jitter: must be between 0 and 0.5 (a fraction of the lifetime; 0 turns it off) and below 1 - cache.refresh_when_left, got {}",
+                "cache.refresh_jitter: must be between 0 and 0.5 (a fraction of the lifetime; 0 turns it off), got {}",
                 self.refresh_jitter
             ));
         }
