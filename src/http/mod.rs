@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bodies;
 pub mod front;
 pub mod health;
+pub mod introspect;
 pub mod limits;
 pub mod metrics;
 pub mod on_demand;
@@ -45,10 +46,11 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(token::index))
         .routes(routes!(on_demand::token))
         .merge(
-            // The POST route reads a body: tower-http bounds it, and its refusal of a body whose
+            // The POST routes read a body: tower-http bounds it, and its refusal of a body whose
             // Content-Length is over the bound is answered in texas's error shape.
             OpenApiRouter::new()
                 .routes(routes!(texas::token))
+                .routes(routes!(introspect::introspect))
                 .layer(RequestBodyLimitLayer::new(texas::MAX_BODY_BYTES))
                 .layer(axum::middleware::map_response(texas::body_too_large)),
         )

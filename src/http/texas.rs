@@ -138,7 +138,7 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let caller = caller?;
     let (parts, body) = request.into_parts();
-    let texas = parse_body(&parts.headers, body).await?;
+    let texas: TexasTokenRequest = parse_body(&parts.headers, body).await?;
     let skip_cache = texas.skip_cache.unwrap_or(false);
     let (request, org) = on_demand_request(texas)?;
     let (_, key) = state.broker().resolve_on_demand(request, org)?;
@@ -165,7 +165,10 @@ fn bad_request(detail: impl Into<String>) -> ApiError {
 }
 
 /// The body as JSON or a form, by its content type, at most [`MAX_BODY_BYTES`].
-async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest, ApiError> {
+pub(super) async fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -175,10 +178,10 @@ async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest
         .map_err(|_| ApiError::Problem(too_large()))?;
     if content_type.starts_with("application/json") {
         serde_json::from_slice(&bytes)
-            .map_err(|e| bad_request(format!("the JSON body is not a token request: {e}")))
+            .map_err(|e| bad_request(format!("the JSON body is not a request of this route: {e}")))
     } else if content_type.starts_with("application/x-www-form-urlencoded") {
         serde_urlencoded::from_bytes(&bytes)
-            .map_err(|e| bad_request(format!("the form is not a token request: {e}")))
+            .map_err(|e| bad_request(format!("the form is not a request of this route: {e}")))
     } else {
         Err(bad_request(
             "unsupported media type: send application/json or application/x-www-form-urlencoded",
@@ -286,7 +289,7 @@ fn too_large() -> Problem {
     )
 }
 
-fn texas_error(problem: Problem) -> Response {
+pub(super) fn texas_error(problem: Problem) -> Response {
     let upstream_status = problem.extra.get("upstream_status").and_then(Value::as_u64);
     let upstream_error = problem.extra.get("error").and_then(Value::as_str);
     let (status, error) = match (problem.status, upstream_status, upstream_error) {

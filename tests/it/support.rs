@@ -84,6 +84,8 @@ pub struct SeenGrant {
     pub claims: Value,
     /// The signed grant as sent, for leak checks.
     pub raw: String,
+    /// When the fake received it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -406,6 +408,7 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
             header,
             claims: data.claims,
             raw: assertion.to_owned(),
+            at: std::time::Instant::now(),
         })
     } else {
         Err(problems.join("; "))
