@@ -309,6 +309,17 @@ async fn traversal_and_host_tricks_are_400_and_never_reach_the_upstream() {
         "/proxy/r/http://evil.example/x".into(),
         "/proxy/r/a/./b".into(),
         format!("http://127.0.0.1:{port}/proxy/r/x"),
+        // Read as `..` by Tomcat, Jetty, Spring, or by servers that trim or decode again.
+        "/proxy/r/a/..;/b".into(),
+        "/proxy/r/..;/b".into(),
+        "/proxy/r/%2e%2e;/b".into(),
+        "/proxy/r/..%3b/b".into(),
+        "/proxy/r/..%20/b".into(),
+        "/proxy/r/.../b".into(),
+        "/proxy/r/%25252e%25252e/b".into(),
+        // Overlong and invalid UTF-8.
+        "/proxy/r/%c0%ae%c0%ae/b".into(),
+        "/proxy/r/a%ff/b".into(),
     ] {
         let (status, answer) = raw(env.app.addr, &get_request(&target)).await;
         assert_eq!(status, 400, "{target}: {answer}");
@@ -678,4 +689,39 @@ async fn openapi_documents_the_proxy_route_with_every_status() {
             .iter()
             .any(|p| p["name"] == "X-Broker-Org" && p["in"] == "header")
     );
+}
+
+#[tokio::test]
+async fn trace_and_connect_are_405_at_every_depth_and_never_reach_the_upstream() {
+    let (env, up) = start().await;
+    for method in ["TRACE", "CONNECT"] {
+        for target in [
+            "/proxy/r",
+            "/proxy/r/",
+            "/proxy/r/x",
+            "/proxy/r/x/",
+            "/proxy/r/a/b/c",
+        ] {
+            let request =
+                format!("{method} {target} HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n");
+            let (status, answer) = raw(env.app.addr, &request).await;
+            assert_eq!(status, 405, "{method} {target}: {answer}");
+            assert!(answer.contains("application/problem+json"), "{answer}");
+        }
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    // The methods the proxy takes reach the upstream at every depth.
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for target in ["/proxy/r", "/proxy/r/x", "/proxy/r/a/b/"] {
+            let response = env
+                .http
+                .request(method.clone(), env.url(target))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201, "{method} {target}");
+        }
+    }
+    assert_eq!(up.seen().len(), 21);
 }
