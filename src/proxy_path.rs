@@ -244,20 +244,41 @@ mod tests {
 
     #[test]
     fn invalid_or_overlong_utf8_is_refused() {
-        for rest in ["%c0%ae%c0%ae/x", "%C0%AE/x", "a%ffb", "%e0%80%ae", "%2525c0%2525ae/x"] {
+        for rest in [
+            "%c0%ae%c0%ae/x",
+            "%C0%AE/x",
+            "a%ffb",
+            "%e0%80%ae",
+            "%2525c0%2525ae/x",
+        ] {
             assert_eq!(refused(rest), PathError::NotUtf8, "{rest}");
         }
-        assert_eq!(ok("%C3%A6%C3%B8"), "https://platform.example/storage/api/v1/%C3%A6%C3%B8");
+        assert_eq!(
+            ok("%C3%A6%C3%B8"),
+            "https://platform.example/storage/api/v1/%C3%A6%C3%B8"
+        );
     }
 
     #[test]
     fn decoding_stops_at_a_fixed_point_and_is_bounded() {
         // A literal percent sign (`%25`) stays one after the first round.
-        assert_eq!(ok("100%25"), "https://platform.example/storage/api/v1/100%25");
-        assert_eq!(ok("a%25zz"), "https://platform.example/storage/api/v1/a%25zz");
+        assert_eq!(
+            ok("100%25"),
+            "https://platform.example/storage/api/v1/100%25"
+        );
+        assert_eq!(
+            ok("a%25zz"),
+            "https://platform.example/storage/api/v1/a%25zz"
+        );
         // Parameters on an ordinary segment, dots inside a name, spaces inside a name.
-        assert_eq!(ok("a;v=1/b"), "https://platform.example/storage/api/v1/a;v=1/b");
-        assert_eq!(ok("..a/b..c"), "https://platform.example/storage/api/v1/..a/b..c");
+        assert_eq!(
+            ok("a;v=1/b"),
+            "https://platform.example/storage/api/v1/a;v=1/b"
+        );
+        assert_eq!(
+            ok("..a/b..c"),
+            "https://platform.example/storage/api/v1/..a/b..c"
+        );
         assert_eq!(ok("%20/x"), "https://platform.example/storage/api/v1/%20/x");
         assert_eq!(refused(";x/b"), PathError::EmptySegment);
         // `A` percent-encoded n times is `%` + `25` n-1 times + `41`.

@@ -9,6 +9,9 @@
 //!   streamed both ways; the request body is bounded by the route's `max_body`.
 //! - **401 from the upstream:** the token is replaced, and the request sent once more when its
 //!   body can be replayed (no body, or up to [`REPLAY_LIMIT`], which is then buffered).
+//! - **The token never comes back:** a response header whose value contains a token the broker
+//!   sent (an upstream echoing request headers, a redirect with the token in `Location`) is
+//!   replaced by `[redacted]` and counted. Response bodies pass untouched.
 //!
 //! This module never logs a token or a request header.
 
@@ -217,6 +220,7 @@ async fn forward_to(
         headers: &headers,
     };
     let mut answer = exchange.send(&mut body, &token).await?;
+    let mut sent = vec![token.clone()];
     if answer.status() == StatusCode::UNAUTHORIZED {
         // The token is replaced either way, so the next request has a fresh one.
         let fresh = state
@@ -226,9 +230,10 @@ async fn forward_to(
         if fresh.value != token.value && body.replayable() {
             tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
             answer = exchange.send(&mut body, &fresh).await?;
+            sent.push(fresh);
         }
     }
-    Ok(into_response(answer))
+    Ok(into_response(answer, &route.name, &sent))
 }
 
 /// The organisation of a request: the route's fixed one, or the `X-Broker-Org` header.
@@ -446,16 +451,35 @@ impl Exchange<'_> {
     }
 }
 
-/// The upstream's answer as the caller's: status, headers minus hop-by-hop ones, body streamed.
-fn into_response(answer: reqwest::Response) -> Response {
+/// The upstream's answer as the caller's: status, headers minus hop-by-hop ones and with no
+/// token the broker `sent`, body streamed.
+fn into_response(answer: reqwest::Response, route: &str, sent: &[Arc<Token>]) -> Response {
     let status = answer.status();
     let mut headers = answer.headers().clone();
     strip_hop_by_hop(&mut headers);
+    redact_tokens(&mut headers, route, sent);
     let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
 }
+
+/// Replace each header value that contains one of the tokens `sent` by `[redacted]`, counting
+/// and logging each (the header's name only): the app behind the proxy must never hold a token.
+fn redact_tokens(headers: &mut HeaderMap, route: &str, sent: &[Arc<Token>]) {
+    for (name, value) in headers.iter_mut() {
+        // Tokens are ASCII, so the lossy text holds one wherever the bytes do.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if sent.iter().any(|t| text.contains(t.value.expose())) {
+            *value = header::HeaderValue::from_static(REDACTED);
+            crate::meters::proxy_redacted_header(route);
+            tracing::warn!(route, header = %name, "the upstream's answer carried the broker's token in a header; replaced by [redacted]");
+        }
+    }
+}
+
+/// What a response header carrying the broker's token says instead.
+const REDACTED: &str = "[redacted]";
 
 fn bad_request(detail: impl Into<String>) -> Problem {
     Problem::new(

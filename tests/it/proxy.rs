@@ -130,6 +130,21 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, request: Requ
             [(header::LOCATION, "http://127.0.0.1:9/elsewhere")],
         )
             .into_response(),
+        // A careless upstream: echoes the Authorization header, in headers and in the body, and
+        // redirects with the token in the query.
+        "/api/echo" => (
+            StatusCode::FOUND,
+            [
+                ("x-echo-authorization", format!("Bearer {bearer}")),
+                (
+                    "location",
+                    format!("https://elsewhere.example/cb?access_token={bearer}"),
+                ),
+                ("x-innocent", "kept".to_owned()),
+            ],
+            format!("you sent {bearer}"),
+        )
+            .into_response(),
         "/api/stream-down" => {
             let state = state.clone();
             let chunks = futures::stream::once(async { Ok::<_, std::io::Error>("first;") }).chain(
@@ -724,4 +739,45 @@ async fn trace_and_connect_are_405_at_every_depth_and_never_reach_the_upstream()
         }
     }
     assert_eq!(up.seen().len(), 21);
+}
+
+#[tokio::test]
+async fn a_response_header_carrying_the_token_is_redacted_and_counted_and_bodies_pass_untouched() {
+    let up = FakeUpstream::start().await;
+    let base = up.base();
+    let extra = format!(
+        "{}  leaky:\n    upstream: {base}\n    profile: admin\n",
+        routes(&up)
+    );
+    let env = TestEnv::start(&extra).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let response = http.get(env.url("/proxy/leaky/echo")).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+        let headers = response.headers().clone();
+        assert_eq!(headers["x-echo-authorization"], "[redacted]");
+        assert_eq!(headers["location"], "[redacted]");
+        assert_eq!(headers["x-innocent"], "kept");
+        let token = up.seen().last().unwrap().bearer().to_owned();
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            body,
+            format!("you sent {token}"),
+            "the body is passed untouched"
+        );
+        for (name, value) in &headers {
+            assert!(
+                !value.to_str().unwrap_or("").contains(&token),
+                "{name} carries the token"
+            );
+        }
+    }
+    let text = env.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("broker_proxy_redacted_headers_total{route=\"leaky\"} 4\n"),
+        "{text}"
+    );
 }
