@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -131,12 +131,12 @@ impl Proxy {
     tag = "proxy",
     params(
         ("name" = String, Path, description = "A route configured under proxy: in broker.yaml"),
-        ("rest" = String, Path, description = "The path below the route's upstream base URL, with the query string passed through; no '.' or '..' segments, encoded slashes, backslashes or '//'"),
+        ("rest" = String, Path, description = "The path below the route's upstream base URL, with the query string passed through; no segment of only dots and whitespace ('.', '..', '..;', '...', encoded or not), encoded slashes, backslashes, '//' or non-UTF-8"),
         ("X-Broker-Org" = Option<String>, Header, description = "Organisation number (9 digits) of the system user, for routes without a fixed org; validated like ?org= of /token/{profile}, never forwarded"),
     ),
     responses(
         (status = 200, description = "Whatever the upstream answered: its status (redirects included, never followed), headers minus hop-by-hop ones, and body, streamed"),
-        (status = 400, description = "Path leaves the route's base (dot segments, encoded slashes, backslashes, '//', absolute-form target), bad X-Broker-Org, or an org the profile does not take", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Path leaves the route's base (segments of only dots and whitespace after decoding and cutting ;parameters, encoded slashes, backslashes, '//', non-UTF-8, absolute-form target), bad X-Broker-Org, an org the profile does not take, or the caller hung up before its request body ended", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured); or the upstream's own 401, passed back", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client may not use this route's profile, org or Maskinporten client", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such proxy route (the detail lists them)", body = Problem, content_type = "application/problem+json"),
@@ -167,15 +167,19 @@ pub async fn forward(
         Ok(response) => (response, None),
         Err(e) => {
             let problem = e.problem();
+            let aborted = problem.kind.ends_with(BODY_ABORTED);
             let detail = problem.detail.clone();
-            (problem.into_response(), Some(detail))
+            (problem.into_response(), Some((detail, aborted)))
         }
     };
     let status = response.status().as_u16();
     crate::meters::proxy_request(label, status);
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match failure {
-        Some(error) => {
+        Some((error, true)) => {
+            tracing::info!(route = label, %method, status, elapsed_ms, %error, "the caller aborted its request body")
+        }
+        Some((error, false)) => {
             tracing::warn!(route = label, %method, status, elapsed_ms, %error, "proxy request failed")
         }
         None => tracing::debug!(route = label, %method, status, elapsed_ms, "proxied"),
@@ -294,8 +298,8 @@ enum RequestBody {
     Streamed {
         body: Option<reqwest::Body>,
         length: Option<u64>,
-        /// Set when the caller sent more than `max_body`.
-        over_limit: Arc<AtomicBool>,
+        /// Set when the caller's body ended the exchange (too large, or the caller hung up).
+        fault: Arc<OnceLock<BodyFault>>,
         max_body: u64,
     },
 }
@@ -332,17 +336,20 @@ impl RequestBody {
                         ),
                     )
                 })?
-                .map_err(|e| bad_request(format!("the request body could not be read: {e}")))?;
+                .map_err(|_| body_aborted())?;
             return Ok(RequestBody::Buffered(bytes));
         }
-        let over_limit = Arc::new(AtomicBool::new(false));
-        let flag = over_limit.clone();
+        let fault = Arc::new(OnceLock::new());
+        let seen_fault = fault.clone();
         let mut seen: u64 = 0;
         let stream = body.into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(std::io::Error::other)?;
+            let chunk = chunk.map_err(|e| {
+                let _ = seen_fault.set(BodyFault::CallerGone);
+                std::io::Error::other(e)
+            })?;
             seen = seen.saturating_add(chunk.len() as u64);
             if seen > max_body {
-                flag.store(true, Ordering::SeqCst);
+                let _ = seen_fault.set(BodyFault::OverLimit);
                 return Err(std::io::Error::other("request body over max_body"));
             }
             Ok(chunk)
@@ -350,7 +357,7 @@ impl RequestBody {
         Ok(RequestBody::Streamed {
             body: Some(reqwest::Body::wrap_stream(stream)),
             length: declared,
-            over_limit,
+            fault,
             max_body,
         })
     }
@@ -359,16 +366,28 @@ impl RequestBody {
         matches!(self, RequestBody::Buffered(_))
     }
 
-    fn over_limit(&self) -> Option<u64> {
-        match self {
-            RequestBody::Streamed {
-                over_limit,
-                max_body,
-                ..
-            } if over_limit.load(Ordering::SeqCst) => Some(*max_body),
-            _ => None,
+    /// The caller's problem when the streamed body is what ended the exchange.
+    fn fault(&self) -> Option<Problem> {
+        let RequestBody::Streamed {
+            fault, max_body, ..
+        } = self
+        else {
+            return None;
+        };
+        match fault.get()? {
+            BodyFault::OverLimit => Some(too_large(*max_body)),
+            BodyFault::CallerGone => Some(body_aborted()),
         }
     }
+}
+
+/// Why a streamed request body ended early: the caller's doing, not the upstream's.
+#[derive(Debug, Clone, Copy)]
+enum BodyFault {
+    /// More than `max_body` bytes.
+    OverLimit,
+    /// The caller's connection ended (or broke) before the body did.
+    CallerGone,
 }
 
 /// One request to the upstream, sendable once more with another token.
@@ -412,10 +431,9 @@ impl Exchange<'_> {
         let result = request.send().await;
         crate::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|e| {
-            if let Some(max) = body.over_limit() {
-                return too_large(max).into();
-            }
-            self.transport_problem(&e).into()
+            body.fault()
+                .unwrap_or_else(|| self.transport_problem(&e))
+                .into()
         })
     }
 
@@ -487,6 +505,21 @@ fn bad_request(detail: impl Into<String>) -> Problem {
         "bad-request",
         "Bad request",
         detail,
+    )
+}
+
+/// The slug of [`body_aborted`], by which `forward` tells the caller's abort from a failure.
+const BODY_ABORTED: &str = "request-body-aborted";
+
+/// The caller hung up (or its connection broke) before its request body ended. Counted as a 4xx:
+/// the upstream did nothing wrong. Nobody is left to read the answer; it is for the log and
+/// the metrics.
+fn body_aborted() -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        BODY_ABORTED,
+        "Request body aborted",
+        "the request body ended before it was complete: the caller closed the connection",
     )
 }
 

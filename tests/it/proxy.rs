@@ -185,6 +185,19 @@ async fn start() -> (TestEnv, FakeUpstream) {
     (env, up)
 }
 
+/// As [`start`], with one more route to the upstream (admin profile) named `name`, for metrics
+/// no other test touches.
+async fn start_with_route(name: &str) -> (TestEnv, FakeUpstream) {
+    let up = FakeUpstream::start().await;
+    let extra = format!(
+        "{}  {name}:\n    upstream: {}\n    profile: admin\n",
+        routes(&up),
+        up.base()
+    );
+    let env = TestEnv::start(&extra).await;
+    (env, up)
+}
+
 fn assert_problem(response_status: u16, content_type: Option<&str>, status: u16) {
     assert_eq!(response_status, status);
     assert_eq!(content_type, Some("application/problem+json"));
@@ -743,13 +756,7 @@ async fn trace_and_connect_are_405_at_every_depth_and_never_reach_the_upstream()
 
 #[tokio::test]
 async fn a_response_header_carrying_the_token_is_redacted_and_counted_and_bodies_pass_untouched() {
-    let up = FakeUpstream::start().await;
-    let base = up.base();
-    let extra = format!(
-        "{}  leaky:\n    upstream: {base}\n    profile: admin\n",
-        routes(&up)
-    );
-    let env = TestEnv::start(&extra).await;
+    let (env, up) = start_with_route("leaky").await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -780,4 +787,48 @@ async fn a_response_header_carrying_the_token_is_redacted_and_counted_and_bodies
         text.contains("broker_proxy_redacted_headers_total{route=\"leaky\"} 4\n"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_caller_hanging_up_during_a_chunked_upload_is_the_callers_abort() {
+    let logs = LogCapture::start(tracing::Level::INFO);
+    let (env, up) = start_with_route("upload").await;
+    let mut stream = tokio::net::TcpStream::connect(env.app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /proxy/upload/stream-up HTTP/1.1\r\nHost: broker\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), up.state.first_chunk.notified())
+        .await
+        .expect("the upstream sees the first chunk");
+    drop(stream);
+    let mut counted = Vec::new();
+    for _ in 0..100 {
+        let text = env.get("/metrics").await.text().await.unwrap();
+        counted = text
+            .lines()
+            .filter(|l| l.starts_with("broker_proxy_requests_total{route=\"upload\""))
+            .map(str::to_owned)
+            .collect();
+        if !counted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        counted,
+        ["broker_proxy_requests_total{route=\"upload\",class=\"4xx\"} 1"],
+        "the caller's abort, not the upstream's failure"
+    );
+    let logs = logs.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("route=\"upload\""))
+        .unwrap_or_else(|| panic!("no log line for the route:\n{logs}"));
+    assert!(
+        line.contains("the caller aborted its request body"),
+        "{line}"
+    );
+    assert!(line.contains("INFO"), "{line}");
+    assert!(!logs.contains("could not be reached"), "{logs}");
 }

@@ -857,3 +857,53 @@ pub async fn cached_tokens(env: &TestEnv) -> usize {
         .filter(|l| l.starts_with("broker_token_seconds_until_expiry{"))
         .count()
 }
+
+/// The log lines written on this thread (the test's current-thread runtime, where the broker's
+/// tasks run too) while it lives, at `level` and above.
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<u8>>>,
+    _second: tracing::Dispatch,
+    _default: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    pub fn start(level: tracing::Level) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let writer = CaptureWriter(lines.clone());
+        // A second live dispatcher: with only one, tracing decides a callsite's interest from
+        // the default of whichever thread hits it first, so a callsite first hit by another
+        // test's thread would be cached as "never" and its events lost here.
+        let second = tracing::Dispatch::new(tracing_subscriber::registry());
+        // Scoped to this thread: the other tests share the process.
+        let default = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        LogCapture {
+            lines,
+            _second: second,
+            _default: default,
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
+    }
+}
