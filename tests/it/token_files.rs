@@ -176,12 +176,18 @@ async fn a_write_failure_shows_in_readyz_and_heals_without_a_restart() {
     assert!(healed["token_files"][0]["last_error"].is_null(), "{healed}");
 }
 
-#[tokio::test]
-async fn a_deleted_overwritten_or_loosened_file_is_restored_within_the_check_interval() {
+/// A broker with one token file of the admin profile, after its first write.
+async fn one_admin_file() -> (tempfile::TempDir, PathBuf, TestEnv) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("admin");
     let env = TestEnv::start(&files_yaml(&[("admin", &path, "")])).await;
     eventually("the first write", || read(&path).is_some()).await;
+    (dir, path, env)
+}
+
+#[tokio::test]
+async fn a_deleted_overwritten_or_loosened_file_is_restored_within_the_check_interval() {
+    let (_dir, path, env) = one_admin_file().await;
     let token = read(&path).unwrap();
     // The check runs every second; each damage is repaired within 2 s (one interval, plus the
     // time a check takes on a busy machine).
@@ -210,10 +216,7 @@ async fn a_deleted_overwritten_or_loosened_file_is_restored_within_the_check_int
 
 #[tokio::test]
 async fn no_file_is_written_after_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("admin");
-    let env = TestEnv::start(&files_yaml(&[("admin", &path, "")])).await;
-    eventually("the first write", || read(&path).is_some()).await;
+    let (_dir, path, env) = one_admin_file().await;
     // While the broker runs, a deleted file comes back within the check interval ...
     std::fs::remove_file(&path).unwrap();
     eventually("the file restored", || read(&path).is_some()).await;
