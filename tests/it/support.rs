@@ -522,6 +522,8 @@ struct AltinnState {
     exp: AtomicU64,
     quoted: AtomicBool,
     down: AtomicBool,
+    /// Answer 401 to every exchange, as Altinn does for a token it does not accept.
+    refusing: AtomicBool,
     exchanged: Mutex<Vec<Value>>,
 }
 
@@ -573,12 +575,19 @@ impl FakeAltinn {
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }
+    /// Refuse every exchange with 401 (Altinn's answer to a token it does not accept).
+    pub fn set_refusing(&self, refusing: bool) {
+        self.state.refusing.store(refusing, Ordering::SeqCst);
+    }
 }
 
 async fn altinn_exchange(State(state): State<Arc<AltinnState>>, headers: HeaderMap) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
     if state.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if state.refusing.load(Ordering::SeqCst) {
+        return StatusCode::UNAUTHORIZED.into_response();
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
