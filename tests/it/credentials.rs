@@ -859,3 +859,21 @@ async fn a_certificate_near_expiry_warns_at_start_and_at_each_reload() {
     assert!(log.contains("reloaded"), "{log}");
     assert!(!log.contains(PASSWORD));
 }
+
+#[tokio::test]
+async fn rs384_and_rs512_grants_are_signed_and_verified_with_their_algorithm() {
+    for alg in ["RS384", "RS512"] {
+        let path = std::path::PathBuf::from(fixture("client-key.pem"));
+        let env = start(
+            &credentials(Some(KID), &path, &format!("  algorithm: {alg}\n")),
+            "",
+        )
+        .await
+        .unwrap();
+        env.mp.expect_scope("altinn:authentication/systemregister.write altinn:authentication/systemuser.request.read altinn:authentication/systemuser.request.write");
+        env.get_json("/token/admin", 200).await;
+        let grant = env.mp.grants().pop().expect("the fake accepted the grant");
+        assert_eq!(format!("{:?}", grant.header.alg), alg);
+        assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+    }
+}

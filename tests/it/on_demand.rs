@@ -64,6 +64,8 @@ async fn an_allowed_scope_is_served_like_a_profile_and_checked_by_maskinporten()
 #[tokio::test]
 async fn two_spellings_of_one_request_share_one_upstream_call() {
     let env = TestEnv::start(ON_DEMAND).await;
+    // Maskinporten is asked for exactly the two scopes, whatever the spelling.
+    env.mp.expect_scope("altinn:a altinn:b");
     let a = env
         .get_json(
             &format!("/token?scope=altinn:b&scope=altinn:a&org={ORG}&exchange=altinn"),
@@ -94,6 +96,11 @@ async fn two_spellings_of_one_request_share_one_upstream_call() {
     env.get_json(&format!("/token?scope=altinn:a+altinn:b&org={ORG}"), 200)
         .await;
     assert_eq!(env.mp.calls(), 3);
+    assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+    // A request for other scopes than the fake expects is refused by it (it compares).
+    env.mp.expect_scope("altinn:c");
+    env.problem("/token?scope=altinn:d", 502).await;
+    assert_eq!(env.mp.violations().len(), 1);
 }
 
 #[tokio::test]

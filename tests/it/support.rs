@@ -105,6 +105,9 @@ struct MpState {
     keys: Mutex<HashMap<String, RsaPublicKey>>,
     /// More clients beside `CLIENT_ID`: client id → its keys by kid.
     other_clients: Mutex<HashMap<String, HashMap<String, RsaPublicKey>>>,
+    /// The scopes the test asked the broker for (as a set); a grant asking for others is a
+    /// violation and refused with `invalid_scope`.
+    expected_scope: Mutex<Option<HashSet<String>>>,
 }
 
 pub struct FakeMaskinporten {
@@ -195,6 +198,12 @@ impl FakeMaskinporten {
             .lock()
             .unwrap()
             .insert(client_id.to_owned(), keys);
+    }
+    /// From now on, every grant must ask for exactly these scopes (space separated, in any
+    /// order): what the test asked the broker for.
+    pub fn expect_scope(&self, scope: &str) {
+        *self.state.expected_scope.lock().unwrap() =
+            Some(scope.split_whitespace().map(str::to_owned).collect());
     }
     /// Add a key to the set on the client (an upload of {old, new}).
     pub fn add_key(&self, kid: &str, key: RsaPublicKey) {
@@ -294,8 +303,9 @@ fn unverified_iss(jwt: &str) -> String {
 /// Verify a grant like Maskinporten; returns the problems found.
 fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| format!("header: {e}"))?;
-    if header.alg != Algorithm::RS256 {
-        return Err(format!("alg {:?} is not RS256", header.alg));
+    // Maskinporten accepts RS256, RS384 and RS512 grants; each is verified with its own.
+    if ![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512].contains(&header.alg) {
+        return Err(format!("alg {:?} is not RS256, RS384 or RS512", header.alg));
     }
     // The client's keys, chosen by the (not yet verified) iss, as Maskinporten looks it up.
     let iss = unverified_iss(assertion);
@@ -334,7 +344,7 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     };
     let key =
         DecodingKey::from_rsa_raw_components(&public.n().to_bytes_be(), &public.e().to_bytes_be());
-    let mut validation = Validation::new(Algorithm::RS256);
+    let mut validation = Validation::new(header.alg);
     validation.set_audience(&[state.issuer.as_str()]);
     validation.set_required_spec_claims(&["iss", "sub", "aud", "exp", "iat", "jti", "scope"]);
     validation.leeway = 0;
@@ -367,6 +377,14 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     let scope = c["scope"].as_str().unwrap_or("");
     if scope.is_empty() || scope.contains("  ") {
         problems.push(format!("scope {scope:?} is malformed"));
+    }
+    if let Some(expected) = state.expected_scope.lock().unwrap().as_ref() {
+        let asked: HashSet<String> = scope.split(' ').map(str::to_owned).collect();
+        if &asked != expected {
+            problems.push(format!(
+                "scope {scope:?} is not what was asked for: {expected:?} (invalid_scope)"
+            ));
+        }
     }
     let jti = c["jti"].as_str().unwrap_or("").to_owned();
     if jti.len() < 16 || !state.jtis.lock().unwrap().insert(jti) {
