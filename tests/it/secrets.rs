@@ -26,7 +26,7 @@ async fn no_secret_appears_in_trace_logs() {
     }))
     .await;
     let env = TestEnv::start(&format!(
-        "default_org: '{ORG}'\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
+        "default_org: '{ORG}'\non_demand:\n  scopes: ['altinn:*']\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
         hash_api_key(API_KEY)
     ))
     .await;
@@ -53,6 +53,36 @@ async fn no_secret_appears_in_trace_logs() {
         served.push(body["access_token"].as_str().expect(&path).to_owned());
         served.push(get(path, "text/plain").await.unwrap().text().await.unwrap());
     }
+    // On-demand tokens: GET /token?scope= (JSON and bare) and texas's POST /api/v1/token.
+    for path in [
+        "/token?scope=altinn:on-demand.read".to_owned(),
+        format!("/token?scope=altinn:on-demand.write&org={ORG}&exchange=altinn"),
+    ] {
+        let body: Value = get(path.clone(), "application/json")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        served.push(body["access_token"].as_str().expect(&path).to_owned());
+    }
+    let texas: Value = env
+        .http
+        .post(env.url("/api/v1/token"))
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .json(&serde_json::json!({"identity_provider": "maskinporten", "target": "altinn:texas.read", "skip_cache": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    served.push(
+        texas["access_token"]
+            .as_str()
+            .expect("texas token")
+            .to_owned(),
+    );
     for path in [
         "/proxy/p/x",
         "/proxy/p/y?org=1",
