@@ -15,7 +15,6 @@
 //!
 //! This module never logs a token or a request header.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -28,17 +27,15 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use url::Url;
 
-use crate::config::HttpClientSettings;
-use crate::org::OrgNumber;
-use crate::proxy_path;
-use crate::proxy_route::ProxyRoute;
-use crate::token::Token;
-use crate::upstream::{ClientBuildError, http_client};
+use crate::policy::org::OrgNumber;
+use crate::proxy::path;
+use crate::proxy::table::{Proxy, Route};
+use crate::tokens::token::Token;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
-use super::token::token_for;
+use super::serving::token_for;
+use super::state::AppState;
 
 /// Largest request body buffered so it can be sent again after a 401.
 pub const REPLAY_LIMIT: u64 = 1024 * 1024;
@@ -71,59 +68,6 @@ const NOT_FORWARDED: &[&str] = &[
     "expect",
 ];
 
-/// The routes and the HTTP client they share.
-pub struct Proxy {
-    routes: HashMap<String, Route>,
-    client: reqwest::Client,
-}
-
-/// A route ready to serve: its base URL resolved.
-struct Route {
-    name: String,
-    base: Url,
-    profile: String,
-    org: Option<OrgNumber>,
-    timeout: Duration,
-    max_body: u64,
-}
-
-impl Proxy {
-    /// The routes with `local:` upstreams resolved against the simulator's base URL, and an HTTP
-    /// client of their own (rustls, `http_client` settings, redirects never followed).
-    pub fn new(
-        routes: &[ProxyRoute],
-        local_base: Option<&Url>,
-        settings: &HttpClientSettings,
-    ) -> Result<Proxy, ClientBuildError> {
-        let mut resolved = HashMap::new();
-        for r in routes {
-            let base = r.base_url(local_base);
-            resolved.insert(
-                r.name.clone(),
-                Route {
-                    name: r.name.clone(),
-                    base,
-                    profile: r.profile.clone(),
-                    org: r.org.clone(),
-                    timeout: r.timeout,
-                    max_body: r.max_body,
-                },
-            );
-        }
-        Ok(Proxy {
-            routes: resolved,
-            client: http_client(settings)?,
-        })
-    }
-
-    /// The configured route names, sorted.
-    fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.routes.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
-    }
-}
-
 /// Forward a request to a configured route's upstream with the route profile's token.
 #[utoipa::path(
     method(get, head, post, put, patch, delete, options),
@@ -144,7 +88,7 @@ impl Proxy {
         (status = 413, description = "Request body larger than the route's max_body", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The upstream could not be reached, or Maskinporten/Altinn refused the token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No token: Maskinporten or Altinn unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No token: Maskinporten or Altinn unavailable, or the signer (HSM, Vault) gave no signature; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "The upstream did not answer within the route's timeout", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -173,7 +117,7 @@ pub async fn forward(
         }
     };
     let status = response.status().as_u16();
-    crate::meters::proxy_request(label, status);
+    crate::telemetry::meters::proxy_request(label, status);
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match failure {
         Some((error, true)) => {
@@ -211,7 +155,7 @@ async fn forward_to(
     let org = request_org(&parts.headers, route)?;
     let (_, key) = state.broker().resolve(&route.profile, org)?;
     caller.authorize(&key)?;
-    let url = proxy_path::target(&route.base, rest, parts.uri.query())
+    let url = path::target(&route.base, rest, parts.uri.query())
         .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
     let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
     let headers = forwarded(&parts.headers);
@@ -429,7 +373,7 @@ impl Exchange<'_> {
         }
         let started = Instant::now();
         let result = request.send().await;
-        crate::meters::proxy_upstream(&self.route.name, started.elapsed());
+        crate::telemetry::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|e| {
             body.fault()
                 .unwrap_or_else(|| self.transport_problem(&e))
@@ -490,7 +434,7 @@ fn redact_tokens(headers: &mut HeaderMap, route: &str, sent: &[Arc<Token>]) {
         let text = String::from_utf8_lossy(value.as_bytes());
         if sent.iter().any(|t| text.contains(t.value.expose())) {
             *value = header::HeaderValue::from_static(REDACTED);
-            crate::meters::proxy_redacted_header(route);
+            crate::telemetry::meters::proxy_redacted_header(route);
             tracing::warn!(route, header = %name, "the upstream's answer carried the broker's token in a header; replaced by [redacted]");
         }
     }

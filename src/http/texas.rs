@@ -17,14 +17,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::Environment;
-use crate::on_demand::{ON_DEMAND, OnDemandError, OnDemandRequest};
-use crate::org::OrgNumber;
+use crate::policy::on_demand::{OnDemandError, OnDemandRequest};
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::ON_DEMAND;
 
-use super::AppState;
 use super::auth::Caller;
 use super::on_demand::parse_exchange;
 use super::problem::{ApiError, Problem};
-use super::token::token_for;
+use super::serving::token_for;
+use super::state::AppState;
 
 /// Largest request body accepted: a texas request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -33,22 +34,55 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TexasTokenRequest {
-    /// Only `maskinporten`.
+    /// Only `maskinporten` (any other is a 400 saying so).
+    #[schema(value_type = IdentityProvider)]
     pub identity_provider: String,
-    /// The scopes, separated by spaces.
+    /// The scopes, separated by spaces; no `*`.
+    #[schema(pattern = "^[^\\s*]{1,200}( [^\\s*]{1,200}){0,19}$")]
     pub target: String,
-    /// The grant's `resource` claim.
+    /// The grant's `resource` claim: an absolute https URI without a fragment (RFC 8707).
+    #[schema(nullable = false, pattern = "^https://[^\\s#]+$")]
     pub resource: Option<String>,
     /// The system-user form: `[{"type":"urn:altinn:systemuser","systemuser_org":{"authority":"iso6523-actorid-upis","ID":"0192:<orgnr>"}}]`
     /// (a JSON string in a form). Same cache entry as the equivalent `org`.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Vec<SystemUserDetail>, nullable = false)]
     pub authorization_details: Option<Value>,
     /// Fetch a new token even when one is cached (counts against the fetch budget).
+    #[schema(nullable = false)]
     pub skip_cache: Option<bool>,
     /// Extension: the system user's organisation number, instead of `authorization_details`.
+    #[schema(nullable = false, pattern = "^[0-9]{9}$")]
     pub org: Option<String>,
     /// Extension: `altinn` exchanges the Maskinporten token at Altinn.
+    #[schema(value_type = super::on_demand::ExchangeParam, nullable = false)]
     pub exchange: Option<String>,
+}
+
+/// One entry of `authorization_details`, for the OpenAPI document: the system-user form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SystemUserDetail {
+    #[schema(rename = "type", pattern = "^urn:altinn:systemuser$")]
+    kind: String,
+    systemuser_org: SystemUserOrg,
+}
+
+/// The organisation of a system user in `authorization_details`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SystemUserOrg {
+    #[schema(pattern = "^iso6523-actorid-upis$")]
+    authority: String,
+    #[schema(rename = "ID", pattern = "^0192:[0-9]{9}$")]
+    id: String,
+}
+
+/// The identity providers this endpoint serves, for the OpenAPI document (texas has more).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum IdentityProvider {
+    Maskinporten,
 }
 
 /// texas's successful answer.
@@ -80,6 +114,7 @@ pub struct TexasError {
         (status = 400, description = "invalid_request: bad body, unsupported identity provider, bad org or authorization_details; invalid_scope: a scope outside on_demand.scopes; or Maskinporten's own refusal with its status", body = TexasError),
         (status = 401, description = "invalid_client: API key missing or unknown (when clients are configured)", body = TexasError),
         (status = 403, description = "unauthorized_client: the client may not use this scope or org", body = TexasError),
+        (status = 413, description = "invalid_request: the body is over 16 KiB", body = TexasError),
         (status = 429, description = "temporarily_unavailable: no token is cached and the fetch budget is spent (cache.max_fetches_per_second, or the client's own); see Retry-After", body = TexasError),
         (status = 500, description = "server_error: Maskinporten or Altinn unavailable, unreachable, too slow or unusable; see Retry-After", body = TexasError),
     )
@@ -93,7 +128,7 @@ pub async fn token(
         Ok(answer) => answer,
         Err(error) => texas_error(error.problem()),
     };
-    crate::meters::token_request(ON_DEMAND, response.status().as_u16());
+    crate::telemetry::meters::token_request(ON_DEMAND, response.status().as_u16());
     response
 }
 
@@ -138,7 +173,7 @@ async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest
         .unwrap_or("");
     let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| bad_request(format!("the body must be at most {MAX_BODY_BYTES} bytes")))?;
+        .map_err(|_| ApiError::Problem(too_large()))?;
     if is_media_type(content_type, "application/json") {
         serde_json::from_slice(&bytes)
             .map_err(|e| bad_request(format!("the JSON body is not a token request: {e}")))
@@ -244,11 +279,37 @@ fn system_user(details: Value) -> Result<(Option<OrgNumber>, Option<String>), Ap
 }
 
 /// A problem in texas's error shape and statuses (see the module documentation).
+/// tower-http's refusal of a body over [`MAX_BODY_BYTES`] (its Content-Length said so), in
+/// texas's error shape like every other answer of this route; other answers pass unchanged.
+pub(super) async fn body_too_large(response: Response) -> Response {
+    let from_limit = response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|t| !t.as_bytes().starts_with(b"application/json"));
+    if from_limit {
+        texas_error(too_large())
+    } else {
+        response
+    }
+}
+
+/// The refusal of a body over [`MAX_BODY_BYTES`].
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        "Payload too large",
+        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+    )
+}
+
 fn texas_error(problem: Problem) -> Response {
     let upstream_status = problem.extra.get("upstream_status").and_then(Value::as_u64);
     let upstream_error = problem.extra.get("error").and_then(Value::as_str);
     let (status, error) = match (problem.status, upstream_status, upstream_error) {
         (400, ..) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        (413, ..) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
         (401, ..) => (StatusCode::UNAUTHORIZED, "invalid_client"),
         (403, ..) if problem.kind.ends_with(":scope-not-allowed") => {
             (StatusCode::BAD_REQUEST, "invalid_scope")

@@ -1,0 +1,101 @@
+//! The command line: `serve` (the default) and the tools around it. Every subcommand has `--help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::builder::TypedValueParser;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "maskinporten-broker",
+    version,
+    about = "Holds a Maskinporten key and serves ready-to-use tokens over local HTTP"
+)]
+pub struct Cli {
+    /// The configuration file (YAML); BROKER__* environment variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "broker.yaml",
+        env = "BROKER_CONFIG"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve tokens over HTTP (the default when no subcommand is given).
+    Serve,
+    /// Fetch one token with the configured key and print it (bare token, or --json).
+    Token {
+        /// The profile: altinn, admin, skd or one from the config.
+        profile: String,
+        /// Organisation number of the system user.
+        #[arg(long)]
+        org: Option<String>,
+        /// Print the same JSON as GET /token/{profile} instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the signed JWT grant for a profile without sending it (for debugging with Digdir).
+    Grant {
+        profile: String,
+        #[arg(long)]
+        org: Option<String>,
+    },
+    /// Write a new RSA private key (PEM, mode 0600) and its public JWK with a fresh kid.
+    Keygen {
+        /// Directory for maskinporten-key.pem and maskinporten-key.jwk.json.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Key size: 2048, 3072 or 4096 bits.
+        #[arg(long, default_value_t = 2048, value_parser = clap::builder::PossibleValuesParser::new(["2048", "3072", "4096"]).map(|s| s.parse::<usize>().unwrap_or(2048)))]
+        bits: usize,
+        /// Add the new key to this private JWKS file instead (created when absent; at most 5
+        /// keys), for key rotation. Print the set to upload with `jwks --file`.
+        #[arg(long, value_name = "JWKS_FILE")]
+        add_to: Option<PathBuf>,
+        /// Create the key inside the HSM the config's key.pkcs11 names (label or id from
+        /// there; refused if a key is there already) and print its public JWK.
+        #[arg(long, conflicts_with_all = ["add_to", "vault_transit"])]
+        pkcs11: bool,
+        /// Create the key in the Vault/OpenBao transit engine the config's key.vault_transit
+        /// names (refused if it exists) and print its public JWK.
+        #[arg(long, conflicts_with = "add_to")]
+        vault_transit: bool,
+    },
+    /// Print the public JWKS of every key in the key file: the set to upload to Digdir (at most 5).
+    Jwks {
+        /// A key file (PEM, JWK or JWKS); without it, the config's key source.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Validate the config and key and show what the broker would use; --online fetches tokens.
+    Check {
+        /// Also fetch one token per profile and report each result.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Run only the Maskinporten + Altinn simulator, for other applications' integration tests.
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: SocketAddr,
+        /// A client's public JWK (from `keygen`) to register; without it, the config's key is used.
+        #[arg(long)]
+        jwk: Option<PathBuf>,
+        /// The client id to register with --jwk.
+        #[arg(long, default_value = crate::config::LOCAL_CLIENT_ID)]
+        client_id: String,
+    },
+    /// Exit 0 if the broker's /healthz answers 200 (for container HEALTHCHECKs).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+    /// Read an API key from standard input and print the hash to put in `clients[].key_sha256`.
+    HashKey,
+}

@@ -1,0 +1,808 @@
+//! Start-up: from validated settings to a listening broker, and back down on shutdown.
+//!
+//! Order matters and every step fails before the broker listens: validate the settings, load the
+//! key, start the `local` simulator if asked, build the HTTP client, the broker, the cache and the
+//! router. [`App::spawn`] serves on a given listener (tests use `127.0.0.1:0`); [`run`] binds the
+//! configured address and waits for SIGTERM/SIGINT.
+
+pub mod cli;
+pub mod commands;
+mod serve;
+mod validate;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use crate::config::{ClientView, ConfigError, Environment, LOCAL_KID, Settings};
+use crate::http;
+use crate::http::limits::REQUEST_TIMEOUT;
+use crate::http::state::{AppState, Shared};
+use crate::key::secret::Secret;
+use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
+use crate::policy::profile::ClientName;
+use crate::proxy::table::Proxy;
+use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
+use crate::tokens::broker::{Broker, Generation};
+use crate::tokens::budget::FetchBudget;
+use crate::tokens::cache::{Policy, TokenCache};
+use crate::tokens::files::TokenFiles;
+use crate::upstream::client::{ClientBuildError, http_client};
+use crate::upstream::clock::Clock;
+use crate::upstream::discovery::{self, DiscoveryError, Metadata, Plan};
+use crate::upstream::fetch::Fetcher;
+use crate::upstream::retry::RetryPolicy;
+
+use validate::Validated;
+
+/// Why the broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{field}")]
+    Key {
+        field: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    #[error("endpoints.issuer")]
+    Discovery(#[from] DiscoveryError),
+    #[error("{field}")]
+    ClientDiscovery {
+        field: String,
+        #[source]
+        source: Box<DiscoveryError>,
+    },
+    #[error("cannot start the local simulator")]
+    Simulator(#[source] std::io::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The signing key the config names for the default client, checked (kid rules, certificate
+/// validity). Warns when the certificate expires within 30 days; called at start and on every
+/// reload.
+pub(crate) async fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
+    load_client_key(settings, &settings.default_client()).await
+}
+
+/// The keys of every Maskinporten client: the default's, and those of `maskinporten_clients` in
+/// the order of [`Settings::named_clients`].
+pub(crate) async fn load_keys(settings: &Settings) -> Result<ClientKeys, StartError> {
+    let mut named = Vec::new();
+    for client in settings.named_clients() {
+        named.push(load_client_key(settings, &client).await?);
+    }
+    Ok(ClientKeys {
+        default: load_key(settings).await?,
+        named,
+    })
+}
+
+/// Every Maskinporten client's signing key, loaded before anything is built.
+pub(crate) struct ClientKeys {
+    pub(crate) default: SigningKey,
+    pub(crate) named: Vec<SigningKey>,
+}
+
+impl ClientKeys {
+    /// Each key with the client it belongs to, the default first.
+    fn with_clients<'s>(
+        &self,
+        settings: &'s Settings,
+    ) -> impl Iterator<Item = (ClientView<'s>, &SigningKey)> {
+        std::iter::once((settings.default_client(), &self.default))
+            .chain(settings.named_clients().zip(&self.named))
+    }
+}
+
+/// One Maskinporten client's key; errors name the client's field (`maskinporten_clients.b.key.path`).
+/// A key in an HSM or Vault is reached, its public key read and a probe signature verified.
+async fn load_client_key(
+    settings: &Settings,
+    client: &ClientView<'_>,
+) -> Result<SigningKey, StartError> {
+    let (kid, alg) = (client.kid, client.key.algorithm);
+    let outside = crate::key::load_outside(
+        client.key.outside(),
+        kid,
+        settings.cache.max_concurrent_fetches,
+        settings.http_client.timeout,
+    )
+    .await
+    .map_err(|source| StartError::Key {
+        field: client.field(if client.key.pkcs11.is_some() {
+            "key.pkcs11"
+        } else {
+            "key.vault_transit"
+        }),
+        source,
+    })?;
+    if let Some(key) = outside {
+        tracing::info!(
+            client = client.name,
+            kid,
+            signer = key.location(),
+            "the signing key is outside the process; a probe signature verified"
+        );
+        return Ok(key);
+    }
+    let fallback = (client.env == Environment::Local).then_some(LOCAL_KID);
+    let Some((field, file)) = read_client_key_file(client)? else {
+        let kid = kid.unwrap_or(LOCAL_KID);
+        tracing::info!(
+            client = client.name,
+            kid,
+            "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
+        );
+        return SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
+            field: client.field("key"),
+            source,
+        });
+    };
+    let key = file
+        .select(kid, fallback, alg, SystemTime::now())
+        .map_err(|source| StartError::Key {
+            field: if source.is_about_kid() {
+                client.field("kid")
+            } else {
+                field
+            },
+            source,
+        })?;
+    warn_if_expiring(&key, SystemTime::now());
+    Ok(key)
+}
+
+/// Every key the configured source holds (all of a JWKS), with the config field it came from;
+/// `None` in `local` without a key. The default client's.
+pub(crate) fn read_key_file(settings: &Settings) -> Result<Option<(String, KeyFile)>, StartError> {
+    read_client_key_file(&settings.default_client())
+}
+
+fn read_client_key_file(client: &ClientView<'_>) -> Result<Option<(String, KeyFile)>, StartError> {
+    let key = client.key;
+    let at = |field: String| move |source| StartError::Key { field, source };
+    if let Some(pem) = &key.pem {
+        let field = client.field("key.pem");
+        let file = KeyFile::parse(pem.as_bytes(), None).map_err(at(field.clone()))?;
+        return Ok(Some((field, file)));
+    }
+    if let Some(jwk) = &key.jwk {
+        let field = client.field("key.jwk");
+        let file = KeyFile::inline_jwk(jwk).map_err(at(field.clone()))?;
+        return Ok(Some((field, file)));
+    }
+    match &key.path {
+        Some(path) if client.env != Environment::Local || path.exists() => {
+            warn_if_readable_by_others(path);
+            let password = password(client)?;
+            let field = client.field("key.path");
+            let file = KeyFile::read(path, password.as_ref()).map_err(at(field.clone()))?;
+            Ok(Some((field, file)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The PKCS#12 password from `key.password` (or `BROKER__KEY__PASSWORD`) or `key.password_file`.
+fn password(client: &ClientView<'_>) -> Result<Option<Secret>, StartError> {
+    if let Some(password) = &client.key.password {
+        return Ok(Some(Secret::new(password.as_str())));
+    }
+    let Some(path) = &client.key.password_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::Key {
+        field: client.field("key.password_file"),
+        source: KeyError::PasswordFile {
+            path: path.display().to_string(),
+            source,
+        },
+    })?;
+    Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
+}
+
+/// A certificate that expires within [`EXPIRY_WARNING`] gets a warning at start and each reload.
+fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
+    let Some(leaf) = key.chain().first() else {
+        return;
+    };
+    if let Ok(left) = leaf.not_after.duration_since(now)
+        && left < EXPIRY_WARNING
+    {
+        tracing::warn!(
+            kid = key.kid(),
+            subject = %leaf.subject,
+            not_after = %crate::tokens::token::rfc3339(leaf.not_after),
+            days_left = left.as_secs() / 86_400,
+            "the business certificate expires within 30 days: order a renewed one from the vendor and switch key.path"
+        );
+    }
+}
+
+/// A private key readable by group or others is one `cat` away from leaking.
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the key file is readable by group or others; chmod 600 it");
+        }
+    }
+}
+
+/// Everything built from one config, before serving.
+pub(crate) struct Built {
+    pub(crate) state: AppState,
+    pub(crate) simulator: Option<SimulatorHandle>,
+}
+
+/// Build the broker from settings (validates, loads the key, starts the `local` simulator).
+pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
+    let validated = settings.validate()?;
+    let keys = load_keys(&settings).await?;
+    let simulator = match settings.env {
+        Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),
+        _ => None,
+    };
+    let local_base = simulator.as_ref().map(SimulatorHandle::base_url);
+    let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
+    let http = http_client(&settings.http_client)?;
+    let discovered = discover(&settings, local_base, &http).await?;
+    let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
+    let files = validated.token_files.clone();
+    let fixed_orgs: Vec<_> = validated
+        .proxy
+        .iter()
+        .filter(|r| r.org.is_some())
+        .cloned()
+        .collect();
+    let generation = generation(&settings, validated, keys, local_base, discovered, http);
+    let token_files = token_files(&generation, &files, &fixed_orgs)?;
+    let clock = Arc::new(Clock::default());
+    let broker = Broker::new(generation, clock.clone(), RetryPolicy::default());
+    let budget = FetchBudget::new(
+        NonZeroU32::new(settings.cache.max_fetches_per_second).unwrap_or(NonZeroU32::MIN),
+        settings.cache.max_concurrent_fetches,
+    );
+    let tokens = TokenCache::new(broker, Policy::from(&settings.cache), budget, clock);
+    Ok(Built {
+        state: AppState::new(Shared {
+            tokens,
+            env: settings.env,
+            clients,
+            metrics: crate::telemetry::meters::install(),
+            openapi: serde_json::to_vec(&http::document())
+                .unwrap_or_default()
+                .into(),
+            proxy,
+            token_files,
+        }),
+        simulator,
+    })
+}
+
+/// What discovery read for each Maskinporten client (the default first): the plan, and what it
+/// read (`None` after a tolerated failure); `None` for a client that does not discover.
+pub(crate) type Discovered = Vec<Option<(Plan, Option<Metadata>)>>;
+
+/// The issuer metadata of every Maskinporten client that discovers its token endpoint. A
+/// required read that fails refuses the settings.
+pub(crate) async fn discover(
+    settings: &Settings,
+    local_base: Option<&Url>,
+    http: &reqwest::Client,
+) -> Result<Discovered, StartError> {
+    let mut discovered = Vec::new();
+    for client in settings.maskinporten_clients() {
+        let issuer = client.endpoints(local_base).issuer;
+        let Some(plan) = Plan::of_client(&client, &issuer) else {
+            discovered.push(None);
+            continue;
+        };
+        let metadata = match plan.resolve(http, settings.http_client.timeout).await {
+            Ok(metadata) => metadata,
+            Err(source) if client.field.is_empty() => return Err(source.into()),
+            Err(source) => {
+                return Err(StartError::ClientDiscovery {
+                    field: client.field("endpoints.issuer"),
+                    source: Box::new(source),
+                });
+            }
+        };
+        discovered.push(Some((plan, metadata)));
+    }
+    Ok(discovered)
+}
+
+/// Token files and proxy routes with a fixed org must name a token the broker can make, by the
+/// same rules as a request (`Generation::resolve`); checked before the broker listens.
+fn token_files(
+    generation: &Generation,
+    files: &[crate::tokens::files::TokenFile],
+    fixed_orgs: &[crate::proxy::route::ProxyRoute],
+) -> Result<TokenFiles, StartError> {
+    let mut problems: Vec<String> = fixed_orgs
+        .iter()
+        .filter_map(|r| {
+            generation
+                .resolve(&r.profile, r.org.clone())
+                .err()
+                .map(|e| format!("proxy.{}.org: {e}", r.name))
+        })
+        .collect();
+    match TokenFiles::new(files, generation) {
+        Ok(files) if problems.is_empty() => Ok(files),
+        Ok(_) => Err(ConfigError::Invalid(problems).into()),
+        Err(mut more) => {
+            problems.append(&mut more);
+            Err(ConfigError::Invalid(problems).into())
+        }
+    }
+}
+
+/// The reloadable part of the broker, from validated settings, every client's key and what
+/// discovery read (in the order of [`Settings::maskinporten_clients`]; missing entries did not
+/// discover).
+pub(crate) fn generation(
+    settings: &Settings,
+    validated: Validated,
+    keys: ClientKeys,
+    local_base: Option<&Url>,
+    discovered: Discovered,
+    http: reqwest::Client,
+) -> Generation {
+    let mut discovered = discovered.into_iter();
+    let mut fetcher = |client: &ClientView<'_>, key: &SigningKey| {
+        let mut endpoints = client.endpoints(local_base);
+        let (plan, metadata) = discovered.next().flatten().unzip();
+        if let Some(metadata) = metadata.flatten() {
+            endpoints.token_url = metadata.token_endpoint;
+        }
+        let fetcher = Fetcher::new(
+            client.client_id.to_owned(),
+            key.clone(),
+            endpoints,
+            settings.grant.lifetime,
+            http.clone(),
+            settings.http_client.timeout,
+        );
+        (fetcher, plan)
+    };
+    let (default, discovery) = fetcher(&settings.default_client(), &keys.default);
+    let clients = (settings.named_clients().zip(&keys.named))
+        .map(|(client, key)| (ClientName::new(client.name), fetcher(&client, key).0))
+        .collect();
+    Generation {
+        fetcher: default,
+        clients,
+        profiles: validated.profiles,
+        default_org: validated.default_org,
+        on_demand: validated.on_demand,
+        discovery,
+    }
+}
+
+/// The broker's Maskinporten clients as the `local` simulator should know them: each id, the
+/// public half of its key, and every scope the profiles and `on_demand.scopes` may ask for.
+pub(crate) fn simulator_clients(
+    settings: &Settings,
+    keys: &ClientKeys,
+    validated: &Validated,
+) -> Vec<RegisteredClient> {
+    keys.with_clients(settings)
+        .map(|(client, key)| simulator_client(client.client_id, key, validated))
+        .collect()
+}
+
+/// One Maskinporten client as the `local` simulator should know it.
+pub(crate) fn simulator_client(
+    client_id: &str,
+    key: &SigningKey,
+    validated: &Validated,
+) -> RegisteredClient {
+    RegisteredClient {
+        client_id: client_id.to_owned(),
+        keys: vec![(key.kid().unwrap_or(LOCAL_KID).to_owned(), key.public_key())],
+        scopes: validated.scopes(),
+    }
+}
+
+async fn start_simulator(
+    settings: &Settings,
+    keys: &ClientKeys,
+    validated: &Validated,
+) -> Result<SimulatorHandle, StartError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(StartError::Simulator)?;
+    let handle = simulator::start(
+        SimulatorConfig {
+            signing_key: None,
+            token_lifetime: settings.local.token_lifetime,
+            clients: simulator_clients(settings, keys, validated),
+        },
+        listener,
+    )
+    .await
+    .map_err(StartError::Simulator)?;
+    tracing::info!(url = %handle.base_url(), "local simulator of Maskinporten and Altinn is running");
+    Ok(handle)
+}
+
+/// A broker serving on a listener; stop it with [`App::shutdown`].
+pub struct App {
+    pub addr: SocketAddr,
+    pub(crate) state: AppState,
+    simulator: Option<SimulatorHandle>,
+    /// The settings the broker started with: those a reload cannot change stay in force.
+    started: Settings,
+    stop: CancellationToken,
+    server: JoinHandle<()>,
+    /// Re-reads the issuer metadata daily; aborted on shutdown.
+    rediscovery: JoinHandle<()>,
+}
+
+impl App {
+    /// Build from settings and serve on `listener` until [`App::shutdown`].
+    pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
+        let started = settings.clone();
+        let built = build(settings).await?;
+        let (current, changed) = (built.state.clone(), built.state.clone());
+        // With the current generation's own HTTP client: no client of its own, and a reloaded
+        // `http_client` applies here too.
+        let rediscovery = tokio::spawn(discovery::keep_fresh(
+            move || {
+                let g = current.broker().generation();
+                let plan = g.discovery.clone()?;
+                let fetcher = &g.fetcher;
+                let token_url = fetcher.endpoints.token_url.clone();
+                Some((plan, token_url, fetcher.http().clone(), fetcher.timeout))
+            },
+            move |plan, url| changed.broker().set_token_url(plan, url),
+            (discovery::REREAD_INTERVAL, discovery::RETRY_INTERVAL),
+        ));
+        let addr = listener.local_addr().map_err(StartError::Simulator)?;
+        let service = http::service(built.state.clone(), REQUEST_TIMEOUT);
+        let stop = CancellationToken::new();
+        let server_settings = started.server.clone();
+        raise_and_log_connection_limits(&server_settings);
+        built.state.token_files.spawn(&built.state.tokens, &stop);
+        let signal = stop.clone();
+        let server = tokio::spawn(async move {
+            serve::serve(listener, service, &server_settings, signal).await;
+        });
+        Ok(App {
+            addr,
+            state: built.state,
+            simulator: built.simulator,
+            started,
+            stop,
+            server,
+            rediscovery,
+        })
+    }
+
+    /// The `local` simulator's base URL, if this broker runs one.
+    pub(crate) fn simulator_url(&self) -> Option<&Url> {
+        self.simulator.as_ref().map(SimulatorHandle::base_url)
+    }
+
+    /// Replace key, kid, client id, endpoints (discovered again), `http_client`, profiles,
+    /// `on_demand`, default org and clients with those of `settings`. Everything is built before
+    /// anything is applied: a config that does not validate, a key that does not load, a discovery
+    /// that must succeed and fails, or an HTTP client that cannot be built changes nothing. Tokens
+    /// already cached stay until they expire; they are valid whatever key signed the grant.
+    /// Sections read only at start-up ([`needing_restart`]) are logged, not applied.
+    pub async fn reload(&self, settings: &Settings) -> Result<(), StartError> {
+        let validated = settings.validate()?;
+        let keys = load_keys(settings).await?;
+        let http = http_client(&settings.http_client)?;
+        let discovered = discover(settings, self.simulator_url(), &http).await?;
+        let registrations = simulator_clients(settings, &keys, &validated);
+        let kid = keys.default.kid().map(str::to_owned);
+        let clients = Arc::new(validated.clients.clone());
+        let generation = generation(
+            settings,
+            validated,
+            keys,
+            self.simulator_url(),
+            discovered,
+            http,
+        );
+        // Built completely: apply.
+        if let Some(sim) = &self.simulator {
+            registrations
+                .into_iter()
+                .for_each(|r| sim.register_client(r));
+        }
+        self.state.clients.store(clients);
+        self.state.broker().replace(generation);
+        tracing::info!(
+            kid = kid.as_deref(),
+            maskinporten_clients = settings.maskinporten_clients.len() + 1,
+            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, grant, http_client, profiles, on_demand, default_org, clients)"
+        );
+        let unchanged = needing_restart(&self.started, settings);
+        if !unchanged.is_empty() {
+            tracing::warn!(
+                sections = unchanged.join(", "),
+                "changed in the configuration, but needs a restart to take effect; the values the broker started with stay in force"
+            );
+        }
+        Ok(())
+    }
+
+    /// Stop accepting, let requests in flight finish, stop background work.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.rediscovery.abort();
+        let _ = self.server.await;
+        self.state.tokens.shutdown();
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// The sections of `new` that differ from the running settings but are read only at start-up:
+/// the listener, connection limits, cache policy, logging, the environment and its simulator.
+pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> {
+    // Compared by their Debug form: these sections hold no secrets and need no PartialEq.
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    [
+        ("env", differs(&running.env, &new.env)),
+        ("listen", differs(&running.listen, &new.listen)),
+        ("server", differs(&running.server, &new.server)),
+        ("cache", differs(&running.cache, &new.cache)),
+        ("local", differs(&running.local, &new.local)),
+        ("log", differs(&running.log, &new.log)),
+        ("proxy", differs(&running.proxy, &new.proxy)),
+        (
+            "token_files",
+            differs(&running.token_files, &new.token_files),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(section, changed)| changed.then_some(section))
+    .collect()
+}
+
+/// Raise the open-files limit where allowed and log the connection limits in force.
+fn raise_and_log_connection_limits(server: &crate::config::ServerSettings) {
+    let fd_limit = serve::raise_fd_limit();
+    let max = server.max_connections();
+    tracing::info!(
+        max_connections = max,
+        fd_soft_limit = fd_limit,
+        header_read_timeout = %humantime::format_duration(server.header_read_timeout),
+        keep_alive_timeout = %humantime::format_duration(server.keep_alive_timeout),
+        "connection limits"
+    );
+    if server.max_connections.is_some() && max > serve::derived_max_connections(fd_limit) {
+        tracing::warn!(
+            max_connections = max,
+            fd_soft_limit = fd_limit,
+            "server.max_connections leaves little room below the file descriptor limit (ulimit -n) for upstream connections and files"
+        );
+    }
+}
+
+/// Run the broker on the configured address until SIGTERM or SIGINT; reload on SIGHUP or when
+/// the config or key file changes.
+pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartError> {
+    let addr = settings.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let key_paths = key_paths(&settings);
+    // Before serving: a SIGHUP that arrives once callers can see the broker must reload it, not
+    // end it (the default action of SIGHUP), and a file changed meanwhile must count as changed.
+    let files = WatchedFiles::new(config_path, key_paths);
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    #[cfg(not(unix))]
+    let hangup = None::<()>;
+    let app = App::spawn(settings, listener).await?;
+    tracing::info!(addr = %app.addr, env = %app.state.env, "maskinporten-broker is listening");
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = reload_on_change(&app, config_path, files, hangup) => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    app.shutdown().await;
+    Ok(())
+}
+
+/// How often the config and key files are checked for changes (Kubernetes swaps mounted secrets
+/// by symlink, which file-change notifications miss; a cheap `stat` does not).
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The key files of every Maskinporten client (the default's first).
+fn key_paths(settings: &Settings) -> Vec<PathBuf> {
+    settings
+        .maskinporten_clients()
+        .iter()
+        .filter_map(|c| c.key.path.clone())
+        .collect()
+}
+
+/// The config file and the key files it names (one per Maskinporten client), and when each was
+/// last seen modified. After a reload the key files watched are those the new config names.
+struct WatchedFiles {
+    config: PathBuf,
+    keys: Vec<PathBuf>,
+    seen: Vec<Option<SystemTime>>,
+}
+
+impl WatchedFiles {
+    fn new(config: &Path, keys: Vec<PathBuf>) -> Self {
+        let mut files = WatchedFiles {
+            config: config.to_owned(),
+            keys,
+            seen: Vec::new(),
+        };
+        files.seen = files.stamps();
+        files
+    }
+
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        std::iter::once(&self.config)
+            .chain(&self.keys)
+            .map(stamp)
+            .collect()
+    }
+
+    /// Whether any file changed since the last look.
+    fn changed(&mut self) -> bool {
+        let now = self.stamps();
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+
+    /// Watch `keys` from now on (the key files of a config just applied).
+    fn follow_keys(&mut self, keys: Vec<PathBuf>) {
+        self.keys = keys;
+        self.seen = self.stamps();
+    }
+}
+
+/// Reload on SIGHUP or when the config or key file changes. Never returns.
+async fn reload_on_change(
+    app: &App,
+    config_path: &Path,
+    mut files: WatchedFiles,
+    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] _hangup: Option<()>,
+) {
+    let mut tick = tokio::time::interval(FILE_CHECK_INTERVAL);
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let reason = tokio::select! {
+            _ = hup => "SIGHUP",
+            _ = tick.tick() => {
+                if !files.changed() { continue; }
+                "file change"
+            }
+        };
+        let reloaded = match Settings::load(config_path) {
+            Ok(settings) => app.reload(&settings).await.map(|()| settings),
+            Err(e) => Err(e.into()),
+        };
+        match reloaded {
+            Ok(settings) => {
+                files.follow_keys(key_paths(&settings));
+                tracing::info!(reason, "reloaded")
+            }
+            Err(e) => {
+                tracing::error!(reason, error = %crate::telemetry::Chain(&e), "reload refused; the previous configuration keeps serving")
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path, secs: u64) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn the_watched_key_file_follows_key_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let [config, old, new] = ["broker.yaml", "old.pem", "new.pem"].map(|f| {
+            let path = dir.path().join(f);
+            std::fs::write(&path, f).unwrap();
+            touch(&path, 1_000);
+            path
+        });
+        let mut files = WatchedFiles::new(&config, vec![old.clone()]);
+        assert!(!files.changed());
+        touch(&old, 2_000);
+        assert!(files.changed(), "the key file named at start is watched");
+        assert!(!files.changed(), "a change is reported once");
+
+        files.follow_keys(vec![new.clone()]);
+        touch(&old, 3_000);
+        assert!(!files.changed(), "the old key file is no longer watched");
+        touch(&new, 3_000);
+        assert!(files.changed(), "the new key file is");
+        touch(&config, 4_000);
+        assert!(files.changed(), "and the config file still is");
+    }
+
+    #[test]
+    fn sections_read_at_start_up_are_named_when_they_change() {
+        let base = "env: test\nclient_id: a\nkid: k\nkey:\n  path: k.pem\n";
+        let running = Settings::from_yaml(base).unwrap();
+        assert!(needing_restart(&running, &running).is_empty());
+        let new = Settings::from_yaml(&format!(
+            "{base}listen: 127.0.0.1:9999\ncache:\n  min_remaining: 20s\nserver:\n  keep_alive_timeout: 5s\nclients: []\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            needing_restart(&running, &new),
+            ["listen", "server", "cache"]
+        );
+        // The proxy's routes and the token files are read at start too; grant reloads.
+        let new = Settings::from_yaml(&format!(
+            "{base}proxy:\n  r:\n    upstream: https://api.example/\n    profile: admin\ntoken_files:\n  - profile: admin\n    path: /run/t\ngrant:\n  lifetime: 60s\n"
+        ))
+        .unwrap();
+        assert_eq!(needing_restart(&running, &new), ["proxy", "token_files"]);
+    }
+}

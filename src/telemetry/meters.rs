@@ -1,0 +1,320 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics` (no listener of its own).
+//!
+//! A leaf: the other layers call the small functions here at their decision points (a request
+//! answered, a cache lookup, an upstream call, a failed background refresh) with plain names and
+//! numbers; this module imports nothing of theirs and knows the metric names and labels so nobody
+//! else has to. (Named `meters`, not `metrics`, so it does not shadow the `metrics` crate.) Labels
+//! are bounded and never carry a token, grant, key or API key: profile names come from the
+//! configuration, org labels only from validated cache keys, outcomes from fixed lists.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ::metrics::Counter;
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const TOKEN_REQUESTS: &str = "broker_token_requests_total";
+pub const CACHE_LOOKUPS: &str = "broker_cache_lookups_total";
+pub const UPSTREAM_REQUESTS: &str = "broker_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "broker_upstream_duration_seconds";
+pub const REFRESH_FAILURES: &str = "broker_refresh_failures_total";
+pub const TOKEN_EXPIRY: &str = "broker_token_seconds_until_expiry";
+pub const KEY_EXPIRY: &str = "broker_key_seconds_until_expiry";
+pub const BUILD_INFO: &str = "broker_build_info";
+pub const PROXY_REQUESTS: &str = "broker_proxy_requests_total";
+pub const PROXY_UPSTREAM_DURATION: &str = "broker_proxy_upstream_duration_seconds";
+pub const PROXY_REDACTED_HEADERS: &str = "broker_proxy_redacted_headers_total";
+pub const SIGNER_REQUESTS: &str = "broker_signer_requests_total";
+pub const SIGNER_DURATION: &str = "broker_signer_duration_seconds";
+
+/// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
+/// `http_client.timeout` (seconds), so the buckets span both.
+pub const UPSTREAM_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static INSTALLED: OnceLock<Installed> = OnceLock::new();
+
+/// The process-wide recorder's handle, and the counters every token request touches, registered
+/// once: looking a counter up in the registry costs more than incrementing it.
+struct Installed {
+    handle: PrometheusHandle,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    /// By profile, then outcome; bounded, as profiles are configured names (or `_unknown`).
+    token_requests: ArcSwap<ByName<Arc<str>, ByName<&'static str, Counter>>>,
+}
+
+/// A map of names looked up on every request: foldhash, not SipHash (the names are configured,
+/// not chosen by callers).
+type ByName<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The handle of the process-wide recorder, installing it on first use.
+///
+/// A recorder is global by nature (the `metrics` macros write to it from any layer), so it is
+/// installed once per process; every app in the process (tests start several) shares it.
+pub fn install() -> PrometheusHandle {
+    INSTALLED
+        .get_or_init(|| Installed {
+            handle: install_recorder(),
+            cache_hits: ::metrics::counter!(CACHE_LOOKUPS, "result" => "hit"),
+            cache_misses: ::metrics::counter!(CACHE_LOOKUPS, "result" => "miss"),
+            token_requests: ArcSwap::default(),
+        })
+        .handle
+        .clone()
+}
+
+fn install_recorder() -> PrometheusHandle {
+    let builder = match PrometheusBuilder::new()
+        // Both latency histograms: token upstreams and proxied upstreams.
+        .set_buckets_for_metric(
+            Matcher::Suffix("upstream_duration_seconds".into()),
+            UPSTREAM_BUCKETS,
+        )
+        // An HSM signs in milliseconds, Vault is a network call: the same span.
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SIGNER_DURATION.into()), UPSTREAM_BUCKETS)
+        }) {
+        Ok(b) => b,
+        // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream latency buckets rejected; using summaries");
+            PrometheusBuilder::new()
+        }
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if let Err(e) = ::metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "another metrics recorder is installed; /metrics stays empty");
+    }
+    describe();
+    ::metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    handle
+}
+
+fn describe() {
+    ::metrics::describe_counter!(
+        TOKEN_REQUESTS,
+        "Requests for a token, by profile and outcome"
+    );
+    ::metrics::describe_counter!(
+        CACHE_LOOKUPS,
+        "Token cache lookups that found a servable token (hit) or waited for the upstream (miss)"
+    );
+    ::metrics::describe_counter!(
+        UPSTREAM_REQUESTS,
+        "Calls to Maskinporten and the Altinn exchange, by outcome"
+    );
+    ::metrics::describe_histogram!(
+        UPSTREAM_DURATION,
+        ::metrics::Unit::Seconds,
+        "Latency of calls to Maskinporten and the Altinn exchange"
+    );
+    ::metrics::describe_counter!(
+        REFRESH_FAILURES,
+        "Background refreshes that failed (the cached token is served while it lasts)"
+    );
+    ::metrics::describe_counter!(
+        PROXY_REQUESTS,
+        "Requests to /proxy/{name}/..., by route and status class of the answer"
+    );
+    ::metrics::describe_histogram!(
+        PROXY_UPSTREAM_DURATION,
+        ::metrics::Unit::Seconds,
+        "Time until a proxied upstream's response headers arrived, by route"
+    );
+    ::metrics::describe_counter!(
+        PROXY_REDACTED_HEADERS,
+        "Proxied response headers that carried the broker's token and were replaced by [redacted], by route"
+    );
+    ::metrics::describe_counter!(
+        SIGNER_REQUESTS,
+        "Signatures asked of an HSM (pkcs11) or Vault transit (vault_transit), by outcome"
+    );
+    ::metrics::describe_histogram!(
+        SIGNER_DURATION,
+        ::metrics::Unit::Seconds,
+        "Latency of signatures by an HSM or Vault transit, by signer"
+    );
+    ::metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
+}
+
+/// Count one answered `GET /token/{profile}`. `profile` must be a configured name (not the raw
+/// path), so a caller cannot grow the label set; `status` is the HTTP status sent.
+pub fn token_request(profile: &str, status: u16) {
+    let outcome = match status {
+        200..=299 => "ok",
+        400..=499 => "client_error",
+        502..=504 => "upstream_error",
+        _ => "internal_error",
+    };
+    let register = || ::metrics::counter!(TOKEN_REQUESTS, "profile" => profile.to_owned(), "outcome" => outcome);
+    // Without the recorder (the one-shot CLI) the macro's no-op counter is all there is.
+    let Some(installed) = INSTALLED.get() else {
+        return register().increment(1);
+    };
+    if let Some(counter) = installed
+        .token_requests
+        .load()
+        .get(profile)
+        .and_then(|by_outcome| by_outcome.get(outcome))
+    {
+        return counter.increment(1);
+    }
+    let counter = register();
+    counter.increment(1);
+    installed.token_requests.rcu(|known| {
+        let mut known = ByName::clone(known);
+        known
+            .entry(profile.into())
+            .or_default()
+            .insert(outcome, counter.clone());
+        known
+    });
+}
+
+/// Count one cache lookup that produced a token: from the cache (`hit`) or after waiting for
+/// the upstream.
+pub fn cache_lookup(hit: bool) {
+    match (INSTALLED.get(), hit) {
+        (Some(installed), true) => installed.cache_hits.increment(1),
+        (Some(installed), false) => installed.cache_misses.increment(1),
+        (None, _) => {}
+    }
+}
+
+/// Count a background refresh that failed.
+pub fn refresh_failure(profile: &str) {
+    ::metrics::counter!(REFRESH_FAILURES, "profile" => profile.to_owned()).increment(1);
+}
+
+/// Count one answered proxy request. `route` must be a configured route name (or `_unknown`).
+pub fn proxy_request(route: &str, status: u16) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ::metrics::counter!(PROXY_REQUESTS, "route" => route.to_owned(), "class" => class).increment(1);
+}
+
+/// Count one proxied response header replaced because it carried the broker's token.
+pub fn proxy_redacted_header(route: &str) {
+    ::metrics::counter!(PROXY_REDACTED_HEADERS, "route" => route.to_owned()).increment(1);
+}
+
+/// Record how long a proxied upstream took to answer (headers).
+pub fn proxy_upstream(route: &str, elapsed: Duration) {
+    ::metrics::histogram!(PROXY_UPSTREAM_DURATION, "route" => route.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Count one upstream call to `target` (`maskinporten`, `altinn`) with its `outcome` (`ok`,
+/// `refused`, `unavailable`, `unreachable`, `timeout`, `invalid`) and time it.
+pub fn upstream_call(target: &'static str, outcome: &'static str, elapsed: Duration) {
+    ::metrics::counter!(UPSTREAM_REQUESTS, "target" => target, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(UPSTREAM_DURATION, "target" => target).record(elapsed.as_secs_f64());
+}
+
+/// Count one signature asked of a `signer` outside the process (`pkcs11`, `vault_transit`) with
+/// its `outcome` (`ok`, `unreachable`, `refused`, `timeout`, `invalid`) and time it.
+pub fn signer_call(signer: &'static str, outcome: &'static str, elapsed: Duration) {
+    ::metrics::counter!(SIGNER_REQUESTS, "signer" => signer, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(SIGNER_DURATION, "signer" => signer).record(elapsed.as_secs_f64());
+}
+
+/// The text exposition: the process-wide metrics, then the remaining lifetime of each token this
+/// app has cached.
+///
+/// The expiry gauge is written from `cached` at each scrape rather than kept in the recorder, so a
+/// token that left the cache disappears from the output instead of staying at its last value.
+/// `cached` holds (profile, org or "", time left) per cached token.
+pub fn render<'a>(
+    handle: &PrometheusHandle,
+    cached: impl IntoIterator<Item = (&'a str, &'a str, Duration)>,
+) -> String {
+    let mut text = handle.render();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = writeln!(
+        text,
+        "# HELP {TOKEN_EXPIRY} Seconds until each cached token expires\n# TYPE {TOKEN_EXPIRY} gauge"
+    );
+    for (profile, org, left) in cached {
+        let _ = writeln!(
+            text,
+            "{TOKEN_EXPIRY}{{profile=\"{}\",org=\"{}\"}} {}",
+            escape(profile),
+            escape(org),
+            left.as_secs_f64()
+        );
+    }
+    text
+}
+
+/// Append the seconds until each signing key stops working (its certificate's not-after; negative
+/// once past), by `kid` (empty for a certificate without one). Written at each scrape from the
+/// current keys, so a rotated-away key disappears.
+pub fn render_key_expiry<'a>(text: &mut String, keys: impl IntoIterator<Item = (&'a str, f64)>) {
+    let _ = writeln!(
+        text,
+        "# HELP {KEY_EXPIRY} Seconds until the signing key's certificate expires\n# TYPE {KEY_EXPIRY} gauge"
+    );
+    for (kid, left) in keys {
+        let _ = writeln!(text, "{KEY_EXPIRY}{{kid=\"{}\"}} {left}", escape(kid));
+    }
+}
+
+/// Escape a label value for the text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_gauge_lists_each_cached_token() {
+        let handle = install();
+        let keys = [
+            ("altinn", "991825827", Duration::from_secs(90)),
+            ("a\"b", "", Duration::from_millis(1500)),
+        ];
+        let text = render(&handle, keys);
+        assert!(text.contains(
+            "broker_token_seconds_until_expiry{profile=\"altinn\",org=\"991825827\"} 90\n"
+        ));
+        assert!(
+            text.contains("broker_token_seconds_until_expiry{profile=\"a\\\"b\",org=\"\"} 1.5\n")
+        );
+        assert!(text.contains("broker_build_info{version=\""));
+    }
+
+    #[test]
+    fn token_request_outcomes_follow_the_status() {
+        let handle = install();
+        token_request("unit-test-profile", 503);
+        token_request("unit-test-profile", 403);
+        let text = handle.render();
+        assert!(text.contains(
+            "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"upstream_error\"}"
+        ));
+        assert!(text.contains(
+            "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"client_error\"}"
+        ));
+    }
+}
