@@ -570,7 +570,7 @@ impl App {
         tracing::info!(
             kid = kid.as_deref(),
             maskinporten_clients = settings.maskinporten_clients.len() + 1,
-            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, http_client, profiles, on_demand, default_org, clients)"
+            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, grant, http_client, profiles, on_demand, default_org, clients)"
         );
         let unchanged = needing_restart(&self.started, settings);
         if !unchanged.is_empty() {
@@ -629,6 +629,11 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
         (
             "introspection",
             differs(&running.introspection, &new.introspection),
+        ),
+        ("proxy", differs(&running.proxy, &new.proxy)),
+        (
+            "token_files",
+            differs(&running.token_files, &new.token_files),
         ),
     ]
     .into_iter()
@@ -862,5 +867,11 @@ mod tests {
             needing_restart(&running, &new),
             ["listen", "server", "cache"]
         );
+        // The proxy's routes and the token files are read at start too; grant reloads.
+        let new = Settings::from_yaml(&format!(
+            "{base}proxy:\n  r:\n    upstream: https://api.example/\n    profile: admin\ntoken_files:\n  - profile: admin\n    path: /run/t\ngrant:\n  lifetime: 60s\n"
+        ))
+        .unwrap();
+        assert_eq!(needing_restart(&running, &new), ["proxy", "token_files"]);
     }
 }

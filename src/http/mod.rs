@@ -24,7 +24,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::response::Response;
-use axum::routing::any;
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::{Layer, Service};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -61,10 +61,24 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi))
         .routes(routes!(proxy::forward))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
-        .route("/proxy/{name}", any(proxy::forward))
-        .route("/proxy/{name}/", any(proxy::forward))
-        .route("/proxy/{name}/{rest}/", any(proxy::forward))
-        .route("/proxy/{name}/{rest}/{*more}", any(proxy::forward))
+        .route("/proxy/{name}", proxy_methods())
+        .route("/proxy/{name}/", proxy_methods())
+        .route("/proxy/{name}/{rest}/", proxy_methods())
+        .route("/proxy/{name}/{rest}/{*more}", proxy_methods())
+}
+
+/// The proxy's handler for the methods its `#[utoipa::path]` names, at the depths OpenAPI cannot
+/// spell: TRACE (it would echo the request, token included, back) and CONNECT are a 405 at every
+/// depth.
+fn proxy_methods() -> MethodRouter<AppState> {
+    let methods = MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::POST)
+        .or(MethodFilter::PUT)
+        .or(MethodFilter::PATCH)
+        .or(MethodFilter::DELETE)
+        .or(MethodFilter::OPTIONS);
+    on(methods, proxy::forward)
 }
 
 /// The OpenAPI document of the route table, served by `GET /openapi.json`.

@@ -844,8 +844,17 @@ mod tests {
         for n in 1..100 {
             assert!(backoff(n) <= MAX_REFRESH_BACKOFF);
         }
-        let longest = (0..200).map(|_| backoff(10)).max().unwrap();
-        assert!(longest > Duration::from_secs(16), "{longest:?}");
+        // Full jitter up to 30 s: the longest of 2000 draws is above 29 s unless the ceiling
+        // is lower (a chance of (29/30)^2000, about 1e-29, otherwise).
+        let longest = (0..2000).map(|_| backoff(10)).max().unwrap();
+        assert!(longest > Duration::from_secs(29), "{longest:?}");
+        // And each step doubles the ceiling until then: 1, 2, 4, 8, 16 s.
+        for (failures, ceiling) in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16)] {
+            let longest = (0..2000).map(|_| backoff(failures)).max().unwrap();
+            let ceiling = Duration::from_secs(ceiling);
+            assert!(longest <= ceiling, "{failures}: {longest:?}");
+            assert!(longest > ceiling.mul_f64(0.97), "{failures}: {longest:?}");
+        }
     }
 
     #[test]
