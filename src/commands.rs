@@ -267,6 +267,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
         };
         println!("token endpoint:  {token_url}");
         println!("altinn exchange: {}", e.altinn_exchange_url);
+        println!("altinn platform: {}", e.altinn_platform);
     }
     if let Some(org) = &validated.default_org {
         println!("default_org:     {org}");

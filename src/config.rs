@@ -220,7 +220,12 @@ pub struct EndpointSettings {
     /// The Maskinporten issuer; also the grant's `aud`.
     pub issuer: Option<String>,
     pub token_url: Option<Url>,
+    /// Absent: `{altinn_platform}authentication/api/v1/exchange/maskinporten`.
     pub altinn_exchange_url: Option<Url>,
+    /// The Altinn platform base URL, ending in `/` (`https://platform.tt02.altinn.no/` for
+    /// `test`, `https://platform.altinn.no/` for `prod`, the simulator for `local`). Altinn's
+    /// APIs live under it (`authentication/api/v1/...`); https except on a loopback address.
+    pub altinn_platform: Option<Url>,
     /// Read the token endpoint from `{issuer}.well-known/oauth-authorization-server`; default on
     /// for `test` and `prod` and for a custom issuer without `token_url`.
     pub discovery: Option<bool>,
@@ -230,6 +235,7 @@ static NO_ENDPOINT_OVERRIDES: EndpointSettings = EndpointSettings {
     issuer: None,
     token_url: None,
     altinn_exchange_url: None,
+    altinn_platform: None,
     discovery: None,
 };
 
@@ -246,6 +252,35 @@ impl EndpointSettings {
                 "{at}token_url: is required with a custom {at}issuer and {at}discovery: false (or let discovery read it)"
             ));
         }
+        if let Some(platform) = &self.altinn_platform {
+            check_altinn_platform(&format!("{at}altinn_platform"), platform, problems);
+        }
+    }
+}
+
+/// `endpoints.altinn_platform`: a base URL others are joined to, so it must end in `/` (without
+/// it `Url::join` would drop its last segment); https, except to a loopback address (a local
+/// fake or simulator), since the admin token travels to it.
+fn check_altinn_platform(field: &str, url: &Url, problems: &mut Problems) {
+    if !url.path().ends_with('/') || url.query().is_some() || url.fragment().is_some() {
+        problems.push(format!(
+            "{field}: {url} must end in '/' with no query (the base the Altinn API paths are joined to, e.g. https://platform.tt02.altinn.no/)"
+        ));
+    }
+    if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(url)) {
+        problems.push(format!(
+            "{field}: {url} must be https (plain http only to a loopback address such as 127.0.0.1)"
+        ));
+    }
+}
+
+/// Whether `url` names a loopback host (127.0.0.0/8, ::1 or `localhost`).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -409,12 +444,17 @@ impl Default for LogSettings {
 pub const LOCAL_CLIENT_ID: &str = "local-client";
 pub const LOCAL_KID: &str = "local-kid";
 
+/// The Altinn token exchange, under the platform base.
+const EXCHANGE_PATH: &str = "authentication/api/v1/exchange/maskinporten";
+
 /// The upstream URLs the broker talks to, after defaults and overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub issuer: String,
     pub token_url: Url,
     pub altinn_exchange_url: Url,
+    /// The Altinn platform base, ending in `/`: Altinn's APIs are joined to it.
+    pub altinn_platform: Url,
 }
 
 impl Endpoints {
@@ -441,7 +481,8 @@ impl Endpoints {
         Endpoints {
             issuer: mp.to_owned(),
             token_url: join(mp, "token"),
-            altinn_exchange_url: join(altinn, "authentication/api/v1/exchange/maskinporten"),
+            altinn_exchange_url: join(altinn, EXCHANGE_PATH),
+            altinn_platform: join(altinn, ""),
         }
     }
 }
@@ -459,6 +500,13 @@ impl Endpoints {
         }
         if let Some(url) = &settings.token_url {
             e.token_url = url.clone();
+        }
+        if let Some(platform) = &settings.altinn_platform {
+            // The exchange lives on the platform unless it is configured on its own.
+            if let Ok(exchange) = platform.join(EXCHANGE_PATH) {
+                e.altinn_exchange_url = exchange;
+            }
+            e.altinn_platform = platform.clone();
         }
         if let Some(url) = &settings.altinn_exchange_url {
             e.altinn_exchange_url = url.clone();
@@ -887,6 +935,62 @@ mod tests {
             e.altinn_exchange_url.as_str(),
             "https://platform.tt02.altinn.no/authentication/api/v1/exchange/maskinporten"
         );
+    }
+
+    #[test]
+    fn altinn_platform_defaults_per_environment_and_carries_the_exchange() {
+        let platform = |yaml: &str| {
+            let s = Settings::from_yaml(yaml).unwrap();
+            let e = s.endpoints(Some(&Url::parse("http://127.0.0.1:4321/").unwrap()));
+            (
+                e.altinn_platform.to_string(),
+                e.altinn_exchange_url.to_string(),
+            )
+        };
+        assert_eq!(platform(MINIMAL).0, "https://platform.tt02.altinn.no/");
+        assert_eq!(
+            platform("client_id: a\nkid: b\nkey:\n  path: k.pem\n").0,
+            "https://platform.altinn.no/"
+        );
+        assert_eq!(platform("env: local\n").0, "http://127.0.0.1:4321/");
+        let custom = platform(&format!(
+            "{MINIMAL}endpoints:\n  altinn_platform: http://127.0.0.1:7/altinn/\n"
+        ));
+        assert_eq!(custom.0, "http://127.0.0.1:7/altinn/");
+        assert_eq!(
+            custom.1, "http://127.0.0.1:7/altinn/authentication/api/v1/exchange/maskinporten",
+            "the exchange follows the platform unless set on its own"
+        );
+    }
+
+    #[test]
+    fn altinn_platform_must_end_in_a_slash_and_be_https_except_on_loopback() {
+        let refused = |yaml: &str, expected: &[&str]| {
+            let p = problems(&format!("{MINIMAL}{yaml}"));
+            for e in expected {
+                assert!(p.iter().any(|l| l.starts_with(e)), "{e} in {p:?}");
+            }
+        };
+        let at = "endpoints.altinn_platform: http://platform.example.no/x must";
+        refused(
+            "endpoints:\n  altinn_platform: http://platform.example.no/x\n",
+            &[&format!("{at} end in '/'"), &format!("{at} be https")],
+        );
+        refused(
+            "maskinporten_clients:\n  b:\n    client_id: b\n    key: {path: b.pem}\n    endpoints:\n      altinn_platform: http://10.0.0.1/\n",
+            &["maskinporten_clients.b.endpoints.altinn_platform: http://10.0.0.1/ must be https"],
+        );
+        for ok in [
+            "https://platform.example.no/",
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "http://localhost:9/",
+        ] {
+            let s =
+                Settings::from_yaml(&format!("{MINIMAL}endpoints:\n  altinn_platform: '{ok}'\n"))
+                    .unwrap();
+            assert!(s.validate().is_ok(), "{ok}");
+        }
     }
 
     #[test]
