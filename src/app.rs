@@ -234,6 +234,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let discovered = discover(&settings, local_base, &http).await?;
     let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
+    let system = validated.system.clone().map(Arc::new);
     let fixed_orgs: Vec<_> = validated
         .proxy
         .iter()
@@ -260,6 +261,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
                 .into(),
             proxy,
             token_files,
+            system,
         }),
         simulator,
     })
@@ -404,6 +406,8 @@ async fn start_simulator(
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
             clients: simulator_clients(settings, keys, validated),
+            consumer_org: validated.system.as_ref().map(|s| s.vendor.to_string()),
+            strict_system_users: settings.local.system_users == crate::config::SystemUsers::Strict,
         },
         listener,
     )
@@ -540,6 +544,7 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
         ("server", differs(&running.server, &new.server)),
         ("cache", differs(&running.cache, &new.cache)),
         ("local", differs(&running.local, &new.local)),
+        ("system", differs(&running.system, &new.system)),
         ("log", differs(&running.log, &new.log)),
     ]
     .into_iter()

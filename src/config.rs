@@ -83,6 +83,9 @@ pub struct Settings {
     /// Files kept holding a fresh token, for programs that read files more easily than HTTP.
     #[serde(default)]
     pub token_files: Vec<crate::token_files::TokenFileSettings>,
+    /// The vendor's system in Altinn's system register (onboarding customers).
+    #[serde(default)]
+    pub system: Option<crate::onboarding::system::SystemSettings>,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             allow_unauthenticated: false,
             proxy: BTreeMap::new(),
             token_files: Vec::new(),
+            system: None,
         }
     }
 }
@@ -405,14 +409,28 @@ pub struct LocalSettings {
     /// `expires_in` of the simulated Maskinporten tokens.
     #[serde(with = "humantime_serde")]
     pub token_lifetime: Duration,
+    /// `strict`: the simulated Maskinporten refuses a system-user grant for an organisation that
+    /// has not accepted a system user of the system (MP-303), as the real one does; `open`
+    /// (default): any valid organisation gets one.
+    pub system_users: SystemUsers,
 }
 
 impl Default for LocalSettings {
     fn default() -> Self {
         LocalSettings {
             token_lifetime: Duration::from_secs(120),
+            system_users: SystemUsers::default(),
         }
     }
+}
+
+/// `local.system_users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemUsers {
+    #[default]
+    Open,
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -621,6 +639,14 @@ impl Settings {
         let known = profiles.as_ref().ok();
         let proxy = crate::proxy_route::validate(&self.proxy, self.env, known, &mut problems.0);
         let token_files = crate::token_files::validate(&self.token_files, known, &mut problems.0);
+        let system = self.system.as_ref().and_then(|s| {
+            let client_ids = self
+                .maskinporten_clients()
+                .iter()
+                .map(|c| c.client_id.to_owned())
+                .collect();
+            crate::onboarding::system::validate(s, client_ids, known, &mut problems.0)
+        });
         match profiles {
             Ok(profiles) => problems.into_result(Validated {
                 default_org,
@@ -629,6 +655,7 @@ impl Settings {
                 proxy,
                 token_files,
                 on_demand,
+                system,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
         }
@@ -874,6 +901,8 @@ pub struct Validated {
     pub(crate) proxy: Vec<crate::proxy_route::ProxyRoute>,
     pub(crate) token_files: Vec<crate::token_files::TokenFile>,
     pub(crate) on_demand: ScopePatterns,
+    /// `system:`, checked: the onboarding commands and routes use it.
+    pub(crate) system: Option<crate::onboarding::system::System>,
 }
 
 impl Validated {

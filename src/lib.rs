@@ -10,6 +10,7 @@ pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod onboarding;
 pub mod telemetry;
 
 pub use access::hash_api_key;

@@ -7,6 +7,7 @@ pub mod health;
 pub mod limits;
 pub mod metrics;
 mod on_demand;
+pub mod onboarding;
 pub mod openapi;
 pub mod problem;
 pub mod proxy;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub proxy: proxy::Proxy,
     /// Token files and their state, for `/readyz`.
     pub token_files: crate::token_files::TokenFiles,
+    /// `system:`, checked: the onboarding routes need it (`None`: not configured).
+    pub system: Option<Arc<crate::onboarding::system::System>>,
 }
 
 impl Shared {
@@ -93,6 +96,9 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::openapi))
         .routes(routes!(proxy::forward))
+        .routes(routes!(onboarding::create_request))
+        .routes(routes!(onboarding::get_request))
+        .routes(routes!(onboarding::list_system_users))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
         .route("/proxy/{name}", any(proxy::forward))
         .route("/proxy/{name}/", any(proxy::forward))

@@ -24,6 +24,7 @@ use super::token::{MaskinportenClientListing, ProfileListing, TokenResponse};
     tags(
         (name = "tokens", description = "Tokens and the profiles they are made for"),
         (name = "proxy", description = "Requests forwarded to configured upstreams with a token added"),
+        (name = "onboarding", description = "System users: ask a customer organisation for one, follow the request (API clients with onboarding: true)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]
