@@ -24,6 +24,10 @@ use crate::secret::Secret;
 const FIRST_POLL: Duration = Duration::from_secs(2);
 /// ... and backs off to at most this.
 const LONGEST_POLL: Duration = Duration::from_secs(30);
+/// Tries of the proof token after `Accepted` ...
+const PROOF_ATTEMPTS: u32 = 3;
+/// ... this far apart: longer than the cache remembers a refusal.
+const PROOF_PAUSE: Duration = crate::cache::REFUSAL_MEMORY.saturating_add(Duration::from_secs(1));
 
 /// `maskinporten-broker system show|register`.
 pub async fn system(settings: Settings, action: SystemAction, json: bool) -> anyhow::Result<()> {
@@ -155,10 +159,36 @@ async fn request(
         }
     }
     if view.status == "Accepted" {
-        view.token_expires_at = Some(onboarding.prove(&profile, &ask.org).await?);
+        view.token_expires_at = Some(prove(onboarding, &profile, &ask.org).await?);
     }
     print_request(json, &view);
     refused(&view)
+}
+
+/// One system-user token as proof, tried [`PROOF_ATTEMPTS`] times: a refusal from just before the
+/// customer accepted is remembered by the broker's cache for a few seconds, and a new system
+/// user can take a moment to reach Maskinporten.
+async fn prove(
+    onboarding: &Onboarding<'_>,
+    profile: &str,
+    org: &crate::org::OrgNumber,
+) -> anyhow::Result<String> {
+    let mut attempt = 1;
+    loop {
+        match onboarding.prove(profile, org).await {
+            Ok(expires_at) => return Ok(expires_at),
+            Err(e) if attempt < PROOF_ATTEMPTS => {
+                eprintln!(
+                    "the proof token was refused ({}); trying again in {}",
+                    crate::telemetry::Chain(&e),
+                    humantime::format_duration(PROOF_PAUSE)
+                );
+                tokio::time::sleep(PROOF_PAUSE).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Exit 1 for a request the customer (or time) turned down.
