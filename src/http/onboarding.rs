@@ -62,7 +62,7 @@ pub struct SystemUserList {
         (status = 400, description = "Bad body or org, a redirect_url the system does not allow, or --agent without access packages", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client lacks onboarding: true", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No system: section in the config", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "No system: section in the config (the detail says how to add one)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Altinn (altinn_code: AUTH-…/VLD-…, and what to do) or Maskinporten refused, or answered unusably", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Altinn or Maskinporten unavailable or unreachable", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Altinn or Maskinporten did not answer in time", body = Problem, content_type = "application/problem+json"),
@@ -115,7 +115,8 @@ pub async fn create_request(
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client lacks onboarding: true", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such request, or no system: section in the config", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such request", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "No system: section in the config (the detail says how to add one)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Altinn or Maskinporten refused (altinn_code), or answered unusably", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Altinn or Maskinporten unavailable or unreachable", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Altinn or Maskinporten did not answer in time", body = Problem, content_type = "application/problem+json"),
@@ -148,7 +149,7 @@ pub async fn get_request(
         (status = 200, description = "The system users (at most 10,000)", body = SystemUserList),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client lacks onboarding: true", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No system: section in the config", body = Problem, content_type = "application/problem+json"),
+        (status = 501, description = "No system: section in the config (the detail says how to add one)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Altinn or Maskinporten refused (altinn_code), or answered unusably", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Altinn or Maskinporten unavailable or unreachable", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "Altinn or Maskinporten did not answer in time", body = Problem, content_type = "application/problem+json"),
@@ -184,7 +185,7 @@ fn allowed(state: &AppState, caller: Result<Caller, Problem>) -> Result<Arc<Syst
     }
     state.system.clone().ok_or_else(|| {
         Problem::new(
-            StatusCode::NOT_FOUND,
+            StatusCode::NOT_IMPLEMENTED,
             "onboarding-not-configured",
             "Onboarding not configured",
             "this broker has no system: section in its config; add one (docs/onboarding.md) and restart",

@@ -68,6 +68,16 @@ impl Vendor {
         cli(&self.config, args, &[]).await
     }
 
+    /// The broker of this config serving in-process on a loopback port.
+    async fn serve(&self) -> maskinporten_broker::app::App {
+        let yaml = std::fs::read_to_string(&self.config).unwrap();
+        let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        maskinporten_broker::app::App::spawn(settings, listener)
+            .await
+            .unwrap()
+    }
+
     /// `systemuser request --org org --wait --json`, running.
     async fn wait_for(&self, org: &str) -> Waiting {
         let args = ["systemuser", "request", "--org", org, "--wait", "--json"];
@@ -484,12 +494,7 @@ async fn the_http_routes_onboard_for_clients_with_onboarding_true_only() {
     );
     let v = Vendor::start(&extra).await;
     ok_lines(&v.cli(&["system", "register", "--json"]).await);
-    let yaml = std::fs::read_to_string(&v.config).unwrap();
-    let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = maskinporten_broker::app::App::spawn(settings, listener)
-        .await
-        .unwrap();
+    let app = v.serve().await;
     let base = format!("http://{}", app.addr);
     let http = reqwest::Client::new();
     let post = |key: Option<&'static str>, body: Value| {
@@ -609,7 +614,7 @@ async fn without_clients_the_routes_are_open_and_without_system_they_say_how_to_
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 501);
     let body: Value = r.json().await.unwrap();
     assert!(
         body["detail"]
@@ -618,6 +623,17 @@ async fn without_clients_the_routes_are_open_and_without_system_they_say_how_to_
             .contains("no system: section"),
         "{body}"
     );
+
+    let v = Vendor::registered().await;
+    let app = v.serve().await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/systemusers/requests", app.addr))
+        .json(&json!({"org": ORG}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "no clients: open, like the token routes");
+    app.shutdown().await;
 }
 
 #[tokio::test]
@@ -685,7 +701,7 @@ async fn click(http: &reqwest::Client, confirm_url: &str, action: &str) -> Strin
 async fn the_four_laptop_steps_onboard_a_customer_on_the_simulator() {
     // 1. cargo run --release (the shipped config), with the simulator's Maskinporten strict.
     let strict = [("BROKER__LOCAL__SYSTEM_USERS", "strict".to_owned())];
-    let (_broker, envs) = shipped_broker(&strict).await;
+    let (mut broker, envs) = shipped_broker(&strict).await;
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("broker.yaml");
     let base = format!("http://{}", envs[0].1);
     let http = reqwest::Client::new();
@@ -769,6 +785,11 @@ async fn the_four_laptop_steps_onboard_a_customer_on_the_simulator() {
     click(&http, wait.first["confirm_url"].as_str().unwrap(), "reject").await;
     let (code, rest, _) = wait.finish().await;
     assert_eq!((code, &rest[0]["status"]), (Some(1), &json!("Rejected")));
+
+    signal(broker.id().unwrap(), "TERM");
+    let log = stderr_of(&mut broker).await;
+    assert!(log.contains("listening"), "the broker logged: {log}");
+    assert!(!log.contains("eyJ"), "no token in the broker's log: {log}");
 }
 
 #[tokio::test]
