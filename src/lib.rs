@@ -2,43 +2,39 @@
 //! over local HTTP.
 //!
 //! One request flows one way: listener → limits → caller → route → broker → cache → fetch →
-//! Maskinporten/Altinn (ARCHITECTURE.md draws it). The public surface is what the binary and the
-//! integration tests need; everything else is private to the crate, so the compiler reports what
-//! nobody uses.
+//! Maskinporten/Altinn (ARCHITECTURE.md draws it). The folders are the rooms of that flow:
+//!
+//! | folder | concern |
+//! |---|---|
+//! | `app/` | the process: command line, commands, start-up, reload, the accept loop |
+//! | `http/` | the HTTP face: route table, front door, handlers, problem+json, OpenAPI |
+//! | `proxy/` | the egress proxy's routes and the path rules of a proxied request |
+//! | `tokens/` | the token side: broker, cache, the token value, the fetch budget, token files |
+//! | `upstream/` | the upstream protocol: grant, discovery, Maskinporten, Altinn, retries, the HTTP client |
+//! | `onboarding/` | customers' system users: `system:` checked, the idempotent register and request job |
+//! | `policy/` | who may have what: profiles, on-demand scopes, organisation numbers, API clients |
+//! | `key/` | the signing key in every form, and the redacted secret string |
+//! | `config/` | the shape of broker.yaml: plain settings types, loading, checks per section |
+//! | `telemetry/` | logging set-up, error chains, Prometheus metrics |
+//! | `simulator/` | the embedded Maskinporten + Altinn of `env: local` |
+//!
+//! The public surface is what the binary and the integration tests need; everything else is
+//! private to the crate, so the compiler reports what nobody uses.
 
 pub mod app;
-pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod onboarding;
 pub mod telemetry;
 
-pub use access::hash_api_key;
+pub use app::{cli, commands};
 pub use http::route_paths;
 pub use key::{SigningKey, public_key_from_jwk};
+pub use policy::access::hash_api_key;
 
-mod access;
-mod altinn;
-mod broker;
-mod budget;
-mod cache;
-mod clock;
-mod discovery;
-mod fetch;
-mod grant;
 mod http;
 mod key;
-mod maskinporten;
-mod meters;
-mod on_demand;
-mod org;
-mod profile;
-mod proxy_path;
-mod proxy_route;
-mod retry;
-mod secret;
-mod serve;
+mod onboarding;
+mod policy;
+mod proxy;
 mod simulator;
-mod token;
-mod token_files;
+mod tokens;
 mod upstream;

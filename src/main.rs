@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use maskinporten_broker::cli::{Cli, Command};
 use maskinporten_broker::config::{LogSettings, Settings};
-use maskinporten_broker::{app, commands, onboarding, telemetry};
+use maskinporten_broker::{app, commands, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -53,9 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Healthcheck { url } => commands::healthcheck(&url).await?,
         Command::HashKey => commands::hash_key()?,
-        Command::System { action, json } => onboarding::system(load()?, action, json).await?,
+        Command::System { action, json } => app::onboarding::system(load()?, action, json).await?,
         Command::Systemuser { action, json } => {
-            onboarding::systemuser(load()?, action, json).await?
+            app::onboarding::systemuser(load()?, action, json).await?
         }
     }
     Ok(())

@@ -12,12 +12,12 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
-use crate::access::Client;
-use crate::budget::ClientBudget;
-use crate::cache::CacheKey;
+use crate::policy::access::Client;
+use crate::tokens::budget::ClientBudget;
+use crate::tokens::cache::CacheKey;
 
-use super::AppState;
 use super::problem::Problem;
+use super::state::AppState;
 
 /// Who a request comes from, for authorization and the audit line.
 pub enum Caller {

@@ -2,7 +2,7 @@
 //!
 //! Every caller of one key gets the same bytes until `expires_in` ticks down a second, so the
 //! cache-hit path shares one buffer instead of escaping a kilobyte of token into fresh JSON for
-//! each request. The rendering lives in the token itself ([`crate::token::Served`]): a render
+//! each request. The rendering lives in the token itself ([`crate::tokens::token::Served`]): a render
 //! touches only its own key, whatever the number of cached keys, a refreshed token never shares
 //! its predecessor's answer, and the answer goes when the token does. It is reused only for the
 //! same whole seconds left, so it is exactly what rendering anew would give. Nothing here is
@@ -13,11 +13,11 @@ use std::time::SystemTime;
 
 use axum::body::Bytes;
 
-use crate::cache::CacheKey;
-use crate::profile::Profile;
-use crate::token::{Rendering, Token};
+use crate::policy::profile::Profile;
+use crate::tokens::cache::CacheKey;
+use crate::tokens::token::{Rendering, Token};
 
-use super::token::TokenResponse;
+use crate::tokens::answer::TokenResponse;
 
 /// The JSON answer for `token` (cached for `key`) at `now`: the shared one if it is still exact,
 /// else a new one, which becomes the shared one.
@@ -45,8 +45,8 @@ pub fn json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{ProfileName, builtins};
-    use crate::secret::Secret;
+    use crate::key::secret::Secret;
+    use crate::policy::profile::{ProfileName, builtins};
     use std::time::Duration;
 
     fn altinn() -> (Profile, CacheKey) {
@@ -56,7 +56,7 @@ mod tests {
             profile: ProfileName::new("altinn"),
             org: None,
             on_demand: None,
-            client: crate::profile::ClientName::default_client(),
+            client: crate::policy::profile::ClientName::default_client(),
         };
         (profile, key)
     }
@@ -103,7 +103,7 @@ mod tests {
         let body = json(&moved, &key, &profile, t0).unwrap();
         assert_eq!(
             parsed(&body)["expires_at"],
-            crate::token::rfc3339(moved.expires_at)
+            crate::tokens::token::rfc3339(moved.expires_at)
         );
     }
 
@@ -126,7 +126,7 @@ mod tests {
             profile: ProfileName::new("admin"),
             org: None,
             on_demand: None,
-            client: crate::profile::ClientName::default_client(),
+            client: crate::policy::profile::ClientName::default_client(),
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (mine, theirs) = (token("value-a", t0, 600), token("value-b", t0, 600));

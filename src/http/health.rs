@@ -13,9 +13,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::json;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::Problem;
+use super::state::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, description = "The process answers", body = Object)))]

@@ -12,6 +12,9 @@ use axum::response::{IntoResponse, Response};
 
 use super::problem::Problem;
 
+/// Longest a single request to the broker may take before it gets a 503.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest path + query accepted.
 pub const MAX_URI_BYTES: usize = 1024;
 /// Most bytes of header names and values together.

@@ -1,13 +1,13 @@
 //! `GET /metrics`: the Prometheus text exposition, for a scraper on the same network.
 //!
 //! Open like `/readyz`: it shows profile names, org numbers of cached tokens and counts, never a
-//! token, grant or key (see `crate::meters`).
+//! token, grant or key (see `crate::telemetry::meters`).
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::AppState;
+use super::state::AppState;
 
 /// The content type of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -23,7 +23,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let cached = state.tokens.snapshot();
-    let mut text = crate::meters::render(
+    let mut text = crate::telemetry::meters::render(
         &state.metrics,
         cached.iter().map(|(key, left)| {
             let org = key.org.as_ref().map_or("", |o| o.as_str());
@@ -39,7 +39,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         };
         (key.kid().unwrap_or_default(), left)
     });
-    crate::meters::render_key_expiry(&mut text, expiry);
+    crate::telemetry::meters::render_key_expiry(&mut text, expiry);
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         text,

@@ -1,17 +1,91 @@
-//! `GET /token?scope=…`: an on-demand token for scopes no profile names, when `on_demand.scopes`
-//! (and the calling client's `scopes`) allow them. Answered exactly like `/token/{profile}`.
+//! `GET /token/on-demand?scope=…` (and its alias `GET /token?scope=…`): an on-demand token for
+//! scopes no profile names, when `on_demand.scopes` (and the calling client's `scopes`) allow
+//! them. Answered exactly like `/token/{profile}`; `on-demand` is the profile name no
+//! configuration may take.
 
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use crate::on_demand::OnDemandRequest;
-use crate::org::OrgNumber;
-use crate::profile::Exchange;
+use crate::policy::on_demand::OnDemandRequest;
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::{Exchange, ON_DEMAND};
+use crate::tokens::answer::TokenResponse;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
-use super::token::{answer, token_for};
+use super::serving::{answer, token_for};
+use super::state::AppState;
+
+/// An on-demand token for scopes no profile names, answered like `/token/{profile}`.
+#[utoipa::path(
+    get,
+    path = "/token/on-demand",
+    tag = "tokens",
+    params(
+        ("scope" = Vec<String>, Query, description = "On-demand scopes (at least one): repeat the parameter or separate scopes by spaces; each must match on_demand.scopes (and the client's scopes)"),
+        ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
+        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token)"),
+        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer)"),
+        ("externalRef" = Option<String>, Query, description = "The system user's externalRef"),
+        ("exchange" = Option<ExchangeParam>, Query, description = "altinn: exchange the Maskinporten token at Altinn; none (default): the Maskinporten token"),
+    ),
+    responses(
+        (status = 200, description = "A token with at least cache.min_remaining left", content(
+            (TokenResponse = "application/json"),
+            (String = "text/plain"),
+        )),
+        (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer realm=\"maskinporten-broker\": send the API key as Authorization: Bearer KEY (or X-Api-Key: KEY)"))),
+        (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
+        (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
+    )
+)]
+pub async fn token(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Response {
+    counted(
+        &state,
+        caller,
+        query.as_deref().unwrap_or(""),
+        request.headers(),
+    )
+    .await
+}
+
+/// `exchange`'s values, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ExchangeParam {
+    None,
+    Altinn,
+}
+
+/// [`serve`], answered as a response and counted under the `on-demand` profile.
+pub(super) async fn counted(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+    query: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let response = serve(state, caller, query, headers)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    crate::telemetry::meters::token_request(ON_DEMAND, response.status().as_u16());
+    response
+}
 
 /// Serve one on-demand request: parse, allow-list, authorize, then the cache.
 pub(super) async fn serve(

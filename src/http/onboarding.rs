@@ -15,15 +15,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::onboarding::client::RegisterError;
 use crate::onboarding::flow::{
     self, Admin, Ask, Onboarding, OnboardingError, RequestView, SystemUserView,
 };
 use crate::onboarding::system::System;
+use crate::upstream::register::RegisterError;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem, upstream_problem};
+use super::state::AppState;
 
 /// Largest request body accepted: a request is a few hundred bytes.
 const MAX_BODY_BYTES: usize = 16 * 1024;

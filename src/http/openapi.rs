@@ -10,9 +10,10 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
 use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES};
 
-use super::AppState;
 use super::problem::Problem;
-use super::token::{MaskinportenClientListing, ProfileListing, TokenResponse};
+use super::state::AppState;
+use super::token::{MaskinportenClientListing, ProfileListing};
+use crate::tokens::answer::TokenResponse;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,8 +49,8 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Add to every route of `doc` the answers given before a handler runs: the method fallback,
-/// the size limits and the deadline of `http::limits`.
+/// Add to every route of `doc` the answers given outside its handler: the method fallback, the
+/// size limits and the deadline of `http::limits`, and the 500 of a handler that failed.
 pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
     let refusals = [
         ("405", "A method this route does not take".to_owned()),
@@ -64,10 +65,15 @@ pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
             ),
         ),
         (
+            "500",
+            "The broker failed while answering (a handler panicked); the connection stays open"
+                .to_owned(),
+        ),
+        (
             "503",
             format!(
                 "The request took longer than {}",
-                humantime::format_duration(crate::app::REQUEST_TIMEOUT)
+                humantime::format_duration(super::limits::REQUEST_TIMEOUT)
             ),
         ),
     ];

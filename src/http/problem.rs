@@ -10,11 +10,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::broker::{ResolveError, SourceError};
-use crate::cache::CacheError;
-use crate::fetch::FetchError;
-use crate::org::OrgError;
-use crate::upstream::UpstreamError;
+use crate::policy::org::OrgError;
+use crate::tokens::broker::{ResolveError, SourceError};
+use crate::tokens::cache::CacheError;
+use crate::upstream::client::UpstreamError;
+use crate::upstream::fetch::FetchError;
 
 /// When a transient failure leaves no token, callers are told to come back after this long.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -100,7 +100,7 @@ impl IntoResponse for Problem {
 pub enum ApiError {
     #[error(transparent)]
     Resolve(#[from] ResolveError),
-    #[error("org: {0}")]
+    #[error("org")]
     BadOrg(#[from] OrgError),
     #[error("{0}")]
     BadQuery(String),
@@ -263,27 +263,4 @@ pub(crate) fn upstream_problem(u: &UpstreamError) -> Problem {
         .with("upstream", target)
         .retry_after(None),
     }
-}
-
-/// 404 for routes that do not exist.
-pub async fn not_found() -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        "Not found",
-        format!("no such route; the routes are {}", super::route_summary()),
-    )
-}
-
-/// 405 for a method a route does not take.
-pub async fn method_not_allowed() -> Problem {
-    Problem::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
-        "Method not allowed",
-        format!(
-            "this route does not take this method (GET also answers HEAD); the routes are {}",
-            super::route_summary()
-        ),
-    )
 }

@@ -12,7 +12,6 @@
 //!
 //! This module never logs a token or a request header.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,17 +24,15 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use url::Url;
 
-use crate::config::HttpClientSettings;
-use crate::org::OrgNumber;
-use crate::proxy_path;
-use crate::proxy_route::ProxyRoute;
-use crate::token::Token;
-use crate::upstream::{ClientBuildError, http_client};
+use crate::policy::org::OrgNumber;
+use crate::proxy::path;
+use crate::proxy::table::{Proxy, Route};
+use crate::tokens::token::Token;
 
-use super::AppState;
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};
-use super::token::token_for;
+use super::serving::token_for;
+use super::state::AppState;
 
 /// Largest request body buffered so it can be sent again after a 401.
 pub const REPLAY_LIMIT: u64 = 1024 * 1024;
@@ -67,59 +64,6 @@ const NOT_FORWARDED: &[&str] = &[
     "content-length",
     "expect",
 ];
-
-/// The routes and the HTTP client they share.
-pub struct Proxy {
-    routes: HashMap<String, Route>,
-    client: reqwest::Client,
-}
-
-/// A route ready to serve: its base URL resolved.
-struct Route {
-    name: String,
-    base: Url,
-    profile: String,
-    org: Option<OrgNumber>,
-    timeout: Duration,
-    max_body: u64,
-}
-
-impl Proxy {
-    /// The routes with `local:` upstreams resolved against the simulator's base URL, and an HTTP
-    /// client of their own (rustls, `http_client` settings, redirects never followed).
-    pub fn new(
-        routes: &[ProxyRoute],
-        local_base: Option<&Url>,
-        settings: &HttpClientSettings,
-    ) -> Result<Proxy, ClientBuildError> {
-        let mut resolved = HashMap::new();
-        for r in routes {
-            let base = r.base_url(local_base);
-            resolved.insert(
-                r.name.clone(),
-                Route {
-                    name: r.name.clone(),
-                    base,
-                    profile: r.profile.clone(),
-                    org: r.org.clone(),
-                    timeout: r.timeout,
-                    max_body: r.max_body,
-                },
-            );
-        }
-        Ok(Proxy {
-            routes: resolved,
-            client: http_client(settings)?,
-        })
-    }
-
-    /// The configured route names, sorted.
-    fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.routes.keys().map(String::as_str).collect();
-        names.sort_unstable();
-        names
-    }
-}
 
 /// Forward a request to a configured route's upstream with the route profile's token.
 #[utoipa::path(
@@ -169,7 +113,7 @@ pub async fn forward(
         }
     };
     let status = response.status().as_u16();
-    crate::meters::proxy_request(label, status);
+    crate::telemetry::meters::proxy_request(label, status);
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match failure {
         Some(error) => {
@@ -204,7 +148,7 @@ async fn forward_to(
     let org = request_org(&parts.headers, route)?;
     let (_, key) = state.broker().resolve(&route.profile, org)?;
     caller.authorize(&key)?;
-    let url = proxy_path::target(&route.base, rest, parts.uri.query())
+    let url = path::target(&route.base, rest, parts.uri.query())
         .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
     let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
     let headers = forwarded(&parts.headers);
@@ -405,7 +349,7 @@ impl Exchange<'_> {
         }
         let started = Instant::now();
         let result = request.send().await;
-        crate::meters::proxy_upstream(&self.route.name, started.elapsed());
+        crate::telemetry::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|e| {
             if let Some(max) = body.over_limit() {
                 return too_large(max).into();

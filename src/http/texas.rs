@@ -16,14 +16,15 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::on_demand::{ON_DEMAND, OnDemandRequest};
-use crate::org::OrgNumber;
+use crate::policy::on_demand::OnDemandRequest;
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::ON_DEMAND;
 
-use super::AppState;
 use super::auth::Caller;
 use super::on_demand::parse_exchange;
 use super::problem::{ApiError, Problem};
-use super::token::token_for;
+use super::serving::token_for;
+use super::state::AppState;
 
 /// Largest request body accepted: a texas request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -32,7 +33,8 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TexasTokenRequest {
-    /// Only `maskinporten`.
+    /// Only `maskinporten` (any other is a 400 saying so).
+    #[schema(value_type = IdentityProvider)]
     pub identity_provider: String,
     /// The scopes, separated by spaces.
     pub target: String,
@@ -48,6 +50,14 @@ pub struct TexasTokenRequest {
     pub org: Option<String>,
     /// Extension: `altinn` exchanges the Maskinporten token at Altinn.
     pub exchange: Option<String>,
+}
+
+/// The identity providers this endpoint serves, for the OpenAPI document (texas has more).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum IdentityProvider {
+    Maskinporten,
 }
 
 /// texas's successful answer.
@@ -79,6 +89,7 @@ pub struct TexasError {
         (status = 400, description = "invalid_request: bad body, unsupported identity provider, bad org or authorization_details; invalid_scope: a scope outside on_demand.scopes; or Maskinporten's own refusal with its status", body = TexasError),
         (status = 401, description = "invalid_client: API key missing or unknown (when clients are configured)", body = TexasError),
         (status = 403, description = "unauthorized_client: the client may not use this scope or org", body = TexasError),
+        (status = 413, description = "invalid_request: the body is over 16 KiB", body = TexasError),
         (status = 429, description = "temporarily_unavailable: no token is cached and the fetch budget is spent (cache.max_fetches_per_second, or the client's own); see Retry-After", body = TexasError),
         (status = 500, description = "server_error: Maskinporten or Altinn unavailable, unreachable, too slow or unusable; see Retry-After", body = TexasError),
     )
@@ -92,7 +103,7 @@ pub async fn token(
         Ok(answer) => answer,
         Err(error) => texas_error(error.problem()),
     };
-    crate::meters::token_request(ON_DEMAND, response.status().as_u16());
+    crate::telemetry::meters::token_request(ON_DEMAND, response.status().as_u16());
     response
 }
 
@@ -137,7 +148,7 @@ async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest
         .unwrap_or("");
     let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
-        .map_err(|_| bad_request(format!("the body must be at most {MAX_BODY_BYTES} bytes")))?;
+        .map_err(|_| ApiError::Problem(too_large()))?;
     if content_type.starts_with("application/json") {
         serde_json::from_slice(&bytes)
             .map_err(|e| bad_request(format!("the JSON body is not a token request: {e}")))
@@ -226,11 +237,37 @@ fn system_user(details: Value) -> Result<(Option<OrgNumber>, Option<String>), Ap
 }
 
 /// A problem in texas's error shape and statuses (see the module documentation).
+/// tower-http's refusal of a body over [`MAX_BODY_BYTES`] (its Content-Length said so), in
+/// texas's error shape like every other answer of this route; other answers pass unchanged.
+pub(super) async fn body_too_large(response: Response) -> Response {
+    let from_limit = response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|t| !t.as_bytes().starts_with(b"application/json"));
+    if from_limit {
+        texas_error(too_large())
+    } else {
+        response
+    }
+}
+
+/// The refusal of a body over [`MAX_BODY_BYTES`].
+fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        "Payload too large",
+        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+    )
+}
+
 fn texas_error(problem: Problem) -> Response {
     let upstream_status = problem.extra.get("upstream_status").and_then(Value::as_u64);
     let upstream_error = problem.extra.get("error").and_then(Value::as_str);
     let (status, error) = match (problem.status, upstream_status, upstream_error) {
         (400, ..) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        (413, ..) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
         (401, ..) => (StatusCode::UNAUTHORIZED, "invalid_client"),
         (403, ..) if problem.kind.ends_with(":scope-not-allowed") => {
             (StatusCode::BAD_REQUEST, "invalid_scope")

@@ -3,34 +3,25 @@
 //! Handlers stay short: parse the query, resolve the profile, ask the cache, shape the answer.
 //! The token leaves the process here and only here, in the body of the response to the caller.
 
+use std::future::{Ready, ready};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use futures::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
 
-use std::borrow::Cow;
-use std::future::{Ready, ready};
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::Profile;
+use crate::tokens::answer::TokenResponse;
+use crate::tokens::cache::CacheKey;
 
-use futures::future::{BoxFuture, Either};
-use std::time::{Duration, SystemTime};
-
-use crate::cache::{CacheKey, Outcome};
-use crate::on_demand::ON_DEMAND;
-use crate::org::OrgNumber;
-use crate::profile::Profile;
-use crate::token::{Token, rfc3339};
-
-use super::AppState;
 use super::auth::Caller;
-use super::bodies;
 use super::problem::{ApiError, Problem};
-
-/// The longest a caller waits for an upstream before getting a 504 (retries included).
-pub const MAX_CALLER_WAIT: Duration = Duration::from_secs(20);
+use super::serving::{answer, cached, fetched};
+use super::state::AppState;
 
 /// The query of `/token/{profile}`: only `org` is known.
 #[derive(Debug, Default, Deserialize)]
@@ -50,45 +41,6 @@ pub fn parse_query(raw: Option<&str>) -> Result<Option<OrgNumber>, ApiError> {
         ))
     })?;
     Ok(query.org.map(|o| o.trim().parse()).transpose()?)
-}
-
-/// The JSON answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TokenResponse<'a> {
-    pub access_token: &'a str,
-    pub token_type: &'static str,
-    pub expires_in: u64,
-    pub expires_at: String,
-    pub scope: Cow<'a, str>,
-    pub profile: &'a str,
-    pub org: Option<&'a str>,
-}
-
-impl<'a> TokenResponse<'a> {
-    pub fn new(token: &'a Token, key: &'a CacheKey, profile: &Profile, now: SystemTime) -> Self {
-        TokenResponse {
-            access_token: token.value.expose(),
-            token_type: "Bearer",
-            expires_in: token.remaining(now).as_secs(),
-            expires_at: rfc3339(token.expires_at),
-            scope: if token.scope.is_empty() {
-                Cow::Owned(profile.scope())
-            } else {
-                Cow::Borrowed(&token.scope)
-            },
-            profile: key.profile.as_str(),
-            org: key.org.as_ref().map(|o| o.as_str()),
-        }
-    }
-}
-
-/// Whether the caller asked for the bare token (`Accept: text/plain`).
-fn wants_text(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    accept.contains("text/plain") && !accept.contains("application/json")
 }
 
 /// A token for `profile` (and the system user of `org`): JSON, or the bare token for `Accept: text/plain`.
@@ -183,7 +135,7 @@ const UNKNOWN_PROFILE: &str = "_unknown";
 /// [`UNKNOWN_PROFILE`]) and outcome.
 fn counted(profile: &str, answered: Result<Response, ApiError>) -> Response {
     let response = answered.unwrap_or_else(IntoResponse::into_response);
-    crate::meters::token_request(profile, response.status().as_u16());
+    crate::telemetry::meters::token_request(profile, response.status().as_u16());
     response
 }
 
@@ -200,105 +152,6 @@ fn prepare(
     let (profile, key) = state.broker().resolve(profile, org)?;
     caller.authorize(&key)?;
     Ok((caller, profile, key))
-}
-
-/// The token for `key` the caller is authorized for: from the cache, or fetched and waited for
-/// (at most [`MAX_CALLER_WAIT`]); counted and logged without the token.
-pub(super) async fn token_for(
-    state: &AppState,
-    caller: &Caller,
-    key: &CacheKey,
-) -> Result<Arc<Token>, ApiError> {
-    match cached(state, caller, key, state.broker().clock().now()) {
-        Some(token) => Ok(token),
-        None => Box::pin(fetched(state, caller, key)).await,
-    }
-}
-
-/// The cache-hit path of [`token_for`], which never waits: a token servable at `now` from the
-/// cache's index, counted and logged.
-fn cached(
-    state: &AppState,
-    caller: &Caller,
-    key: &CacheKey,
-    now: SystemTime,
-) -> Option<Arc<Token>> {
-    let token = state.tokens.peek(key, now)?;
-    crate::meters::cache_lookup(true);
-    served(caller, key, &token, Outcome::Hit);
-    Some(token)
-}
-
-/// The rest of [`token_for`]: the cache's full lookup, and a fetch if it has no servable token.
-/// A cache hit needs no timer and no budget; only a fetch is paid for and bounded in time.
-async fn fetched(
-    state: &AppState,
-    caller: &Caller,
-    key: &CacheKey,
-) -> Result<Arc<Token>, ApiError> {
-    let (token, outcome) = match state.tokens.get_servable(key).await {
-        Some(token) => (token, Outcome::Hit),
-        None => tokio::time::timeout(MAX_CALLER_WAIT, state.tokens.get(key, caller.budget()))
-            .await
-            .map_err(|_| ApiError::WaitedTooLong(MAX_CALLER_WAIT))??,
-    };
-    crate::meters::cache_lookup(outcome == Outcome::Hit);
-    served(caller, key, &token, outcome);
-    Ok(token)
-}
-
-/// The audit line of a token handed out: at info once per caller and token (so once per token
-/// lifetime per client and key, not per hit), at debug for every request. Never the token.
-pub(super) fn served(caller: &Caller, key: &CacheKey, token: &Token, outcome: Outcome) {
-    let (client, org) = (caller.name(), key.org.as_ref().map(|o| o.as_str()));
-    let scope = key.on_demand.as_ref().map(tracing::field::display);
-    // The field values are written only if the line is (the macros check the level first).
-    let expires_at = tracing::field::display(Rfc3339(token.expires_at));
-    if token.served.first_for(client) {
-        tracing::info!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
-    } else {
-        tracing::debug!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
-    }
-}
-
-/// A time as RFC 3339, formatted only when displayed.
-struct Rfc3339(SystemTime);
-
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&rfc3339(self.0))
-    }
-}
-
-/// The answer of `/token/{profile}` and `GET /token?scope=`: JSON (shared per token and second),
-/// or the bare token for `Accept: text/plain`.
-pub(super) fn answer(
-    token: &Token,
-    key: &CacheKey,
-    profile: &Profile,
-    headers: &HeaderMap,
-    now: SystemTime,
-) -> Result<Response, ApiError> {
-    let (content_type, body) = if wants_text(headers) {
-        let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
-        ("text/plain; charset=utf-8", text)
-    } else {
-        let json = bodies::json(token, key, profile, now).map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                format!("the answer could not be written as JSON: {e}"),
-            )
-        })?;
-        ("application/json", json)
-    };
-    // Built directly: `(headers, body).into_response()` would first set a content type of its own.
-    let mut response = Response::new(axum::body::Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
 }
 
 /// One profile in the `GET /token` listing.
@@ -324,7 +177,7 @@ pub struct MaskinportenClientListing {
 
 /// Every Maskinporten client of `generation`, the default first.
 pub(super) fn maskinporten_clients(
-    generation: &crate::broker::Generation,
+    generation: &crate::tokens::broker::Generation,
 ) -> Vec<MaskinportenClientListing> {
     generation
         .fetchers()
@@ -337,37 +190,26 @@ pub(super) fn maskinporten_clients(
         .collect()
 }
 
-/// `GET /token`: without a query, the profiles this broker can make tokens for; with `scope=`, an
-/// on-demand token for those scopes (see `http/on_demand.rs`), answered like `/token/{profile}`.
+/// `GET /token`: the profiles this broker can make tokens for. `GET /token?scope=…` is kept as
+/// an alias of `GET /token/on-demand?scope=…` (see `http/on_demand.rs`), which the OpenAPI
+/// document describes: there `scope` is required, so no valid request by the schema is refused
+/// for lacking it.
 #[utoipa::path(
     get,
     path = "/token",
     tag = "tokens",
-    params(
-        ("scope" = Option<Vec<String>>, Query, description = "On-demand scopes: repeat the parameter or separate scopes by spaces; each must match on_demand.scopes (and the client's scopes). Without any parameter the answer is the profile listing"),
-        ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
-        ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token)"),
-        ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer)"),
-        ("externalRef" = Option<String>, Query, description = "The system user's externalRef"),
-        ("exchange" = Option<String>, Query, description = "altinn: exchange the Maskinporten token at Altinn; none (default): the Maskinporten token"),
-    ),
     responses(
-        (status = 200, description = "Without a query: the configured profiles. With scope=: a token with at least cache.min_remaining left", content(
+        (status = 200, description = "The configured profiles, the default org, the env and the Maskinporten clients (no secrets). With scope= (an alias of /token/on-demand): a token", content(
             (IndexAnswer = "application/json"),
             (String = "text/plain"),
         )),
-        (status = 400, description = "Bad query, scope or org", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer realm=\"maskinporten-broker\": send the API key as Authorization: Bearer KEY (or X-Api-Key: KEY)"))),
-        (status = 403, description = "A scope outside on_demand.scopes or the client's scopes (the detail names it), or an org the client may not use", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Maskinporten or Altinn refused (e.g. invalid_scope with its MP-code and hint), or sent an unusable token", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the budget of upstream fetches (cache.max_fetches_per_second, or the client's max_fetches_per_second); cached tokens are never limited", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
-        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
-        (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
+        (status = 403, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
+        (status = 504, description = "With a query: as /token/on-demand", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn index(
@@ -381,13 +223,7 @@ pub async fn index(
             Ok(_) => Json(listing(&state)).into_response(),
             Err(problem) => problem.into_response(),
         },
-        Some(query) => {
-            let response = super::on_demand::serve(&state, caller, &query, request.headers())
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
-            crate::meters::token_request(ON_DEMAND, response.status().as_u16());
-            response
-        }
+        Some(query) => super::on_demand::counted(&state, caller, &query, request.headers()).await,
     }
 }
 
@@ -417,7 +253,10 @@ mod tests {
 
     #[test]
     fn retries_end_before_the_caller_stops_waiting() {
-        assert!(crate::retry::RetryPolicy::default().total < MAX_CALLER_WAIT);
+        assert!(
+            crate::upstream::retry::RetryPolicy::default().total
+                < crate::http::serving::MAX_CALLER_WAIT
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::STANDARD;
 use rsa::RsaPublicKey;
 use rsa::pkcs8::DecodePublicKey;
 
-use crate::token::rfc3339;
+use crate::tokens::token::rfc3339;
 
 /// `serialNumber` in a subject: Buypass and Commfides put the organisation number here.
 const SERIAL_NUMBER: &str = "2.5.4.5";

@@ -10,6 +10,7 @@ mod certificate;
 mod jwk;
 mod pem;
 mod pkcs12;
+pub(crate) mod secret;
 
 use std::fmt;
 use std::path::Path;
@@ -27,7 +28,7 @@ pub(crate) use certificate::{Certificate, EXPIRY_WARNING};
 pub use jwk::public_key_from_jwk;
 pub(crate) use jwk::{private_jwk, public_jwks};
 
-use crate::secret::Secret;
+use crate::key::secret::Secret;
 
 /// Digdir accepts at most this many keys on one client.
 pub(crate) const MAX_KEYS_PER_CLIENT: usize = 5;

@@ -11,7 +11,7 @@ use rsa::pkcs8::DecodePrivateKey;
 
 use super::certificate::Certificate;
 use super::{Candidate, KeyError};
-use crate::secret::Secret;
+use crate::key::secret::Secret;
 
 /// Whether `bytes` may be PKCS#12: DER, so a SEQUENCE. The parse decides.
 pub(super) fn looks_like(bytes: &[u8]) -> bool {

@@ -11,12 +11,12 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::client::{RegisterApi, RegisterError};
-use super::system::{Difference, System, field_of};
-use crate::broker::{Broker, Generation, ResolveError, SourceError};
-use crate::cache::{CacheError, TokenCache};
-use crate::org::OrgNumber;
-use crate::secret::Secret;
+use super::system::{Difference, System};
+use crate::key::secret::Secret;
+use crate::policy::org::OrgNumber;
+use crate::tokens::broker::{Broker, Generation, ResolveError, SourceError};
+use crate::tokens::cache::{CacheError, TokenCache};
+use crate::upstream::register::{RegisterApi, RegisterError, field_of};
 
 /// Where the admin token (and the proof token) come from.
 pub enum Admin<'a> {
@@ -294,7 +294,7 @@ impl Onboarding<'_> {
     }
 
     /// `systemuser list`: every system user of the system, and whether the list stopped at
-    /// [`super::client::MAX_SYSTEM_USERS`].
+    /// [`crate::upstream::register::MAX_SYSTEM_USERS`].
     pub async fn list(&self) -> Result<(Vec<SystemUserView>, bool), OnboardingError> {
         let token = self.admin_token().await?;
         let (users, truncated) = self.api.system_users(&token, &self.system.id).await?;
@@ -325,7 +325,7 @@ impl Onboarding<'_> {
                             profile: profile.to_owned(),
                             source,
                         })?;
-                Ok(crate::token::rfc3339(token.expires_at))
+                Ok(crate::tokens::token::rfc3339(token.expires_at))
             }
             Admin::Broker(broker) => {
                 let answer = broker.token(profile, Some(org)).await?;

@@ -8,11 +8,13 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::org::OrgNumber;
-use crate::profile::Profiles;
+use crate::config::{Languages, SystemSettings};
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::Profiles;
+use crate::upstream::register::field_of;
 
 /// `urn:altinn:resource`: the kind of every right the system asks for.
 const RESOURCE: &str = "urn:altinn:resource";
@@ -20,48 +22,6 @@ const RESOURCE: &str = "urn:altinn:resource";
 const ACCESS_PACKAGE: &str = "urn:altinn:accesspackage:";
 /// The profile whose token the register calls use when `system.profile` is absent.
 const ADMIN_PROFILE: &str = "admin";
-
-/// `system:` in broker.yaml.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SystemSettings {
-    /// `<vendor org>_<name>`: the vendor's organisation number, `_`, a name without spaces.
-    pub id: String,
-    #[serde(default)]
-    pub name: Languages,
-    #[serde(default)]
-    pub description: Languages,
-    /// Resource ids (the values of `urn:altinn:resource`).
-    #[serde(default)]
-    pub rights: Vec<String>,
-    /// `urn:altinn:accesspackage:…` values.
-    #[serde(default)]
-    pub access_packages: Vec<String>,
-    /// Absent or empty: the client id of every configured Maskinporten client.
-    #[serde(default)]
-    pub client_ids: Vec<String>,
-    /// Where a customer may be sent after answering a request; https only.
-    #[serde(default)]
-    pub allowed_redirect_urls: Vec<String>,
-    #[serde(default = "visible")]
-    pub visible: bool,
-    /// The profile whose token the register calls use; absent: `admin`.
-    #[serde(default)]
-    pub profile: Option<String>,
-}
-
-fn visible() -> bool {
-    true
-}
-
-/// A text in Altinn's three languages; all three are required.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Languages {
-    pub nb: Option<String>,
-    pub nn: Option<String>,
-    pub en: Option<String>,
-}
 
 /// A checked `system:`: what the register calls send and compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,22 +253,6 @@ impl System {
             })
             .collect()
     }
-}
-
-/// The member `name` of an object, matched ignoring ASCII case (Altinn's JSON is camelCase, its
-/// documentation sometimes not); `null` when absent.
-pub fn field_of<'v>(value: &'v Value, name: &str) -> &'v Value {
-    static NULL: Value = Value::Null;
-    value
-        .as_object()
-        .and_then(|o| {
-            o.get(name).or_else(|| {
-                o.iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-        })
-        .unwrap_or(&NULL)
 }
 
 fn array(value: &Value) -> impl Iterator<Item = &Value> {

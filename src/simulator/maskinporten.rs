@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{World, decoding_key, now_unix};
-use crate::org::OrgNumber;
+use crate::policy::org::OrgNumber;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const SYSTEM_USER_TYPE: &str = "urn:altinn:systemuser";

@@ -6,7 +6,7 @@
 //! and MP-code (see `PROTOCOL.md`). The broker talks to it only over HTTP, like to the real thing.
 //!
 //! This module must never reach into the broker (cache, fetch, upstream, broker): it may only use
-//! the neutral helpers `crate::key` and `crate::org`. It must never be lenient where the real
+//! the neutral helpers `crate::key` and `crate::policy::org`. It must never be lenient where the real
 //! services are strict, or a bug in the broker would pass locally and fail in production.
 //!
 //! - `maskinporten`: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use super::World;
 use super::altinn::{bearer, verify_altinn_or_maskinporten_token};
-use crate::org::OrgNumber;
+use crate::policy::org::OrgNumber;
 
 /// The most systems, requests and system users the simulator keeps, each.
 pub const MAX_RECORDS: usize = 10_000;

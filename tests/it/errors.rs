@@ -23,6 +23,10 @@ async fn malformed_org_numbers_are_400s() {
     assert!(p["detail"].as_str().unwrap().contains("exactly 9 digits"));
     let p = env.problem("/token/altinn?org=991825828", 400).await;
     assert!(p["detail"].as_str().unwrap().contains("check digit"));
+    // The cause once, after the field it is about (it was repeated after itself).
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.starts_with("org: "), "{detail}");
+    assert_eq!(detail.matches("check digit").count(), 1, "{detail}");
     let p = env.problem("/token/altinn?org=99182582a", 400).await;
     assert!(p["detail"].as_str().unwrap().contains("only digits"));
     let p = env.problem("/token/altinn?orgnr=991825827", 400).await;

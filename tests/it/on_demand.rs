@@ -365,3 +365,74 @@ async fn skip_cache_fetches_a_new_token() {
     assert_eq!(after["access_token"], fresh["access_token"]);
     assert_eq!(env.mp.calls(), 2);
 }
+
+#[tokio::test]
+async fn texas_bodies_over_16_kib_are_a_413_in_texas_shape_announced_or_streamed() {
+    let env = TestEnv::start(ON_DEMAND).await;
+    let big = format!(
+        "{{\"identity_provider\":\"maskinporten\",\"target\":\"altinn:a\",\"pad\":\"{}\"}}",
+        "x".repeat(16 * 1024)
+    );
+    // With a Content-Length: refused before the handler (tower-http's limit).
+    let announced = env
+        .http
+        .post(env.url("/api/v1/token"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    // Chunked: refused while the handler reads it.
+    let chunks = futures::stream::iter(
+        big.into_bytes()
+            .chunks(1024)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let streamed = env
+        .http
+        .post(env.url("/api/v1/token"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    for answer in [announced, streamed] {
+        assert_eq!(answer.status().as_u16(), 413);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_request", "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("16384 bytes"),
+            "{body}"
+        );
+    }
+    assert_eq!(env.mp.calls(), 0, "nothing reached Maskinporten");
+}
+
+#[tokio::test]
+async fn the_on_demand_route_is_the_same_as_the_token_alias_and_requires_a_scope() {
+    let env = TestEnv::start(ON_DEMAND).await;
+    let alias = env
+        .get_json("/token?scope=altinn:a&scope=altinn:b", 200)
+        .await;
+    let own = env
+        .get_json("/token/on-demand?scope=altinn:b+altinn:a", 200)
+        .await;
+    assert_eq!(own["profile"], "on-demand");
+    assert_eq!(
+        own["access_token"], alias["access_token"],
+        "one cache entry"
+    );
+    assert_eq!(env.mp.calls(), 1);
+    for path in ["/token/on-demand", "/token/on-demand?org=991825827"] {
+        let p = env.problem(path, 400).await;
+        assert!(
+            p["detail"].as_str().unwrap().contains("scope"),
+            "{path}: {p}"
+        );
+    }
+    assert_eq!(env.mp.calls(), 1, "a refusal never reaches Maskinporten");
+}

@@ -215,10 +215,17 @@ async fn after_a_reload_the_new_key_file_is_watched_and_restart_only_changes_are
     let restart = restart.expect("the restart-only change is logged");
     assert!(restart.contains("listen, cache"), "{restart}");
 
-    // The old key file is no longer watched: changing it reloads nothing ...
+    // The old key file is no longer watched: changing it reloads nothing ... (the config write
+    // above may itself have been seen as a file change before the SIGHUP arrived: count from here)
+    let file_changes = logged("file change");
     std::fs::write(&old_key, "not a key").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await; // longer than the 2 s check interval
-    assert_eq!(logged("file change"), 0, "{:?}", log.lock().unwrap());
+    assert_eq!(
+        logged("file change"),
+        file_changes,
+        "{:?}",
+        log.lock().unwrap()
+    );
     // ... the new one is: a broken key there is noticed (and refused).
     std::fs::write(&new_key, "not a key either").unwrap();
     for _ in 0..100 {

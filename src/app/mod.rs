@@ -5,6 +5,12 @@
 //! router. [`App::spawn`] serves on a given listener (tests use `127.0.0.1:0`); [`run`] binds the
 //! configured address and waits for SIGTERM/SIGINT.
 
+pub mod cli;
+pub mod commands;
+pub mod onboarding;
+mod serve;
+mod validate;
+
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
@@ -17,25 +23,26 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::broker::{Broker, Generation};
-use crate::budget::FetchBudget;
-use crate::cache::{Policy, TokenCache};
-use crate::clock::Clock;
-use crate::config::{ClientView, ConfigError, Environment, LOCAL_KID, Settings, Validated};
-use crate::discovery::{self, DiscoveryError, Metadata, Plan};
-use crate::fetch::Fetcher;
-use crate::http::{self, AppState, Shared};
+use crate::config::{ClientView, ConfigError, Environment, LOCAL_KID, Settings};
+use crate::http;
+use crate::http::limits::REQUEST_TIMEOUT;
+use crate::http::state::{AppState, Shared};
+use crate::key::secret::Secret;
 use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
-use crate::profile::ClientName;
-use crate::retry::RetryPolicy;
-use crate::secret::Secret;
-use crate::serve;
+use crate::policy::profile::ClientName;
+use crate::proxy::table::Proxy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
-use crate::token_files::TokenFiles;
-use crate::upstream::{ClientBuildError, http_client};
+use crate::tokens::broker::{Broker, Generation};
+use crate::tokens::budget::FetchBudget;
+use crate::tokens::cache::{Policy, TokenCache};
+use crate::tokens::files::TokenFiles;
+use crate::upstream::client::{ClientBuildError, http_client};
+use crate::upstream::clock::Clock;
+use crate::upstream::discovery::{self, DiscoveryError, Metadata, Plan};
+use crate::upstream::fetch::Fetcher;
+use crate::upstream::retry::RetryPolicy;
 
-/// Longest a single request to the broker may take before it gets a 503.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+use validate::Validated;
 
 /// Why the broker did not start.
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +202,7 @@ fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
         tracing::warn!(
             kid = key.kid(),
             subject = %leaf.subject,
-            not_after = %crate::token::rfc3339(leaf.not_after),
+            not_after = %crate::tokens::token::rfc3339(leaf.not_after),
             days_left = left.as_secs() / 86_400,
             "the business certificate expires within 30 days: order a renewed one from the vendor and switch key.path"
         );
@@ -232,7 +239,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
     let http = http_client(&settings.http_client)?;
     let discovered = discover(&settings, local_base, &http).await?;
-    let proxy = http::proxy::Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
+    let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let system = validated.system.clone().map(Arc::new);
     let fixed_orgs: Vec<_> = validated
@@ -255,7 +262,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             tokens,
             env: settings.env,
             clients,
-            metrics: crate::meters::install(),
+            metrics: crate::telemetry::meters::install(),
             openapi: serde_json::to_vec(&http::document())
                 .unwrap_or_default()
                 .into(),
@@ -304,8 +311,8 @@ pub(crate) async fn discover(
 /// same rules as a request (`Generation::resolve`); checked before the broker listens.
 fn token_files(
     generation: &Generation,
-    files: &[crate::token_files::TokenFile],
-    fixed_orgs: &[crate::proxy_route::ProxyRoute],
+    files: &[crate::tokens::files::TokenFile],
+    fixed_orgs: &[crate::proxy::route::ProxyRoute],
 ) -> Result<TokenFiles, StartError> {
     let mut problems: Vec<String> = fixed_orgs
         .iter()

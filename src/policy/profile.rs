@@ -12,6 +12,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+/// The profile name of on-demand tokens (in answers, metrics and logs); no configured profile
+/// may take it.
+pub const ON_DEMAND: &str = "on-demand";
+
 /// Scopes of the `altinn` profile (the reference library's `altinn_scopes`).
 pub const ALTINN_SCOPES: &[&str] = &["altinn:instances.read", "altinn:instances.write"];
 /// Scopes of the `admin` profile (the reference library's `admin_scopes`).
@@ -213,7 +217,7 @@ impl Profiles {
                 ));
                 continue;
             }
-            if name == crate::on_demand::ON_DEMAND {
+            if name == ON_DEMAND {
                 problems.push(format!(
                     "profiles.{name}: this name is reserved for on-demand tokens (GET /token?scope=...)"
                 ));

@@ -11,48 +11,18 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
 use url::Url;
 
-use crate::config::{Endpoints, Environment};
-use crate::org::OrgNumber;
-use crate::profile::Profiles;
+use crate::config::{Endpoints, Environment, ProxyRouteSettings};
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::Profiles;
 
-/// Default of `proxy.<name>.timeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default of `proxy.<name>.max_body`: 10 MiB.
-pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
 /// Upper bound of `proxy.<name>.max_body`: 1 GiB.
 pub const MAX_MAX_BODY: u64 = 1024 * 1024 * 1024;
 /// Upper bound of `proxy.<name>.timeout`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The prefix of an upstream on the embedded simulator (`env: local`).
 pub const LOCAL_PREFIX: &str = "local:";
-
-/// One route as written under `proxy:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyRouteSettings {
-    /// Base URL, ending in '/': `/proxy/{name}/{rest}` goes to `{upstream}{rest}`.
-    pub upstream: String,
-    /// Whose token goes on the request.
-    pub profile: String,
-    /// A fixed system-user organisation; otherwise the caller's `X-Broker-Org` header.
-    pub org: Option<String>,
-    /// The whole upstream exchange, first byte sent to last byte received.
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Largest request body forwarded, in bytes.
-    #[serde(default = "default_max_body")]
-    pub max_body: u64,
-}
-
-fn default_timeout() -> Duration {
-    DEFAULT_TIMEOUT
-}
-fn default_max_body() -> u64 {
-    DEFAULT_MAX_BODY
-}
 
 /// Where a route forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +89,7 @@ pub fn validate(
         if let Some(profiles) = profiles {
             problems.extend(profiles.check_named(&s.profile, &field("profile")));
         }
-        let org = crate::org::parse_field(s.org.as_deref(), &field("org"), problems);
+        let org = crate::policy::org::parse_field(s.org.as_deref(), &field("org"), problems);
         if s.timeout.is_zero() || s.timeout > MAX_TIMEOUT {
             problems.push(format!(
                 "{}: must be longer than 0s and at most 1h",
@@ -201,6 +171,7 @@ fn is_loopback(url: &Url) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT};
 
     #[test]
     fn https_only_except_loopback_and_env_local() {

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::access::hash_api_key;
 use crate::app::{self, load_key};
 use crate::config::{Environment, Settings};
 use crate::http::problem::ApiError;
-use crate::http::token::TokenResponse;
+use crate::key::secret::Secret;
 use crate::key::{Algorithm, Form, KeyFile, MAX_KEYS_PER_CLIENT, SigningKey, public_key_from_jwk};
-use crate::org::OrgNumber;
-use crate::secret::Secret;
+use crate::policy::access::hash_api_key;
+use crate::policy::org::OrgNumber;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig};
+use crate::tokens::answer::TokenResponse;
 
 fn parse_org(org: Option<&str>) -> anyhow::Result<Option<OrgNumber>> {
     org.map(|o| {
@@ -58,7 +58,7 @@ pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Re
     let validated = settings.validate()?;
     let keys = app::load_keys(&settings)?;
     // The same profile and system-user rules, and the same grant, as the server's.
-    let http = crate::upstream::http_client(&settings.http_client)?;
+    let http = crate::upstream::client::http_client(&settings.http_client)?;
     let generation = app::generation(&settings, validated, keys, None, Vec::new(), http);
     let (profile, key) = generation.resolve(profile, org)?;
     let grant = generation.fetcher(&key.client)?.grant(
@@ -242,7 +242,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
     } else {
         let e = settings.endpoints(None);
         println!("issuer:          {}", e.issuer);
-        let token_url = match crate::discovery::Plan::of(&settings, &e.issuer) {
+        let token_url = match crate::upstream::discovery::Plan::of(&settings, &e.issuer) {
             None => format!("{} (configured; no discovery)", e.token_url),
             Some(plan) if !online => format!(
                 "read from {} at start (built-in: {}; check --online reads it now)",
@@ -251,7 +251,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
             Some(_) => match app::discover(
                 &settings,
                 None,
-                &crate::upstream::http_client(&settings.http_client)?,
+                &crate::upstream::client::http_client(&settings.http_client)?,
             )
             .await?
             .into_iter()
@@ -345,7 +345,7 @@ fn print_key(key: &SigningKey) {
     println!("  issuer:        {}", leaf.issuer);
     println!(
         "  not after:     {} ({days} days left{})",
-        crate::token::rfc3339(leaf.not_after),
+        crate::tokens::token::rfc3339(leaf.not_after),
         if days < 30 { "; renew it now" } else { "" }
     );
     println!(
@@ -364,10 +364,10 @@ fn verify_key_pair(key: &SigningKey) -> anyhow::Result<()> {
         jwk["n"].as_str().unwrap_or_default(),
         jwk["e"].as_str().unwrap_or_default(),
     )?;
-    let profile = crate::profile::builtins().remove(0);
-    let grant = crate::grant::build_jwt_grant(
+    let profile = crate::policy::profile::builtins().remove(0);
+    let grant = crate::upstream::grant::build_jwt_grant(
         key,
-        &crate::grant::GrantRequest {
+        &crate::upstream::grant::GrantRequest {
             client_id: "check",
             audience: "check",
             profile: &profile,

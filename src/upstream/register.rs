@@ -14,9 +14,9 @@ use reqwest::Method;
 use serde_json::Value;
 use url::Url;
 
-use super::codes;
-use crate::secret::Secret;
-use crate::upstream::{Target, UpstreamError};
+use super::client::{Target, UpstreamError};
+use super::register_codes as codes;
+use crate::key::secret::Secret;
 
 /// The largest answer read from Altinn; a page of 50 system users is a few tens of KiB.
 pub const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
@@ -226,12 +226,12 @@ impl RegisterApi {
                 .fetch(Method::GET, url, &first, SCOPE_REGISTER, token, None)
                 .await?
                 .1;
-            let data = super::system::field_of(&page, "data")
+            let data = field_of(&page, "data")
                 .as_array()
                 .ok_or_else(|| invalid(&first, "a page without a data array".into()))?;
             let room = MAX_SYSTEM_USERS - users.len();
             users.extend(data.iter().take(room).cloned());
-            let link = super::system::field_of(super::system::field_of(&page, "links"), "next");
+            let link = field_of(field_of(&page, "links"), "next");
             next = match link.as_str().filter(|l| !l.is_empty()) {
                 // A page that adds nothing but points on would loop for ever.
                 Some(_) if data.is_empty() => None,
@@ -394,4 +394,20 @@ fn kind(value: &Value) -> &'static str {
 
 fn segment(text: &str) -> String {
     utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+/// The member `name` of an object, matched ignoring ASCII case (Altinn's JSON is camelCase, its
+/// documentation sometimes not); `null` when absent.
+pub fn field_of<'v>(value: &'v Value, name: &str) -> &'v Value {
+    static NULL: Value = Value::Null;
+    value
+        .as_object()
+        .and_then(|o| {
+            o.get(name).or_else(|| {
+                o.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+        })
+        .unwrap_or(&NULL)
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{ClientView, Environment, Settings};
-use crate::upstream::{Target, UpstreamError, call};
+use crate::upstream::client::{Target, UpstreamError, call};
 
 /// How often the document is re-read while the broker runs.
 pub(crate) const REREAD_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::fetch::FetchError;
+use crate::upstream::fetch::FetchError;
 
 /// How hard to try before giving up on one fetch.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{Target, UpstreamError};
+    use crate::upstream::client::{Target, UpstreamError};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn unavailable(retry_after: Option<Duration>) -> FetchError {

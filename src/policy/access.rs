@@ -10,9 +10,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::budget::ClientBudget;
-use crate::on_demand::ScopePatterns;
-use crate::org::OrgNumber;
+use crate::policy::on_demand::ScopePatterns;
+use crate::policy::org::OrgNumber;
+use crate::tokens::budget::ClientBudget;
 
 /// One client of a shared broker, as written in `clients:`.
 #[derive(Debug, Clone, Deserialize)]

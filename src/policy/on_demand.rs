@@ -11,11 +11,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::profile::{ClientName, Exchange, Profile, ProfileName, SystemUser};
-
-/// The profile name of on-demand tokens (in answers, metrics and logs); no configured profile
-/// may take it.
-pub const ON_DEMAND: &str = "on-demand";
+use crate::policy::profile::{ClientName, Exchange, ON_DEMAND, Profile, ProfileName, SystemUser};
 
 /// Most scopes one on-demand request may name.
 pub const MAX_SCOPES: usize = 20;

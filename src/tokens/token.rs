@@ -14,7 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::secret::Secret;
+use crate::key::secret::Secret;
 
 /// The longest lifetime the broker believes of any token (Maskinporten issues minutes, Altinn 30
 /// minutes). A longer `expires_in` or `exp` is clamped to this: refreshing earlier is always safe.

@@ -36,13 +36,13 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{ClientBudget, FetchBudget, MAX_RETRY_AFTER, OverBudget};
-use crate::clock::Clock;
 use crate::config::CacheSettings;
-use crate::on_demand::OnDemandRequest;
-use crate::org::OrgNumber;
-use crate::profile::{ClientName, ProfileName};
-use crate::token::{Token, rfc3339};
+use crate::policy::on_demand::OnDemandRequest;
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::{ClientName, ProfileName};
+use crate::tokens::budget::{ClientBudget, FetchBudget, MAX_RETRY_AFTER, OverBudget};
+use crate::tokens::token::{Token, rfc3339};
+use crate::upstream::clock::Clock;
 
 /// How long a permanent refusal is answered from memory.
 pub const REFUSAL_MEMORY: Duration = Duration::from_secs(5);
@@ -56,7 +56,7 @@ pub const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(30);
 const REPORT_USE_EVERY_SECS: u64 = 1;
 
 /// What a cached token is for: a configured profile, or an on-demand request (then `profile` is
-/// [`crate::on_demand::ON_DEMAND`]), the Maskinporten client that signs its grants, and the
+/// [`crate::policy::profile::ON_DEMAND`]), the Maskinporten client that signs its grants, and the
 /// system user's organisation. Built only by `broker.rs` (`resolve`, `resolve_on_demand`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
@@ -709,7 +709,7 @@ impl<S: TokenSource> TokenCache<S> {
                         CacheError::Source(source) => S::retry_after(source),
                         _ => None,
                     };
-                    crate::meters::refresh_failure(key.profile.as_str());
+                    crate::telemetry::meters::refresh_failure(key.profile.as_str());
                     tracing::warn!(profile = %key.profile, error = %crate::telemetry::Chain(&e), failures, "background refresh failed; the cached token is served while it lasts");
                 }
             }
@@ -736,7 +736,7 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::key::secret::Secret;
     use std::sync::atomic::AtomicUsize;
 
     fn token(lifetime: Duration) -> Token {

@@ -6,17 +6,17 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::altinn::AltinnClient;
-use crate::clock::Clock;
 use crate::config::Endpoints;
-use crate::grant::{GrantError, GrantRequest, build_jwt_grant};
 use crate::key::SigningKey;
-use crate::maskinporten::MaskinportenClient;
-use crate::org::OrgNumber;
-use crate::profile::{Exchange, Profile};
-use crate::secret::Secret;
-use crate::token::{Token, from_unix_seconds, unverified_claims};
-use crate::upstream::{self, Target, UpstreamError};
+use crate::key::secret::Secret;
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::{Exchange, Profile};
+use crate::tokens::token::{Token, from_unix_seconds, unverified_claims};
+use crate::upstream::altinn::AltinnClient;
+use crate::upstream::client::{self, Target, UpstreamError};
+use crate::upstream::clock::Clock;
+use crate::upstream::grant::{GrantError, GrantRequest, build_jwt_grant};
+use crate::upstream::maskinporten::MaskinportenClient;
 
 /// Everything needed to get a token from one environment with one key.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ impl Fetcher {
             .map_err(std::sync::Arc::new)?;
         let started = clock.now();
         // The checks run inside the observed call so an unusable answer counts as "invalid".
-        let mp = upstream::observe(Target::Maskinporten, async {
+        let mp = client::observe(Target::Maskinporten, async {
             let mp = self.maskinporten.request_token(&grant).await?;
             observe_date(clock, mp.server_date);
             self.check_maskinporten_token(&mp.access_token, clock.now())?;
@@ -123,7 +123,7 @@ impl Fetcher {
         match profile.exchange {
             Exchange::None => Ok(maskinporten_token),
             Exchange::Altinn => {
-                let altinn = upstream::observe(Target::Altinn, async {
+                let altinn = client::observe(Target::Altinn, async {
                     let altinn = self.altinn.exchange(&maskinporten_token.value).await?;
                     observe_date(clock, altinn.server_date);
                     if altinn.expires_at.is_some_and(|at| at <= clock.now()) {

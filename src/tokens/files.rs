@@ -14,45 +14,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, Generation};
-use crate::cache::{CacheKey, TokenCache};
-use crate::org::OrgNumber;
-use crate::profile::{Profile, Profiles};
-use crate::token::{Token, rfc3339};
+use crate::config::{TokenFileFormat, TokenFileSettings};
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::{Profile, Profiles};
+use crate::tokens::broker::{Broker, Generation};
+use crate::tokens::cache::{CacheKey, TokenCache};
+use crate::tokens::token::{Token, rfc3339};
 
 /// How often each file's token is compared with the cache's.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait for a token before the check counts as failed (the cache keeps trying).
 const MAX_WAIT: Duration = Duration::from_secs(20);
-
-/// What goes in the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenFileFormat {
-    /// The bare token, no trailing newline.
-    #[default]
-    Token,
-    /// The JSON answer of `GET /token/{profile}`.
-    Json,
-}
-
-/// One entry of `token_files:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenFileSettings {
-    pub profile: String,
-    /// The system-user organisation, as `?org=` would give it.
-    pub org: Option<String>,
-    pub path: PathBuf,
-    #[serde(default)]
-    pub format: TokenFileFormat,
-    /// Mode 0640 instead of 0600.
-    #[serde(default)]
-    pub group_readable: bool,
-}
 
 /// A validated entry.
 #[derive(Debug, Clone)]
@@ -83,7 +58,7 @@ pub fn validate(
         if let Some(profiles) = profiles {
             problems.extend(profiles.check_named(&s.profile, &field("profile")));
         }
-        let org = crate::org::parse_field(s.org.as_deref(), &field("org"), problems);
+        let org = crate::policy::org::parse_field(s.org.as_deref(), &field("org"), problems);
         if s.path.file_name().is_none() {
             problems.push(format!("{}: must name a file", field("path")));
         }
@@ -249,7 +224,7 @@ async fn write(entry: &Entry, token: &Token, tokens: &TokenCache<Broker>) -> std
         TokenFileFormat::Json => {
             let now = tokens.source().clock().now();
             let answer =
-                crate::http::token::TokenResponse::new(token, &entry.key, &entry.profile, now);
+                crate::tokens::answer::TokenResponse::new(token, &entry.key, &entry.profile, now);
             serde_json::to_vec(&answer).map_err(std::io::Error::other)?
         }
     };

@@ -15,12 +15,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::access::{ClientSettings, Clients};
-use crate::grant::MAX_GRANT_LIFETIME;
+mod proxy;
+mod system;
+mod token_files;
+
+pub use proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ProxyRouteSettings};
+pub use system::{Languages, SystemSettings};
+pub use token_files::{TokenFileFormat, TokenFileSettings};
+
 use crate::key::Algorithm;
-use crate::on_demand::{OnDemandSettings, ScopePatterns};
-use crate::org::OrgNumber;
-use crate::profile::{ProfileSettings, Profiles};
+use crate::policy::access::ClientSettings;
+use crate::policy::on_demand::OnDemandSettings;
+use crate::policy::profile::ProfileSettings;
 
 /// Which Maskinporten and Altinn to talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -79,13 +85,13 @@ pub struct Settings {
     pub allow_unauthenticated: bool,
     /// Egress proxy routes: `/proxy/{name}/...` forwarded with the profile's token added.
     #[serde(default)]
-    pub proxy: BTreeMap<String, crate::proxy_route::ProxyRouteSettings>,
+    pub proxy: BTreeMap<String, ProxyRouteSettings>,
     /// Files kept holding a fresh token, for programs that read files more easily than HTTP.
     #[serde(default)]
-    pub token_files: Vec<crate::token_files::TokenFileSettings>,
+    pub token_files: Vec<TokenFileSettings>,
     /// The vendor's system in Altinn's system register (onboarding customers).
     #[serde(default)]
-    pub system: Option<crate::onboarding::system::SystemSettings>,
+    pub system: Option<SystemSettings>,
 }
 
 impl Default for Settings {
@@ -458,6 +464,13 @@ impl Default for LogSettings {
     }
 }
 
+/// Maskinporten documents 120 s as the longest grant it accepts.
+pub const MAX_GRANT_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Most connections `server.max_connections` may ask for (a semaphore counts in `u32`; far more
+/// than one broker should hold).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
 /// The client id and kid the `local` environment uses when the config names none.
 pub const LOCAL_CLIENT_ID: &str = "local-client";
 pub const LOCAL_KID: &str = "local-kid";
@@ -553,15 +566,15 @@ pub enum ConfigError {
 
 /// Every problem validation found, each with its field path.
 #[derive(Debug, Default)]
-struct Problems(Vec<String>);
+pub(crate) struct Problems(pub(crate) Vec<String>);
 
 impl Problems {
-    fn push(&mut self, problem: impl Into<String>) {
+    pub(crate) fn push(&mut self, problem: impl Into<String>) {
         self.0.push(problem.into());
     }
 
     /// `value` when nothing was found, else every problem.
-    fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+    pub(crate) fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
         if self.0.is_empty() {
             Ok(value)
         } else {
@@ -613,57 +626,22 @@ impl Settings {
             })
     }
 
-    /// Check everything that can be checked without I/O; every problem, with its field path.
-    /// One short check per section, in the order of the file.
-    pub fn validate(&self) -> Result<Validated, ConfigError> {
-        let mut problems = Problems::default();
-        self.check_credentials(&mut problems);
-        let default_org = self.parse_default_org(&mut problems);
-        self.endpoints.check("endpoints.", &mut problems);
-        self.server.check(&mut problems);
-        self.cache.check(&mut problems);
-        self.http_client.check(&mut problems);
-        self.check_local(&mut problems);
-        self.log.check(&mut problems);
-        let clients = self.parse_clients(&mut problems);
-        let on_demand = ScopePatterns::parse("on_demand.scopes", &self.on_demand.scopes)
-            .unwrap_or_else(|p| {
-                p.into_iter().for_each(|p| problems.push(p));
-                ScopePatterns::default()
-            });
-        let profiles = Profiles::from_settings(&self.profiles)
-            .inspect_err(|p| p.iter().for_each(|p| problems.push(p.as_str())));
-        if let Ok(profiles) = &profiles {
-            self.check_client_names(profiles, &mut problems);
-        }
-        let known = profiles.as_ref().ok();
-        let proxy = crate::proxy_route::validate(&self.proxy, self.env, known, &mut problems.0);
-        let token_files = crate::token_files::validate(&self.token_files, known, &mut problems.0);
-        let system = self.system.as_ref().and_then(|s| {
-            let client_ids = self
-                .maskinporten_clients()
-                .iter()
-                .map(|c| c.client_id.to_owned())
-                .collect();
-            crate::onboarding::system::validate(s, client_ids, known, &mut problems.0)
-        });
-        match profiles {
-            Ok(profiles) => problems.into_result(Validated {
-                default_org,
-                profiles,
-                clients,
-                proxy,
-                token_files,
-                on_demand,
-                system,
-            }),
-            Err(_) => Err(ConfigError::Invalid(problems.0)),
-        }
+    /// Check every section that needs no rule of a module above config; every problem goes to
+    /// `problems` with its field path. The parts built by their own modules (profiles, clients,
+    /// on-demand patterns, proxy routes, token files) are checked by `Settings::validate` in
+    /// `app/validate.rs`, which calls this after [`Settings::check_credentials`].
+    pub(crate) fn check_sections(&self, problems: &mut Problems) {
+        self.endpoints.check("endpoints.", problems);
+        self.server.check(problems);
+        self.cache.check(problems);
+        self.http_client.check(problems);
+        self.check_local(problems);
+        self.log.check(problems);
     }
 
     /// `client_id` and one source of the key: required outside `local`. `kid` may come from the
     /// key itself (a JWK) or be absent for a business certificate; loading the key decides.
-    fn check_credentials(&self, problems: &mut Problems) {
+    pub(crate) fn check_credentials(&self, problems: &mut Problems) {
         let local = self.env == Environment::Local;
         match self.client_id.as_deref().map(str::trim) {
             Some("") => problems.push("client_id: must not be empty"),
@@ -681,11 +659,11 @@ impl Settings {
     fn check_maskinporten_clients(&self, problems: &mut Problems) {
         for (name, c) in &self.maskinporten_clients {
             let at = format!("maskinporten_clients.{name}.");
-            if name == crate::profile::DEFAULT_CLIENT {
+            if name == crate::policy::profile::DEFAULT_CLIENT {
                 problems.push(format!(
                     "maskinporten_clients.{name}: the client named default is the top-level client_id, kid and key; set those there, or give this client another name"
                 ));
-            } else if !crate::profile::is_name(name) {
+            } else if !crate::policy::profile::is_name(name) {
                 problems.push(format!(
                     "maskinporten_clients.{name}: a client name uses only letters, digits, '-' and '_'"
                 ));
@@ -707,47 +685,6 @@ impl Settings {
         }
     }
 
-    /// Every Maskinporten client a profile (`profiles.<name>.client`) or an API client
-    /// (`clients[].maskinporten_clients`) names must be configured.
-    fn check_client_names(&self, profiles: &Profiles, problems: &mut Problems) {
-        let known = |name: &str| {
-            name == crate::profile::DEFAULT_CLIENT || self.maskinporten_clients.contains_key(name)
-        };
-        let names = || {
-            std::iter::once(crate::profile::DEFAULT_CLIENT)
-                .chain(self.maskinporten_clients.keys().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        for profile in profiles.iter() {
-            let client = profile.client.as_str();
-            if !known(client) {
-                problems.push(format!(
-                    "profiles.{}.client: there is no Maskinporten client named {client:?}; the clients are: {}",
-                    profile.name,
-                    names()
-                ));
-            }
-        }
-        for (i, c) in self.clients.iter().enumerate() {
-            for client in c.maskinporten_clients.iter().flatten() {
-                if !known(client) {
-                    problems.push(format!(
-                        "clients[{i}].maskinporten_clients: there is no Maskinporten client named {client:?}; the clients are: {}",
-                        names()
-                    ));
-                }
-            }
-        }
-    }
-
-    fn parse_default_org(&self, problems: &mut Problems) -> Option<OrgNumber> {
-        let text = self.default_org.as_ref()?;
-        text.parse()
-            .inspect_err(|e| problems.push(format!("default_org: {text:?} is not valid: {e}")))
-            .ok()
-    }
-
     fn check_local(&self, problems: &mut Problems) {
         let min_remaining = self.cache.min_remaining;
         if self.env == Environment::Local && self.local.token_lifetime <= min_remaining {
@@ -756,21 +693,6 @@ impl Settings {
                 humantime::format_duration(min_remaining)
             ));
         }
-    }
-
-    /// `clients:`, and the rule that a broker reachable from other hosts must authenticate.
-    fn parse_clients(&self, problems: &mut Problems) -> Clients {
-        if !self.listen.ip().is_loopback() && self.clients.is_empty() && !self.allow_unauthenticated
-        {
-            problems.push(format!(
-                "listen: {} is reachable from other hosts, so configure clients (API keys) or write allow_unauthenticated: true",
-                self.listen
-            ));
-        }
-        Clients::from_settings(&self.clients).unwrap_or_else(|p| {
-            p.into_iter().for_each(|p| problems.push(p));
-            Clients::default()
-        })
     }
 
     pub fn client_id(&self) -> &str {
@@ -794,7 +716,7 @@ impl Settings {
     /// The top-level `client_id`, `kid` and `key`: the client named `default`.
     pub fn default_client(&self) -> ClientView<'_> {
         ClientView {
-            name: crate::profile::DEFAULT_CLIENT,
+            name: crate::policy::profile::DEFAULT_CLIENT,
             client_id: self.client_id(),
             kid: self.kid.as_deref(),
             key: &self.key,
@@ -862,7 +784,7 @@ impl ServerSettings {
                 problems.push(format!("{field}: must be longer than 0s"));
             }
         }
-        let most = crate::serve::MAX_CONNECTIONS_LIMIT;
+        let most = MAX_CONNECTIONS_LIMIT;
         if let Some(max) = self.max_connections
             && !(1..=most).contains(&max)
         {
@@ -889,29 +811,6 @@ impl LogSettings {
                 self.level
             ));
         }
-    }
-}
-
-/// What validation parsed along the way, so it is not parsed twice.
-#[derive(Debug, Clone)]
-pub struct Validated {
-    pub(crate) default_org: Option<OrgNumber>,
-    pub(crate) profiles: Profiles,
-    pub(crate) clients: Clients,
-    pub(crate) proxy: Vec<crate::proxy_route::ProxyRoute>,
-    pub(crate) token_files: Vec<crate::token_files::TokenFile>,
-    pub(crate) on_demand: ScopePatterns,
-    /// `system:`, checked: the onboarding commands and routes use it.
-    pub(crate) system: Option<crate::onboarding::system::System>,
-}
-
-impl Validated {
-    /// Every scope the profiles ask for, and the on-demand patterns (the `local` simulator
-    /// registers these for the broker's client and matches `*` as any run of characters).
-    pub(crate) fn scopes(&self) -> Vec<String> {
-        let mut scopes = self.profiles.all_scopes();
-        scopes.extend(self.on_demand.patterns().iter().cloned());
-        scopes
     }
 }
 

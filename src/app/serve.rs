@@ -51,10 +51,6 @@ use tower::util::Oneshot;
 use crate::config::ServerSettings;
 use crate::http::limits;
 
-/// Most connections `server.max_connections` may ask for (a semaphore counts in `u32`; far more
-/// than one broker should hold).
-pub(crate) const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
-
 impl ServerSettings {
     /// The configured cap, or the one derived from the file descriptor limit.
     pub(crate) fn max_connections(&self) -> usize {
@@ -123,7 +119,9 @@ pub(crate) async fn serve<S>(
         + 'static,
     S::Future: Send,
 {
-    let max = settings.max_connections().clamp(1, MAX_CONNECTIONS_LIMIT);
+    let max = settings
+        .max_connections()
+        .clamp(1, crate::config::MAX_CONNECTIONS_LIMIT);
     let timeouts = Timeouts {
         header_read: settings.header_read_timeout,
         keep_alive: settings.keep_alive_timeout,

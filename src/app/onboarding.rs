@@ -12,13 +12,14 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use url::Url;
 
-use super::client::{MAX_SYSTEM_USERS, RegisterApi};
-use super::flow::{self, Admin, Ask, Onboarding, RequestView, RunningBroker};
-use super::system::System;
-use crate::app::{self, Built};
-use crate::cli::{SystemAction, SystemuserAction};
+use super::cli::{SystemAction, SystemuserAction};
+use super::{Built, build};
 use crate::config::{Environment, Settings};
-use crate::secret::Secret;
+use crate::key::secret::Secret;
+use crate::onboarding::flow::{self, Admin, Ask, Onboarding, RequestView, RunningBroker};
+use crate::onboarding::system::System;
+use crate::tokens::cache::REFUSAL_MEMORY;
+use crate::upstream::register::{MAX_SYSTEM_USERS, RegisterApi};
 
 /// `--wait` polls first after this long...
 const FIRST_POLL: Duration = Duration::from_secs(2);
@@ -27,7 +28,7 @@ const LONGEST_POLL: Duration = Duration::from_secs(30);
 /// Tries of the proof token after `Accepted` ...
 const PROOF_ATTEMPTS: u32 = 3;
 /// ... this far apart: longer than the cache remembers a refusal.
-const PROOF_PAUSE: Duration = crate::cache::REFUSAL_MEMORY.saturating_add(Duration::from_secs(1));
+const PROOF_PAUSE: Duration = REFUSAL_MEMORY.saturating_add(Duration::from_secs(1));
 
 /// `maskinporten-broker system show|register`.
 pub async fn system(settings: Settings, action: SystemAction, json: bool) -> anyhow::Result<()> {
@@ -171,7 +172,7 @@ async fn request(
 async fn prove(
     onboarding: &Onboarding<'_>,
     profile: &str,
-    org: &crate::org::OrgNumber,
+    org: &crate::policy::org::OrgNumber,
 ) -> anyhow::Result<String> {
     let mut attempt = 1;
     loop {
@@ -281,7 +282,7 @@ impl Setup {
                 source: Source::Broker(broker),
             });
         }
-        let built = app::build(settings).await?;
+        let built = build(settings).await?;
         let api = flow::api_for(&built.state.broker().generation(), &system)?;
         Ok(Setup {
             system,

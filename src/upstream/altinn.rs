@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use url::Url;
 
-use crate::secret::Secret;
-use crate::token::{from_unix_seconds, unverified_claims};
-use crate::upstream::{Target, UpstreamError, call};
+use crate::key::secret::Secret;
+use crate::tokens::token::{from_unix_seconds, unverified_claims};
+use crate::upstream::client::{Target, UpstreamError, call};
 
 /// An exchanged Altinn token.
 #[derive(Debug, Clone)]

@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use serde::Deserialize;
 use url::Url;
 
-use crate::secret::Secret;
-use crate::upstream::{Target, UpstreamError, call};
+use crate::key::secret::Secret;
+use crate::upstream::client::{Target, UpstreamError, call};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 

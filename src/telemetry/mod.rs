@@ -1,6 +1,8 @@
 //! Logging: human-readable lines by default, JSON with `log.format: json`; the level from
 //! `RUST_LOG` when set, else `log.level`. Events never carry secrets (see `secret.rs`).
 
+pub(crate) mod meters;
+
 use std::error::Error;
 use std::fmt;
 

@@ -81,7 +81,7 @@ pub async fn observe<T>(
     let started = std::time::Instant::now();
     let result = call.await;
     let outcome = result.as_ref().err().map_or("ok", UpstreamError::outcome);
-    crate::meters::upstream_call(target.as_str(), outcome, started.elapsed());
+    crate::telemetry::meters::upstream_call(target.as_str(), outcome, started.elapsed());
     result
 }
 

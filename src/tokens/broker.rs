@@ -15,18 +15,18 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::budget::{self, Breaker};
-use crate::cache::{CacheKey, Purpose, TokenSource};
-use crate::clock::Clock;
-use crate::fetch::{FetchError, Fetcher};
-use crate::on_demand::{OnDemandRequest, ScopePatterns};
-use crate::org::OrgNumber;
-use crate::profile::{
+use crate::policy::on_demand::{OnDemandRequest, ScopePatterns};
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::{
     ClientName, DEFAULT_CLIENT, Exchange, Profile, ProfileName, Profiles, SystemUser,
 };
-use crate::retry::RetryPolicy;
-use crate::token::Token;
-use crate::upstream::Target;
+use crate::tokens::budget::{self, Breaker};
+use crate::tokens::cache::{CacheKey, Purpose, TokenSource};
+use crate::tokens::token::Token;
+use crate::upstream::client::Target;
+use crate::upstream::clock::Clock;
+use crate::upstream::fetch::{FetchError, Fetcher};
+use crate::upstream::retry::RetryPolicy;
 
 /// What a reload replaces.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct Generation {
     /// `on_demand.scopes`: what `GET /token?scope=` may ask for; empty turns it off.
     pub on_demand: ScopePatterns,
     /// Where the token endpoint was discovered, for the daily re-read; `None` when configured.
-    pub discovery: Option<crate::discovery::Plan>,
+    pub discovery: Option<crate::upstream::discovery::Plan>,
 }
 
 impl Generation {
@@ -241,7 +241,7 @@ impl Broker {
     fn record(&self, profile: &Profile, result: &Result<Token, FetchError>) {
         self.record_breakers(profile, result);
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::token::rfc3339(self.clock.now());
+        let now = crate::tokens::token::rfc3339(self.clock.now());
         let mut ok = |target: Target| {
             let h = health.entry(target.as_str()).or_default();
             h.consecutive_failures = 0;
@@ -272,7 +272,7 @@ impl Broker {
 
     /// Post to `token_url` from now on, if the current generation still discovers with `plan`
     /// (a reload in between wins).
-    pub fn set_token_url(&self, plan: &crate::discovery::Plan, token_url: url::Url) {
+    pub fn set_token_url(&self, plan: &crate::upstream::discovery::Plan, token_url: url::Url) {
         self.generation.rcu(|current| {
             if current.discovery.as_ref() == Some(plan) {
                 Arc::new(Generation {

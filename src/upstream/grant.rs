@@ -11,14 +11,12 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::config::MAX_GRANT_LIFETIME;
 use crate::key::SigningKey;
-use crate::org::OrgNumber;
-use crate::profile::Profile;
-use crate::secret::Secret;
-use crate::token::unix_seconds;
-
-/// Maskinporten documents 120 s as the longest grant it accepts.
-pub const MAX_GRANT_LIFETIME: Duration = Duration::from_secs(120);
+use crate::key::secret::Secret;
+use crate::policy::org::OrgNumber;
+use crate::policy::profile::Profile;
+use crate::tokens::token::unix_seconds;
 
 /// Everything a grant depends on besides the key.
 #[derive(Debug, Clone)]
@@ -110,12 +108,12 @@ pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secre
 mod tests {
     use super::*;
     use crate::key::Algorithm;
-    use crate::profile::{ProfileName, Profiles};
+    use crate::policy::profile::{ProfileName, Profiles};
     use jsonwebtoken::{DecodingKey, Validation};
     use serde_json::{Value, json};
 
-    const PEM: &str = include_str!("../tests/fixtures/client-key.pem");
-    const PUB: &str = include_str!("../tests/fixtures/client-key.pub.pem");
+    const PEM: &str = include_str!("../../tests/fixtures/client-key.pem");
+    const PUB: &str = include_str!("../../tests/fixtures/client-key.pub.pem");
 
     fn key(alg: Algorithm) -> SigningKey {
         SigningKey::from_pem(PEM, "my-kid", alg).unwrap()
