@@ -23,5 +23,6 @@ mod proxy;
 mod register_fake;
 mod reload;
 mod secrets;
+mod signers;
 mod token_endpoints;
 mod token_files;
