@@ -11,6 +11,7 @@
 //! | `proxy/` | the egress proxy's routes and the path rules of a proxied request |
 //! | `tokens/` | the token side: broker, cache, the token value, the fetch budget, token files |
 //! | `upstream/` | the upstream protocol: grant, discovery, Maskinporten, Altinn, retries, the HTTP client |
+//! | `onboarding/` | customers' system users: `system:` checked, the idempotent register and request job |
 //! | `policy/` | who may have what: profiles, on-demand scopes, organisation numbers, API clients |
 //! | `key/` | the signing key in every form, and the redacted secret string |
 //! | `config/` | the shape of broker.yaml: plain settings types, loading, checks per section |
@@ -31,6 +32,7 @@ pub use policy::access::hash_api_key;
 
 mod http;
 mod key;
+mod onboarding;
 mod policy;
 mod proxy;
 mod simulator;

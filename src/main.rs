@@ -67,6 +67,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::healthcheck(&url, ca.as_deref(), cert.as_deref().zip(key.as_deref())).await?
         }
         Command::HashKey => commands::hash_key()?,
+        Command::System { action, json } => app::onboarding::system(load()?, action, json).await?,
+        Command::Systemuser { action, json } => {
+            app::onboarding::systemuser(load()?, action, json).await?
+        }
     }
     Ok(())
 }

@@ -108,4 +108,61 @@ pub enum Command {
     },
     /// Read an API key from standard input and print the hash to put in `clients[].key_sha256`.
     HashKey,
+    /// The vendor's system (`system:` in the config) in Altinn's system register.
+    System {
+        #[command(subcommand)]
+        action: SystemAction,
+        /// Print one JSON object per line instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// System users: ask a customer organisation for one, follow the request, list them.
+    Systemuser {
+        #[command(subcommand)]
+        action: SystemuserAction,
+        /// Print one JSON object per line instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SystemAction {
+    /// Whether the system is registered, and what differs from the config.
+    Show,
+    /// Create the system, or update it to match the config (idempotent; never deletes).
+    Register,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum SystemuserAction {
+    /// Ask an organisation to accept a system user; prints the URL to send the customer.
+    Request {
+        /// The customer's organisation number.
+        #[arg(long)]
+        org: String,
+        /// Your reference for this system user (default: the organisation number). Tokens for
+        /// it need the same value as the profile's externalRef.
+        #[arg(long)]
+        external_ref: Option<String>,
+        /// Where Altinn sends the customer after answering (one of system.allowed_redirect_urls).
+        #[arg(long)]
+        redirect_url: Option<String>,
+        /// The agent (client delegation) variant: access packages only.
+        #[arg(long)]
+        agent: bool,
+        /// Wait until the customer answers; after Accepted, fetch one token as proof.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 10m, 1h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The profile of the proof token --wait fetches (it must take an org).
+        #[arg(long, default_value = "altinn")]
+        profile: String,
+    },
+    /// A request's state by its id.
+    Status { id: String },
+    /// Every system user of the system.
+    List,
 }

@@ -479,6 +479,10 @@ pub async fn simulate(
             signing_key: None,
             token_lifetime,
             clients: vec![client],
+            consumer_org: validated.system.as_ref().map(|s| s.vendor.to_string()),
+            strict_system_users: settings
+                .as_ref()
+                .is_some_and(|s| s.local.system_users == crate::config::SystemUsers::Strict),
         },
         listener,
     )

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod onboarding;
 mod serve;
 mod tls;
 mod validate;
@@ -288,6 +289,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     );
     let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
+    let system = validated.system.clone().map(Arc::new);
     let fixed_orgs: Vec<_> = validated
         .proxy
         .iter()
@@ -317,6 +319,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             draining: Default::default(),
             identity,
             introspection,
+            system,
         }),
         simulator,
     })
@@ -461,6 +464,8 @@ async fn start_simulator(
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
             clients: simulator_clients(settings, keys, validated),
+            consumer_org: validated.system.as_ref().map(|s| s.vendor.to_string()),
+            strict_system_users: settings.local.system_users == crate::config::SystemUsers::Strict,
         },
         listener,
     )
@@ -624,6 +629,7 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
         ("server", differs(&running.server, &new.server)),
         ("cache", differs(&running.cache, &new.cache)),
         ("local", differs(&running.local, &new.local)),
+        ("system", differs(&running.system, &new.system)),
         ("log", differs(&running.log, &new.log)),
         ("identity", differs(&running.identity, &new.identity)),
         (

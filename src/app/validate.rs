@@ -4,6 +4,7 @@
 //! settings types that imports none of the modules reading it.
 
 use crate::config::{ConfigError, Problems, Settings};
+use crate::onboarding::system::System;
 use crate::policy::access::Clients;
 use crate::policy::on_demand::ScopePatterns;
 use crate::policy::org::OrgNumber;
@@ -42,6 +43,14 @@ impl Settings {
         let known = profiles.as_ref().ok();
         let proxy = crate::proxy::route::validate(&self.proxy, self.env, known, &mut problems.0);
         let token_files = crate::tokens::files::validate(&self.token_files, known, &mut problems.0);
+        let system = self.system.as_ref().and_then(|s| {
+            let client_ids = self
+                .maskinporten_clients()
+                .iter()
+                .map(|c| c.client_id.to_owned())
+                .collect();
+            crate::onboarding::system::validate(s, client_ids, known, &mut problems.0)
+        });
         match profiles {
             Ok(profiles) => problems.into_result(Validated {
                 default_org,
@@ -50,6 +59,7 @@ impl Settings {
                 proxy,
                 token_files,
                 on_demand,
+                system,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
         }
@@ -122,6 +132,8 @@ pub struct Validated {
     pub(crate) proxy: Vec<ProxyRoute>,
     pub(crate) token_files: Vec<TokenFile>,
     pub(crate) on_demand: ScopePatterns,
+    /// `system:`, checked: the onboarding commands and routes use it.
+    pub(crate) system: Option<System>,
 }
 
 impl Validated {

@@ -16,10 +16,12 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 mod proxy;
+mod system;
 pub mod tls;
 mod token_files;
 
 pub use proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ProxyRouteSettings};
+pub use system::{Languages, SystemSettings};
 pub use token_files::{TokenFileFormat, TokenFileSettings};
 
 use crate::key::Algorithm;
@@ -96,6 +98,9 @@ pub struct Settings {
     /// Files kept holding a fresh token, for programs that read files more easily than HTTP.
     #[serde(default)]
     pub token_files: Vec<TokenFileSettings>,
+    /// The vendor's system in Altinn's system register (onboarding customers).
+    #[serde(default)]
+    pub system: Option<SystemSettings>,
 }
 
 impl Default for Settings {
@@ -123,6 +128,7 @@ impl Default for Settings {
             allow_unauthenticated: false,
             proxy: BTreeMap::new(),
             token_files: Vec::new(),
+            system: None,
         }
     }
 }
@@ -465,14 +471,28 @@ pub struct LocalSettings {
     /// `expires_in` of the simulated Maskinporten tokens.
     #[serde(with = "humantime_serde")]
     pub token_lifetime: Duration,
+    /// `strict`: the simulated Maskinporten refuses a system-user grant for an organisation that
+    /// has not accepted a system user of the system (MP-303), as the real one does; `open`
+    /// (default): any valid organisation gets one.
+    pub system_users: SystemUsers,
 }
 
 impl Default for LocalSettings {
     fn default() -> Self {
         LocalSettings {
             token_lifetime: Duration::from_secs(120),
+            system_users: SystemUsers::default(),
         }
     }
+}
+
+/// `local.system_users`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SystemUsers {
+    #[default]
+    Open,
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -56,6 +56,7 @@ pub async fn readyz(
         "client_id": generation.fetcher.client_id,
         "kid": generation.fetcher.key.kid(),
         "issuer": generation.fetcher.endpoints.issuer,
+        "altinn_platform": generation.fetcher.endpoints.altinn_platform.as_str(),
         "maskinporten_clients": super::token::maskinporten_clients(&generation),
         "cached_token_count": snapshot.len(),
         "cached_tokens_per_profile": per_profile,

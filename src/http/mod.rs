@@ -8,6 +8,7 @@ pub mod introspect;
 pub mod limits;
 pub mod metrics;
 pub mod on_demand;
+pub mod onboarding;
 pub mod openapi;
 pub mod problem;
 pub mod proxy;
@@ -60,6 +61,9 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::openapi))
         .routes(routes!(proxy::forward))
+        .routes(routes!(onboarding::create_request))
+        .routes(routes!(onboarding::get_request))
+        .routes(routes!(onboarding::list_system_users))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
         .route("/proxy/{name}", proxy_methods())
         .route("/proxy/{name}/", proxy_methods())

@@ -31,6 +31,7 @@ use crate::tokens::answer::TokenResponse;
     tags(
         (name = "tokens", description = "Tokens and the profiles they are made for"),
         (name = "proxy", description = "Requests forwarded to configured upstreams with a token added"),
+        (name = "onboarding", description = "System users: ask a customer organisation for one, follow the request (API clients with onboarding: true)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
 )]

@@ -223,7 +223,8 @@ impl ApiError {
     }
 }
 
-fn upstream_problem(u: &UpstreamError) -> Problem {
+/// An upstream failure as a problem: refusals 502, outages 503, slowness 504.
+pub(crate) fn upstream_problem(u: &UpstreamError) -> Problem {
     let detail = u.to_string();
     let target = u.target().as_str();
     match u {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Environment;
+use crate::onboarding::system::System;
 use crate::policy::access::Clients;
 use crate::proxy::table::Proxy;
 use crate::tokens::broker::Broker;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub(crate) identity: crate::policy::identity::Issuers,
     /// `POST /api/v1/introspect`'s verifiers (fixed at start).
     pub(crate) introspection: crate::policy::introspection::Introspection,
+    /// `system:`, checked: the onboarding routes need it (`None`: not configured).
+    pub system: Option<Arc<System>>,
 }
 
 impl Shared {

@@ -46,6 +46,9 @@ pub struct ClientSettings {
     /// may have; absent means all.
     #[serde(default)]
     pub maskinporten_clients: Option<Vec<String>>,
+    /// May call the onboarding routes (`/systemusers...`), which use the admin token.
+    #[serde(default)]
+    pub onboarding: bool,
 }
 
 /// The hash of an API key, as stored in the config.
@@ -68,6 +71,8 @@ pub struct Client {
     pub budget: Option<std::sync::Arc<ClientBudget>>,
     scopes: Option<ScopePatterns>,
     maskinporten_clients: Option<Vec<String>>,
+    /// `onboarding: true`: may ask for system users with the broker's admin token.
+    pub onboarding: bool,
 }
 
 impl Client {
@@ -181,6 +186,7 @@ impl Clients {
                 budget,
                 scopes,
                 maskinporten_clients: c.maskinporten_clients.clone(),
+                onboarding: c.onboarding,
             }));
         }
         if problems.is_empty() {
@@ -277,6 +283,7 @@ mod tests {
             max_fetches_per_second: None,
             scopes: None,
             maskinporten_clients: None,
+            onboarding: false,
         }])
         .unwrap()
     }
@@ -311,6 +318,7 @@ mod tests {
             max_fetches_per_second: Some(0),
             scopes: None,
             maskinporten_clients: None,
+            onboarding: false,
         }])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));
@@ -335,6 +343,7 @@ mod tests {
             scopes: None,
             max_fetches_per_second: None,
             maskinporten_clients: None,
+            onboarding: false,
         };
         let errs = Clients::from_settings(&[
             client("app-a", hash_api_key("shared")),

@@ -80,7 +80,7 @@ pub(super) async fn exchange(
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
@@ -194,6 +194,15 @@ pub(super) async fn whoami(State(world): State<Arc<World>>, headers: HeaderMap) 
                 .into_response()
         }
     }
+}
+
+/// The claims of a Maskinporten or an Altinn token signed by this simulator, not expired: the
+/// register API takes either, as Altinn does.
+pub(super) fn verify_altinn_or_maskinporten_token(
+    world: &World,
+    token: &str,
+) -> Result<Value, ExchangeError> {
+    verify_maskinporten_token(world, token).or_else(|_| verify_altinn_token(world, token))
 }
 
 /// The claims of an Altinn token signed by this simulator, not expired.

@@ -27,8 +27,6 @@ use crate::policy::org::OrgNumber;
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const SYSTEM_USER_TYPE: &str = "urn:altinn:systemuser";
 const ISO6523: &str = "iso6523-actorid-upis";
-/// The organisation every simulated client belongs to (Digdir's own number).
-const CONSUMER_ORG: &str = "991825827";
 /// `iat` may differ this much from the server clock.
 const CLOCK_TOLERANCE: i64 = 10;
 /// The longest `exp - iat` accepted.
@@ -59,6 +57,8 @@ pub(super) enum Refusal {
     UnknownDetailFields(String),
     #[error("invalid authorization_details: {0} (MP-303)")]
     InvalidDetailValue(String),
+    #[error("invalid altinn customer configuration: {0} (MP-303)")]
+    CustomerConfiguration(String),
     #[error("the simulator could not sign the access token")]
     Signing(#[from] jsonwebtoken::errors::Error),
 }
@@ -76,6 +76,7 @@ impl Refusal {
             Refusal::UnknownDetailType(_)
             | Refusal::UnknownDetailFields(_)
             | Refusal::InvalidDetailValue(_) => "invalid_authorization_details",
+            Refusal::CustomerConfiguration(_) => "invalid_altinn_customer_configuration",
             Refusal::Signing(_) => "server_error",
         }
     }
@@ -123,6 +124,18 @@ pub(super) async fn token(
         .ok_or_else(|| Refusal::InvalidRequest("the assertion parameter is missing".into()))?;
 
     let grant = verify_grant(&world, assertion)?;
+    if world.strict_system_users
+        && let Some(user) = &grant.system_user
+    {
+        let register = world.register.lock().unwrap_or_else(|e| e.into_inner());
+        register
+            .check_system_user(
+                &grant.client_id,
+                user.org.as_str(),
+                user.external_ref.as_deref(),
+            )
+            .map_err(Refusal::CustomerConfiguration)?;
+    }
     // Last, and atomically: only a grant that passed every other check is "used".
     let seen = world
         .seen_jtis
@@ -446,7 +459,7 @@ fn access_token_claims(world: &World, grant: &VerifiedGrant, lifetime: u64) -> V
         "client_amr": "private_key_jwt",
         "token_type": "Bearer",
         "scope": grant.scope,
-        "consumer": { "authority": ISO6523, "ID": format!("0192:{CONSUMER_ORG}") },
+        "consumer": { "authority": ISO6523, "ID": format!("0192:{}", world.consumer_org) },
         "iat": now,
         "exp": now + lifetime as i64,
         "jti": uuid::Uuid::new_v4().to_string(),

@@ -12,9 +12,12 @@
 //! - `maskinporten`: `POST /token`, `GET /.well-known/oauth-authorization-server`, `GET /jwk`.
 //! - `altinn`: `GET /authentication/api/v1/exchange/maskinporten`, and a small Altinn-like API,
 //!   `GET /storage/api/v1/whoami`, that checks tokens as Altinn would (for the egress proxy).
+//! - `register`: Altinn's system register and system-user requests, and the page where a
+//!   customer accepts (`/accessmanagement/ui/systemuser/request?id=`).
 
 mod altinn;
 mod maskinporten;
+mod register;
 #[cfg(test)]
 mod tests;
 
@@ -27,11 +30,15 @@ use axum::routing::{get, post};
 use jsonwebtoken::DecodingKey;
 use rsa::RsaPublicKey;
 use rsa::traits::PublicKeyParts;
+use std::sync::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use url::Url;
 
 use crate::key::{Algorithm, SigningKey};
+
+/// The organisation of the simulated clients when the config names none (Digdir's own number).
+const DEFAULT_CONSUMER_ORG: &str = "991825827";
 
 /// How long a seen `jti` is remembered: twice the longest grant lifetime Maskinporten accepts
 /// (120 s) plus its clock tolerance, so a replay is caught for as long as the grant could verify.
@@ -57,6 +64,12 @@ pub struct SimulatorConfig {
     /// The simulator's own signing key; `None` generates a fresh one at start (the normal case).
     /// Tests pass a fixture: generating RSA keys is slow in unoptimised builds.
     pub signing_key: Option<SigningKey>,
+    /// The organisation every client belongs to (the token's `consumer`, the vendor in the
+    /// register); `None`: 991825827 (Digdir's own number).
+    pub consumer_org: Option<String>,
+    /// Refuse a system-user grant for an organisation that has not accepted a system user of a
+    /// system listing the client (MP-303), as Maskinporten does; `false` grants any valid org.
+    pub strict_system_users: bool,
 }
 
 impl Default for SimulatorConfig {
@@ -65,6 +78,8 @@ impl Default for SimulatorConfig {
             token_lifetime: Duration::from_secs(120),
             clients: Vec::new(),
             signing_key: None,
+            consumer_org: None,
+            strict_system_users: false,
         }
     }
 }
@@ -84,6 +99,12 @@ struct World {
     clients: RwLock<HashMap<String, RegisteredClient>>,
     /// `jti`s of accepted grants, per client, for replay detection.
     seen_jtis: moka::future::Cache<String, ()>,
+    /// The organisation of every client (`consumer` in its tokens).
+    consumer_org: String,
+    /// Systems, system-user requests and system users.
+    register: Mutex<register::Register>,
+    /// `local.system_users: strict`.
+    strict_system_users: bool,
 }
 
 impl World {
@@ -206,6 +227,11 @@ pub async fn start(
             .max_capacity(1_000_000)
             .time_to_live(JTI_MEMORY)
             .build(),
+        consumer_org: config
+            .consumer_org
+            .unwrap_or_else(|| DEFAULT_CONSUMER_ORG.to_owned()),
+        register: Mutex::default(),
+        strict_system_users: config.strict_system_users,
     });
 
     let (stop, stopped) = oneshot::channel::<()>();
@@ -239,5 +265,43 @@ fn router(world: Arc<World>) -> Router {
             get(altinn::jwks),
         )
         .route("/storage/api/v1/whoami", get(altinn::whoami))
+        .nest("/authentication/api/v1/", register_api())
+        .route(
+            "/accessmanagement/ui/systemuser/request",
+            get(register::confirm_page).post(register::confirm_answer),
+        )
+        .route(
+            "/accessmanagement/ui/systemuser/agentrequest",
+            get(register::confirm_page).post(register::confirm_answer),
+        )
         .with_state(world)
+}
+
+/// Altinn's system register and system-user request API, under `/authentication/api/v1/`.
+fn register_api() -> Router<Arc<World>> {
+    use register::*;
+    Router::new()
+        .route("/systemregister/vendor", post(create_system))
+        .route(
+            "/systemregister/vendor/{id}",
+            get(get_system).put(update_system).delete(delete_system),
+        )
+        .route("/systemuser/request/vendor", post(create_request))
+        .route(
+            "/systemuser/request/vendor/agent",
+            post(create_agent_request),
+        )
+        .route("/systemuser/request/vendor/{id}", get(get_request))
+        .route(
+            "/systemuser/request/vendor/agent/{id}",
+            get(get_agent_request),
+        )
+        .route(
+            "/systemuser/request/vendor/byexternalref/{system}/{org}/{external_ref}",
+            get(get_request_by_external_ref),
+        )
+        .route(
+            "/systemuser/vendor/bysystem/{system}",
+            get(list_system_users),
+        )
 }

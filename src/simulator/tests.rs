@@ -197,7 +197,7 @@ async fn expires_in_follows_the_configured_token_lifetime() {
     let sim = simulator_with(SimulatorConfig {
         token_lifetime: Duration::from_secs(7),
         clients: vec![client()],
-        signing_key: None,
+        ..SimulatorConfig::default()
     })
     .await;
     let (status, body) = post_grant(&sim, &sign(&grant_claims(&sim))).await;

@@ -193,7 +193,7 @@ pub fn hint_for(code: &str) -> Option<&'static str> {
         "MP-301" => "unknown authorization_details type",
         "MP-302" => "unknown fields in authorization_details",
         "MP-303" => {
-            "invalid authorization_details: the system user may not exist for this org, or needs externalRef in the profile"
+            "no usable system user for this organisation; one of three causes: (1) the organisation has not accepted a system user for your system (maskinporten-broker systemuser request --org N), (2) the system in Altinn's register does not list this client id in clientId (system.client_ids, then maskinporten-broker system register), or (3) the system user was created with an externalRef the grant does not carry (set externalRef in the profile to the request's external_ref)"
         }
         _ => return None,
     })
@@ -225,7 +225,10 @@ mod tests {
                 .unwrap()
                 .contains("private key does not match kid")
         );
-        assert!(hint_for("MP-303").unwrap().contains("externalRef"));
+        let mp303 = hint_for("MP-303").unwrap();
+        for cause in ["has not accepted", "clientId", "externalRef"] {
+            assert!(mp303.contains(cause), "{cause}");
+        }
         assert_eq!(hint_for("MP-999"), None);
     }
 
