@@ -7,8 +7,7 @@
 //! | folder | concern |
 //! |---|---|
 //! | `app/` | the process: command line, commands, start-up, reload, the accept loop |
-//! | `http/` | the HTTP face: route table, front door, handlers, problem+json, OpenAPI |
-//! | `proxy/` | the egress proxy's routes and the path rules of a proxied request |
+//! | `http/` | the HTTP face: route table, front door, handlers, problem+json, OpenAPI, and the egress proxy (`http/proxy/`: its routes, path rules and forwarding) |
 //! | `tokens/` | the token side: broker, cache, the token value, the fetch budget, token files |
 //! | `upstream/` | the upstream protocol: grant, discovery, Maskinporten, Altinn, retries, the HTTP client |
 //! | `onboarding/` | customers' system users: `system:` checked, the idempotent register and request job |
@@ -34,7 +33,6 @@ mod http;
 mod key;
 mod onboarding;
 mod policy;
-mod proxy;
 mod simulator;
 mod tokens;
 mod upstream;

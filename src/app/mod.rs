@@ -27,11 +27,11 @@ use url::Url;
 use crate::config::{ClientView, ConfigError, Environment, LOCAL_KID, Settings};
 use crate::http;
 use crate::http::limits::REQUEST_TIMEOUT;
+use crate::http::proxy::table::Proxy;
 use crate::http::state::{AppState, Shared};
 use crate::key::secret::Secret;
 use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
 use crate::policy::profile::ClientName;
-use crate::proxy::table::Proxy;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::tokens::broker::{Broker, Generation};
 use crate::tokens::budget::FetchBudget;
@@ -363,7 +363,7 @@ pub(crate) async fn discover(
 fn token_files(
     generation: &Generation,
     files: &[crate::tokens::files::TokenFile],
-    fixed_orgs: &[crate::proxy::route::ProxyRoute],
+    fixed_orgs: &[crate::http::proxy::route::ProxyRoute],
 ) -> Result<TokenFiles, StartError> {
     let mut problems: Vec<String> = fixed_orgs
         .iter()

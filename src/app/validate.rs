@@ -4,12 +4,12 @@
 //! settings types that imports none of the modules reading it.
 
 use crate::config::{ConfigError, Problems, Settings};
+use crate::http::proxy::route::ProxyRoute;
 use crate::onboarding::system::System;
 use crate::policy::access::Clients;
 use crate::policy::on_demand::ScopePatterns;
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::Profiles;
-use crate::proxy::route::ProxyRoute;
 use crate::tokens::files::TokenFile;
 
 impl Settings {
@@ -41,7 +41,8 @@ impl Settings {
             self.check_client_names(profiles, &mut problems);
         }
         let known = profiles.as_ref().ok();
-        let proxy = crate::proxy::route::validate(&self.proxy, self.env, known, &mut problems.0);
+        let proxy =
+            crate::http::proxy::route::validate(&self.proxy, self.env, known, &mut problems.0);
         let token_files = crate::tokens::files::validate(&self.token_files, known, &mut problems.0);
         let system = self.system.as_ref().and_then(|s| {
             let client_ids = self

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::Environment;
+use crate::http::proxy::table::Proxy;
 use crate::onboarding::system::System;
 use crate::policy::access::Clients;
-use crate::proxy::table::Proxy;
 use crate::tokens::broker::Broker;
 use crate::tokens::cache::TokenCache;
 use crate::tokens::files::TokenFiles;

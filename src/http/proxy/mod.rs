@@ -1,7 +1,7 @@
 //! `/proxy/{name}/{rest}`: the egress proxy. A request to a configured route goes to the route's
 //! upstream with the profile's token as `Authorization: Bearer`, so the app never touches a token.
 //!
-//! - **Where:** only under the route's base URL; the path rules live in `proxy_path.rs`. Redirects
+//! - **Where:** only under the route's base URL; the path rules live in `path.rs`. Redirects
 //!   are passed back, never followed.
 //! - **Who:** the same client rules as `/token/{profile}` (API key, allowed profiles and orgs);
 //!   the organisation comes from the route's fixed `org` or the `X-Broker-Org` header.
@@ -14,6 +14,10 @@
 //!   replaced by `[redacted]` and counted. Response bodies pass untouched.
 //!
 //! This module never logs a token or a request header.
+
+pub(crate) mod path;
+pub(crate) mod route;
+pub(crate) mod table;
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -28,9 +32,8 @@ use futures::StreamExt;
 use url::Url;
 
 use crate::policy::org::OrgNumber;
-use crate::proxy::path;
-use crate::proxy::table::{Proxy, Route};
 use crate::tokens::token::Token;
+use table::{Proxy, Route};
 
 use super::auth::Caller;
 use super::problem::{ApiError, Problem};

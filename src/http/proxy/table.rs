@@ -7,8 +7,8 @@ use std::time::Duration;
 use url::Url;
 
 use crate::config::HttpClientSettings;
+use crate::http::proxy::route::ProxyRoute;
 use crate::policy::org::OrgNumber;
-use crate::proxy::route::ProxyRoute;
 use crate::upstream::client::{ClientBuildError, http_client};
 
 /// The routes and the HTTP client they share.
