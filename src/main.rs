@@ -31,11 +31,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { profile, org, json } => {
             commands::token(load()?, &profile, org.as_deref(), json).await?
         }
-        Command::Grant { profile, org } => commands::grant(load()?, &profile, org.as_deref())?,
-        Command::Keygen { out, bits, add_to } => commands::keygen(&out, bits, add_to.as_deref())?,
+        Command::Grant { profile, org } => {
+            commands::grant(load()?, &profile, org.as_deref()).await?
+        }
+        Command::Keygen {
+            pkcs11: true, bits, ..
+        } => commands::keygen_outside(load()?, bits, false).await?,
+        Command::Keygen {
+            vault_transit: true,
+            bits,
+            ..
+        } => commands::keygen_outside(load()?, bits, true).await?,
+        Command::Keygen {
+            out, bits, add_to, ..
+        } => commands::keygen(&out, bits, add_to.as_deref())?,
         Command::Jwks { file } => {
             let settings = if file.is_none() { Some(load()?) } else { None };
-            commands::jwks(settings.as_ref(), file.as_deref())?
+            commands::jwks(settings.as_ref(), file.as_deref()).await?
         }
         Command::Check { online } => commands::check(load()?, &cli.config, online).await?,
         Command::Simulate {

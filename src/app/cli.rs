@@ -59,6 +59,14 @@ pub enum Command {
         /// keys), for key rotation. Print the set to upload with `jwks --file`.
         #[arg(long, value_name = "JWKS_FILE")]
         add_to: Option<PathBuf>,
+        /// Create the key inside the HSM the config's key.pkcs11 names (label or id from
+        /// there; refused if a key is there already) and print its public JWK.
+        #[arg(long, conflicts_with_all = ["add_to", "vault_transit"])]
+        pkcs11: bool,
+        /// Create the key in the Vault/OpenBao transit engine the config's key.vault_transit
+        /// names (refused if it exists) and print its public JWK.
+        #[arg(long, conflicts_with = "add_to")]
+        vault_transit: bool,
     },
     /// Print the public JWKS of every key in the key file: the set to upload to Digdir (at most 5).
     Jwks {

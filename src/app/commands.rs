@@ -53,19 +53,18 @@ pub async fn token(
 }
 
 /// `grant PROFILE [--org N]`: sign, print, do not send.
-pub fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Result<()> {
+pub async fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Result<()> {
     let org = parse_org(org)?;
     let validated = settings.validate()?;
-    let keys = app::load_keys(&settings)?;
+    let keys = app::load_keys(&settings).await?;
     // The same profile and system-user rules, and the same grant, as the server's.
     let http = crate::upstream::client::http_client(&settings.http_client)?;
     let generation = app::generation(&settings, validated, keys, None, Vec::new(), http);
     let (profile, key) = generation.resolve(profile, org)?;
-    let grant = generation.fetcher(&key.client)?.grant(
-        &profile,
-        key.org.as_ref(),
-        std::time::SystemTime::now(),
-    )?;
+    let grant = generation
+        .fetcher(&key.client)?
+        .grant(&profile, key.org.as_ref(), std::time::SystemTime::now())
+        .await?;
     println!("{}", grant.expose());
     Ok(())
 }
@@ -115,6 +114,34 @@ pub fn keygen(out: &Path, bits: usize, add_to: Option<&Path>) -> anyhow::Result<
     println!("kid: {kid}");
     println!("key:");
     println!("  path: {}", pem_path.display());
+    Ok(())
+}
+
+/// `keygen --pkcs11` / `keygen --vault-transit`: create the key where the config's `key.pkcs11`
+/// or `key.vault_transit` points (never over an existing one), read it back as the broker will
+/// (public key, probe signature) and print its public JWK with the config's `kid`, or a fresh
+/// one to put there.
+pub async fn keygen_outside(settings: Settings, bits: usize, vault: bool) -> anyhow::Result<()> {
+    let (kid, fresh) = match &settings.kid {
+        Some(kid) => (kid.clone(), false),
+        None => (fresh_kid(), true),
+    };
+    let key = crate::key::create_outside(
+        settings.key.outside(),
+        vault,
+        &kid,
+        bits,
+        settings.http_client.timeout,
+    )
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&key.public_jwk())?);
+    eprintln!(
+        "created {}: upload the JWK above to your client in Digdir's self-service portal",
+        key.location().unwrap_or_default()
+    );
+    if fresh {
+        eprintln!("then set kid: {kid} in broker.yaml (or BROKER__KID)");
+    }
     Ok(())
 }
 
@@ -175,9 +202,18 @@ fn add_to_jwks(
 }
 
 /// `jwks [--file PATH]`: the public JWKS of every key in the file (or the configured key
-/// source): the set to upload to Digdir.
-pub fn jwks(settings: Option<&Settings>, file: Option<&Path>) -> anyhow::Result<()> {
+/// source): the set to upload to Digdir. A key in an HSM or Vault: its public JWK, read from
+/// there, with the configured kid.
+pub async fn jwks(settings: Option<&Settings>, file: Option<&Path>) -> anyhow::Result<()> {
     let algorithm = settings.map(|s| s.key.algorithm).unwrap_or_default();
+    if let (None, Some(settings)) = (file, settings)
+        && (settings.key.pkcs11.is_some() || settings.key.vault_transit.is_some())
+    {
+        let key = load_key(settings).await?;
+        let set = serde_json::json!({"keys": [key.public_jwk()]});
+        println!("{}", serde_json::to_string_pretty(&set)?);
+        return Ok(());
+    }
     let keys = match (file, settings) {
         (Some(path), _) => match KeyFile::read(path, None) {
             Ok(file) => file,
@@ -217,9 +253,9 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
 /// `check [--online]`
 pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyhow::Result<()> {
     let validated = settings.validate()?;
-    let keys = app::load_keys(&settings)?;
+    let keys = app::load_keys(&settings).await?;
     let key = keys.default.clone();
-    verify_key_pair(&key)?;
+    verify_key_pair(&key).await?;
     println!(
         "config:          {} (env {})",
         config_path.display(),
@@ -228,7 +264,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
     println!("client_id:       {}", settings.client_id());
     print_key(&key);
     for (client, key) in settings.named_clients().zip(&keys.named) {
-        verify_key_pair(key)?;
+        verify_key_pair(key).await?;
         println!(
             "maskinporten_clients.{}: client_id {}, kid {}, issuer {}",
             client.name,
@@ -317,6 +353,9 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
 /// What `check` says about the key: its form, kid, and the business certificate.
 fn print_key(key: &SigningKey) {
     println!("key form:        {}", key.form().explain());
+    if let Some(location) = key.location() {
+        println!("key location:    {location}");
+    }
     println!(
         "kid:             {} (RSA {} bits, {})",
         key.kid()
@@ -324,7 +363,12 @@ fn print_key(key: &SigningKey) {
         key.bits(),
         key.algorithm().name()
     );
-    println!("key pair:        ok (a signed grant verifies with the public key)");
+    match key.location() {
+        None => println!("key pair:        ok (a signed grant verifies with the public key)"),
+        Some(_) => println!(
+            "key pair:        ok (a probe signature by the signer verifies with the public key read from it)"
+        ),
+    }
     let Some(leaf) = key.chain().first() else {
         return;
     };
@@ -357,7 +401,7 @@ fn print_key(key: &SigningKey) {
 }
 
 /// Sign a grant and verify it with the public half: catches a PEM that is not the pair of itself.
-fn verify_key_pair(key: &SigningKey) -> anyhow::Result<()> {
+async fn verify_key_pair(key: &SigningKey) -> anyhow::Result<()> {
     let jwk = key.public_jwk();
     let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
         jwk["n"].as_str().unwrap_or_default(),
@@ -374,7 +418,8 @@ fn verify_key_pair(key: &SigningKey) -> anyhow::Result<()> {
             now: std::time::SystemTime::now(),
             lifetime: Duration::from_secs(60),
         },
-    )?;
+    )
+    .await?;
     let mut validation = jsonwebtoken::Validation::new(key.algorithm().jwt());
     validation.set_audience(&["check"]);
     jsonwebtoken::decode::<serde_json::Value>(grant.expose(), &decoding, &validation)
@@ -415,7 +460,7 @@ pub async fn simulate(
                 scopes: validated.scopes(),
             }
         }
-        (None, Some(s)) => app::simulator_client(s.client_id(), &load_key(s)?, &validated),
+        (None, Some(s)) => app::simulator_client(s.client_id(), &load_key(s).await?, &validated),
         (None, None) => {
             bail!("no client to register: pass --jwk FILE (from keygen) or a --config with a key")
         }

@@ -77,19 +77,19 @@ pub enum StartError {
 /// The signing key the config names for the default client, checked (kid rules, certificate
 /// validity). Warns when the certificate expires within 30 days; called at start and on every
 /// reload.
-pub(crate) fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
-    load_client_key(&settings.default_client())
+pub(crate) async fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
+    load_client_key(settings, &settings.default_client()).await
 }
 
 /// The keys of every Maskinporten client: the default's, and those of `maskinporten_clients` in
 /// the order of [`Settings::named_clients`].
-pub(crate) fn load_keys(settings: &Settings) -> Result<ClientKeys, StartError> {
-    let named = settings
-        .named_clients()
-        .map(|c| load_client_key(&c))
-        .collect::<Result<_, _>>()?;
+pub(crate) async fn load_keys(settings: &Settings) -> Result<ClientKeys, StartError> {
+    let mut named = Vec::new();
+    for client in settings.named_clients() {
+        named.push(load_client_key(settings, &client).await?);
+    }
     Ok(ClientKeys {
-        default: load_key(settings)?,
+        default: load_key(settings).await?,
         named,
     })
 }
@@ -112,8 +112,36 @@ impl ClientKeys {
 }
 
 /// One Maskinporten client's key; errors name the client's field (`maskinporten_clients.b.key.path`).
-fn load_client_key(client: &ClientView<'_>) -> Result<SigningKey, StartError> {
+/// A key in an HSM or Vault is reached, its public key read and a probe signature verified.
+async fn load_client_key(
+    settings: &Settings,
+    client: &ClientView<'_>,
+) -> Result<SigningKey, StartError> {
     let (kid, alg) = (client.kid, client.key.algorithm);
+    let outside = crate::key::load_outside(
+        client.key.outside(),
+        kid,
+        settings.cache.max_concurrent_fetches,
+        settings.http_client.timeout,
+    )
+    .await
+    .map_err(|source| StartError::Key {
+        field: client.field(if client.key.pkcs11.is_some() {
+            "key.pkcs11"
+        } else {
+            "key.vault_transit"
+        }),
+        source,
+    })?;
+    if let Some(key) = outside {
+        tracing::info!(
+            client = client.name,
+            kid,
+            signer = key.location(),
+            "the signing key is outside the process; a probe signature verified"
+        );
+        return Ok(key);
+    }
     let fallback = (client.env == Environment::Local).then_some(LOCAL_KID);
     let Some((field, file)) = read_client_key_file(client)? else {
         let kid = kid.unwrap_or(LOCAL_KID);
@@ -229,7 +257,7 @@ pub(crate) struct Built {
 /// Build the broker from settings (validates, loads the key, starts the `local` simulator).
 pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
-    let keys = load_keys(&settings)?;
+    let keys = load_keys(&settings).await?;
     let simulator = match settings.env {
         Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),
         _ => None,
@@ -485,7 +513,7 @@ impl App {
     /// Sections read only at start-up ([`needing_restart`]) are logged, not applied.
     pub async fn reload(&self, settings: &Settings) -> Result<(), StartError> {
         let validated = settings.validate()?;
-        let keys = load_keys(settings)?;
+        let keys = load_keys(settings).await?;
         let http = http_client(&settings.http_client)?;
         let discovered = discover(settings, self.simulator_url(), &http).await?;
         let registrations = simulator_clients(settings, &keys, &validated);

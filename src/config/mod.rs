@@ -26,6 +26,10 @@ use crate::policy::access::ClientSettings;
 use crate::policy::on_demand::OnDemandSettings;
 use crate::policy::profile::ProfileSettings;
 
+mod signers;
+pub use crate::key::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
+pub use signers::is_loopback;
+
 /// Which Maskinporten and Altinn to talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -129,6 +133,21 @@ pub struct KeySettings {
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub algorithm: Algorithm,
+    /// The key in an HSM, over PKCS#11 (docs/signers.md).
+    pub pkcs11: Option<Pkcs11Settings>,
+    /// The key in Vault/OpenBao transit (docs/signers.md).
+    pub vault_transit: Option<VaultTransitSettings>,
+}
+
+impl KeySettings {
+    /// `key.pkcs11` or `key.vault_transit`, as the key module reads them.
+    pub fn outside(&self) -> crate::key::OutsideKey<'_> {
+        crate::key::OutsideKey {
+            pkcs11: self.pkcs11.as_ref(),
+            vault_transit: self.vault_transit.as_ref(),
+            algorithm: self.algorithm,
+        }
+    }
 }
 
 impl fmt::Debug for KeySettings {
@@ -141,6 +160,8 @@ impl fmt::Debug for KeySettings {
             .field("password", &redacted(&self.password))
             .field("password_file", &self.password_file)
             .field("algorithm", &self.algorithm)
+            .field("pkcs11", &self.pkcs11)
+            .field("vault_transit", &self.vault_transit)
             .finish()
     }
 }
@@ -264,16 +285,28 @@ fn check_kid_and_key(
     if kid.map(str::trim) == Some("") {
         problems.push(format!("{at}kid: must not be empty"));
     }
-    let sources = [k.path.is_some(), k.pem.is_some(), k.jwk.is_some()];
-    match sources.iter().filter(|s| **s).count() {
-        0 if !local => problems.push(format!(
-            "{at}key.path: is required (the key file: PEM, private JWK, JWKS or PKCS#12; or {at}key.pem / {at}key.jwk, for the top-level key via BROKER__KEY__PEM / BROKER__KEY__JWK)"
+    let files = [k.path.is_some(), k.pem.is_some(), k.jwk.is_some()];
+    let files = files.iter().filter(|s| **s).count();
+    let outside = usize::from(k.pkcs11.is_some()) + usize::from(k.vault_transit.is_some());
+    match (files, outside) {
+        (0, 0) if !local => problems.push(format!(
+            "{at}key.path: is required (the key file: PEM, private JWK, JWKS or PKCS#12; or {at}key.pem / {at}key.jwk, for the top-level key via BROKER__KEY__PEM / BROKER__KEY__JWK; or a key in an HSM or Vault: {at}key.pkcs11 / {at}key.vault_transit)"
         )),
-        0 | 1 => {}
-        _ => problems.push(format!(
+        (0 | 1, 0) | (0, 1) => {}
+        (_, 0) => problems.push(format!(
             "{at}key: set only one of key.path, key.pem and key.jwk"
         )),
+        _ => problems.push(format!(
+            "{at}key: set only one of key.path, key.pem, key.jwk, key.pkcs11 and key.vault_transit"
+        )),
     }
+    signers::check(
+        at,
+        kid,
+        k.pkcs11.as_ref(),
+        k.vault_transit.as_ref(),
+        &mut problems.0,
+    );
     if k.password.is_some() && k.password_file.is_some() {
         problems.push(format!(
             "{at}key: set either key.password or key.password_file, not both"

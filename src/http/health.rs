@@ -53,6 +53,10 @@ pub async fn readyz(
         "cached_tokens_per_profile": per_profile,
         "token_files": state.token_files.report(),
     });
+    // A key in an HSM or Vault: where it is (its state is `upstreams.signer`).
+    if let Some(location) = generation.fetcher.key.location() {
+        body["signer"] = location.into();
+    }
     // Organisations are listed only to whom may ask for their tokens: everyone on an open broker,
     // an authenticated client for the profiles and organisations it may use.
     if let Some(caller) = caller {

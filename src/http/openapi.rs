@@ -21,7 +21,13 @@ use crate::tokens::answer::TokenResponse;
         title = "maskinporten-broker",
         description = "Holds an organisation's Maskinporten key and serves ready-to-use tokens over local HTTP."
     ),
-    components(schemas(TokenResponse, ProfileListing, MaskinportenClientListing, Problem)),
+    components(schemas(
+        TokenResponse,
+        ProfileListing,
+        MaskinportenClientListing,
+        Problem,
+        super::on_demand::ExchangeParam
+    )),
     tags(
         (name = "tokens", description = "Tokens and the profiles they are made for"),
         (name = "proxy", description = "Requests forwarded to configured upstreams with a token added"),

@@ -261,5 +261,14 @@ fn upstream_problem(u: &UpstreamError) -> Problem {
         )
         .with("upstream", target)
         .retry_after(None),
+        UpstreamError::Signer(e) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "signer-unavailable",
+            "The signer gave no signature",
+            detail,
+        )
+        .with("upstream", target)
+        .with("signer", e.signer.as_str())
+        .retry_after(None),
     }
 }

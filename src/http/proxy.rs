@@ -85,7 +85,7 @@ const NOT_FORWARDED: [HeaderName; 7] = [
         (status = 413, description = "Request body larger than the route's max_body", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The upstream could not be reached, or Maskinporten/Altinn refused the token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No token: Maskinporten or Altinn unavailable; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No token: Maskinporten or Altinn unavailable, or the signer (HSM, Vault) gave no signature; see Retry-After", body = Problem, content_type = "application/problem+json"),
         (status = 504, description = "The upstream did not answer within the route's timeout", body = Problem, content_type = "application/problem+json"),
     )
 )]

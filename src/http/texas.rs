@@ -36,20 +36,44 @@ pub struct TexasTokenRequest {
     /// Only `maskinporten` (any other is a 400 saying so).
     #[schema(value_type = IdentityProvider)]
     pub identity_provider: String,
-    /// The scopes, separated by spaces.
+    /// The scopes, separated by spaces; no `*`.
+    #[schema(pattern = "^[^\\s*]{1,200}( [^\\s*]{1,200}){0,19}$")]
     pub target: String,
-    /// The grant's `resource` claim.
+    /// The grant's `resource` claim: an absolute https URI without a fragment (RFC 8707).
+    #[schema(nullable = false, pattern = "^https://[^\\s#]+$")]
     pub resource: Option<String>,
     /// The system-user form: `[{"type":"urn:altinn:systemuser","systemuser_org":{"authority":"iso6523-actorid-upis","ID":"0192:<orgnr>"}}]`
     /// (a JSON string in a form). Same cache entry as the equivalent `org`.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Vec<SystemUserDetail>, nullable = false)]
     pub authorization_details: Option<Value>,
     /// Fetch a new token even when one is cached (counts against the fetch budget).
+    #[schema(nullable = false)]
     pub skip_cache: Option<bool>,
     /// Extension: the system user's organisation number, instead of `authorization_details`.
+    #[schema(nullable = false, pattern = "^[0-9]{9}$")]
     pub org: Option<String>,
     /// Extension: `altinn` exchanges the Maskinporten token at Altinn.
+    #[schema(value_type = super::on_demand::ExchangeParam, nullable = false)]
     pub exchange: Option<String>,
+}
+
+/// One entry of `authorization_details`, for the OpenAPI document: the system-user form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SystemUserDetail {
+    #[schema(rename = "type", pattern = "^urn:altinn:systemuser$")]
+    kind: String,
+    systemuser_org: SystemUserOrg,
+}
+
+/// The organisation of a system user in `authorization_details`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SystemUserOrg {
+    #[schema(pattern = "^iso6523-actorid-upis$")]
+    authority: String,
+    #[schema(rename = "ID", pattern = "^0192:[0-9]{9}$")]
+    id: String,
 }
 
 /// The identity providers this endpoint serves, for the OpenAPI document (texas has more).

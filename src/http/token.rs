@@ -66,7 +66,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<Option<OrgNumber>, ApiError> {
             headers(("Retry-After" = u64, description = "Seconds until a fetch fits the budget again"))),
         (status = 500, description = "The grant could not be signed", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Maskinporten or Altinn refused, or sent an unusable token", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "Maskinporten or Altinn unavailable or unreachable, or the signer (HSM, Vault) gave no signature", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait: the upstream's own Retry-After when it sent one"))),
         (status = 504, description = "Maskinporten or Altinn did not answer within http_client.timeout, or no token arrived within the 20 s a caller waits", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),

@@ -9,15 +9,18 @@
 mod certificate;
 mod jwk;
 mod pem;
+mod pkcs11;
 mod pkcs12;
 pub(crate) mod secret;
+mod settings;
+mod signer;
+mod vault_transit;
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use rsa::traits::PublicKeyParts;
 use rsa::{RsaPrivateKey, RsaPublicKey};
@@ -27,6 +30,11 @@ pub use certificate::CertificateError;
 pub(crate) use certificate::{Certificate, EXPIRY_WARNING};
 pub use jwk::public_key_from_jwk;
 pub(crate) use jwk::{private_jwk, public_jwks};
+pub(crate) use pkcs11::Pkcs11Signer;
+pub use settings::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
+pub use signer::{OutsideKey, SignError};
+pub(crate) use signer::{RemoteSigner, Signer, create_outside, load_outside};
+pub(crate) use vault_transit::VaultTransitSigner;
 
 use crate::key::secret::Secret;
 
@@ -67,6 +75,10 @@ pub enum Form {
     Jwks,
     Pkcs12,
     Generated,
+    /// In an HSM, reached over PKCS#11 (`key.pkcs11`).
+    Pkcs11,
+    /// In Vault/OpenBao transit (`key.vault_transit`).
+    VaultTransit,
 }
 
 impl Form {
@@ -80,6 +92,12 @@ impl Form {
                 "PKCS#12 business certificate (virksomhetssertifikat) with its private key; grants carry x5c"
             }
             Form::Generated => "generated at start for the local simulator (env local)",
+            Form::Pkcs11 => {
+                "in an HSM over PKCS#11 (key.pkcs11): the broker sends digests, the key never leaves the token"
+            }
+            Form::VaultTransit => {
+                "in Vault/OpenBao transit (key.vault_transit): the broker sends digests, the key never leaves Vault"
+            }
         }
     }
 }
@@ -162,6 +180,9 @@ pub enum KeyError {
     Generate(#[source] rsa::Error),
     #[error("cannot encode the key")]
     Encode,
+    /// The HSM or Vault holding the key: out of reach, refusing, or a probe that does not verify.
+    #[error(transparent)]
+    Signer(#[from] SignError),
 }
 
 impl KeyError {
@@ -295,8 +316,8 @@ impl KeyFile {
 pub struct SigningKey {
     kid: Option<String>,
     algorithm: Algorithm,
-    private: RsaPrivateKey,
-    encoding: jsonwebtoken::EncodingKey,
+    public: RsaPublicKey,
+    signer: Signer,
     chain: Arc<[Certificate]>,
     form: Form,
 }
@@ -336,13 +357,35 @@ impl SigningKey {
         if bits < 2048 {
             return Err(KeyError::TooSmall(bits));
         }
-        let der = private.to_pkcs1_der().map_err(|_| KeyError::Encode)?;
-        let encoding = jsonwebtoken::EncodingKey::from_rsa_der(der.as_bytes());
         Ok(SigningKey {
             kid,
             algorithm,
-            private,
-            encoding,
+            public: private.to_public_key(),
+            signer: Signer::InMemory(Arc::new(private)),
+            chain: chain.into(),
+            form,
+        })
+    }
+
+    /// A key held by a signer outside the process (`form` says which), with its public half
+    /// as read from there and `kid`/`x5c` from the configuration.
+    pub(crate) fn remote(
+        signer: Arc<dyn RemoteSigner>,
+        public: RsaPublicKey,
+        kid: Option<String>,
+        algorithm: Algorithm,
+        chain: Vec<Certificate>,
+        form: Form,
+    ) -> Result<Self, KeyError> {
+        let bits = public.size() * 8;
+        if bits < 2048 {
+            return Err(KeyError::TooSmall(bits));
+        }
+        Ok(SigningKey {
+            kid,
+            algorithm,
+            public,
+            signer: Signer::Remote(signer),
             chain: chain.into(),
             form,
         })
@@ -356,13 +399,25 @@ impl SigningKey {
         self.algorithm
     }
     pub fn bits(&self) -> usize {
-        self.private.size() * 8
+        self.public.size() * 8
     }
     pub fn form(&self) -> Form {
         self.form
     }
-    pub(crate) fn encoding_key(&self) -> &jsonwebtoken::EncodingKey {
-        &self.encoding
+    /// Who turns a digest into the signature.
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.signer
+    }
+    /// Where a key held outside the process is (module and token, Vault address and key).
+    pub fn location(&self) -> Option<&str> {
+        self.signer.remote().map(|r| r.location())
+    }
+    /// The private key, for a key the broker holds in memory.
+    fn private(&self) -> Option<&RsaPrivateKey> {
+        match &self.signer {
+            Signer::InMemory(private) => Some(private),
+            Signer::Remote(_) => None,
+        }
     }
     /// The certificate chain, leaf first; empty for a plain key.
     pub(crate) fn chain(&self) -> &[Certificate] {
@@ -378,7 +433,7 @@ impl SigningKey {
     }
 
     pub fn public_key(&self) -> RsaPublicKey {
-        self.private.to_public_key()
+        self.public.clone()
     }
 
     /// The public half as a JWK (`kty`, `n`, `e`, `kid`, `alg`, `use`), the form Digdir's portal and
@@ -394,24 +449,24 @@ impl SigningKey {
 
     /// The private key as PKCS#8 PEM, for `keygen` to write to a file.
     pub fn private_pem(&self) -> Result<Secret, KeyError> {
-        self.private
+        self.private()
+            .ok_or(KeyError::Encode)?
             .to_pkcs8_pem(LineEnding::LF)
             .map(|pem| Secret::new(pem.as_str()))
             .map_err(|_| KeyError::Encode)
     }
 
-    /// The private key as a JWK, for `keygen --add-to` (key material: files only).
+    /// The private key as a JWK, for `keygen --add-to` (key material: files only); null for a
+    /// key outside the process.
     pub(crate) fn private_jwk(&self) -> serde_json::Value {
-        private_jwk(
-            &self.private,
-            self.kid().unwrap_or_default(),
-            self.algorithm,
-        )
+        self.private().map_or(serde_json::Value::Null, |private| {
+            private_jwk(private, self.kid().unwrap_or_default(), self.algorithm)
+        })
     }
 
     /// Whether `public` is the public half of this key.
     pub fn matches(&self, public: &RsaPublicKey) -> bool {
-        &self.public_key() == public
+        &self.public == public
     }
 }
 
@@ -423,6 +478,7 @@ impl fmt::Debug for SigningKey {
             .field("bits", &self.bits())
             .field("form", &self.form)
             .field("certificate", &self.chain.first().map(|c| &c.subject))
+            .field("location", &self.location())
             .field("private", &"[redacted]")
             .finish()
     }

@@ -8,12 +8,11 @@
 //! runs.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use url::Url;
 
-use crate::config::{Endpoints, Environment, ProxyRouteSettings};
+use crate::config::{Endpoints, Environment, ProxyRouteSettings, is_loopback};
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::Profiles;
 
@@ -157,15 +156,6 @@ fn upstream(text: &str, env: Environment) -> Result<Upstream, String> {
         other => return Err(format!("{text:?}: scheme {other} is not http(s)")),
     }
     Ok(Upstream::Url(url))
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,8 @@ struct World {
     /// `base_url` as a string, trailing slash included: the issuer and the grant `aud`.
     issuer: String,
     key: SigningKey,
+    /// The private half of `key`, ready to sign the simulator's own tokens.
+    encoding: jsonwebtoken::EncodingKey,
     /// The public half of `key`, ready to verify the simulator's own tokens.
     decoding: DecodingKey,
     token_lifetime: Duration,
@@ -101,7 +103,7 @@ impl World {
     fn sign(&self, claims: &serde_json::Value) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
         header.kid = self.key.kid().map(str::to_owned);
-        jsonwebtoken::encode(&header, claims, self.key.encoding_key())
+        jsonwebtoken::encode(&header, claims, &self.encoding)
     }
 
     fn jwks(&self) -> serde_json::Value {
@@ -183,9 +185,13 @@ pub async fn start(
         }
     };
 
+    let pem = key.private_pem().map_err(std::io::Error::other)?;
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.expose().as_bytes())
+        .map_err(std::io::Error::other)?;
     let world = Arc::new(World {
         issuer: base_url.to_string(),
         base_url,
+        encoding,
         decoding: decoding_key(&key.public_key()),
         key,
         token_lifetime: config.token_lifetime,

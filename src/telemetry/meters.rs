@@ -26,6 +26,8 @@ pub const KEY_EXPIRY: &str = "broker_key_seconds_until_expiry";
 pub const BUILD_INFO: &str = "broker_build_info";
 pub const PROXY_REQUESTS: &str = "broker_proxy_requests_total";
 pub const PROXY_UPSTREAM_DURATION: &str = "broker_proxy_upstream_duration_seconds";
+pub const SIGNER_REQUESTS: &str = "broker_signer_requests_total";
+pub const SIGNER_DURATION: &str = "broker_signer_duration_seconds";
 
 /// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
 /// `http_client.timeout` (seconds), so the buckets span both.
@@ -112,7 +114,11 @@ fn install_recorder() -> PrometheusHandle {
         .set_buckets_for_metric(
             Matcher::Suffix("upstream_duration_seconds".into()),
             UPSTREAM_BUCKETS,
-        ) {
+        )
+        // An HSM signs in milliseconds, Vault is a network call: the same span.
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(SIGNER_DURATION.into()), UPSTREAM_BUCKETS)
+        }) {
         Ok(b) => b,
         // Only an empty bucket list is refused, and UPSTREAM_BUCKETS is not empty.
         Err(e) => {
@@ -160,6 +166,15 @@ fn describe() {
         PROXY_UPSTREAM_DURATION,
         ::metrics::Unit::Seconds,
         "Time until a proxied upstream's response headers arrived, by route"
+    );
+    ::metrics::describe_counter!(
+        SIGNER_REQUESTS,
+        "Signatures asked of an HSM (pkcs11) or Vault transit (vault_transit), by outcome"
+    );
+    ::metrics::describe_histogram!(
+        SIGNER_DURATION,
+        ::metrics::Unit::Seconds,
+        "Latency of signatures by an HSM or Vault transit, by signer"
     );
     ::metrics::describe_gauge!(
         BUILD_INFO,
@@ -235,6 +250,13 @@ pub fn proxy_upstream(route: &str, elapsed: Duration) {
 pub fn upstream_call(target: &'static str, outcome: &'static str, elapsed: Duration) {
     ::metrics::counter!(UPSTREAM_REQUESTS, "target" => target, "outcome" => outcome).increment(1);
     ::metrics::histogram!(UPSTREAM_DURATION, "target" => target).record(elapsed.as_secs_f64());
+}
+
+/// Count one signature asked of a `signer` outside the process (`pkcs11`, `vault_transit`) with
+/// its `outcome` (`ok`, `unreachable`, `refused`, `timeout`, `invalid`) and time it.
+pub fn signer_call(signer: &'static str, outcome: &'static str, elapsed: Duration) {
+    ::metrics::counter!(SIGNER_REQUESTS, "signer" => signer, "outcome" => outcome).increment(1);
+    ::metrics::histogram!(SIGNER_DURATION, "signer" => signer).record(elapsed.as_secs_f64());
 }
 
 /// The text exposition: the process-wide metrics, then the remaining lifetime of each token this

@@ -203,9 +203,11 @@ impl Broker {
             .clone()
     }
 
+    /// The signer (HSM, Vault) stands before Maskinporten on every fetch: while it fails,
+    /// holding back Maskinporten's background refreshes holds back exactly the fetches it fails.
     fn breaker(&self, target: Target) -> &Breaker {
         match target {
-            Target::Maskinporten => &self.maskinporten,
+            Target::Maskinporten | Target::Signer => &self.maskinporten,
             Target::Altinn => &self.altinn,
         }
     }
@@ -238,7 +240,8 @@ impl Broker {
         }
     }
 
-    fn record(&self, profile: &Profile, result: &Result<Token, FetchError>) {
+    /// `remote_signer`: the key is in an HSM or Vault, whose state `/readyz` shows as `signer`.
+    fn record(&self, profile: &Profile, remote_signer: bool, result: &Result<Token, FetchError>) {
         self.record_breakers(profile, result);
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let now = crate::tokens::token::rfc3339(self.clock.now());
@@ -247,6 +250,14 @@ impl Broker {
             h.consecutive_failures = 0;
             h.last_success = Some(now.clone());
         };
+        let signed = match result {
+            Ok(_) => true,
+            Err(FetchError::Upstream(e)) => e.target() != Target::Signer,
+            Err(FetchError::Grant(_)) => false,
+        };
+        if signed && remote_signer {
+            ok(Target::Signer);
+        }
         match result {
             Ok(_) => {
                 ok(Target::Maskinporten);
@@ -347,7 +358,7 @@ impl TokenSource for Broker {
             // One attempt: the cache holds the breakers' probes (`admit_background`) meanwhile.
             Purpose::Background => fetcher.fetch(&profile, org, clock).await,
         };
-        self.record(&profile, &result);
+        self.record(&profile, fetcher.key.location().is_some(), &result);
         Ok(result?)
     }
 

@@ -13,6 +13,8 @@ use crate::config::HttpClientSettings;
 pub enum Target {
     Maskinporten,
     Altinn,
+    /// The HSM or Vault that signs grants (`key.pkcs11`, `key.vault_transit`).
+    Signer,
 }
 
 impl Target {
@@ -20,6 +22,7 @@ impl Target {
         match self {
             Target::Maskinporten => "maskinporten",
             Target::Altinn => "altinn",
+            Target::Signer => "signer",
         }
     }
 }
@@ -29,6 +32,7 @@ impl fmt::Display for Target {
         f.write_str(match self {
             Target::Maskinporten => "Maskinporten",
             Target::Altinn => "Altinn",
+            Target::Signer => "the signer",
         })
     }
 }
@@ -62,6 +66,16 @@ pub enum UpstreamError {
     /// An answer the broker cannot use (malformed, wrong issuer, already expired).
     #[error("{target} sent an unusable response: {reason}")]
     Invalid { target: Target, reason: String },
+    /// The signer (HSM, Vault) gave no signature: out of reach, refusing or slow. Treated as
+    /// transient: the signer may come back, a Vault token file may be rotated, a session renewed.
+    #[error("cannot sign the grant: {0}")]
+    Signer(crate::key::SignError),
+}
+
+impl From<crate::key::SignError> for UpstreamError {
+    fn from(e: crate::key::SignError) -> Self {
+        UpstreamError::Signer(e)
+    }
 }
 
 fn describe(error: &Option<String>, description: &Option<String>) -> String {
@@ -94,6 +108,7 @@ impl UpstreamError {
             UpstreamError::Unreachable { .. } => "unreachable",
             UpstreamError::Timeout { .. } => "timeout",
             UpstreamError::Invalid { .. } => "invalid",
+            UpstreamError::Signer(e) => e.failure.as_str(),
         }
     }
 
@@ -104,6 +119,7 @@ impl UpstreamError {
             | UpstreamError::Unreachable { target, .. }
             | UpstreamError::Timeout { target, .. }
             | UpstreamError::Invalid { target, .. } => *target,
+            UpstreamError::Signer(_) => Target::Signer,
         }
     }
 
@@ -114,6 +130,7 @@ impl UpstreamError {
             UpstreamError::Unavailable { .. }
                 | UpstreamError::Unreachable { .. }
                 | UpstreamError::Timeout { .. }
+                | UpstreamError::Signer(_)
         )
     }
 

@@ -79,7 +79,7 @@ impl Fetcher {
     }
 
     /// The signed grant for a profile (also what `maskinporten-broker grant` prints).
-    pub fn grant(
+    pub async fn grant(
         &self,
         profile: &Profile,
         org: Option<&OrgNumber>,
@@ -96,6 +96,7 @@ impl Fetcher {
                 lifetime: self.grant_lifetime,
             },
         )
+        .await
     }
 
     /// One attempt at a fresh token for `profile` (and the system user of `org`).
@@ -105,9 +106,12 @@ impl Fetcher {
         org: Option<&OrgNumber>,
         clock: &Clock,
     ) -> Result<Token, FetchError> {
-        let grant = self
-            .grant(profile, org, clock.now())
-            .map_err(std::sync::Arc::new)?;
+        // A signer out of reach or refusing fails like an upstream (503, retried, breaker).
+        let grant = match self.grant(profile, org, clock.now()).await {
+            Ok(grant) => grant,
+            Err(GrantError::Sign(e)) => return Err(UpstreamError::from(e).into()),
+            Err(e) => return Err(std::sync::Arc::new(e).into()),
+        };
         let started = clock.now();
         // The checks run inside the observed call so an unusable answer counts as "invalid".
         let mp = client::observe(Target::Maskinporten, async {

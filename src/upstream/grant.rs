@@ -5,15 +5,20 @@
 //! fresh random `jti`; header `alg`, `kid` when the key has one, and `x5c` (the business
 //! certificate chain, leaf first, standard base64 DER) when the key came with certificates. With an
 //! organisation it adds the system-user `authorization_details`.
+//! The header and claims are built and hashed here (SHA-256/384/512 of `header.payload`, from
+//! `key.algorithm`); the key's signer turns the digest into the signature, in memory for a key
+//! file, in an HSM or Vault for a key held there.
 //! This module knows nothing about caches or HTTP; it turns inputs into one signed string.
 
 use std::time::{Duration, SystemTime};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use crate::config::MAX_GRANT_LIFETIME;
-use crate::key::SigningKey;
 use crate::key::secret::Secret;
+use crate::key::{SignError, SigningKey};
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::Profile;
 use crate::tokens::token::unix_seconds;
@@ -66,13 +71,21 @@ struct SystemUserOrg {
     id: String,
 }
 
-/// Why a grant could not be signed (practically never: the key was validated at load).
+/// Why a grant could not be signed: the signer failed (an HSM or Vault out of reach or refusing;
+/// practically never for a key file, validated at load), or the header or claims did not encode.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot sign the JWT grant")]
-pub struct GrantError(#[source] jsonwebtoken::errors::Error);
+pub enum GrantError {
+    #[error("cannot sign the JWT grant")]
+    Encode(#[source] serde_json::Error),
+    #[error(transparent)]
+    Sign(#[from] SignError),
+}
 
 /// Build and sign a JWT grant.
-pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secret, GrantError> {
+pub async fn build_jwt_grant(
+    key: &SigningKey,
+    req: &GrantRequest<'_>,
+) -> Result<Secret, GrantError> {
     let iat = unix_seconds(req.now);
     let lifetime = req.lifetime.min(MAX_GRANT_LIFETIME).as_secs().max(1);
     let claims = Claims {
@@ -99,9 +112,31 @@ pub fn build_jwt_grant(key: &SigningKey, req: &GrantRequest<'_>) -> Result<Secre
     let mut header = jsonwebtoken::Header::new(key.algorithm().jwt());
     header.kid = key.kid().map(str::to_owned);
     header.x5c = key.x5c();
-    jsonwebtoken::encode(&header, &claims, key.encoding_key())
-        .map(Secret::new)
-        .map_err(GrantError)
+    // The JWS compact form, as jsonwebtoken::encode writes it: base64url(JSON) of each part.
+    let part = |json: Result<Vec<u8>, serde_json::Error>| {
+        json.map(|bytes| URL_SAFE_NO_PAD.encode(bytes))
+            .map_err(GrantError::Encode)
+    };
+    let input = format!(
+        "{}.{}",
+        part(serde_json::to_vec(&header))?,
+        part(serde_json::to_vec(&claims))?
+    );
+    let digest = key.algorithm().digest(input.as_bytes());
+    let started = std::time::Instant::now();
+    let signature = key.signer().sign(key.algorithm(), digest).await;
+    if let Some(remote) = key.signer().remote() {
+        let outcome = signature
+            .as_ref()
+            .err()
+            .map_or("ok", |e| e.failure.as_str());
+        crate::telemetry::meters::signer_call(remote.kind(), outcome, started.elapsed());
+    }
+    let signature = signature?;
+    Ok(Secret::new(format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(signature)
+    )))
 }
 
 #[cfg(test)]
@@ -149,12 +184,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn carries_exactly_the_reference_claims() {
+    #[tokio::test]
+    async fn carries_exactly_the_reference_claims() {
         let p = profile("admin");
         let req = request(&p, None);
         let (header, claims) = verify(
-            &build_jwt_grant(&key(Algorithm::RS256), &req).unwrap(),
+            &build_jwt_grant(&key(Algorithm::RS256), &req).await.unwrap(),
             Algorithm::RS256,
         );
         assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
@@ -180,13 +215,13 @@ mod tests {
         assert_eq!(keys, ["aud", "exp", "iat", "iss", "jti", "scope", "sub"]);
     }
 
-    #[test]
-    fn lifetime_is_capped_at_120_seconds() {
+    #[tokio::test]
+    async fn lifetime_is_capped_at_120_seconds() {
         let p = profile("altinn");
         let mut req = request(&p, None);
         req.lifetime = Duration::from_secs(600);
         let (_, claims) = verify(
-            &build_jwt_grant(&key(Algorithm::RS256), &req).unwrap(),
+            &build_jwt_grant(&key(Algorithm::RS256), &req).await.unwrap(),
             Algorithm::RS256,
         );
         assert_eq!(
@@ -195,31 +230,56 @@ mod tests {
         );
     }
 
-    #[test]
-    fn every_grant_has_a_fresh_jti() {
+    #[tokio::test]
+    async fn every_grant_has_a_fresh_jti() {
         let p = profile("altinn");
         let k = key(Algorithm::RS256);
-        let jtis: std::collections::HashSet<String> = (0..20)
-            .map(|_| {
-                verify(
-                    &build_jwt_grant(&k, &request(&p, None)).unwrap(),
-                    Algorithm::RS256,
-                )
-                .1["jti"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let mut jtis = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let grant = build_jwt_grant(&k, &request(&p, None)).await.unwrap();
+            let jti = verify(&grant, Algorithm::RS256).1["jti"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            jtis.insert(jti);
+        }
         assert_eq!(jtis.len(), 20);
     }
 
-    #[test]
-    fn system_user_grant_carries_authorization_details() {
+    #[tokio::test]
+    async fn a_key_file_signs_exactly_as_jsonwebtoken_does() {
+        // The signer split changes nothing for key files: same header, same signature bytes.
+        let p = profile("admin");
+        for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
+            let grant = build_jwt_grant(&key(alg), &request(&p, None))
+                .await
+                .unwrap();
+            let (input, signature) = grant.expose().rsplit_once('.').unwrap();
+            let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(PEM.as_bytes()).unwrap();
+            let theirs =
+                jsonwebtoken::crypto::sign(input.as_bytes(), &encoding, alg.jwt()).unwrap();
+            assert_eq!(signature, theirs);
+            let header: Value = serde_json::from_slice(
+                &URL_SAFE_NO_PAD
+                    .decode(input.split('.').next().unwrap())
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                header,
+                json!({"typ": "JWT", "alg": alg.name(), "kid": "my-kid"})
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn system_user_grant_carries_authorization_details() {
         let p = profile("skd");
         let org: OrgNumber = "991825827".parse().unwrap();
         let (_, claims) = verify(
-            &build_jwt_grant(&key(Algorithm::RS512), &request(&p, Some(&org))).unwrap(),
+            &build_jwt_grant(&key(Algorithm::RS512), &request(&p, Some(&org)))
+                .await
+                .unwrap(),
             Algorithm::RS512,
         );
         assert_eq!(
@@ -229,8 +289,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn profile_extras_become_claims() {
+    #[tokio::test]
+    async fn profile_extras_become_claims() {
         let mut p = profile("altinn");
         p.name = ProfileName::new("custom");
         p.resource = Some("https://api.example.no".into());
@@ -238,7 +298,9 @@ mod tests {
         p.external_ref = Some("ref-1".into());
         let org: OrgNumber = "991825827".parse().unwrap();
         let (_, claims) = verify(
-            &build_jwt_grant(&key(Algorithm::RS384), &request(&p, Some(&org))).unwrap(),
+            &build_jwt_grant(&key(Algorithm::RS384), &request(&p, Some(&org)))
+                .await
+                .unwrap(),
             Algorithm::RS384,
         );
         assert_eq!(claims["resource"], "https://api.example.no");

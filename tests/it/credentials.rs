@@ -78,7 +78,7 @@ fn certificate(
 
 /// A business certificate for the client key (`client-key.pem`), issued by a CA whose key is
 /// `other-key.pem`, valid in `valid`: (leaf, CA) as DER.
-fn business_certificate(valid: (SystemTime, SystemTime)) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn business_certificate(valid: (SystemTime, SystemTime)) -> (Vec<u8>, Vec<u8>) {
     let now = SystemTime::now();
     let ca_key = private_key("other-key.pem");
     let ca = certificate(CA_NAME, &ca_key, None, (now - DAY, now + 3650 * DAY));
@@ -91,7 +91,21 @@ fn business_certificate(valid: (SystemTime, SystemTime)) -> (Vec<u8>, Vec<u8>) {
     (leaf, ca)
 }
 
-fn valid_for(days: u32) -> (SystemTime, SystemTime) {
+/// PEM of a DER certificate.
+pub(crate) fn pem_certificate(der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+pub(crate) fn valid_for(days: u32) -> (SystemTime, SystemTime) {
     let now = SystemTime::now();
     (now - DAY, now + days * DAY)
 }
@@ -364,18 +378,7 @@ async fn pkcs12_in_modern_and_legacy_encryption_signs_with_x5c_leaf_first() {
 async fn a_pem_key_followed_by_its_certificates_sends_them_as_x5c() {
     let dir = tempfile::tempdir().unwrap();
     let chain = business_certificate(valid_for(365));
-    let pem_block = |der: &[u8]| {
-        let b64 = STANDARD.encode(der);
-        let lines: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            lines.join("\n")
-        )
-    };
+    let pem_block = pem_certificate;
     let text = format!(
         "{}{}{}",
         std::fs::read_to_string(fixture("client-key.pem")).unwrap(),

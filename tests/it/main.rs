@@ -21,5 +21,6 @@ mod on_demand;
 mod proxy;
 mod reload;
 mod secrets;
+mod signers;
 mod token_endpoints;
 mod token_files;
