@@ -63,7 +63,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::simulate(settings, listen, jwk.as_deref(), &client_id).await?
         }
-        Command::Healthcheck { url } => commands::healthcheck(&url).await?,
+        Command::Healthcheck { url, ca, cert, key } => {
+            commands::healthcheck(&url, ca.as_deref(), cert.as_deref().zip(key.as_deref())).await?
+        }
         Command::HashKey => commands::hash_key()?,
     }
     Ok(())

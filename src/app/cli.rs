@@ -95,6 +95,16 @@ pub enum Command {
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
+        /// With TLS on the listener (an https URL): a PEM CA to trust besides the system's (the
+        /// CA of server.tls.cert).
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// With server.tls.client_auth required: a PEM client certificate (chain) ...
+        #[arg(long, requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// ... and its PEM private key.
+        #[arg(long, requires = "cert")]
+        key: Option<std::path::PathBuf>,
     },
     /// Read an API key from standard input and print the hash to put in `clients[].key_sha256`.
     HashKey,

@@ -303,6 +303,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
         };
         println!("token endpoint:  {token_url}");
         println!("altinn exchange: {}", e.altinn_exchange_url);
+        println!("altinn platform: {}", e.altinn_platform);
     }
     if let Some(org) = &validated.default_org {
         println!("default_org:     {org}");
@@ -488,16 +489,42 @@ pub async fn simulate(
         handle.issuer(),
         handle.base_url()
     );
-    app::shutdown_signal().await;
+    let _ = app::shutdown_signal().await;
     handle.shutdown().await;
     Ok(())
 }
 
-/// `healthcheck --url URL`
-pub async fn healthcheck(url: &str) -> anyhow::Result<()> {
-    let response = reqwest::Client::builder()
+/// `healthcheck --url URL [--ca FILE] [--cert FILE --key FILE]`: with TLS on the listener, the
+/// CA to trust and, with `client_auth: required`, a client certificate to present.
+pub async fn healthcheck(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<()> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
         .timeout(Duration::from_secs(3))
-        .no_proxy()
+        .no_proxy();
+    if let Some(ca) = ca {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("cannot read --ca {}", ca.display()))?;
+        builder = builder.add_root_certificate(
+            reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca {} is not a PEM certificate", ca.display()))?,
+        );
+    }
+    if let Some((cert, key)) = identity {
+        let mut pem = std::fs::read(cert)
+            .with_context(|| format!("cannot read --cert {}", cert.display()))?;
+        pem.extend(
+            std::fs::read(key).with_context(|| format!("cannot read --key {}", key.display()))?,
+        );
+        builder =
+            builder.identity(reqwest::Identity::from_pem(&pem).map_err(|_| {
+                anyhow::anyhow!("--cert and --key are not a PEM certificate and key")
+            })?);
+    }
+    let response = builder
         .build()?
         .get(url)
         .send()

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod commands;
 mod serve;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -64,6 +65,8 @@ pub enum StartError {
         #[source]
         source: Box<DiscoveryError>,
     },
+    #[error(transparent)]
+    Tls(#[from] self::tls::TlsError),
     #[error("cannot start the local simulator")]
     Simulator(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
@@ -266,6 +269,23 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let clients = Arc::new(ArcSwap::from_pointee(validated.clients.clone()));
     let http = http_client(&settings.http_client)?;
     let discovered = discover(&settings, local_base, &http).await?;
+    // Workload-token issuers: their keys read once now; a failure is logged and the keys are
+    // read again when a token names one (the broker still serves API-key clients meanwhile).
+    let identity = crate::policy::identity::Issuers::build(&settings.identity, |ca| {
+        http_client(&crate::config::HttpClientSettings {
+            extra_ca_cert: ca.map(Path::to_owned),
+            ..settings.http_client.clone()
+        })
+    })?;
+    identity.read_keys().await;
+    // Introspection checks tokens of the default client's environment; keys read on first use.
+    let endpoints = settings.endpoints(local_base);
+    let introspection = crate::policy::introspection::Introspection::new(
+        &endpoints.issuer,
+        &endpoints.altinn_platform,
+        http.clone(),
+        settings.introspection.clone(),
+    );
     let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let fixed_orgs: Vec<_> = validated
@@ -294,6 +314,9 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
                 .into(),
             proxy,
             token_files,
+            draining: Default::default(),
+            identity,
+            introspection,
         }),
         simulator,
     })
@@ -464,6 +487,15 @@ impl App {
     /// Build from settings and serve on `listener` until [`App::shutdown`].
     pub async fn spawn(settings: Settings, listener: TcpListener) -> Result<App, StartError> {
         let started = settings.clone();
+        // The listener's certificate and key load first: a broker that cannot serve TLS as
+        // configured does not start.
+        let tls = started
+            .server
+            .tls
+            .as_ref()
+            .map(self::tls::Tls::load)
+            .transpose()?
+            .map(Arc::new);
         let built = build(settings).await?;
         let (current, changed) = (built.state.clone(), built.state.clone());
         // With the current generation's own HTTP client: no client of its own, and a reloaded
@@ -487,7 +519,7 @@ impl App {
         built.state.token_files.spawn(&built.state.tokens, &stop);
         let signal = stop.clone();
         let server = tokio::spawn(async move {
-            serve::serve(listener, service, &server_settings, signal).await;
+            serve::serve(listener, service, &server_settings, tls, signal).await;
         });
         Ok(App {
             addr,
@@ -538,7 +570,7 @@ impl App {
         tracing::info!(
             kid = kid.as_deref(),
             maskinporten_clients = settings.maskinporten_clients.len() + 1,
-            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, http_client, profiles, on_demand, default_org, clients)"
+            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, grant, http_client, profiles, on_demand, default_org, clients)"
         );
         let unchanged = needing_restart(&self.started, settings);
         if !unchanged.is_empty() {
@@ -550,8 +582,26 @@ impl App {
         Ok(())
     }
 
+    /// The orchestrator asked the broker to go (SIGTERM): `/readyz` answers 503 at once, so the
+    /// broker is taken out of its Service's endpoints, while it keeps accepting and serving for
+    /// `server.shutdown_delay` (callers still sent here while the endpoint change spreads get
+    /// their answers); then [`App::shutdown`].
+    pub async fn terminate(self) {
+        let delay = self.started.server.shutdown_delay;
+        self.state.begin_draining();
+        if !delay.is_zero() {
+            tracing::info!(
+                shutdown_delay = %humantime::format_duration(delay),
+                "shutting down: /readyz answers 503; still accepting and serving for the shutdown delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
+        self.shutdown().await;
+    }
+
     /// Stop accepting, let requests in flight finish, stop background work.
     pub async fn shutdown(self) {
+        self.state.begin_draining();
         self.stop.cancel();
         self.rediscovery.abort();
         let _ = self.server.await;
@@ -575,6 +625,16 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
         ("cache", differs(&running.cache, &new.cache)),
         ("local", differs(&running.local, &new.local)),
         ("log", differs(&running.log, &new.log)),
+        ("identity", differs(&running.identity, &new.identity)),
+        (
+            "introspection",
+            differs(&running.introspection, &new.introspection),
+        ),
+        ("proxy", differs(&running.proxy, &new.proxy)),
+        (
+            "token_files",
+            differs(&running.token_files, &new.token_files),
+        ),
     ]
     .into_iter()
     .filter_map(|(section, changed)| changed.then_some(section))
@@ -618,12 +678,17 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
     let hangup = None::<()>;
     let app = App::spawn(settings, listener).await?;
     tracing::info!(addr = %app.addr, env = %app.state.env, "maskinporten-broker is listening");
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = reload_on_change(&app, config_path, files, hangup) => {}
+    let signal = tokio::select! {
+        signal = shutdown_signal() => signal,
+        _ = reload_on_change(&app, config_path, files, hangup) => Stop::Interrupt,
+    };
+    match signal {
+        Stop::Terminate => app.terminate().await,
+        Stop::Interrupt => {
+            tracing::info!("shutting down: finishing requests in flight");
+            app.shutdown().await
+        }
     }
-    tracing::info!("shutting down: finishing requests in flight");
-    app.shutdown().await;
     Ok(())
 }
 
@@ -724,8 +789,17 @@ async fn reload_on_change(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub(crate) async fn shutdown_signal() {
+/// Which signal asked the broker to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// SIGTERM: an orchestrator; wait `server.shutdown_delay` before closing the listener.
+    Terminate,
+    /// SIGINT (Ctrl-C): a person at a terminal; stop at once.
+    Interrupt,
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), saying which.
+pub(crate) async fn shutdown_signal() -> Stop {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -741,8 +815,8 @@ pub(crate) async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = ctrl_c => Stop::Interrupt,
+        _ = term => Stop::Terminate,
     }
 }
 
@@ -793,5 +867,11 @@ mod tests {
             needing_restart(&running, &new),
             ["listen", "server", "cache"]
         );
+        // The proxy's routes and the token files are read at start too; grant reloads.
+        let new = Settings::from_yaml(&format!(
+            "{base}proxy:\n  r:\n    upstream: https://api.example/\n    profile: admin\ntoken_files:\n  - profile: admin\n    path: /run/t\ngrant:\n  lifetime: 60s\n"
+        ))
+        .unwrap();
+        assert_eq!(needing_restart(&running, &new), ["proxy", "token_files"]);
     }
 }

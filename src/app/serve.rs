@@ -41,7 +41,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -107,10 +107,12 @@ pub(crate) fn raise_fd_limit() -> u64 {
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serve `service` on `listener` until `stop` is cancelled, then finish the requests in flight.
+/// With `tls`, each connection's TLS handshake must end within the header-read timeout.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
     service: S,
     settings: &ServerSettings,
+    tls: Option<Arc<super::tls::Tls>>,
     stop: CancellationToken,
 ) where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
@@ -187,13 +189,27 @@ pub(crate) async fn serve<S>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection(
-            tcp,
-            http.clone(),
-            service.clone(),
-            timeouts,
-            Registered::new(&open, slot),
-        ));
+        let registered = Registered::new(&open, slot);
+        let (http, service) = (http.clone(), service.clone());
+        match &tls {
+            None => {
+                tokio::spawn(connection(tcp, None, http, service, timeouts, registered));
+            }
+            Some(tls) => {
+                let acceptor = tls.acceptor();
+                tokio::spawn(async move {
+                    // The handshake holds the connection's slot and is bounded like a request head.
+                    match tokio::time::timeout(timeouts.header_read, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let peer = super::tls::peer_of(&stream);
+                            connection(stream, peer, http, service, timeouts, registered).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     // Finish the requests in flight, close idle connections; then every connection has closed
@@ -219,9 +235,11 @@ struct Timeouts {
     keep_alive: Duration,
 }
 
-/// One connection, from accept to close; its slot is given back when it ends.
-async fn connection<S>(
-    tcp: TcpStream,
+/// One connection, from accept (and TLS handshake) to close; its slot is given back when it ends.
+/// `peer`: the verified client certificate, put into each request's extensions.
+async fn connection<S, IO>(
+    tcp: IO,
+    peer: Option<Arc<super::tls::PeerCertificate>>,
     http: http1::Builder,
     service: S,
     timeouts: Timeouts,
@@ -232,6 +250,7 @@ async fn connection<S>(
         + Send
         + 'static,
     S::Future: Send,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = registered.activity.clone();
     let io = TokioIo::new(Watched {
@@ -241,6 +260,7 @@ async fn connection<S>(
     let service = Tracked {
         inner: service,
         activity: activity.clone(),
+        peer,
     };
     let conn = http.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -555,12 +575,12 @@ impl Drop for Busy {
 }
 
 /// The connection's socket, telling [`Activity`] when bytes arrive.
-struct Watched {
-    io: TcpStream,
+struct Watched<IO> {
+    io: IO,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -575,7 +595,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -610,6 +630,7 @@ impl AsyncWrite for Watched {
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
+    peer: Option<Arc<super::tls::PeerCertificate>>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
@@ -620,7 +641,10 @@ where
     type Error = Infallible;
     type Future = Answering<Oneshot<S, Request<Body>>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(peer) = &self.peer {
+            request.extensions_mut().insert(peer.clone());
+        }
         Answering {
             busy: self.activity.begin(),
             answer: self.inner.clone().oneshot(request.map(Body::new)),
@@ -648,6 +672,7 @@ impl<F: Future> Future for Answering<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     #[test]
     fn the_derived_cap_leaves_headroom_below_the_fd_limit() {
@@ -722,7 +747,7 @@ mod tests {
         let settings = ServerSettings::default();
         let server = tokio::spawn({
             let stop = stop.clone();
-            async move { serve(listener, service, &settings, stop).await }
+            async move { serve(listener, service, &settings, None, stop).await }
         });
         let tasks = || {
             tokio::runtime::Handle::current()

@@ -20,6 +20,15 @@ impl Settings {
         let default_org = self.parse_default_org(&mut problems);
         self.check_sections(&mut problems);
         let clients = self.parse_clients(&mut problems);
+        self.identity.check(&mut problems.0);
+        self.introspection.check(&mut problems.0);
+        for (i, issuer) in clients.token_issuers() {
+            if !self.identity.issuers.contains_key(issuer) {
+                problems.push(format!(
+                    "clients[{i}].identity.issuer: there is no issuer named {issuer:?} under identity.issuers"
+                ));
+            }
+        }
         let on_demand = ScopePatterns::parse("on_demand.scopes", &self.on_demand.scopes)
             .unwrap_or_else(|p| {
                 p.into_iter().for_each(|p| problems.push(p));

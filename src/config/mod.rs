@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 mod proxy;
+pub mod tls;
 mod token_files;
 
 pub use proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ProxyRouteSettings};
@@ -23,12 +24,12 @@ pub use token_files::{TokenFileFormat, TokenFileSettings};
 
 use crate::key::Algorithm;
 use crate::policy::access::ClientSettings;
+use crate::policy::is_loopback;
 use crate::policy::on_demand::OnDemandSettings;
 use crate::policy::profile::ProfileSettings;
 
 mod signers;
 pub use crate::key::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
-pub use signers::is_loopback;
 
 /// Which Maskinporten and Altinn to talk to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -81,6 +82,10 @@ pub struct Settings {
     pub log: LogSettings,
     /// API-key clients; when any is configured every token request must present a key.
     pub clients: Vec<ClientSettings>,
+    /// Issuers of workload tokens that `clients[].identity` may name.
+    pub identity: crate::policy::identity::IdentitySettings,
+    /// What `POST /api/v1/introspect` counts as active.
+    pub introspection: crate::policy::introspection::IntrospectionSettings,
     /// Scopes callers may ask for without a profile (`GET /token?scope=`, `POST /api/v1/token`).
     pub on_demand: OnDemandSettings,
     /// Serve without client authentication on a non-loopback address (say so explicitly).
@@ -112,6 +117,8 @@ impl Default for Settings {
             local: LocalSettings::default(),
             log: LogSettings::default(),
             clients: Vec::new(),
+            identity: Default::default(),
+            introspection: Default::default(),
             on_demand: OnDemandSettings::default(),
             allow_unauthenticated: false,
             proxy: BTreeMap::new(),
@@ -245,7 +252,12 @@ pub struct EndpointSettings {
     /// The Maskinporten issuer; also the grant's `aud`.
     pub issuer: Option<String>,
     pub token_url: Option<Url>,
+    /// Absent: `{altinn_platform}authentication/api/v1/exchange/maskinporten`.
     pub altinn_exchange_url: Option<Url>,
+    /// The Altinn platform base URL, ending in `/` (`https://platform.tt02.altinn.no/` for
+    /// `test`, `https://platform.altinn.no/` for `prod`, the simulator for `local`). Altinn's
+    /// APIs live under it (`authentication/api/v1/...`); https except on a loopback address.
+    pub altinn_platform: Option<Url>,
     /// Read the token endpoint from `{issuer}.well-known/oauth-authorization-server`; default on
     /// for `test` and `prod` and for a custom issuer without `token_url`.
     pub discovery: Option<bool>,
@@ -255,6 +267,7 @@ static NO_ENDPOINT_OVERRIDES: EndpointSettings = EndpointSettings {
     issuer: None,
     token_url: None,
     altinn_exchange_url: None,
+    altinn_platform: None,
     discovery: None,
 };
 
@@ -271,6 +284,25 @@ impl EndpointSettings {
                 "{at}token_url: is required with a custom {at}issuer and {at}discovery: false (or let discovery read it)"
             ));
         }
+        if let Some(platform) = &self.altinn_platform {
+            check_altinn_platform(&format!("{at}altinn_platform"), platform, problems);
+        }
+    }
+}
+
+/// `endpoints.altinn_platform`: a base URL others are joined to, so it must end in `/` (without
+/// it `Url::join` would drop its last segment); https, except to a loopback address (a local
+/// fake or simulator), since the admin token travels to it.
+fn check_altinn_platform(field: &str, url: &Url, problems: &mut Problems) {
+    if !url.path().ends_with('/') || url.query().is_some() || url.fragment().is_some() {
+        problems.push(format!(
+            "{field}: {url} must end in '/' with no query (the base the Altinn API paths are joined to, e.g. https://platform.tt02.altinn.no/)"
+        ));
+    }
+    if url.scheme() != "https" && !(url.scheme() == "http" && is_loopback(url)) {
+        problems.push(format!(
+            "{field}: {url} must be https (plain http only to a loopback address such as 127.0.0.1)"
+        ));
     }
 }
 
@@ -326,6 +358,13 @@ pub struct ServerSettings {
     pub keep_alive_timeout: Duration,
     /// Most connections open at once; absent means derived from the file descriptor limit.
     pub max_connections: Option<usize>,
+    /// After SIGTERM: `/readyz` answers 503 at once, and the broker keeps accepting and serving
+    /// for this long (so a load balancer stops sending before the listener closes), then stops
+    /// accepting and drains. 0 turns it off. SIGINT (Ctrl-C) does not wait.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// TLS (and client certificates) on the listener; absent: plain HTTP.
+    pub tls: Option<tls::TlsSettings>,
 }
 
 impl Default for ServerSettings {
@@ -334,9 +373,18 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
             max_connections: None,
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
+            tls: None,
         }
     }
 }
+
+/// `server.shutdown_delay` when absent: longer than a Kubernetes endpoint update usually takes to
+/// reach every node's proxy.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// The longest `server.shutdown_delay`: below Kubernetes' default grace period of 30 s, so the
+/// drain still has time before SIGKILL.
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(25);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -369,6 +417,11 @@ impl Default for HttpClientSettings {
 pub struct CacheSettings {
     /// Refresh in the background once only this fraction of the lifetime is left.
     pub refresh_when_left: f64,
+    /// Each refresh-ahead moment is moved earlier by a random share, up to this fraction of the
+    /// token's lifetime (uniform, drawn anew for every token), so replicas started together do
+    /// not refresh in lockstep. Never later than without it, never before the token was issued;
+    /// 0 turns it off.
+    pub refresh_jitter: f64,
     /// ... but never later than this long before expiry (short tokens).
     #[serde(with = "humantime_serde")]
     pub refresh_floor: Duration,
@@ -390,6 +443,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         CacheSettings {
             refresh_when_left: 1.0 / 3.0,
+            refresh_jitter: DEFAULT_REFRESH_JITTER,
             refresh_floor: Duration::from_secs(5),
             min_remaining: Duration::from_secs(10),
             idle: Duration::from_secs(15 * 60),
@@ -399,6 +453,10 @@ impl Default for CacheSettings {
         }
     }
 }
+
+/// `cache.refresh_jitter` when absent: a 120 s Maskinporten token is refreshed between 40 s and
+/// 52 s before expiry.
+pub const DEFAULT_REFRESH_JITTER: f64 = 0.1;
 
 /// The embedded simulator of `env: local`.
 #[derive(Debug, Clone, Deserialize)]
@@ -453,12 +511,17 @@ pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 pub const LOCAL_CLIENT_ID: &str = "local-client";
 pub const LOCAL_KID: &str = "local-kid";
 
+/// The Altinn token exchange, under the platform base.
+const EXCHANGE_PATH: &str = "authentication/api/v1/exchange/maskinporten";
+
 /// The upstream URLs the broker talks to, after defaults and overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
     pub issuer: String,
     pub token_url: Url,
     pub altinn_exchange_url: Url,
+    /// The Altinn platform base, ending in `/`: Altinn's APIs are joined to it.
+    pub altinn_platform: Url,
 }
 
 impl Endpoints {
@@ -485,7 +548,8 @@ impl Endpoints {
         Endpoints {
             issuer: mp.to_owned(),
             token_url: join(mp, "token"),
-            altinn_exchange_url: join(altinn, "authentication/api/v1/exchange/maskinporten"),
+            altinn_exchange_url: join(altinn, EXCHANGE_PATH),
+            altinn_platform: join(altinn, ""),
         }
     }
 }
@@ -503,6 +567,13 @@ impl Endpoints {
         }
         if let Some(url) = &settings.token_url {
             e.token_url = url.clone();
+        }
+        if let Some(platform) = &settings.altinn_platform {
+            // The exchange lives on the platform unless it is configured on its own.
+            if let Ok(exchange) = platform.join(EXCHANGE_PATH) {
+                e.altinn_exchange_url = exchange;
+            }
+            e.altinn_platform = platform.clone();
         }
         if let Some(url) = &settings.altinn_exchange_url {
             e.altinn_exchange_url = url.clone();
@@ -721,6 +792,12 @@ impl CacheSettings {
                 self.refresh_when_left
             ));
         }
+        if !(0.0..=0.5).contains(&self.refresh_jitter) {
+            problems.push(format!(
+                "cache.refresh_jitter: must be between 0 and 0.5 (a fraction of the lifetime; 0 turns it off), got {}",
+                self.refresh_jitter
+            ));
+        }
         if self.idle.is_zero() {
             problems.push("cache.idle: must be longer than 0s");
         }
@@ -748,6 +825,16 @@ impl ServerSettings {
             if value.is_zero() {
                 problems.push(format!("{field}: must be longer than 0s"));
             }
+        }
+        if let Some(tls) = &self.tls {
+            tls.check(&mut problems.0);
+        }
+        if self.shutdown_delay > MAX_SHUTDOWN_DELAY {
+            problems.push(format!(
+                "server.shutdown_delay: must be at most {} (leave the drain time before the orchestrator's SIGKILL), got {}",
+                humantime::format_duration(MAX_SHUTDOWN_DELAY),
+                humantime::format_duration(self.shutdown_delay)
+            ));
         }
         let most = MAX_CONNECTIONS_LIMIT;
         if let Some(max) = self.max_connections
@@ -828,6 +915,62 @@ mod tests {
             e.altinn_exchange_url.as_str(),
             "https://platform.tt02.altinn.no/authentication/api/v1/exchange/maskinporten"
         );
+    }
+
+    #[test]
+    fn altinn_platform_defaults_per_environment_and_carries_the_exchange() {
+        let platform = |yaml: &str| {
+            let s = Settings::from_yaml(yaml).unwrap();
+            let e = s.endpoints(Some(&Url::parse("http://127.0.0.1:4321/").unwrap()));
+            (
+                e.altinn_platform.to_string(),
+                e.altinn_exchange_url.to_string(),
+            )
+        };
+        assert_eq!(platform(MINIMAL).0, "https://platform.tt02.altinn.no/");
+        assert_eq!(
+            platform("client_id: a\nkid: b\nkey:\n  path: k.pem\n").0,
+            "https://platform.altinn.no/"
+        );
+        assert_eq!(platform("env: local\n").0, "http://127.0.0.1:4321/");
+        let custom = platform(&format!(
+            "{MINIMAL}endpoints:\n  altinn_platform: http://127.0.0.1:7/altinn/\n"
+        ));
+        assert_eq!(custom.0, "http://127.0.0.1:7/altinn/");
+        assert_eq!(
+            custom.1, "http://127.0.0.1:7/altinn/authentication/api/v1/exchange/maskinporten",
+            "the exchange follows the platform unless set on its own"
+        );
+    }
+
+    #[test]
+    fn altinn_platform_must_end_in_a_slash_and_be_https_except_on_loopback() {
+        let refused = |yaml: &str, expected: &[&str]| {
+            let p = problems(&format!("{MINIMAL}{yaml}"));
+            for e in expected {
+                assert!(p.iter().any(|l| l.starts_with(e)), "{e} in {p:?}");
+            }
+        };
+        let at = "endpoints.altinn_platform: http://platform.example.no/x must";
+        refused(
+            "endpoints:\n  altinn_platform: http://platform.example.no/x\n",
+            &[&format!("{at} end in '/'"), &format!("{at} be https")],
+        );
+        refused(
+            "maskinporten_clients:\n  b:\n    client_id: b\n    key: {path: b.pem}\n    endpoints:\n      altinn_platform: http://10.0.0.1/\n",
+            &["maskinporten_clients.b.endpoints.altinn_platform: http://10.0.0.1/ must be https"],
+        );
+        for ok in [
+            "https://platform.example.no/",
+            "http://127.0.0.1:9/",
+            "http://[::1]:9/",
+            "http://localhost:9/",
+        ] {
+            let s =
+                Settings::from_yaml(&format!("{MINIMAL}endpoints:\n  altinn_platform: '{ok}'\n"))
+                    .unwrap();
+            assert!(s.validate().is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -1,19 +1,6 @@
 //! The checks of `key.pkcs11` and `key.vault_transit` (their types are in `key/settings.rs`).
-
-use url::Url;
-
 use crate::key::{Pkcs11Settings, VaultTransitSettings};
-
-/// Whether `url`'s host is a loopback address or `localhost`: where plain http is acceptable
-/// (a proxy route's upstream, Vault's address).
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip).is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
+use crate::policy::is_loopback;
 
 fn check_pkcs11(p: &Pkcs11Settings, at: &str, problems: &mut Vec<String>) {
     let at = format!("{at}key.pkcs11.");

@@ -1,6 +1,7 @@
 //! `/healthz` (the process answers) and `/readyz` (config and key are loaded, tokens can be made).
 //!
-//! `/readyz` answers 200 whenever the broker serves: config and key are loaded before it listens,
+//! `/readyz` answers 503 (`status: draining`) once shutdown has begun (SIGTERM), while the broker
+//! still serves during `server.shutdown_delay`. Until then it answers 200 whenever the broker serves: config and key are loaded before it listens,
 //! and a failing upstream must not make an orchestrator kill a broker that still serves cached
 //! tokens. Each Maskinporten client shows its id, kid and issuer (never a key). Upstream trouble shows in the body: `status: degraded` and, per upstream, the failures
 //! since the last success and the last error. It never asks for an API key, but with `clients:`
@@ -25,7 +26,8 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     params(("X-Api-Key" = Option<String>, Header, description = "With clients configured: an API key (or Authorization: Bearer) shows the cached tokens that client may use")),
-    responses((status = 200, description = "Config and key are loaded; upstream state, and the cached tokens: counted per profile for everyone, listed with their organisations when no clients are configured or for an authenticated client (those it may use)", body = Object)))]
+    responses((status = 200, description = "Config and key are loaded; upstream state, and the cached tokens: counted per profile for everyone, listed with their organisations when no clients are configured or for an authenticated client (those it may use)", body = Object),
+        (status = 503, description = "Shutting down (after SIGTERM): still serving during `server.shutdown_delay`, but send no new callers here; `status: draining`", body = Object)))]
 pub async fn readyz(
     State(state): State<AppState>,
     caller: Result<Caller, Problem>,
@@ -41,8 +43,14 @@ pub async fn readyz(
     let upstreams = state.broker().health();
     let degraded =
         upstreams.values().any(|h| h.consecutive_failures > 0) || state.token_files.failing();
+    let draining = state.is_draining();
+    let status = match (draining, degraded) {
+        (true, _) => "draining",
+        (false, true) => "degraded",
+        (false, false) => "ready",
+    };
     let mut body = json!({
-        "status": if degraded { "degraded" } else { "ready" },
+        "status": status,
         "upstreams": upstreams,
         "env": state.env.to_string(),
         "client_id": generation.fetcher.client_id,
@@ -74,5 +82,10 @@ pub async fn readyz(
             .collect();
         body["cached_tokens"] = listed.into();
     }
-    (StatusCode::OK, Json(body))
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(body))
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod bodies;
 pub mod front;
 pub mod health;
+pub mod introspect;
 pub mod limits;
 pub mod metrics;
 pub mod on_demand;
@@ -22,7 +23,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
-use axum::routing::any;
+use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::{Layer, Service};
 use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::OpenApi;
@@ -40,10 +41,11 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(token::index))
         .routes(routes!(on_demand::token))
         .merge(
-            // The POST route reads a body: tower-http bounds it, and its refusal of a body whose
+            // The POST routes read a body: tower-http bounds it, and its refusal of a body whose
             // Content-Length is over the bound is answered in texas's error shape.
             OpenApiRouter::new()
                 .routes(routes!(texas::token))
+                .routes(routes!(introspect::introspect))
                 .layer(RequestBodyLimitLayer::new(texas::MAX_BODY_BYTES))
                 .layer(axum::middleware::map_response(texas::body_too_large)),
         )
@@ -54,10 +56,24 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi))
         .routes(routes!(proxy::forward))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
-        .route("/proxy/{name}", any(proxy::forward))
-        .route("/proxy/{name}/", any(proxy::forward))
-        .route("/proxy/{name}/{rest}/", any(proxy::forward))
-        .route("/proxy/{name}/{rest}/{*more}", any(proxy::forward))
+        .route("/proxy/{name}", proxy_methods())
+        .route("/proxy/{name}/", proxy_methods())
+        .route("/proxy/{name}/{rest}/", proxy_methods())
+        .route("/proxy/{name}/{rest}/{*more}", proxy_methods())
+}
+
+/// The proxy's handler for the methods its `#[utoipa::path]` names, at the depths OpenAPI cannot
+/// spell: TRACE (it would echo the request, token included, back) and CONNECT are a 405 at every
+/// depth.
+fn proxy_methods() -> MethodRouter<AppState> {
+    let methods = MethodFilter::GET
+        .or(MethodFilter::HEAD)
+        .or(MethodFilter::POST)
+        .or(MethodFilter::PUT)
+        .or(MethodFilter::PATCH)
+        .or(MethodFilter::DELETE)
+        .or(MethodFilter::OPTIONS);
+    on(methods, proxy::forward)
 }
 
 /// The OpenAPI document of the route table, served by `GET /openapi.json`.

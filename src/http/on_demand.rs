@@ -7,6 +7,7 @@ use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use crate::config::Environment;
 use crate::policy::on_demand::OnDemandRequest;
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::{Exchange, ON_DEMAND};
@@ -95,7 +96,7 @@ pub(super) async fn serve(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = caller?;
-    let (request, org) = parse_query(query)?;
+    let (request, org) = parse_query(query, state.env == Environment::Local)?;
     let (profile, key) = state.broker().resolve_on_demand(request, org)?;
     caller.authorize(&key)?;
     let token = token_for(state, &caller, &key).await?;
@@ -109,8 +110,11 @@ pub(super) async fn serve(
 }
 
 /// The parameters of an on-demand request. `scope` may repeat; every other parameter at most
-/// once; anything else is a caller mistake worth a 400.
-pub(super) fn parse_query(raw: &str) -> Result<(OnDemandRequest, Option<OrgNumber>), ApiError> {
+/// once; anything else is a caller mistake worth a 400. `local`: the broker runs `env: local`.
+pub(super) fn parse_query(
+    raw: &str,
+    local: bool,
+) -> Result<(OnDemandRequest, Option<OrgNumber>), ApiError> {
     let mut scopes = Vec::new();
     let (mut org, mut resource, mut consumer_org, mut external_ref, mut exchange) =
         (None, None, None, None, None);
@@ -147,6 +151,7 @@ pub(super) fn parse_query(raw: &str) -> Result<(OnDemandRequest, Option<OrgNumbe
         consumer_org,
         external_ref,
     )
+    .and_then(|r| r.in_env(local))
     .map_err(|e| ApiError::BadQuery(e.to_string()))?;
     Ok((request, org))
 }
@@ -169,9 +174,9 @@ mod tests {
 
     #[test]
     fn repeated_and_space_separated_scopes_are_one_request() {
-        let (a, org) = parse_query("scope=b&scope=a&org=991825827").unwrap();
-        let (b, _) = parse_query("scope=a%20b").unwrap();
-        let (c, _) = parse_query("scope=a+b+a").unwrap();
+        let (a, org) = parse_query("scope=b&scope=a&org=991825827", false).unwrap();
+        let (b, _) = parse_query("scope=a%20b", false).unwrap();
+        let (c, _) = parse_query("scope=a+b+a", false).unwrap();
         assert_eq!(a, b);
         assert_eq!(b, c);
         assert_eq!(org.unwrap().as_str(), "991825827");
@@ -185,19 +190,30 @@ mod tests {
             "scope=a&exchange=maybe",
             "org=991825827",
             "scope=a&org=991825828",
+            "scope=a&resource=javascript:alert(1)",
+            "scope=a&resource=http://127.0.0.1/",
+            "scope=a&consumer_org=0192:123",
+            "scope=altinn:*",
         ] {
-            assert!(parse_query(bad).is_err(), "{bad}");
+            assert!(parse_query(bad, false).is_err(), "{bad}");
         }
-        let (r, _) = parse_query("scope=a&exchange=altinn&externalRef=x&resource=r").unwrap();
+        let (r, _) = parse_query(
+            "scope=a&exchange=altinn&externalRef=x&resource=https://api.example.no/&consumer_org=0192:974761076",
+            false,
+        )
+        .unwrap();
         assert_eq!(r.exchange, Exchange::Altinn);
         assert_eq!(r.external_ref.as_deref(), Some("x"));
-        assert_eq!(r.resource.as_deref(), Some("r"));
+        assert_eq!(r.resource.as_deref(), Some("https://api.example.no/"));
+        assert_eq!(r.consumer_org.as_deref(), Some("0192:974761076"));
+        let (local, _) = parse_query("scope=a&resource=http://127.0.0.1:1/", true).unwrap();
+        assert_eq!(local.resource.as_deref(), Some("http://127.0.0.1:1/"));
     }
 
     proptest! {
         #[test]
         fn any_query_parses_or_fails_cleanly(q in ".{0,300}") {
-            let _ = parse_query(&q);
+            let _ = parse_query(&q, false);
         }
     }
 }

@@ -86,25 +86,34 @@ pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
         let operations = [&mut item.get, &mut item.post];
         for operation in operations.into_iter().flatten() {
             for (status, description) in &refusals {
-                operation
-                    .responses
-                    .responses
-                    .entry((*status).to_owned())
-                    .or_insert_with(|| problem_response(description));
+                let entry = operation.responses.responses.entry((*status).to_owned());
+                let RefOr::T(own) = entry.or_insert_with(|| problem_response(description)) else {
+                    continue;
+                };
+                // A route's own answer with this status (the 503 of /readyz while draining):
+                // the refusal can come too, in its problem form.
+                if !own.content.contains_key(PROBLEM) {
+                    own.content
+                        .insert(PROBLEM.to_owned(), RefOr::T(problem_content()));
+                    own.description = format!("{}; or: {description}", own.description);
+                }
             }
         }
     }
 }
 
+const PROBLEM: &str = "application/problem+json";
+
+fn problem_content() -> utoipa::openapi::Content {
+    ContentBuilder::new()
+        .schema(Some(Ref::from_schema_name("Problem")))
+        .build()
+}
+
 fn problem_response(description: &str) -> RefOr<utoipa::openapi::Response> {
     ResponseBuilder::new()
         .description(description)
-        .content(
-            "application/problem+json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("Problem")))
-                .build(),
-        )
+        .content(PROBLEM, problem_content())
         .build()
         .into()
 }

@@ -34,6 +34,12 @@ pub struct Problem {
     pub extra: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     pub retry_after: Option<Duration>,
+    /// A 401's `WWW-Authenticate` when it is not [`WWW_AUTHENTICATE`] (a refused token's
+    /// `error="invalid_token"`).
+    #[serde(skip)]
+    // A thin pointer: the problem travels in every handler's `Result`, kept small.
+    #[allow(clippy::box_collection)]
+    pub challenge: Option<Box<String>>,
 }
 
 impl Problem {
@@ -50,7 +56,31 @@ impl Problem {
             detail: detail.into(),
             extra: Default::default(),
             retry_after: None,
+            challenge: None,
         }
+    }
+
+    /// A 401 for a bearer token that was refused (RFC 6750 §3.1): `WWW-Authenticate: Bearer
+    /// error="invalid_token", error_description="<reason>"`.
+    pub fn invalid_token(reason: &str) -> Self {
+        // A header value and a quoted string: printable ASCII without quotes or backslashes.
+        let quoted: String = reason
+            .chars()
+            .map(|c| match c {
+                '"' | '\\' => '\'',
+                c if c.is_ascii_graphic() || c == ' ' => c,
+                _ => '?',
+            })
+            .collect();
+        let mut problem = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-token",
+            "Invalid token",
+            format!("the bearer token was refused: {reason}"),
+        );
+        problem.challenge =
+            Some(format!("Bearer error=\"invalid_token\", error_description=\"{quoted}\"").into());
+        problem
     }
 
     pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
@@ -80,10 +110,12 @@ impl IntoResponse for Problem {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::UNAUTHORIZED {
             // RFC 9110 §15.5.2: a 401 says how to authenticate.
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(WWW_AUTHENTICATE),
-            );
+            let challenge = self
+                .challenge
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or(HeaderValue::from_static(WWW_AUTHENTICATE));
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         if let Some(wait) = self.retry_after {
             headers.insert(

@@ -9,11 +9,14 @@
 //!   streamed both ways; the request body is bounded by the route's `max_body`.
 //! - **401 from the upstream:** the token is replaced, and the request sent once more when its
 //!   body can be replayed (no body, or up to [`REPLAY_LIMIT`], which is then buffered).
+//! - **The token never comes back:** a response header whose value contains a token the broker
+//!   sent (an upstream echoing request headers, a redirect with the token in `Location`) is
+//!   replaced by `[redacted]` and counted. Response bodies pass untouched.
 //!
 //! This module never logs a token or a request header.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -72,12 +75,12 @@ const NOT_FORWARDED: [HeaderName; 7] = [
     tag = "proxy",
     params(
         ("name" = String, Path, description = "A route configured under proxy: in broker.yaml"),
-        ("rest" = String, Path, description = "The path below the route's upstream base URL, with the query string passed through; no '.' or '..' segments, encoded slashes, backslashes or '//'"),
+        ("rest" = String, Path, description = "The path below the route's upstream base URL, with the query string passed through; no segment of only dots and whitespace ('.', '..', '..;', '...', encoded or not), encoded slashes, backslashes, '//' or non-UTF-8"),
         ("X-Broker-Org" = Option<String>, Header, description = "Organisation number (9 digits) of the system user, for routes without a fixed org; validated like ?org= of /token/{profile}, never forwarded"),
     ),
     responses(
         (status = 200, description = "Whatever the upstream answered: its status (redirects included, never followed), headers minus hop-by-hop ones, and body, streamed"),
-        (status = 400, description = "Path leaves the route's base (dot segments, encoded slashes, backslashes, '//', absolute-form target), bad X-Broker-Org, or an org the profile does not take", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Path leaves the route's base (segments of only dots and whitespace after decoding and cutting ;parameters, encoded slashes, backslashes, '//', non-UTF-8, absolute-form target), bad X-Broker-Org, an org the profile does not take, or the caller hung up before its request body ended", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured); or the upstream's own 401, passed back", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client may not use this route's profile, org or Maskinporten client", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such proxy route (the detail lists them)", body = Problem, content_type = "application/problem+json"),
@@ -106,15 +109,19 @@ pub async fn forward(
         Ok(response) => (response, None),
         Err(e) => {
             let problem = e.problem();
+            let aborted = problem.kind.ends_with(BODY_ABORTED);
             let detail = problem.detail.clone();
-            (problem.into_response(), Some(detail))
+            (problem.into_response(), Some((detail, aborted)))
         }
     };
     let status = response.status().as_u16();
     crate::telemetry::meters::proxy_request(label, status);
     let elapsed_ms = started.elapsed().as_millis() as u64;
     match failure {
-        Some(error) => {
+        Some((error, true)) => {
+            tracing::info!(route = label, %method, status, elapsed_ms, %error, "the caller aborted its request body")
+        }
+        Some((error, false)) => {
             tracing::warn!(route = label, %method, status, elapsed_ms, %error, "proxy request failed")
         }
         None => tracing::debug!(route = label, %method, status, elapsed_ms, "proxied"),
@@ -162,6 +169,7 @@ async fn forward_to(
         headers,
     };
     let mut answer = exchange.send(&mut body, &token).await?;
+    let mut sent = vec![token.clone()];
     if answer.status() == StatusCode::UNAUTHORIZED {
         // The token is replaced either way, so the next request has a fresh one.
         let fresh = state
@@ -171,9 +179,10 @@ async fn forward_to(
         if fresh.value != token.value && body.replayable() {
             tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
             answer = exchange.send(&mut body, &fresh).await?;
+            sent.push(fresh);
         }
     }
-    Ok(into_response(answer))
+    Ok(into_response(answer, &route.name, &sent))
 }
 
 /// The organisation of a request: the route's fixed one, or the `X-Broker-Org` header.
@@ -242,8 +251,8 @@ enum RequestBody {
     Streamed {
         body: Option<reqwest::Body>,
         length: Option<u64>,
-        /// Set when the caller sent more than `max_body`.
-        over_limit: Arc<AtomicBool>,
+        /// Set when the caller's body ended the exchange (too large, or the caller hung up).
+        fault: Arc<OnceLock<BodyFault>>,
         max_body: u64,
     },
 }
@@ -280,17 +289,20 @@ impl RequestBody {
                         ),
                     )
                 })?
-                .map_err(|e| bad_request(format!("the request body could not be read: {e}")))?;
+                .map_err(|_| body_aborted())?;
             return Ok(RequestBody::Buffered(bytes));
         }
-        let over_limit = Arc::new(AtomicBool::new(false));
-        let flag = over_limit.clone();
+        let fault = Arc::new(OnceLock::new());
+        let seen_fault = fault.clone();
         let mut seen: u64 = 0;
         let stream = body.into_data_stream().map(move |chunk| {
-            let chunk = chunk.map_err(std::io::Error::other)?;
+            let chunk = chunk.map_err(|e| {
+                let _ = seen_fault.set(BodyFault::CallerGone);
+                std::io::Error::other(e)
+            })?;
             seen = seen.saturating_add(chunk.len() as u64);
             if seen > max_body {
-                flag.store(true, Ordering::SeqCst);
+                let _ = seen_fault.set(BodyFault::OverLimit);
                 return Err(std::io::Error::other("request body over max_body"));
             }
             Ok(chunk)
@@ -298,7 +310,7 @@ impl RequestBody {
         Ok(RequestBody::Streamed {
             body: Some(reqwest::Body::wrap_stream(stream)),
             length: declared,
-            over_limit,
+            fault,
             max_body,
         })
     }
@@ -307,16 +319,28 @@ impl RequestBody {
         matches!(self, RequestBody::Buffered(_))
     }
 
-    fn over_limit(&self) -> Option<u64> {
-        match self {
-            RequestBody::Streamed {
-                over_limit,
-                max_body,
-                ..
-            } if over_limit.load(Ordering::SeqCst) => Some(*max_body),
-            _ => None,
+    /// The caller's problem when the streamed body is what ended the exchange.
+    fn fault(&self) -> Option<Problem> {
+        let RequestBody::Streamed {
+            fault, max_body, ..
+        } = self
+        else {
+            return None;
+        };
+        match fault.get()? {
+            BodyFault::OverLimit => Some(too_large(*max_body)),
+            BodyFault::CallerGone => Some(body_aborted()),
         }
     }
+}
+
+/// Why a streamed request body ended early: the caller's doing, not the upstream's.
+#[derive(Debug, Clone, Copy)]
+enum BodyFault {
+    /// More than `max_body` bytes.
+    OverLimit,
+    /// The caller's connection ended (or broke) before the body did.
+    CallerGone,
 }
 
 /// One request to the upstream, sendable once more with another token.
@@ -373,10 +397,9 @@ impl Exchange<'_> {
         let result = self.client.execute(request).await;
         crate::telemetry::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|e| {
-            if let Some(max) = body.over_limit() {
-                return too_large(max).into();
-            }
-            self.transport_problem(&e).into()
+            body.fault()
+                .unwrap_or_else(|| self.transport_problem(&e))
+                .into()
         })
     }
 
@@ -420,16 +443,39 @@ fn bearer(token: &Token) -> Option<header::HeaderValue> {
     Some(value)
 }
 
-/// The upstream's answer as the caller's: status, headers minus hop-by-hop ones, body streamed.
-fn into_response(mut answer: reqwest::Response) -> Response {
+/// The upstream's answer as the caller's: status, headers minus hop-by-hop ones and with no
+/// token the broker `sent`, body streamed.
+fn into_response(mut answer: reqwest::Response, route: &str, sent: &[Arc<Token>]) -> Response {
     let status = answer.status();
     let mut headers = std::mem::take(answer.headers_mut());
     strip_hop_by_hop(&mut headers);
+    redact_tokens(&mut headers, route, sent);
     let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
 }
+
+/// Replace each header value that contains one of the tokens `sent` by `[redacted]`, counting
+/// and logging each (the header's name only): the app behind the proxy must never hold a token.
+fn redact_tokens(headers: &mut HeaderMap, route: &str, sent: &[Arc<Token>]) {
+    for (name, value) in headers.iter_mut() {
+        // A value shorter than every token cannot hold one: most headers need no search.
+        if sent.iter().all(|t| value.len() < t.value.expose().len()) {
+            continue;
+        }
+        // Tokens are ASCII, so the lossy text holds one wherever the bytes do.
+        let text = String::from_utf8_lossy(value.as_bytes());
+        if sent.iter().any(|t| text.contains(t.value.expose())) {
+            *value = header::HeaderValue::from_static(REDACTED);
+            crate::telemetry::meters::proxy_redacted_header(route);
+            tracing::warn!(route, header = %name, "the upstream's answer carried the broker's token in a header; replaced by [redacted]");
+        }
+    }
+}
+
+/// What a response header carrying the broker's token says instead.
+const REDACTED: &str = "[redacted]";
 
 fn bad_request(detail: impl Into<String>) -> Problem {
     Problem::new(
@@ -437,6 +483,21 @@ fn bad_request(detail: impl Into<String>) -> Problem {
         "bad-request",
         "Bad request",
         detail,
+    )
+}
+
+/// The slug of [`body_aborted`], by which `forward` tells the caller's abort from a failure.
+const BODY_ABORTED: &str = "request-body-aborted";
+
+/// The caller hung up (or its connection broke) before its request body ended. Counted as a 4xx:
+/// the upstream did nothing wrong. Nobody is left to read the answer; it is for the log and
+/// the metrics.
+fn body_aborted() -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        BODY_ABORTED,
+        "Request body aborted",
+        "the request body ended before it was complete: the caller closed the connection",
     )
 }
 

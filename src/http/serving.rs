@@ -79,13 +79,19 @@ pub(super) async fn fetched(
 /// lifetime per client and key, not per hit), at debug for every request. Never the token.
 pub(super) fn served(caller: &Caller, key: &CacheKey, token: &Token, outcome: Outcome) {
     let (client, org) = (caller.name(), key.org.as_ref().map(|o| o.as_str()));
+    let principal = caller.principal();
     let scope = key.on_demand.as_ref().map(tracing::field::display);
     // The field values are written only if the line is (the macros check the level first).
     let expires_at = tracing::field::display(Rfc3339(token.expires_at));
-    if token.served.first_for(client) {
-        tracing::info!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
+    // Once per client and principal: each workload a subject pattern admits is named once.
+    let first = match principal {
+        "-" | "api_key" => token.served.first_for(client),
+        principal => token.served.first_for(principal),
+    };
+    if first {
+        tracing::info!(client, principal, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, fingerprint = %token.value.fingerprint(), "token served");
     } else {
-        tracing::debug!(client, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
+        tracing::debug!(client, principal, profile = %key.profile, org, scope, cache = outcome.as_str(), expires_at, "token served");
     }
 }
 

@@ -48,9 +48,25 @@ pub struct Shared {
     pub proxy: Proxy,
     /// Token files and their state, for `/readyz`.
     pub token_files: TokenFiles,
+    /// Set once shutdown has begun: `/readyz` answers 503 from then on.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// The issuers of workload tokens (`identity.issuers`), fixed at start.
+    pub(crate) identity: crate::policy::identity::Issuers,
+    /// `POST /api/v1/introspect`'s verifiers (fixed at start).
+    pub(crate) introspection: crate::policy::introspection::Introspection,
 }
 
 impl Shared {
+    /// Shutdown has begun: `/readyz` answers 503 so that no new callers are sent here.
+    pub(crate) fn begin_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The token source behind the cache: profiles, resolution, upstream health.
     pub fn broker(&self) -> &Broker {
         self.tokens.source()

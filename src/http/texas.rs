@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::policy::on_demand::OnDemandRequest;
+use crate::config::Environment;
+use crate::policy::on_demand::{OnDemandError, OnDemandRequest};
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::ON_DEMAND;
 
@@ -138,9 +139,9 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let caller = caller?;
     let (parts, body) = request.into_parts();
-    let texas = parse_body(&parts.headers, body).await?;
+    let texas: TexasTokenRequest = parse_body(&parts.headers, body).await?;
     let skip_cache = texas.skip_cache.unwrap_or(false);
-    let (request, org) = on_demand_request(texas)?;
+    let (request, org) = on_demand_request(texas, state.env == Environment::Local)?;
     let (_, key) = state.broker().resolve_on_demand(request, org)?;
     caller.authorize(&key)?;
     if skip_cache {
@@ -165,7 +166,10 @@ fn bad_request(detail: impl Into<String>) -> ApiError {
 }
 
 /// The body as JSON or a form, by its content type, at most [`MAX_BODY_BYTES`].
-async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest, ApiError> {
+pub(super) async fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -173,12 +177,12 @@ async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest
     let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::Problem(too_large()))?;
-    if content_type.starts_with("application/json") {
+    if is_media_type(content_type, "application/json") {
         serde_json::from_slice(&bytes)
-            .map_err(|e| bad_request(format!("the JSON body is not a token request: {e}")))
-    } else if content_type.starts_with("application/x-www-form-urlencoded") {
+            .map_err(|e| bad_request(format!("the JSON body is not a request of this route: {e}")))
+    } else if is_media_type(content_type, "application/x-www-form-urlencoded") {
         serde_urlencoded::from_bytes(&bytes)
-            .map_err(|e| bad_request(format!("the form is not a token request: {e}")))
+            .map_err(|e| bad_request(format!("the form is not a request of this route: {e}")))
     } else {
         Err(bad_request(
             "unsupported media type: send application/json or application/x-www-form-urlencoded",
@@ -186,9 +190,19 @@ async fn parse_body(headers: &HeaderMap, body: Body) -> Result<TexasTokenRequest
     }
 }
 
+/// Whether a `Content-Type` value is `expected` (lower case): type and subtype compared without
+/// regard to case (RFC 9110 section 8.3.1) and exactly, parameters such as `charset` ignored.
+/// `application/jsonx` and `application/json-patch+json` are other media types.
+fn is_media_type(content_type: &str, expected: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case(expected)
+}
+
 /// texas's fields as an on-demand request and the system user's organisation.
+/// `local`: the broker runs `env: local`.
 fn on_demand_request(
     texas: TexasTokenRequest,
+    local: bool,
 ) -> Result<(OnDemandRequest, Option<OrgNumber>), ApiError> {
     if texas.identity_provider != "maskinporten" {
         return Err(bad_request(format!(
@@ -219,7 +233,14 @@ fn on_demand_request(
         None,
         external_ref,
     )
-    .map_err(|e| bad_request(format!("target: {e}")))?;
+    .and_then(|r| r.in_env(local))
+    .map_err(|e| match e {
+        OnDemandError::NoScope
+        | OnDemandError::TooManyScopes
+        | OnDemandError::BadScope(_)
+        | OnDemandError::WildcardScope(_) => bad_request(format!("target: {e}")),
+        _ => bad_request(e.to_string()),
+    })?;
     Ok((request, org))
 }
 
@@ -286,7 +307,7 @@ fn too_large() -> Problem {
     )
 }
 
-fn texas_error(problem: Problem) -> Response {
+pub(super) fn texas_error(problem: Problem) -> Response {
     let upstream_status = problem.extra.get("upstream_status").and_then(Value::as_u64);
     let upstream_error = problem.extra.get("error").and_then(Value::as_str);
     let (status, error) = match (problem.status, upstream_status, upstream_error) {
@@ -326,6 +347,29 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse(texas: TexasTokenRequest) -> Result<(OnDemandRequest, Option<OrgNumber>), ApiError> {
+        on_demand_request(texas, false)
+    }
+
+    #[test]
+    fn media_types_match_without_case_and_exactly() {
+        for ok in [
+            "application/json",
+            "Application/Json",
+            " application/json ; charset=utf-8",
+        ] {
+            assert!(is_media_type(ok, "application/json"), "{ok}");
+        }
+        for other in [
+            "application/jsonx",
+            "application/json-patch+json",
+            "",
+            "application/",
+        ] {
+            assert!(!is_media_type(other, "application/json"), "{other}");
+        }
+    }
+
     fn request(body: Value) -> TexasTokenRequest {
         serde_json::from_value(body).unwrap()
     }
@@ -334,14 +378,14 @@ mod tests {
     fn authorization_details_and_org_are_the_same_request() {
         let details = json!([{"type": "urn:altinn:systemuser",
             "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:991825827"}}]);
-        let a = on_demand_request(request(json!({"identity_provider": "maskinporten",
+        let a = parse(request(json!({"identity_provider": "maskinporten",
             "target": "a b", "authorization_details": details})))
         .unwrap();
-        let b = on_demand_request(request(json!({"identity_provider": "maskinporten",
+        let b = parse(request(json!({"identity_provider": "maskinporten",
             "target": "b a", "org": "991825827"})))
         .unwrap();
         assert_eq!(a, b);
-        let as_text = on_demand_request(request(json!({"identity_provider": "maskinporten",
+        let as_text = parse(request(json!({"identity_provider": "maskinporten",
             "target": "a b", "authorization_details": details.to_string()})))
         .unwrap();
         assert_eq!(as_text, b);
@@ -350,7 +394,7 @@ mod tests {
     #[test]
     fn refuses_other_providers_and_malformed_details() {
         assert!(
-            on_demand_request(request(
+            parse(request(
                 json!({"identity_provider": "azuread", "target": "a"})
             ))
             .is_err()
@@ -365,13 +409,13 @@ mod tests {
             let r = request(
                 json!({"identity_provider": "maskinporten", "target": "a", "authorization_details": details}),
             );
-            assert!(on_demand_request(r).is_err(), "{details}");
+            assert!(parse(r).is_err(), "{details}");
         }
         let both = request(
             json!({"identity_provider": "maskinporten", "target": "a", "org": "974761076",
             "authorization_details": [{"type": "urn:altinn:systemuser", "systemuser_org": {"authority": "iso6523-actorid-upis", "ID": "0192:991825827"}}]}),
         );
-        assert!(on_demand_request(both).is_err());
+        assert!(parse(both).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::policy::profile::Profile;
 use crate::tokens::answer::TokenResponse;
 use crate::tokens::cache::CacheKey;
 
-use super::auth::Caller;
+use super::auth::{Caller, Identity};
 use super::problem::{ApiError, Problem};
 use super::serving::{answer, cached, fetched};
 use super::state::AppState;
@@ -80,7 +80,28 @@ pub fn get_token(
     // (and its large future) is boxed. The request is read where it is (the profile from the
     // path, the caller from the headers) rather than through a chain of extractors, each an
     // await and a copy on every request.
-    let caller = Caller::identify(request.headers(), &state);
+    match Caller::try_identify(request.headers(), request.extensions(), &state) {
+        Identity::Known(caller) => serve_token(state, caller, request),
+        // A workload token signed with a key not yet read: read the issuer's keys (at most once
+        // per 10 s), then go on.
+        Identity::UnknownKid(keys) => Either::Right(Box::pin(async move {
+            keys.reread().await;
+            let caller =
+                Caller::try_identify(request.headers(), request.extensions(), &state).settled();
+            match serve_token(state, caller, request) {
+                Either::Left(ready) => ready.await,
+                Either::Right(fetch) => fetch.await,
+            }
+        })),
+    }
+}
+
+/// `GET /token/{profile}` once the caller is known (or refused).
+fn serve_token(
+    state: AppState,
+    caller: Result<Caller, Problem>,
+    request: Request,
+) -> Either<Ready<Response>, BoxFuture<'static, Response>> {
     let segment = request
         .uri()
         .path()

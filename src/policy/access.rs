@@ -20,8 +20,15 @@ use crate::tokens::budget::ClientBudget;
 pub struct ClientSettings {
     /// Shown in audit lines.
     pub name: String,
-    /// Lowercase hex SHA-256 of the API key.
-    pub key_sha256: String,
+    /// Lowercase hex SHA-256 of the API key; or `identity`, or both.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Known by a workload token or a client certificate instead of an API key.
+    #[serde(default)]
+    pub identity: Option<crate::policy::identity::ClientIdentity>,
+    /// May call `POST /api/v1/introspect`.
+    #[serde(default)]
+    pub introspect: bool,
     /// Profiles this client may use; `["*"]` for all.
     pub profiles: Vec<String>,
     /// Organisation numbers it may ask system-user tokens for; absent means none.
@@ -50,7 +57,11 @@ pub fn hash_api_key(key: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Client {
     pub name: String,
-    hash: [u8; 32],
+    /// `None`: no API key (known by `identity` only).
+    hash: Option<[u8; 32]>,
+    identity: Option<crate::policy::identity::Matcher>,
+    /// May call `POST /api/v1/introspect`.
+    pub introspect: bool,
     profiles: Vec<String>,
     orgs: Vec<OrgNumber>,
     /// Its own fetch budget, if it has one; shared by reference with the requests it makes.
@@ -89,13 +100,36 @@ impl Clients {
         let mut clients: Vec<Arc<Client>> = Vec::new();
         for (i, c) in settings.iter().enumerate() {
             let field = |f: &str| format!("clients[{i}].{f}");
+            let identity = c.identity.as_ref().and_then(|id| {
+                crate::policy::identity::Matcher::parse(&field("identity"), id)
+                    .inspect_err(|p| problems.push(p.clone()))
+                    .ok()
+            });
             let mut hash = [0u8; 32];
-            if hex::decode_to_slice(c.key_sha256.trim().to_ascii_lowercase(), &mut hash).is_err() {
-                problems.push(format!(
-                    "{}: must be 64 hex digits (run `maskinporten-broker hash-key`)",
-                    field("key_sha256")
-                ));
-            } else if let Some(j) = clients.iter().position(|other| other.hash == hash) {
+            let hash = match &c.key_sha256 {
+                None if c.identity.is_none() => {
+                    problems.push(format!(
+                        "{}: give key_sha256 (an API key's hash) or identity (a workload token or client certificate)",
+                        field("key_sha256")
+                    ));
+                    None
+                }
+                None => None,
+                Some(text) => hex::decode_to_slice(text.trim().to_ascii_lowercase(), &mut hash)
+                    .ok()
+                    .map(|()| hash)
+                    .or_else(|| {
+                        problems.push(format!(
+                            "{}: must be 64 hex digits (run `maskinporten-broker hash-key`)",
+                            field("key_sha256")
+                        ));
+                        None
+                    }),
+            };
+            if let Some(j) = clients
+                .iter()
+                .position(|other| hash.is_some() && other.hash == hash)
+            {
                 // One key, two clients: which client a caller is would depend on the order.
                 problems.push(format!(
                     "{}: the same API key as clients[{j}] ({:?}); {:?} and {:?} each need their own key",
@@ -140,6 +174,8 @@ impl Clients {
             clients.push(Arc::new(Client {
                 name: c.name.clone(),
                 hash,
+                identity,
+                introspect: c.introspect,
                 profiles: c.profiles.clone(),
                 orgs,
                 budget,
@@ -163,11 +199,66 @@ impl Clients {
         let presented = Sha256::digest(api_key.trim().as_bytes());
         let mut found = None;
         for client in &self.0 {
-            if bool::from(client.hash.ct_eq(&presented[..])) {
+            if let Some(hash) = &client.hash
+                && bool::from(hash.ct_eq(&presented[..]))
+            {
                 found = Some(client.clone());
             }
         }
         found
+    }
+
+    /// The client a verified token names: the first whose `identity` is this issuer and this
+    /// subject exactly, else the first whose subject pattern matches.
+    pub fn by_token(&self, issuer: &str, subject: &str) -> Option<Arc<Client>> {
+        let matching = |exact: bool| {
+            self.0.iter().find(|c| match &c.identity {
+                Some(
+                    m @ crate::policy::identity::Matcher::Token {
+                        issuer: i,
+                        subject: s,
+                    },
+                ) => {
+                    i == issuer
+                        && m.is_exact() == exact
+                        && crate::policy::identity::subject_matches(s, subject)
+                }
+                _ => false,
+            })
+        };
+        matching(true).or_else(|| matching(false)).cloned()
+    }
+
+    /// The client a verified client certificate names, by its SPIFFE ID (its one URI SAN) or
+    /// its subject.
+    pub fn by_certificate(
+        &self,
+        spiffe_id: Option<&str>,
+        subject: &[(String, String)],
+    ) -> Option<Arc<Client>> {
+        self.0
+            .iter()
+            .find(|c| match &c.identity {
+                Some(crate::policy::identity::Matcher::SpiffeId(id)) => {
+                    spiffe_id == Some(id.as_str())
+                }
+                Some(crate::policy::identity::Matcher::CertificateSubject(rdns)) => rdns == subject,
+                _ => false,
+            })
+            .cloned()
+    }
+
+    /// The issuers named by `clients[].identity.issuer`, with their field paths.
+    pub fn token_issuers(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match &c.identity {
+                Some(crate::policy::identity::Matcher::Token { issuer, .. }) => {
+                    Some((i, issuer.as_str()))
+                }
+                _ => None,
+            })
     }
 }
 
@@ -178,7 +269,9 @@ mod tests {
     fn clients() -> Clients {
         Clients::from_settings(&[ClientSettings {
             name: "app-a".into(),
-            key_sha256: hash_api_key("secret-key-a"),
+            key_sha256: Some(hash_api_key("secret-key-a")),
+            identity: None,
+            introspect: false,
             profiles: vec!["altinn".into()],
             orgs: vec!["991825827".into()],
             max_fetches_per_second: None,
@@ -210,7 +303,9 @@ mod tests {
     fn bad_settings_name_the_field() {
         let errs = Clients::from_settings(&[ClientSettings {
             name: "".into(),
-            key_sha256: "xyz".into(),
+            key_sha256: Some("xyz".into()),
+            identity: None,
+            introspect: false,
             profiles: vec![],
             orgs: vec!["1".into()],
             max_fetches_per_second: Some(0),
@@ -232,7 +327,9 @@ mod tests {
     fn two_clients_with_one_key_are_refused_naming_both() {
         let client = |name: &str, hash: String| ClientSettings {
             name: name.into(),
-            key_sha256: hash,
+            key_sha256: Some(hash),
+            identity: None,
+            introspect: false,
             profiles: vec!["*".into()],
             orgs: vec![],
             scopes: None,

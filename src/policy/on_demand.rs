@@ -95,8 +95,18 @@ pub enum OnDemandError {
         "{0:?} is not a scope (at most {MAX_SCOPE_LEN} printable characters without spaces or quotes)"
     )]
     BadScope(String),
+    #[error(
+        "{0:?} contains '*': ask for the scopes themselves ('*' is only for patterns in on_demand.scopes)"
+    )]
+    WildcardScope(String),
     #[error("{0} is too long or has characters that are not printable (at most {MAX_CLAIM_LEN})")]
     BadClaim(&'static str),
+    #[error(
+        "resource must be an absolute https URI without a fragment (RFC 8707), such as https://api.example.no/; http only for a loopback host in env: local"
+    )]
+    BadResource,
+    #[error("consumer_org must be 0192: followed by a valid organisation number: {0}")]
+    BadConsumerOrg(String),
 }
 
 /// A normalised on-demand request: what the grant asks for, without the organisation (which is
@@ -130,6 +140,9 @@ impl OnDemandRequest {
             {
                 return Err(OnDemandError::BadScope(truncate(scope)));
             }
+            if scope.contains('*') {
+                return Err(OnDemandError::WildcardScope(truncate(scope)));
+            }
             list.push(scope.to_owned());
             if list.len() > MAX_SCOPES * 4 {
                 return Err(OnDemandError::TooManyScopes);
@@ -152,13 +165,33 @@ impl OnDemandRequest {
                 _ => Ok(value),
             }
         };
+        let resource = claim("resource", resource)?;
+        if resource
+            .as_deref()
+            .is_some_and(|r| resource_scheme(r).is_none())
+        {
+            return Err(OnDemandError::BadResource);
+        }
+        let consumer_org = claim("consumer_org", consumer_org)?;
+        if let Some(org) = &consumer_org {
+            check_consumer_org(org)?;
+        }
         Ok(OnDemandRequest {
             scopes: list,
             exchange,
-            resource: claim("resource", resource)?,
-            consumer_org: claim("consumer_org", consumer_org)?,
+            resource,
+            consumer_org,
             external_ref: claim("externalRef", external_ref)?,
         })
+    }
+
+    /// This request where the broker runs: an `http` resource (on a loopback host) only in
+    /// `env: local`, where the APIs are the simulator's.
+    pub fn in_env(self, local: bool) -> Result<Self, OnDemandError> {
+        match self.resource.as_deref().and_then(resource_scheme) {
+            Some(ResourceScheme::LoopbackHttp) if !local => Err(OnDemandError::BadResource),
+            _ => Ok(self),
+        }
     }
 
     /// The first scope outside `patterns`, if any.
@@ -190,6 +223,51 @@ impl fmt::Display for OnDemandRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.scopes.join(" "))
     }
+}
+
+/// Which kind of RFC 8707 resource indicator a text is; `None` when it is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResourceScheme {
+    Https,
+    /// `http://` on `localhost`, 127.0.0.0/8 or `[::1]`: allowed in `env: local` only.
+    LoopbackHttp,
+}
+
+/// An absolute `https://` (or loopback `http://`) URI with a host and without a fragment, as
+/// RFC 8707 section 2 asks of a resource indicator. The text itself goes into the grant, so it
+/// must already be in that form (`https:host` or `https:/x`, which a URL parser would repair,
+/// are refused).
+fn resource_scheme(text: &str) -> Option<ResourceScheme> {
+    let lower = text.get(..8)?.to_ascii_lowercase();
+    let https = lower.starts_with("https://");
+    if !https && !lower.starts_with("http://") {
+        return None;
+    }
+    if text.contains('#') || text.contains(char::is_whitespace) {
+        return None;
+    }
+    let url = url::Url::parse(text).ok()?;
+    let host = url.host()?;
+    if https {
+        return Some(ResourceScheme::Https);
+    }
+    let loopback = match host {
+        url::Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    };
+    loopback.then_some(ResourceScheme::LoopbackHttp)
+}
+
+/// `0192:` (ISO 6523 ICD for Norwegian organisation numbers) and a valid organisation number.
+fn check_consumer_org(text: &str) -> Result<(), OnDemandError> {
+    let number = text.strip_prefix("0192:").ok_or_else(|| {
+        OnDemandError::BadConsumerOrg(format!("{:?} does not start with 0192:", truncate(text)))
+    })?;
+    number
+        .parse::<crate::policy::org::OrgNumber>()
+        .map(|_| ())
+        .map_err(|e| OnDemandError::BadConsumerOrg(e.to_string()))
 }
 
 /// At most 60 characters of caller input, for an error message.
@@ -290,6 +368,95 @@ mod tests {
             ),
             Err(OnDemandError::BadClaim("resource"))
         );
+    }
+
+    fn with_claims(
+        resource: Option<&str>,
+        consumer_org: Option<&str>,
+    ) -> Result<OnDemandRequest, OnDemandError> {
+        OnDemandRequest::new(
+            ["a"],
+            Exchange::None,
+            resource.map(str::to_owned),
+            consumer_org.map(str::to_owned),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_resource_is_an_absolute_https_uri_without_a_fragment() {
+        for good in [
+            "https://api.example.no/",
+            "https://api.example.no",
+            "HTTPS://api.example.no/x?y=1",
+            "https://[2001:db8::1]:8443/x",
+        ] {
+            let r = with_claims(Some(good), None).unwrap();
+            assert_eq!(r.resource.as_deref(), Some(good));
+            assert!(r.in_env(false).is_ok(), "{good}");
+        }
+        for bad in [
+            "javascript:alert(1)",
+            "api.example.no",
+            "/relative",
+            "https:api.example.no",
+            "https:/api.example.no",
+            "https://api.example.no/#x",
+            "https://api.example.no/#",
+            "https:// api.example.no/",
+            "ftp://api.example.no/",
+            "urn:altinn:resource:x",
+            "http://api.example.no/",
+            "http://127.0.0.1.example/",
+        ] {
+            assert_eq!(
+                with_claims(Some(bad), None),
+                Err(OnDemandError::BadResource),
+                "{bad}"
+            );
+        }
+        for loopback in [
+            "http://127.0.0.1:8080/",
+            "http://localhost/x",
+            "http://[::1]/",
+        ] {
+            let r = with_claims(Some(loopback), None).unwrap();
+            assert_eq!(r.clone().in_env(false), Err(OnDemandError::BadResource));
+            assert!(r.in_env(true).is_ok(), "{loopback}");
+        }
+    }
+
+    #[test]
+    fn consumer_org_is_0192_and_a_valid_organisation_number() {
+        assert!(with_claims(None, Some("0192:974761076")).is_ok());
+        for bad in [
+            "0192:123",
+            "0192:974761077",
+            "974761076",
+            "9908:974761076",
+            "0192:",
+        ] {
+            assert!(
+                matches!(
+                    with_claims(None, Some(bad)),
+                    Err(OnDemandError::BadConsumerOrg(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_requested_scope_contains_no_star() {
+        for bad in ["altinn:*", "*", "a*b"] {
+            assert!(
+                matches!(
+                    OnDemandRequest::new([bad], Exchange::None, None, None, None),
+                    Err(OnDemandError::WildcardScope(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     proptest! {

@@ -2,10 +2,15 @@
 //! anywhere else.
 //!
 //! The caller's part of the path arrives percent-encoded, as sent. It is checked segment by
-//! segment, decoded (twice, against double encoding), before it is appended to the base URL by
-//! plain concatenation: `Url::join` would let `evil.example:80/x` or `//host/x` change the host.
-//! The result is parsed and checked once more: same scheme, host and port as the base, and a path
-//! under the base path. This module must never produce a URL outside the route's base path.
+//! segment before it is appended to the base URL by plain concatenation: `Url::join` would let
+//! `evil.example:80/x` or `//host/x` change the host. Each segment is percent-decoded again and
+//! again until it stops changing (at most [`DECODE_ROUNDS`] rounds), and every round must be valid
+//! UTF-8 (no overlong forms such as `%c0%ae`) and free of slashes, backslashes and control
+//! characters. A segment that, in any round, is made only of dots and whitespace once its
+//! `;parameters` are cut off is refused: Tomcat, Jetty and Spring read `..;` as `..`, and some
+//! servers trim `..%20` or treat `...` specially. The result is parsed and checked once more:
+//! same scheme, host and port as the base, and a path under the base path. This module must
+//! never produce a URL outside the route's base path.
 
 use url::Url;
 
@@ -16,19 +21,26 @@ pub enum PathError {
     Backslash,
     #[error("the path may not contain encoded slashes (%2F)")]
     EncodedSlash,
-    #[error("the path may not contain '.' or '..' segments, encoded or not")]
+    #[error(
+        "the path may not contain segments made only of dots and whitespace ('.', '..', '...', '..;x', '..%20'), encoded or not"
+    )]
     DotSegment,
-    #[error("the path may not contain empty segments (//)")]
+    #[error("the path may not contain empty segments ('//', or ';x' with nothing before the ';')")]
     EmptySegment,
     #[error("the path may not contain control characters, '#' or malformed percent-encoding")]
     BadCharacter,
+    #[error("the path must be UTF-8 once percent-decoded (no overlong forms such as %c0%ae)")]
+    NotUtf8,
+    #[error("the path is percent-encoded more than {DECODE_ROUNDS} times over")]
+    TooDeeplyEncoded,
     #[error("the path does not stay under the route's upstream")]
     Escapes,
 }
 
-/// How many rounds of percent-decoding are checked for dot segments and separators: an upstream
-/// (or something in front of it) that decodes twice must not see `..` either.
-const DECODE_ROUNDS: usize = 2;
+/// How many rounds of percent-decoding a segment may take before it stops changing. Every round
+/// is checked, since an upstream (or something in front of it) may decode any number of times; a
+/// segment still changing after this many rounds is refused rather than guessed at.
+const DECODE_ROUNDS: usize = 8;
 
 /// The upstream URL for `rest` (the raw, still encoded path after `/proxy/{name}/`) and the raw
 /// query, under `base` (which ends with '/').
@@ -78,42 +90,73 @@ fn check_rest(rest: &str) -> Result<(), PathError> {
 
 fn check_segment(raw: &[u8]) -> Result<(), PathError> {
     let mut current = raw.to_vec();
-    for _ in 0..=DECODE_ROUNDS {
+    for round in 0..=DECODE_ROUNDS {
         if current.contains(&b'\\') {
             return Err(PathError::Backslash);
         }
         if current.contains(&b'/') {
             return Err(PathError::EncodedSlash);
         }
-        if current == b"." || current == b".." {
-            return Err(PathError::DotSegment);
-        }
         if current.iter().any(|b| b.is_ascii_control()) {
             return Err(PathError::BadCharacter);
         }
-        if !current.contains(&b'%') {
+        let text = std::str::from_utf8(&current).map_err(|_| PathError::NotUtf8)?;
+        check_dots(text)?;
+        // The caller's own encoding must be well-formed; a `%` that a decoded round leaves
+        // without two hex digits after it is a literal percent sign (as decoders read it).
+        let decoded = percent_decode(&current, round == 0)?;
+        if decoded == current {
             return Ok(());
         }
-        current = percent_decode(&current)?;
+        current = decoded;
+    }
+    Err(PathError::TooDeeplyEncoded)
+}
+
+/// One (decoded) segment's text: refused when it is made only of dots and whitespace once its
+/// `;parameters` are cut off and it is trimmed (`.`, `..`, `..;x`, `.. `, `...`), or when it is
+/// empty only because of a `;` (`;x`, which servers that cut parameters read as `//`).
+///
+/// `...` is an ordinary name under RFC 3986, but what an upstream makes of it depends on the
+/// upstream (some Windows-based servers trim trailing dots to `..`), so it is refused too; no
+/// API this proxy serves names a resource with only dots.
+fn check_dots(text: &str) -> Result<(), PathError> {
+    let name = match text.split_once(';') {
+        Some(("", _)) => return Err(PathError::EmptySegment),
+        Some((name, _)) => name,
+        None => text,
+    };
+    let only_dots_and_space = name.chars().all(|c| c == '.' || c.is_whitespace());
+    if only_dots_and_space && name.contains('.') {
+        return Err(PathError::DotSegment);
     }
     Ok(())
 }
 
-/// One round of percent-decoding; a `%` not followed by two hex digits is refused (servers differ
-/// in what they make of it).
-fn percent_decode(input: &[u8]) -> Result<Vec<u8>, PathError> {
+/// One round of percent-decoding. With `strict`, a `%` not followed by two hex digits is refused
+/// (servers differ in what they make of it); without, it is kept as a literal `%`.
+fn percent_decode(input: &[u8], strict: bool) -> Result<Vec<u8>, PathError> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        if input[i] == b'%' {
-            let hex = input.get(i + 1..i + 3).ok_or(PathError::BadCharacter)?;
-            let text = std::str::from_utf8(hex).map_err(|_| PathError::BadCharacter)?;
-            let byte = u8::from_str_radix(text, 16).map_err(|_| PathError::BadCharacter)?;
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(input[i]);
-            i += 1;
+        let byte = match input[i] {
+            b'%' => input
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok()),
+            _ => None,
+        };
+        match byte {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None if input[i] == b'%' && strict => return Err(PathError::BadCharacter),
+            None => {
+                out.push(input[i]);
+                i += 1;
+            }
         }
     }
     Ok(out)
@@ -175,9 +218,78 @@ mod tests {
             "a/%2e",
             "%252e%252e/x",
             "%252E%252E/x",
+            // Triple encoding and beyond: decoded to a fixed point.
+            "%25252e%25252e/x",
+            "%2525252e%2525252e/x",
+            // `;parameters` cut off, as Tomcat, Jetty and Spring do.
+            "..;/x",
+            "a/..;/b",
+            "..;jsessionid=1/x",
+            "%2e%2e;/x",
+            "..%3b/x",
+            "..%253b/x",
+            ".;/x",
+            // Whitespace trimmed; segments only of dots.
+            "..%20/x",
+            "%20../x",
+            "..%C2%A0/x",
+            "...",
+            ".../x",
+            "%2e%2e%2e/x",
+            ". ./x",
         ] {
             assert_eq!(refused(rest), PathError::DotSegment, "{rest}");
         }
+    }
+
+    #[test]
+    fn invalid_or_overlong_utf8_is_refused() {
+        for rest in [
+            "%c0%ae%c0%ae/x",
+            "%C0%AE/x",
+            "a%ffb",
+            "%e0%80%ae",
+            "%2525c0%2525ae/x",
+        ] {
+            assert_eq!(refused(rest), PathError::NotUtf8, "{rest}");
+        }
+        assert_eq!(
+            ok("%C3%A6%C3%B8"),
+            "https://platform.example/storage/api/v1/%C3%A6%C3%B8"
+        );
+    }
+
+    #[test]
+    fn decoding_stops_at_a_fixed_point_and_is_bounded() {
+        // A literal percent sign (`%25`) stays one after the first round.
+        assert_eq!(
+            ok("100%25"),
+            "https://platform.example/storage/api/v1/100%25"
+        );
+        assert_eq!(
+            ok("a%25zz"),
+            "https://platform.example/storage/api/v1/a%25zz"
+        );
+        // Parameters on an ordinary segment, dots inside a name, spaces inside a name.
+        assert_eq!(
+            ok("a;v=1/b"),
+            "https://platform.example/storage/api/v1/a;v=1/b"
+        );
+        assert_eq!(
+            ok("..a/b..c"),
+            "https://platform.example/storage/api/v1/..a/b..c"
+        );
+        assert_eq!(ok("%20/x"), "https://platform.example/storage/api/v1/%20/x");
+        assert_eq!(refused(";x/b"), PathError::EmptySegment);
+        // `A` percent-encoded n times is `%` + `25` n-1 times + `41`.
+        let encoded = |n: usize| format!("%{}41", "25".repeat(n - 1));
+        assert!(target(&base(), &encoded(DECODE_ROUNDS), None).is_ok());
+        assert_eq!(
+            refused(&encoded(DECODE_ROUNDS + 1)),
+            PathError::TooDeeplyEncoded
+        );
+        let dots = format!("{0}/{0}", "%2525252525252e");
+        assert_eq!(refused(&dots), PathError::DotSegment);
     }
 
     #[test]
@@ -231,11 +343,12 @@ mod tests {
 
         #[test]
         fn dot_dot_with_any_encoding_of_its_dots_is_refused(
-            a in prop::sample::select(vec![".", "%2e", "%2E", "%252e"]),
-            b in prop::sample::select(vec![".", "%2e", "%2E", "%252E"]),
+            a in prop::sample::select(vec![".", "%2e", "%2E", "%252e", "%25252e"]),
+            b in prop::sample::select(vec![".", "%2e", "%2E", "%252E", "%25252E"]),
+            tail in prop::sample::select(vec!["", ";", ";x=1", "%3b", "%20", "%2520", "%09"]),
             prefix in "[a-z]{0,5}",
         ) {
-            let rest = if prefix.is_empty() { format!("{a}{b}/x") } else { format!("{prefix}/{a}{b}/x") };
+            let rest = if prefix.is_empty() { format!("{a}{b}{tail}/x") } else { format!("{prefix}/{a}{b}{tail}/x") };
             prop_assert!(target(&base(), &rest, None).is_err(), "{}", rest);
         }
     }

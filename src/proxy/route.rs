@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::config::{Endpoints, Environment, ProxyRouteSettings, is_loopback};
+use crate::config::{Endpoints, Environment, ProxyRouteSettings};
+use crate::policy::is_loopback;
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::Profiles;
 

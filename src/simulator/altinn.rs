@@ -145,6 +145,29 @@ fn altinn_issuer(world: &World) -> String {
         .unwrap_or_default()
 }
 
+/// `GET /authentication/api/v1/openid/.well-known/openid-configuration/jwks`: the key the Altinn
+/// tokens are signed with, with `n` and `e` in standard base64 with padding, as Altinn writes them.
+pub(super) async fn jwks(State(world): State<Arc<World>>) -> axum::Json<Value> {
+    use base64::Engine;
+    let mut doc = world.jwks();
+    for key in doc["keys"].as_array_mut().into_iter().flatten() {
+        for field in ["n", "e"] {
+            let standard = key[field]
+                .as_str()
+                .and_then(|v| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(v)
+                        .ok()
+                })
+                .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
+            if let Some(standard) = standard {
+                key[field] = Value::String(standard);
+            }
+        }
+    }
+    axum::Json(doc)
+}
+
 /// `GET /storage/api/v1/whoami`: who the bearer Altinn token says called, or an empty 401.
 pub(super) async fn whoami(State(world): State<Arc<World>>, headers: HeaderMap) -> Response {
     let claims = bearer(&headers)

@@ -234,6 +234,10 @@ fn router(world: Arc<World>) -> Router {
             "/authentication/api/v1/exchange/maskinporten",
             get(altinn::exchange),
         )
+        .route(
+            "/authentication/api/v1/openid/.well-known/openid-configuration/jwks",
+            get(altinn::jwks),
+        )
         .route("/storage/api/v1/whoami", get(altinn::whoami))
         .with_state(world)
 }

@@ -26,6 +26,7 @@ pub const KEY_EXPIRY: &str = "broker_key_seconds_until_expiry";
 pub const BUILD_INFO: &str = "broker_build_info";
 pub const PROXY_REQUESTS: &str = "broker_proxy_requests_total";
 pub const PROXY_UPSTREAM_DURATION: &str = "broker_proxy_upstream_duration_seconds";
+pub const PROXY_REDACTED_HEADERS: &str = "broker_proxy_redacted_headers_total";
 pub const SIGNER_REQUESTS: &str = "broker_signer_requests_total";
 pub const SIGNER_DURATION: &str = "broker_signer_duration_seconds";
 
@@ -168,6 +169,10 @@ fn describe() {
         "Time until a proxied upstream's response headers arrived, by route"
     );
     ::metrics::describe_counter!(
+        PROXY_REDACTED_HEADERS,
+        "Proxied response headers that carried the broker's token and were replaced by [redacted], by route"
+    );
+    ::metrics::describe_counter!(
         SIGNER_REQUESTS,
         "Signatures asked of an HSM (pkcs11) or Vault transit (vault_transit), by outcome"
     );
@@ -233,6 +238,11 @@ pub fn proxy_request(route: &str, status: u16) {
         Some(installed) => installed.proxy_requests.with(route, class, register, count),
         None => count(&register()),
     }
+}
+
+/// Count one proxied response header replaced because it carried the broker's token.
+pub fn proxy_redacted_header(route: &str) {
+    ::metrics::counter!(PROXY_REDACTED_HEADERS, "route" => route.to_owned()).increment(1);
 }
 
 /// Record how long a proxied upstream took to answer (headers).

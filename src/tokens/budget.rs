@@ -270,11 +270,40 @@ mod tests {
 
     #[tokio::test]
     async fn background_refreshes_are_never_starved_by_callers() {
-        let budget = FetchBudget::new(n(1), 16);
-        budget.admit_caller(None).unwrap();
+        // Callers take every fetch of a 1/s budget the moment it frees up (for 3 s), and four
+        // refreshes wait for it at once. Each goes within the 1 s wait all the same: waiting
+        // for the budget itself, the four would need 4 s even if no caller took a fetch, and
+        // with the callers some would never get one.
+        let budget = Arc::new(FetchBudget::new(n(1), 16));
+        let callers = {
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                let until = std::time::Instant::now() + Duration::from_secs(3);
+                while std::time::Instant::now() < until {
+                    let _ = budget.admit_caller(None);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let started = std::time::Instant::now();
-        budget.admit_background().await;
-        assert!(started.elapsed() <= BACKGROUND_BUDGET_WAIT + Duration::from_millis(500));
+        let refreshes: Vec<_> = (0..4)
+            .map(|_| {
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    budget.admit_background().await;
+                    started.elapsed()
+                })
+            })
+            .collect();
+        for refresh in refreshes {
+            let waited = refresh.await.unwrap();
+            assert!(
+                waited <= BACKGROUND_BUDGET_WAIT + Duration::from_millis(500),
+                "a refresh waited {waited:?}"
+            );
+        }
+        callers.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -166,6 +166,8 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub refresh_when_left: f64,
+    /// Up to this fraction of the lifetime earlier, at random ([`Policy::refresh_at_jittered`]).
+    pub refresh_jitter: f64,
     pub refresh_floor: Duration,
     pub min_remaining: Duration,
     pub idle: Duration,
@@ -176,6 +178,7 @@ impl From<&CacheSettings> for Policy {
     fn from(s: &CacheSettings) -> Self {
         Policy {
             refresh_when_left: s.refresh_when_left,
+            refresh_jitter: s.refresh_jitter,
             refresh_floor: s.refresh_floor,
             min_remaining: s.min_remaining,
             idle: s.idle,
@@ -195,6 +198,20 @@ impl Policy {
         token
             .expires_at
             .checked_sub(left)
+            .unwrap_or(token.issued_at)
+            .max(token.issued_at)
+    }
+
+    /// [`Policy::refresh_at`] moved earlier by `draw` (in `[0, 1)`, uniform at random in the
+    /// refresher) times `refresh_jitter` of the lifetime, never before the token was issued.
+    /// Replicas that fetched the same token at the same moment then refresh at different ones,
+    /// spread over `refresh_jitter` of the lifetime; never later, so never nearer expiry.
+    pub fn refresh_at_jittered(&self, token: &Token, draw: f64) -> SystemTime {
+        let at = self.refresh_at(token);
+        let share = (self.refresh_jitter * draw.clamp(0.0, 1.0)).clamp(0.0, 1.0);
+        let earlier =
+            Duration::try_from_secs_f64(token.lifetime().as_secs_f64() * share).unwrap_or_default();
+        at.checked_sub(earlier)
             .unwrap_or(token.issued_at)
             .max(token.issued_at)
     }
@@ -667,7 +684,11 @@ impl<S: TokenSource> TokenCache<S> {
             let token = slot.current();
             drop(slot);
             let wait = if failures == 0 {
-                self.until(inner.policy.refresh_at(&token))
+                self.until(
+                    inner
+                        .policy
+                        .refresh_at_jittered(&token, rand::random::<f64>()),
+                )
             } else {
                 let asked = retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
                 backoff(failures).max(asked)
@@ -747,6 +768,7 @@ mod tests {
     fn policy() -> Policy {
         Policy {
             refresh_when_left: 1.0 / 3.0,
+            refresh_jitter: 0.0,
             refresh_floor: Duration::from_secs(5),
             min_remaining: Duration::from_secs(10),
             idle: Duration::from_secs(600),
@@ -766,6 +788,35 @@ mod tests {
             t.expires_at.duration_since(at).unwrap(),
             Duration::from_secs(40)
         );
+    }
+
+    #[test]
+    fn jitter_moves_the_refresh_earlier_by_up_to_its_share_of_the_lifetime() {
+        let t = token(Duration::from_secs(120));
+        let p = Policy {
+            refresh_jitter: 0.1,
+            ..policy()
+        };
+        let left = |draw: f64| {
+            t.expires_at
+                .duration_since(p.refresh_at_jittered(&t, draw))
+                .unwrap()
+        };
+        assert_eq!(left(0.0), Duration::from_secs(40));
+        assert_eq!(left(0.5), Duration::from_secs(46));
+        assert_eq!(left(0.999_999), Duration::from_micros(51_999_988));
+        // Draws out of range are clamped; never later than without jitter, never before issue.
+        assert_eq!(left(-1.0), Duration::from_secs(40));
+        assert_eq!(left(7.0), Duration::from_secs(52));
+        let absurd = Policy {
+            refresh_jitter: f64::MAX,
+            ..policy()
+        };
+        assert_eq!(absurd.refresh_at_jittered(&t, 1.0), t.issued_at);
+        // Draws spread the moments: 1,000 draws cover the whole 12 s window.
+        let moments: Vec<Duration> = (0..1_000).map(|_| left(rand::random())).collect();
+        let (first, last) = (moments.iter().min().unwrap(), moments.iter().max().unwrap());
+        assert!(*first < Duration::from_secs(41) && *last > Duration::from_secs(51));
     }
 
     #[test]
@@ -793,8 +844,17 @@ mod tests {
         for n in 1..100 {
             assert!(backoff(n) <= MAX_REFRESH_BACKOFF);
         }
-        let longest = (0..200).map(|_| backoff(10)).max().unwrap();
-        assert!(longest > Duration::from_secs(16), "{longest:?}");
+        // Full jitter up to 30 s: the longest of 2000 draws is above 29 s unless the ceiling
+        // is lower (a chance of (29/30)^2000, about 1e-29, otherwise).
+        let longest = (0..2000).map(|_| backoff(10)).max().unwrap();
+        assert!(longest > Duration::from_secs(29), "{longest:?}");
+        // And each step doubles the ceiling until then: 1, 2, 4, 8, 16 s.
+        for (failures, ceiling) in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16)] {
+            let longest = (0..2000).map(|_| backoff(failures)).max().unwrap();
+            let ceiling = Duration::from_secs(ceiling);
+            assert!(longest <= ceiling, "{failures}: {longest:?}");
+            assert!(longest > ceiling.mul_f64(0.97), "{failures}: {longest:?}");
+        }
     }
 
     #[test]
@@ -923,6 +983,7 @@ mod tests {
     fn short_lived() -> Policy {
         Policy {
             refresh_when_left: 1.0 / 3.0,
+            refresh_jitter: 0.0,
             refresh_floor: Duration::from_millis(300),
             min_remaining: Duration::from_millis(500),
             idle: Duration::from_secs(600),

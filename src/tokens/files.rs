@@ -2,8 +2,10 @@
 //! a file more easily than they call HTTP.
 //!
 //! Each file has a background task that asks the cache for its token every [`CHECK_INTERVAL`] and
-//! rewrites the file when the token changed. Asking keeps the cache entry in use, so the cache's
-//! refresh-ahead keeps it fresh with no HTTP caller at all, and the file follows within a second.
+//! rewrites the file when the token changed, or when the file no longer holds what was last
+//! written (deleted, overwritten, its mode changed). Asking keeps the cache entry in use, so the
+//! cache's refresh-ahead keeps it fresh with no HTTP caller at all, and the file follows within a
+//! second.
 //! A file is written atomically (a temporary file in the same directory, fsync, rename) with mode
 //! 0600, or 0640 with `group_readable: true`, so a reader never sees half a token.
 //!
@@ -193,10 +195,17 @@ impl Entry {
     }
 }
 
-/// Compare the cache's token with the file's every [`CHECK_INTERVAL`]; write when it changed (or
-/// the last write failed). Never returns.
+/// What was last written to a file: the token, and the file's bytes.
+struct Written {
+    token: Arc<Token>,
+    contents: Vec<u8>,
+}
+
+/// Every [`CHECK_INTERVAL`], compare the cache's token with the one last written and the file on
+/// disk with the bytes last written; write when either differs (or the last write failed).
+/// Never returns.
 async fn keep_fresh(entry: &Entry, tokens: &TokenCache<Broker>) {
-    let mut written: Option<std::sync::Arc<Token>> = None;
+    let mut written: Option<Written> = None;
     loop {
         match tokio::time::timeout(MAX_WAIT, tokens.get(&entry.key, None)).await {
             Err(_) => entry.failed(format!(
@@ -204,21 +213,65 @@ async fn keep_fresh(entry: &Entry, tokens: &TokenCache<Broker>) {
                 humantime::format_duration(MAX_WAIT)
             )),
             Ok(Err(e)) => entry.failed(format!("no token: {e}")),
-            Ok(Ok((token, _))) if written.as_ref().is_some_and(|w| w.value == token.value) => {}
-            Ok(Ok((token, _))) => match write(entry, &token, tokens).await {
-                Ok(()) => {
-                    tracing::debug!(path = %entry.file.path.display(), profile = %entry.key.profile, fingerprint = %token.value.fingerprint(), "token file written");
-                    entry.written(&token);
-                    written = Some(token);
+            Ok(Ok((token, _))) => {
+                let same_token = written
+                    .as_ref()
+                    .is_some_and(|w| w.token.value == token.value);
+                let intact = match &written {
+                    Some(w) if same_token => holds(&entry.file, &w.contents).await,
+                    _ => false,
+                };
+                if same_token && !intact {
+                    tracing::info!(path = %entry.file.path.display(), profile = %entry.key.profile, "token file deleted or changed by someone else; writing it again");
                 }
-                Err(e) => entry.failed(format!("cannot write {}: {e}", entry.file.path.display())),
-            },
+                if !intact {
+                    match write(entry, &token, tokens).await {
+                        Ok(contents) => {
+                            tracing::debug!(path = %entry.file.path.display(), profile = %entry.key.profile, fingerprint = %token.value.fingerprint(), "token file written");
+                            entry.written(&token);
+                            written = Some(Written { token, contents });
+                        }
+                        Err(e) => {
+                            entry.failed(format!("cannot write {}: {e}", entry.file.path.display()))
+                        }
+                    }
+                }
+            }
         }
         tokio::time::sleep(CHECK_INTERVAL).await;
     }
 }
 
-async fn write(entry: &Entry, token: &Token, tokens: &TokenCache<Broker>) -> std::io::Result<()> {
+/// Whether the file still holds exactly `contents` with its mode (read only when its length
+/// matches, so a large file put in its place is never read).
+async fn holds(file: &TokenFile, contents: &[u8]) -> bool {
+    let (path, mode, expected) = (file.path.clone(), file.mode(), contents.to_vec());
+    let check = move || -> std::io::Result<bool> {
+        let meta = std::fs::symlink_metadata(&path)?;
+        #[cfg(unix)]
+        if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777 != mode {
+            return Ok(false);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        if !meta.is_file() || meta.len() != expected.len() as u64 {
+            return Ok(false);
+        }
+        Ok(std::fs::read(&path)? == expected)
+    };
+    tokio::task::spawn_blocking(check)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false)
+}
+
+/// Write the file for `token`; the bytes written.
+async fn write(
+    entry: &Entry,
+    token: &Token,
+    tokens: &TokenCache<Broker>,
+) -> std::io::Result<Vec<u8>> {
     let contents = match entry.file.format {
         TokenFileFormat::Token => token.value.expose().as_bytes().to_vec(),
         TokenFileFormat::Json => {
@@ -229,7 +282,7 @@ async fn write(entry: &Entry, token: &Token, tokens: &TokenCache<Broker>) -> std
         }
     };
     let (path, mode) = (entry.file.path.clone(), entry.file.mode());
-    tokio::task::spawn_blocking(move || write_atomically(&path, &contents, mode))
+    tokio::task::spawn_blocking(move || write_atomically(&path, &contents, mode).map(|()| contents))
         .await
         .map_err(std::io::Error::other)?
 }

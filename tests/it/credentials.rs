@@ -756,6 +756,7 @@ async fn a_custom_issuer_reads_its_token_endpoint_from_the_metadata_or_refuses_t
 
 #[tokio::test]
 async fn test_and_prod_fall_back_to_the_built_in_endpoints_when_the_metadata_is_unreadable() {
+    let logs = LogCapture::start(tracing::Level::INFO);
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
     // Every upstream call goes to a proxy on a closed loopback port: nothing leaves the machine.
@@ -771,17 +772,43 @@ async fn test_and_prod_fall_back_to_the_built_in_endpoints_when_the_metadata_is_
         .await
         .unwrap();
     assert_eq!(ready["issuer"], "https://test.maskinporten.no/");
+    // The built-in issuer holds either way: the log shows that discovery was tried and failed.
+    let logs = logs.text();
+    assert!(
+        logs.contains("issuer metadata unreadable: using the built-in endpoints"),
+        "{logs}"
+    );
     app.shutdown().await;
 }
 
 #[tokio::test]
 async fn the_embedded_simulator_serves_the_metadata_the_broker_discovers() {
+    let logs = LogCapture::start(tracing::Level::INFO);
     let settings = Settings::from_yaml("env: local\nendpoints:\n  discovery: true\n").unwrap();
     let app = spawn(settings).await.unwrap();
     let r = reqwest::get(format!("http://{}/token/admin", app.addr))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Discovery in env: local tolerates a failure (the simulator's endpoints are built in), so
+    // the 200 alone proves nothing: the metadata was read, and names the simulator's endpoint.
+    let ready: Value = reqwest::get(format!("http://{}/readyz", app.addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let issuer = ready["issuer"].as_str().unwrap().to_owned();
+    let logs = logs.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("read the issuer metadata"))
+        .unwrap_or_else(|| panic!("discovery did not read the metadata:\n{logs}"));
+    assert!(
+        line.contains(&format!("token_endpoint={}", issuer.trim_end_matches('/'))),
+        "{issuer}: {line}"
+    );
+    assert!(!logs.contains("issuer metadata unreadable"), "{logs}");
     app.shutdown().await;
 }
 
@@ -834,4 +861,22 @@ async fn a_certificate_near_expiry_warns_at_start_and_at_each_reload() {
     assert!(log.contains("expires within 30 days: order a renewed one from the vendor and switch key.path kid=\"renewed\""), "{log}");
     assert!(log.contains("reloaded"), "{log}");
     assert!(!log.contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn rs384_and_rs512_grants_are_signed_and_verified_with_their_algorithm() {
+    for alg in ["RS384", "RS512"] {
+        let path = std::path::PathBuf::from(fixture("client-key.pem"));
+        let env = start(
+            &credentials(Some(KID), &path, &format!("  algorithm: {alg}\n")),
+            "",
+        )
+        .await
+        .unwrap();
+        env.mp.expect_scope("altinn:authentication/systemregister.write altinn:authentication/systemuser.request.read altinn:authentication/systemuser.request.write");
+        env.get_json("/token/admin", 200).await;
+        let grant = env.mp.grants().pop().expect("the fake accepted the grant");
+        assert_eq!(format!("{:?}", grant.header.alg), alg);
+        assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+    }
 }

@@ -80,12 +80,30 @@ async fn a_maskinporten_refusal_is_a_502_with_code_and_hint() {
 #[tokio::test]
 async fn an_altinn_refusal_is_a_502_naming_altinn() {
     let env = TestEnv::start("").await;
-    // Altinn accepts only tokens of the fake Maskinporten; a token with another issuer gets 401.
+    // Maskinporten issues the token; Altinn refuses it (401).
+    env.altinn.set_refusing(true);
+    let p = env.problem("/token/altinn", 502).await;
+    assert_eq!(p["upstream"], "altinn", "{p}");
+    assert_eq!(p["upstream_status"], 401, "{p}");
+    assert_eq!(
+        p["hint"],
+        "Altinn refused the Maskinporten token: it is invalid, expired or from another environment (check env and endpoints)"
+    );
+    assert_eq!(env.mp.calls(), 1);
+    assert_eq!(env.altinn.calls(), 1, "a refusal is not retried");
+    assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+}
+
+#[tokio::test]
+async fn a_maskinporten_scope_refusal_on_an_altinn_profile_never_reaches_altinn() {
+    let env = TestEnv::start("").await;
     env.mp
         .always(Reply::Refuse("invalid_scope", "Scope not allowed (MP-200)"));
     let p = env.problem("/token/altinn", 502).await;
+    assert_eq!(p["upstream"], "maskinporten");
     assert_eq!(p["mp_code"], "MP-200");
     assert!(p["hint"].as_str().unwrap().contains("scope"));
+    assert_eq!(env.altinn.calls(), 0);
 }
 
 #[tokio::test]

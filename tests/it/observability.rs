@@ -1,7 +1,7 @@
 //! `/metrics` and `/openapi.json`: what operators and client authors can see of the broker.
 //!
-//! Metrics are process-wide and these tests run in parallel in one process, so counters are
-//! asserted with ≥; only the expiry gauge, which each app renders from its own cache, is exact.
+//! Metrics are process-wide and the tests of this binary run in parallel in one process, so the
+//! tests that count run the broker binary as a process of its own and assert exact values.
 
 use std::collections::BTreeSet;
 
@@ -11,7 +11,12 @@ use serde_json::Value;
 
 /// The scrape, checking the Prometheus text content type.
 async fn scrape(env: &TestEnv) -> String {
-    let r = env.get("/metrics").await;
+    scrape_url(&env.http, &env.url("/metrics")).await
+}
+
+/// The scrape of the broker at `url`.
+async fn scrape_url(http: &reqwest::Client, url: &str) -> String {
+    let r = http.get(url).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(
@@ -37,41 +42,52 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// Assert that the samples of `name` with `labels` add up to at least `min`.
+/// Assert that the samples of `name` with `labels` add up to exactly `expected`.
 #[track_caller]
-fn assert_at_least(text: &str, name: &str, labels: &[(&str, &str)], min: f64) {
+fn assert_exactly(text: &str, name: &str, labels: &[(&str, &str)], expected: f64) {
     let value = sample(text, name, labels);
     assert!(
-        value >= min,
-        "{name}{labels:?} is {value}, not ≥ {min}:\n{text}"
+        value == expected,
+        "{name}{labels:?} is {value}, not {expected}:\n{text}"
     );
+}
+
+/// The broker binary against fresh fakes: a process, so its metrics are its own.
+async fn own_process(extra: &str) -> (FakeMaskinporten, FakeAltinn, ServedBinary) {
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let broker = ServedBinary::start(&mp, &altinn, extra).await;
+    (mp, altinn, broker)
 }
 
 #[tokio::test]
 async fn metrics_count_a_miss_a_hit_and_the_upstream_calls() {
-    let env = TestEnv::start("").await;
-    env.get_json("/token/altinn", 200).await;
-    env.get_json("/token/altinn", 200).await;
-    assert_eq!(env.mp.calls(), 1, "the second request is a cache hit");
+    let (mp, _altinn, broker) = own_process("").await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http.get(broker.url("/token/altinn")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(mp.calls(), 1, "the second request is a cache hit");
 
-    let text = scrape(&env).await;
+    let text = scrape_url(&http, &broker.url("/metrics")).await;
     let lookups = "broker_cache_lookups_total";
-    assert_at_least(&text, lookups, &[("result", "miss")], 1.0);
-    assert_at_least(&text, lookups, &[("result", "hit")], 1.0);
+    assert_exactly(&text, lookups, &[("result", "miss")], 1.0);
+    assert_exactly(&text, lookups, &[("result", "hit")], 1.0);
     for target in ["maskinporten", "altinn"] {
-        assert_at_least(
+        assert_exactly(
             &text,
             "broker_upstream_requests_total",
             &[("target", target), ("outcome", "ok")],
             1.0,
         );
-        assert_at_least(
+        assert_exactly(
             &text,
             "broker_upstream_duration_seconds_count",
             &[("target", target)],
             1.0,
         );
-        assert_at_least(
+        assert_exactly(
             &text,
             "broker_upstream_duration_seconds_bucket",
             &[("target", target), ("le", "+Inf")],
@@ -83,7 +99,7 @@ async fn metrics_count_a_miss_a_hit_and_the_upstream_calls() {
             "broker_upstream_duration_seconds_bucket{target=\"maskinporten\",le=\"0.05\"}"
         )
     );
-    assert_at_least(
+    assert_exactly(
         &text,
         "broker_token_requests_total",
         &[("profile", "altinn"), ("outcome", "ok")],
@@ -125,11 +141,17 @@ async fn metrics_never_contain_the_served_token() {
 
 #[tokio::test]
 async fn unknown_profiles_are_counted_without_their_name() {
-    let env = TestEnv::start("").await;
-    env.problem("/token/no-such-profile-xyz", 404).await;
-    let text = scrape(&env).await;
+    let (_mp, _altinn, broker) = own_process("").await;
+    let http = reqwest::Client::new();
+    let r = http
+        .get(broker.url("/token/no-such-profile-xyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = scrape_url(&http, &broker.url("/metrics")).await;
     assert!(!text.contains("no-such-profile-xyz"), "{text}");
-    assert_at_least(
+    assert_exactly(
         &text,
         "broker_token_requests_total",
         &[("profile", "_unknown"), ("outcome", "client_error")],
@@ -139,17 +161,21 @@ async fn unknown_profiles_are_counted_without_their_name() {
 
 #[tokio::test]
 async fn upstream_failures_are_counted_by_outcome() {
-    let env = TestEnv::start("").await;
-    env.mp.always(Reply::Status(503));
-    env.problem("/token/admin", 503).await;
-    let text = scrape(&env).await;
-    assert_at_least(
+    let (mp, _altinn, broker) = own_process("").await;
+    mp.always(Reply::Status(503));
+    let http = reqwest::Client::new();
+    let r = http.get(broker.url("/token/admin")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let calls = mp.calls() as f64;
+    assert_eq!(calls, 3.0, "one attempt and two retries");
+    let text = scrape_url(&http, &broker.url("/metrics")).await;
+    assert_exactly(
         &text,
         "broker_upstream_requests_total",
         &[("target", "maskinporten"), ("outcome", "unavailable")],
-        1.0,
+        calls,
     );
-    assert_at_least(
+    assert_exactly(
         &text,
         "broker_token_requests_total",
         &[("profile", "admin"), ("outcome", "upstream_error")],

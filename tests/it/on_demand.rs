@@ -64,6 +64,8 @@ async fn an_allowed_scope_is_served_like_a_profile_and_checked_by_maskinporten()
 #[tokio::test]
 async fn two_spellings_of_one_request_share_one_upstream_call() {
     let env = TestEnv::start(ON_DEMAND).await;
+    // Maskinporten is asked for exactly the two scopes, whatever the spelling.
+    env.mp.expect_scope("altinn:a altinn:b");
     let a = env
         .get_json(
             &format!("/token?scope=altinn:b&scope=altinn:a&org={ORG}&exchange=altinn"),
@@ -94,6 +96,11 @@ async fn two_spellings_of_one_request_share_one_upstream_call() {
     env.get_json(&format!("/token?scope=altinn:a+altinn:b&org={ORG}"), 200)
         .await;
     assert_eq!(env.mp.calls(), 3);
+    assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+    // A request for other scopes than the fake expects is refused by it (it compares).
+    env.mp.expect_scope("altinn:c");
+    env.problem("/token?scope=altinn:d", 502).await;
+    assert_eq!(env.mp.violations().len(), 1);
 }
 
 #[tokio::test]
@@ -336,14 +343,125 @@ async fn texas_errors_have_texas_shapes_and_statuses() {
             .contains("application/json")
     );
     env.mp.always(Reply::Status(503));
-    let (status, answer) = texas(
-        &env,
-        json!({"identity_provider": "maskinporten", "target": "altinn:down"}),
-    )
-    .await;
-    assert_eq!(status, 500);
+    let down = env
+        .http
+        .post(env.url("/api/v1/token"))
+        .json(&json!({"identity_provider": "maskinporten", "target": "altinn:down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 500);
+    let retry_after: u64 = down.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=60).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let answer: Value = down.json().await.unwrap();
     assert_eq!(answer["error"], "server_error");
     assert_eq!(env.mp.grants().len(), env.mp.calls());
+}
+
+#[tokio::test]
+async fn resource_consumer_org_and_star_scopes_are_checked_before_maskinporten() {
+    let env = TestEnv::start(ON_DEMAND).await;
+    for query in [
+        "scope=altinn:a&resource=javascript:alert(1)",
+        "scope=altinn:a&resource=https://api.example.no/%23frag",
+        "scope=altinn:a&resource=api.example.no",
+        "scope=altinn:a&resource=http://127.0.0.1:1/",
+        "scope=altinn:a&consumer_org=0192:123",
+        "scope=altinn:a&consumer_org=0192:991825828",
+        "scope=altinn:a&consumer_org=991825827",
+        "scope=altinn:*",
+        "scope=altinn:a%20altinn:*",
+    ] {
+        let body = env.problem(&format!("/token?{query}"), 400).await;
+        assert!(
+            body["detail"].as_str().unwrap().len() > 20,
+            "{query}: {body}"
+        );
+    }
+    for body in [
+        json!({"identity_provider": "maskinporten", "target": "altinn:a", "resource": "javascript:alert(1)"}),
+        json!({"identity_provider": "maskinporten", "target": "altinn:a", "resource": "https://api.example.no/#x"}),
+        json!({"identity_provider": "maskinporten", "target": "altinn:*"}),
+    ] {
+        let (status, answer) = texas(&env, body.clone()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"], "invalid_request", "{body}");
+    }
+    assert_eq!(env.mp.calls(), 0, "nothing reached Maskinporten");
+
+    let good = env
+        .get_json(
+            "/token?scope=altinn:a&resource=https://api.example.no/&consumer_org=0192:974761076",
+            200,
+        )
+        .await;
+    assert!(good["access_token"].is_string());
+    let (status, _) = texas(
+        &env,
+        json!({"identity_provider": "maskinporten", "target": "altinn:b", "resource": "https://api.example.no/"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let grants = env.mp.grants();
+    assert_eq!(grants[0].claims["resource"], "https://api.example.no/");
+    assert_eq!(grants[0].claims["consumer_org"], "0192:974761076");
+    assert_eq!(grants[1].claims["resource"], "https://api.example.no/");
+    assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+}
+
+#[tokio::test]
+async fn media_types_are_matched_case_insensitively_and_exactly() {
+    let env = TestEnv::start(ON_DEMAND).await;
+    let post = |content_type: &'static str, body: &'static str| {
+        env.http
+            .post(env.url("/api/v1/token"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let json_body = r#"{"identity_provider":"maskinporten","target":"altinn:a"}"#;
+    let form_body = "identity_provider=maskinporten&target=altinn:a";
+    for (content_type, body) in [
+        ("application/json", json_body),
+        ("Application/Json", json_body),
+        ("APPLICATION/JSON; charset=utf-8", json_body),
+        ("application/json;charset=UTF-8", json_body),
+        ("application/x-www-form-urlencoded", form_body),
+        (
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            form_body,
+        ),
+    ] {
+        let r = post(content_type, body).await.unwrap();
+        assert_eq!(r.status(), 200, "{content_type}");
+    }
+    for (content_type, body) in [
+        ("application/jsonx", json_body),
+        ("application/json-patch+json", json_body),
+        ("application/json+x", json_body),
+        ("text/json", json_body),
+        ("application/x-www-form-urlencodedx", form_body),
+        ("application/x-www-form-urlencoded-x", form_body),
+    ] {
+        let r = post(content_type, body).await.unwrap();
+        assert_eq!(r.status(), 400, "{content_type}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["error"], "invalid_request");
+        assert!(
+            answer["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("unsupported media type"),
+            "{content_type}: {answer}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -130,6 +130,21 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, request: Requ
             [(header::LOCATION, "http://127.0.0.1:9/elsewhere")],
         )
             .into_response(),
+        // A careless upstream: echoes the Authorization header, in headers and in the body, and
+        // redirects with the token in the query.
+        "/api/echo" => (
+            StatusCode::FOUND,
+            [
+                ("x-echo-authorization", format!("Bearer {bearer}")),
+                (
+                    "location",
+                    format!("https://elsewhere.example/cb?access_token={bearer}"),
+                ),
+                ("x-innocent", "kept".to_owned()),
+            ],
+            format!("you sent {bearer}"),
+        )
+            .into_response(),
         "/api/stream-down" => {
             let state = state.clone();
             let chunks = futures::stream::once(async { Ok::<_, std::io::Error>("first;") }).chain(
@@ -167,6 +182,19 @@ fn routes(up: &FakeUpstream) -> String {
 async fn start() -> (TestEnv, FakeUpstream) {
     let up = FakeUpstream::start().await;
     let env = TestEnv::start(&routes(&up)).await;
+    (env, up)
+}
+
+/// As [`start`], with one more route to the upstream (admin profile) named `name`, for metrics
+/// no other test touches.
+async fn start_with_route(name: &str) -> (TestEnv, FakeUpstream) {
+    let up = FakeUpstream::start().await;
+    let extra = format!(
+        "{}  {name}:\n    upstream: {}\n    profile: admin\n",
+        routes(&up),
+        up.base()
+    );
+    let env = TestEnv::start(&extra).await;
     (env, up)
 }
 
@@ -309,6 +337,17 @@ async fn traversal_and_host_tricks_are_400_and_never_reach_the_upstream() {
         "/proxy/r/http://evil.example/x".into(),
         "/proxy/r/a/./b".into(),
         format!("http://127.0.0.1:{port}/proxy/r/x"),
+        // Read as `..` by Tomcat, Jetty, Spring, or by servers that trim or decode again.
+        "/proxy/r/a/..;/b".into(),
+        "/proxy/r/..;/b".into(),
+        "/proxy/r/%2e%2e;/b".into(),
+        "/proxy/r/..%3b/b".into(),
+        "/proxy/r/..%20/b".into(),
+        "/proxy/r/.../b".into(),
+        "/proxy/r/%25252e%25252e/b".into(),
+        // Overlong and invalid UTF-8.
+        "/proxy/r/%c0%ae%c0%ae/b".into(),
+        "/proxy/r/a%ff/b".into(),
     ] {
         let (status, answer) = raw(env.app.addr, &get_request(&target)).await;
         assert_eq!(status, 400, "{target}: {answer}");
@@ -484,18 +523,20 @@ async fn a_401_with_a_streamed_body_or_a_second_401_goes_back_as_is() {
     let seen = up.seen();
     assert_ne!(seen[2].bearer(), seen[1].bearer());
 
-    // The upstream refuses every token: one fresh token is tried, then its 401 goes back, and
-    // further 401s within 5 s cost no more fetches.
+    // The upstream refuses every token (on a route whose token was never replaced): the first
+    // request fetches a token, is refused, tries one fresh token and passes its 401 back; the
+    // next two 401s within 5 s go back as they are, with no fetch and no second attempt.
     up.state.refuse_all.store(true, Ordering::SeqCst);
-    let calls = env.mp.calls();
+    let (calls, sent) = (env.mp.calls(), up.seen().len());
     for _ in 0..3 {
-        assert_eq!(env.get("/proxy/r/x").await.status(), 401);
+        assert_eq!(env.get("/proxy/fixed/x").await.status(), 401);
     }
-    assert!(
-        env.mp.calls() <= calls + 1,
-        "{} fetches",
-        env.mp.calls() - calls
+    assert_eq!(
+        env.mp.calls(),
+        calls + 2,
+        "the first token and one fresh one; none for the next two 401s within 5 s"
     );
+    assert_eq!(up.seen().len(), sent + 4, "2 + 1 + 1 attempts");
 }
 
 #[tokio::test]
@@ -678,4 +719,118 @@ async fn openapi_documents_the_proxy_route_with_every_status() {
             .iter()
             .any(|p| p["name"] == "X-Broker-Org" && p["in"] == "header")
     );
+}
+
+#[tokio::test]
+async fn trace_and_connect_are_405_at_every_depth_and_never_reach_the_upstream() {
+    let (env, up) = start().await;
+    for method in ["TRACE", "CONNECT"] {
+        for target in [
+            "/proxy/r",
+            "/proxy/r/",
+            "/proxy/r/x",
+            "/proxy/r/x/",
+            "/proxy/r/a/b/c",
+        ] {
+            let request =
+                format!("{method} {target} HTTP/1.1\r\nHost: broker\r\nConnection: close\r\n\r\n");
+            let (status, answer) = raw(env.app.addr, &request).await;
+            assert_eq!(status, 405, "{method} {target}: {answer}");
+            assert!(answer.contains("application/problem+json"), "{answer}");
+        }
+    }
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
+    // The methods the proxy takes reach the upstream at every depth.
+    for method in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        for target in ["/proxy/r", "/proxy/r/x", "/proxy/r/a/b/"] {
+            let response = env
+                .http
+                .request(method.clone(), env.url(target))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201, "{method} {target}");
+        }
+    }
+    assert_eq!(up.seen().len(), 21);
+}
+
+#[tokio::test]
+async fn a_response_header_carrying_the_token_is_redacted_and_counted_and_bodies_pass_untouched() {
+    let (env, up) = start_with_route("leaky").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let response = http.get(env.url("/proxy/leaky/echo")).send().await.unwrap();
+        assert_eq!(response.status(), 302);
+        let headers = response.headers().clone();
+        assert_eq!(headers["x-echo-authorization"], "[redacted]");
+        assert_eq!(headers["location"], "[redacted]");
+        assert_eq!(headers["x-innocent"], "kept");
+        let token = up.seen().last().unwrap().bearer().to_owned();
+        let body = response.text().await.unwrap();
+        assert_eq!(
+            body,
+            format!("you sent {token}"),
+            "the body is passed untouched"
+        );
+        for (name, value) in &headers {
+            assert!(
+                !value.to_str().unwrap_or("").contains(&token),
+                "{name} carries the token"
+            );
+        }
+    }
+    let text = env.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("broker_proxy_redacted_headers_total{route=\"leaky\"} 4\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_caller_hanging_up_during_a_chunked_upload_is_the_callers_abort() {
+    let logs = LogCapture::start(tracing::Level::INFO);
+    let (env, up) = start_with_route("upload").await;
+    let mut stream = tokio::net::TcpStream::connect(env.app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /proxy/upload/stream-up HTTP/1.1\r\nHost: broker\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), up.state.first_chunk.notified())
+        .await
+        .expect("the upstream sees the first chunk");
+    drop(stream);
+    let mut counted = Vec::new();
+    for _ in 0..100 {
+        let text = env.get("/metrics").await.text().await.unwrap();
+        counted = text
+            .lines()
+            .filter(|l| l.starts_with("broker_proxy_requests_total{route=\"upload\""))
+            .map(str::to_owned)
+            .collect();
+        if !counted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        counted,
+        ["broker_proxy_requests_total{route=\"upload\",class=\"4xx\"} 1"],
+        "the caller's abort, not the upstream's failure"
+    );
+    let logs = logs.text();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("route=\"upload\""))
+        .unwrap_or_else(|| panic!("no log line for the route:\n{logs}"));
+    assert!(
+        line.contains("the caller aborted its request body"),
+        "{line}"
+    );
+    assert!(line.contains("INFO"), "{line}");
+    assert!(!logs.contains("could not be reached"), "{logs}");
 }

@@ -1,43 +1,17 @@
 //! Nothing secret in the logs: the whole request matrix at `trace` level, then a search of the
 //! captured output for every token, grant, key line and API key involved.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::support::*;
 use maskinporten_broker::hash_api_key;
 use serde_json::Value;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 const API_KEY: &str = "very-secret-api-key-123456";
 
 #[tokio::test]
 async fn no_secret_appears_in_trace_logs() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    // A second live dispatcher: with only one, tracing decides a callsite's interest from the
-    // default of whichever thread hits it first, so a callsite first hit by another test's
-    // thread would be cached as "never" and its events lost here.
-    let _second = tracing::Dispatch::new(tracing_subscriber::registry());
-    // Scoped to this test's (current-thread) runtime: the other tests share the process.
-    let _logs = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish(),
-    );
+    let capture = LogCapture::start(tracing::Level::TRACE);
 
     // An upstream for the proxy that refuses the first token (the 401 retry path) and then accepts.
     let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -52,7 +26,7 @@ async fn no_secret_appears_in_trace_logs() {
     }))
     .await;
     let env = TestEnv::start(&format!(
-        "default_org: '{ORG}'\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
+        "default_org: '{ORG}'\non_demand:\n  scopes: ['altinn:*']\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
         hash_api_key(API_KEY)
     ))
     .await;
@@ -79,6 +53,36 @@ async fn no_secret_appears_in_trace_logs() {
         served.push(body["access_token"].as_str().expect(&path).to_owned());
         served.push(get(path, "text/plain").await.unwrap().text().await.unwrap());
     }
+    // On-demand tokens: GET /token?scope= (JSON and bare) and texas's POST /api/v1/token.
+    for path in [
+        "/token?scope=altinn:on-demand.read".to_owned(),
+        format!("/token?scope=altinn:on-demand.write&org={ORG}&exchange=altinn"),
+    ] {
+        let body: Value = get(path.clone(), "application/json")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        served.push(body["access_token"].as_str().expect(&path).to_owned());
+    }
+    let texas: Value = env
+        .http
+        .post(env.url("/api/v1/token"))
+        .header("authorization", format!("Bearer {API_KEY}"))
+        .json(&serde_json::json!({"identity_provider": "maskinporten", "target": "altinn:texas.read", "skip_cache": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    served.push(
+        texas["access_token"]
+            .as_str()
+            .expect("texas token")
+            .to_owned(),
+    );
     for path in [
         "/proxy/p/x",
         "/proxy/p/y?org=1",
@@ -123,7 +127,7 @@ async fn no_secret_appears_in_trace_logs() {
         .await
         .unwrap();
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("token served") && logs.contains("TRACE"),
         "trace output was captured"

@@ -84,6 +84,8 @@ pub struct SeenGrant {
     pub claims: Value,
     /// The signed grant as sent, for leak checks.
     pub raw: String,
+    /// When the fake received it.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -105,6 +107,9 @@ struct MpState {
     keys: Mutex<HashMap<String, RsaPublicKey>>,
     /// More clients beside `CLIENT_ID`: client id → its keys by kid.
     other_clients: Mutex<HashMap<String, HashMap<String, RsaPublicKey>>>,
+    /// The scopes the test asked the broker for (as a set); a grant asking for others is a
+    /// violation and refused with `invalid_scope`.
+    expected_scope: Mutex<Option<HashSet<String>>>,
 }
 
 pub struct FakeMaskinporten {
@@ -195,6 +200,12 @@ impl FakeMaskinporten {
             .lock()
             .unwrap()
             .insert(client_id.to_owned(), keys);
+    }
+    /// From now on, every grant must ask for exactly these scopes (space separated, in any
+    /// order): what the test asked the broker for.
+    pub fn expect_scope(&self, scope: &str) {
+        *self.state.expected_scope.lock().unwrap() =
+            Some(scope.split_whitespace().map(str::to_owned).collect());
     }
     /// Add a key to the set on the client (an upload of {old, new}).
     pub fn add_key(&self, kid: &str, key: RsaPublicKey) {
@@ -294,8 +305,9 @@ fn unverified_iss(jwt: &str) -> String {
 /// Verify a grant like Maskinporten; returns the problems found.
 fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| format!("header: {e}"))?;
-    if header.alg != Algorithm::RS256 {
-        return Err(format!("alg {:?} is not RS256", header.alg));
+    // Maskinporten accepts RS256, RS384 and RS512 grants; each is verified with its own.
+    if ![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512].contains(&header.alg) {
+        return Err(format!("alg {:?} is not RS256, RS384 or RS512", header.alg));
     }
     // The client's keys, chosen by the (not yet verified) iss, as Maskinporten looks it up.
     let iss = unverified_iss(assertion);
@@ -334,7 +346,7 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     };
     let key =
         DecodingKey::from_rsa_raw_components(&public.n().to_bytes_be(), &public.e().to_bytes_be());
-    let mut validation = Validation::new(Algorithm::RS256);
+    let mut validation = Validation::new(header.alg);
     validation.set_audience(&[state.issuer.as_str()]);
     validation.set_required_spec_claims(&["iss", "sub", "aud", "exp", "iat", "jti", "scope"]);
     validation.leeway = 0;
@@ -367,6 +379,14 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
     let scope = c["scope"].as_str().unwrap_or("");
     if scope.is_empty() || scope.contains("  ") {
         problems.push(format!("scope {scope:?} is malformed"));
+    }
+    if let Some(expected) = state.expected_scope.lock().unwrap().as_ref() {
+        let asked: HashSet<String> = scope.split(' ').map(str::to_owned).collect();
+        if &asked != expected {
+            problems.push(format!(
+                "scope {scope:?} is not what was asked for: {expected:?} (invalid_scope)"
+            ));
+        }
     }
     let jti = c["jti"].as_str().unwrap_or("").to_owned();
     if jti.len() < 16 || !state.jtis.lock().unwrap().insert(jti) {
@@ -406,6 +426,7 @@ fn verify_grant(state: &MpState, assertion: &str) -> Result<SeenGrant, String> {
             header,
             claims: data.claims,
             raw: assertion.to_owned(),
+            at: std::time::Instant::now(),
         })
     } else {
         Err(problems.join("; "))
@@ -522,6 +543,8 @@ struct AltinnState {
     exp: AtomicU64,
     quoted: AtomicBool,
     down: AtomicBool,
+    /// Answer 401 to every exchange, as Altinn does for a token it does not accept.
+    refusing: AtomicBool,
     exchanged: Mutex<Vec<Value>>,
 }
 
@@ -573,12 +596,19 @@ impl FakeAltinn {
     pub fn set_down(&self, down: bool) {
         self.state.down.store(down, Ordering::SeqCst);
     }
+    /// Refuse every exchange with 401 (Altinn's answer to a token it does not accept).
+    pub fn set_refusing(&self, refusing: bool) {
+        self.state.refusing.store(refusing, Ordering::SeqCst);
+    }
 }
 
 async fn altinn_exchange(State(state): State<Arc<AltinnState>>, headers: HeaderMap) -> Response {
     state.calls.fetch_add(1, Ordering::SeqCst);
     if state.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if state.refusing.load(Ordering::SeqCst) {
+        return StatusCode::UNAUTHORIZED.into_response();
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -856,4 +886,54 @@ pub async fn cached_tokens(env: &TestEnv) -> usize {
     text.lines()
         .filter(|l| l.starts_with("broker_token_seconds_until_expiry{"))
         .count()
+}
+
+/// The log lines written on this thread (the test's current-thread runtime, where the broker's
+/// tasks run too) while it lives, at `level` and above.
+pub struct LogCapture {
+    lines: Arc<Mutex<Vec<u8>>>,
+    _second: tracing::Dispatch,
+    _default: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    pub fn start(level: tracing::Level) -> Self {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let writer = CaptureWriter(lines.clone());
+        // A second live dispatcher: with only one, tracing decides a callsite's interest from
+        // the default of whichever thread hits it first, so a callsite first hit by another
+        // test's thread would be cached as "never" and its events lost here.
+        let second = tracing::Dispatch::new(tracing_subscriber::registry());
+        // Scoped to this thread: the other tests share the process.
+        let default = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_max_level(level)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .finish(),
+        );
+        LogCapture {
+            lines,
+            _second: second,
+            _default: default,
+        }
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
+    }
 }

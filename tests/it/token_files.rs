@@ -1,5 +1,6 @@
 //! Token files: written atomically with the right mode, kept fresh with no HTTP caller, a write
-//! failure shown in /readyz and never fatal, and no more writes after shutdown.
+//! failure shown in /readyz and never fatal, a deleted or changed file restored within the check
+//! interval, and no more writes after shutdown.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -175,13 +176,52 @@ async fn a_write_failure_shows_in_readyz_and_heals_without_a_restart() {
     assert!(healed["token_files"][0]["last_error"].is_null(), "{healed}");
 }
 
-#[tokio::test]
-async fn no_file_is_written_after_shutdown() {
+/// A broker with one token file of the admin profile, after its first write.
+async fn one_admin_file() -> (tempfile::TempDir, PathBuf, TestEnv) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("admin");
     let env = TestEnv::start(&files_yaml(&[("admin", &path, "")])).await;
     eventually("the first write", || read(&path).is_some()).await;
+    (dir, path, env)
+}
+
+#[tokio::test]
+async fn a_deleted_overwritten_or_loosened_file_is_restored_within_the_check_interval() {
+    let (_dir, path, env) = one_admin_file().await;
+    let token = read(&path).unwrap();
+    // The check runs every second; each damage is repaired within 2 s (one interval, plus the
+    // time a check takes on a busy machine).
+    let restored_within_2s = |what: &'static str| {
+        let (path, token) = (path.clone(), token.clone());
+        async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if read(&path).as_deref() == Some(token.as_str()) && mode(&path) == 0o600 {
+                    return;
+                }
+            }
+            panic!("{what}: not restored within 2 s");
+        }
+    };
+    std::fs::remove_file(&path).unwrap();
+    restored_within_2s("deleted").await;
+    std::fs::write(&path, "something else").unwrap();
+    restored_within_2s("overwritten").await;
+    std::fs::write(&path, format!("{token}x")).unwrap();
+    restored_within_2s("appended to").await;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    restored_within_2s("made world-readable").await;
+    assert_eq!(env.mp.calls(), 1, "the same token, written again");
+}
+
+#[tokio::test]
+async fn no_file_is_written_after_shutdown() {
+    let (_dir, path, env) = one_admin_file().await;
+    // While the broker runs, a deleted file comes back within the check interval ...
+    std::fs::remove_file(&path).unwrap();
+    eventually("the file restored", || read(&path).is_some()).await;
     env.app.shutdown().await;
+    // ... and after shutdown it does not: a writer still running would restore it within 1 s.
     std::fs::remove_file(&path).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(read(&path).is_none(), "written after shutdown");
