@@ -5,7 +5,10 @@ Each build runs bench/broker.yaml (env local, level warn) on its own loopback po
 drives GET /token/altinn on each in turn, then the baseline, ROUNDS times per connection count.
 Besides req/s and p99 it prints the CPU time each server spent per request (user + system, and
 user alone, from /proc/PID/stat around each run): on a noisy shared machine that is steadier
-than req/s. Build the variants first and copy their binaries aside (cargo build --release).
+than req/s. Each ratio to the baseline is the ratio of the medians, followed by its spread: the
+lowest and highest ratio of one round's run to the baseline's run of the same round (they ran
+back to back). A difference between builds inside that spread is not one these runs can tell.
+Build the variants first and copy their binaries aside (cargo build --release).
 
 usage: bench/ab.py NAME=BINARY[@LEVEL] [NAME=BINARY[@LEVEL] ...]
 env:   ROUNDS (3), SECS (5), CONNS ("16 64")
@@ -55,9 +58,19 @@ try:
 finally:
     for p in procs.values(): p.kill()
 print()
+
+def spread(xs, bs, i):
+    """min-max over the rounds of this build's value i over the baseline's in the same round."""
+    rs = [x[i] / b[i] for x, b in zip(xs, bs) if b[i]]
+    return f"{min(rs):4.2f}-{max(rs):4.2f}" if rs else "n/a"
+
 for c in CONNS:
-    b = statistics.median(x[0] for x in res[(c, "baseline")]); bp = statistics.median(x[1] for x in res[(c, "baseline")])
+    base = res[(c, "baseline")]
+    b = statistics.median(x[0] for x in base); bp = statistics.median(x[1] for x in base)
+    bus = statistics.median(x[2] for x in base)
     for name in targets:
         xs = res[(c, name)]
         rps = statistics.median(x[0] for x in xs); p99 = statistics.median(x[1] for x in xs); us = statistics.median(x[2] for x in xs); uus = statistics.median(x[4] for x in xs)
-        print(f"c={c:3d} {name:10s} {rps:8.0f} req/s {rps/b:5.2f}x  p99 {p99:5.2f} ms ({p99/bp:4.2f}x)  cpu {us:5.1f} us/req user {uus:4.2f}")
+        print(f"c={c:3d} {name:10s} {rps:8.0f} req/s {rps/b:5.2f}x ({spread(xs, base, 0)})  "
+              f"p99 {p99:5.2f} ms ({p99/bp:4.2f}x, {spread(xs, base, 1)})  "
+              f"cpu {us:5.1f} us/req ({us/bus:4.2f}x, {spread(xs, base, 2)}) user {uus:4.2f}")

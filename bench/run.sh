@@ -4,18 +4,22 @@
 #   bench/run.sh                   # everything, about 7.5 minutes after the builds
 #   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
 #   bench/run.sh --keys-only       # only step (7), many keys (about 3 minutes; BENCH_KEYS_QUIET=0: 40 s)
+#   bench/run.sh --proxy-only      # only step (6), the egress proxy beside nginx (about 4 minutes)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
 # markdown table; bench/README.md says how to read it. Everything it starts is stopped on exit.
 #
-# Step (6) measures the egress proxy: the baseline called through the broker's /proxy/bench/
-# route and directly ("broker" and "baseline" columns), at 1 and 16 connections.
+# Step (6) measures the egress proxy: an upstream (the baseline, 1 KiB body) called through the
+# broker's /proxy/bench/ route, through nginx (Debian's nginx-light, installed when missing, run
+# by this script on 127.0.0.1:18082 with its own configuration; the system service is never
+# started) and directly, at 1, 16 and 64 connections with wrk -t1.
 #
-# Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (3 runs per load point, the
-# median counts), BENCH_PIN (1: servers on CPU 0, oha on CPU 1), BENCH_REFRESH_SECONDS (50),
+# Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (5 runs per load point, taking
+# turns; the median counts, and each ratio is given with its min-max over the rounds),
+# BENCH_PIN (1: servers on CPU 0, load generators on CPU 1), BENCH_REFRESH_SECONDS (50),
 # BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
-# broker's measured answer size), BENCH_KEYS (2000 keys in step 6; 0 skips it),
+# broker's measured answer size), BENCH_KEYS (2000 keys in step 7; 0 skips it),
 # BENCH_KEYS_LIFETIME (30, seconds, the simulator's token lifetime in step 7), BENCH_KEYS_QUIET
 # (1: step 7 also waits with no traffic to count upstream calls after the callers stop).
 set -euo pipefail
@@ -29,10 +33,13 @@ BROKER_BIN="$ROOT/target/release/maskinporten-broker"
 BASELINE_BIN="$ROOT/target/release/examples/bench_baseline"
 BROKER_URL=http://127.0.0.1:18080
 BASELINE_URL=http://127.0.0.1:18081
+NGINX_URL=http://127.0.0.1:18082
+# Step (6)'s upstream answer: 1 KiB, whatever the broker's token answer measures.
+PROXY_BODY_SIZE=1024
 SECONDS_PER_POINT=${BENCH_SECONDS:-5}
 REFRESH_SECONDS=${BENCH_REFRESH_SECONDS:-50}
 BURST=${BENCH_BURST:-1000}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 KEYS=${BENCH_KEYS:-2000}
 KEYS_LIFETIME=${BENCH_KEYS_LIFETIME:-30}
 KEYS_QUIET=${BENCH_KEYS_QUIET:-1}
@@ -48,8 +55,8 @@ else
   PLACEMENT="load generator on the same cores"
 fi
 CONNECTIONS=(1 16 64)
-# Step (6), the egress proxy against calling its upstream directly.
-PROXY_CONNECTIONS=(1 16)
+# Step (6), the egress proxy beside nginx and beside calling its upstream directly.
+PROXY_CONNECTIONS=(1 16 64)
 # Must match bench/broker.yaml.
 TOKEN_LIFETIME_SECONDS=20
 
@@ -58,8 +65,9 @@ case "${1:-}" in
   "") ;;
   --baseline-only) MODE=baseline ;;
   --keys-only) MODE=keys ;;
-  -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--baseline-only | --keys-only]" >&2; exit 2 ;;
+  --proxy-only) MODE=proxy ;;
+  -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--baseline-only | --keys-only | --proxy-only]" >&2; exit 2 ;;
 esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
@@ -108,20 +116,44 @@ fi
 
 # ---- tools and builds ------------------------------------------------------------------------
 
-if [[ ! -x $OHA ]]; then
-  log "installing oha $OHA_VERSION into bench/.tools (once; a few minutes)"
-  cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
+if [[ $MODE == proxy ]]; then
+  OHA_NAME="oha not used"  # step (6) runs wrk only
+else
+  if [[ ! -x $OHA ]]; then
+    log "installing oha $OHA_VERSION into bench/.tools (once; a few minutes)"
+    cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS"
+  fi
+  OHA_NAME=$("$OHA" --version)
+  log "$OHA_NAME"
 fi
-log "$("$OHA" --version)"
+# apt_install PACKAGE COMMAND: install a Debian package when COMMAND is missing (as root). No
+# service is started by the install: when the machine has no policy-rc.d, one that refuses every
+# start is put in place for the install and removed afterwards (nginx-light would otherwise start
+# the system nginx on port 80).
+apt_install() {
+  local package=$1 command=$2 policy=/usr/sbin/policy-rc.d placed=0 status=0
+  command -v "$command" >/dev/null && return 0
+  if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+    die "$command is missing: sudo apt-get install $package (Debian/Ubuntu), then run again"
+  fi
+  log "installing $package from the Debian package (once)"
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && placed=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null || status=$?
+  if [[ $placed == 1 ]]; then rm -f "$policy"; fi
+  [[ $status == 0 ]] || die "apt-get install $package failed; install it and run again"
+  command -v "$command" >/dev/null || die "$package installed no $command"
+}
 # wrk (Debian package) beside oha: one thread of a C load generator takes far less of the two
 # shared cores than oha, so its ratios show more of the servers' own cost.
-if ! command -v wrk >/dev/null; then
-  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-    log "installing wrk from the Debian package (once)"
-    apt-get install -y -qq wrk >/dev/null || die "apt-get install wrk failed; install the wrk package and run again"
-  else
-    die "wrk is missing: sudo apt-get install wrk (Debian/Ubuntu), then run again"
-  fi
+apt_install wrk wrk
+if [[ $MODE == full || $MODE == proxy ]]; then
+  # Step (6)'s reference proxy; the binary is /usr/sbin/nginx.
+  PATH=$PATH:/usr/sbin apt_install nginx-light nginx
+  NGINX_BIN=$(PATH=$PATH:/usr/sbin command -v nginx)
+  NGINX_VERSION=$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')
+  log "$NGINX_VERSION"
 fi
 WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n 1 | awk '{ print $1, $2 }')  # wrk -v exits 1
 log "$WRK_VERSION"
@@ -263,9 +295,10 @@ record_metric() {
 record date "$(date -u '+%Y-%m-%d %H:%M UTC')"
 record nproc "$(nproc)"
 record memory_mib "$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 }' /proc/meminfo)"
-record oha "$("$OHA" --version)"
+record oha "$OHA_NAME"
 record wrk "$WRK_VERSION"
 record rustc "$(rustc --version)"
+record nginx "${NGINX_VERSION:-}"
 record mode "$MODE"
 record burst "$BURST"
 record rounds "$ROUNDS"
@@ -335,8 +368,92 @@ shutil.copy(runs[len(runs) // 2], os.path.join(work, name + ".wrk.json"))
 PY
 }
 
+# start_nginx: nginx on NGINX_URL in front of BASELINE_URL, run by this script from a
+# configuration of its own (never the system's): 2 workers, HTTP/1.1 to a keepalive upstream
+# pool, a static Authorization header (the broker adds a token), no access log, loopback only.
+start_nginx() {
+  port_free "$NGINX_URL" || die "something already listens on $NGINX_URL"
+  local dir="$WORK/nginx"
+  mkdir -p "$dir/tmp"
+  cat >"$dir/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  fastcgi_temp_path $dir/tmp/fastcgi;
+  uwsgi_temp_path $dir/tmp/uwsgi;
+  scgi_temp_path $dir/tmp/scgi;
+  upstream bench_upstream {
+    server ${BASELINE_URL#http://};
+    keepalive 64;
+  }
+  server {
+    listen ${NGINX_URL#http://};
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer bench-static-token-of-nginx";
+    }
+  }
+}
+CONF
+  "$NGINX_BIN" -t -q -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf" ||
+    die "nginx refused the generated configuration $dir/nginx.conf"
+  start nginx "${ON_SERVER_CPU[@]}" "$NGINX_BIN" -e "$dir/error.log" -p "$dir" -c "$dir/nginx.conf"
+  NGINX_PID=$LAST_PID
+  wait_healthy "$NGINX_URL" "$NGINX_PID"
+}
+
+# tree_cpu_ticks PID: cpu_ticks of PID and its child processes (nginx's master and workers).
+tree_cpu_ticks() {
+  local total child
+  total=$(cpu_ticks "$1")
+  for child in $(cat "/proc/$1/task/$1/children" 2>/dev/null); do
+    total=$((total + $(cpu_ticks "$child" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+# proxy_series: step (6). The broker (BROKER_PID, warm) and an upstream with a 1 KiB body on
+# BASELINE_URL must run. Starts nginx; at each connection count ROUNDS rounds, each round wrk
+# -t1 through the broker, through nginx and directly, in turn; each run's server CPU time is
+# recorded next to its wrk report.
+proxy_series() {
+  local c round name url pid before
+  start_nginx
+  curl -fsS --max-time 30 -o /dev/null "$BROKER_URL/proxy/bench/token/altinn" ||
+    die "the broker did not proxy to the upstream; see $WORK/broker.log"
+  record proxy_body_bytes "$(curl -fsS --max-time 5 "$NGINX_URL/token/altinn" | wc -c)"
+  for c in "${PROXY_CONNECTIONS[@]}"; do
+    for round in $(seq "$ROUNDS"); do
+      for target in "proxy:$BROKER_PID:$BROKER_URL/proxy/bench/token/altinn" \
+        "nginx:$NGINX_PID:$NGINX_URL/token/altinn" "direct:$BASELINE_PID:$BASELINE_URL/token/altinn"; do
+        IFS=: read -r name pid url <<<"$target"
+        before=$(tree_cpu_ticks "$pid")
+        wrk_load "${name}_c${c}_r$round" "$url" "$c"
+        record "${name}_c${c}_r${round}_cpu_ticks" "$(($(tree_cpu_ticks "$pid") - before))"
+      done
+    done
+  done
+  record clk_tck "$(getconf CLK_TCK)"
+  stop_pid "$NGINX_PID"
+}
+
 SERVERS=()
-if [[ $MODE != keys ]]; then
+if [[ $MODE == proxy ]]; then
+  start_broker
+  start_baseline "$PROXY_BODY_SIZE"
+  proxy_series
+  stop_pid "$BROKER_PID"
+  stop_pid "$BASELINE_PID"
+fi
+if [[ $MODE == full || $MODE == baseline ]]; then
 if [[ $MODE == full ]]; then
   # (1) cache hits: warm the cache; (2) the baseline, with a body of the broker's size.
   start_broker
@@ -354,18 +471,10 @@ SERVERS+=("baseline:$BASELINE_PID:$BASELINE_URL/token/altinn")
 hit_series
 if [[ $MODE == full ]]; then
   record broker_hwm_kib "$(rss_kib "$BROKER_PID" VmHWM)"
-  # (6) the egress proxy's overhead: the baseline called through the broker's /proxy/bench/
-  # route (bench/broker.yaml; the broker adds the altinn token) and called directly, taking turns.
-  curl -fsS --max-time 30 -o /dev/null "$BROKER_URL/proxy/bench/token/altinn" ||
-    die "the broker did not proxy to the baseline; see $WORK/broker.log"
-  for c in "${PROXY_CONNECTIONS[@]}"; do
-    for round in $(seq "$ROUNDS"); do
-      load "proxy_c${c}_r$round" "$BROKER_URL/proxy/bench/token/altinn" "$c"
-      load "direct_c${c}_r$round" "$BASELINE_URL/token/altinn" "$c"
-    done
-    median_run "proxy_c$c"
-    median_run "direct_c$c"
-  done
+  # (6) the egress proxy beside nginx, on an upstream with a 1 KiB body.
+  stop_pid "$BASELINE_PID"
+  start_baseline "$PROXY_BODY_SIZE"
+  proxy_series
   stop_pid "$BROKER_PID"
 fi
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
@@ -399,7 +508,7 @@ if [[ $MODE == full ]]; then
 fi
 fi
 
-if [[ $MODE != baseline && $KEYS -gt 0 ]]; then
+if [[ ($MODE == full || $MODE == keys) && $KEYS -gt 0 ]]; then
   # (7) many keys: KEYS system-user tokens (/token/skd?org=...), tokens of KEYS_LIFETIME s, info
   # logs, a fetch budget the warm-up does not hit.
   start_broker BROKER__LOCAL__TOKEN_LIFETIME="${KEYS_LIFETIME}s" \
@@ -502,36 +611,77 @@ def mib(kib):
 def ratio(a, b, digits=2):
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.{digits}f}"
 
+rounds = int(results.get("rounds", "1"))
+
+def per_round(load, name):
+    """The runs of each round of NAME (NAME_r1 ... NAME_rN), None where one is missing."""
+    return [load(f"{name}_r{i}") for i in range(1, rounds + 1)]
+
+def spread(a_runs, b_runs, value, target=None, higher_is_better=True):
+    """ " (min–max)" of the per-round ratios value(a)/value(b), the two taking turns within a
+    round; with a target, whether it lies inside that spread (the runs cannot tell) or which
+    side of it every round fell on."""
+    ratios = [value(a) / value(b) for a, b in zip(a_runs, b_runs)
+              if a and b and value(b)]
+    if not ratios:
+        return ""
+    lo, hi = min(ratios), max(ratios)
+    text = f" ({lo:.2f}–{hi:.2f}"
+    if target is not None:
+        if lo <= target <= hi:
+            text += f"; {target:.2f} inside the spread"
+        elif (lo > target) == higher_is_better:
+            text += f"; every round better than {target:.2f}"
+        else:
+            text += f"; every round worse than {target:.2f}"
+    return text + ")"
+
+def wrk_rps(run):
+    return run["requestsPerSec"] if run else None
+
+def wrk_ms(run, p):
+    return run[p] * 1000 if run else None
+
 r = results.get
 rows = [
     ("date", r("date"), "", ""),
     ("machine", f"nproc {r('nproc')}, {r('memory_mib')} MiB RAM; {r('placement')}", "", ""),
     ("cache-hit runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, broker and baseline taking turns", "", ""),
-    ("tools", f"{r('oha')}; {r('wrk')} (-t1); {r('rustc')}", "", ""),
+    ("tools", f"{r('oha')}; {r('wrk')} (-t1); {r('rustc')}"
+     + (f"; {r('nginx')}" if r("nginx") else ""), "", ""),
 ]
-if r("mode") != "keys":
+if r("mode") == "proxy":
+    rows[2] = ("proxy runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, proxy, nginx and direct taking turns; upstream body {r('proxy_body_bytes')} bytes", "", "")
+if r("mode") in ("full", "baseline"):
     rows.append(("answer body (JSON)", f"{r('body_bytes')} bytes" if r("mode") == "full" else "n/a",
                  f"{r('body_bytes')} bytes", ""))
-for c in (conns if r("mode") != "keys" else []):
+for c in (conns if r("mode") in ("full", "baseline") else []):
     b, base = oha(f"broker_c{c}"), oha(f"baseline_c{c}")
-    rows.append((f"(1,2) cache hit, {c} conn: req/s", fmt(rps(b)), fmt(rps(base)), ratio(rps(b), rps(base))))
+    target = 0.95 if c == "1" else 0.9
+    ob, obase = per_round(oha, f"broker_c{c}"), per_round(oha, f"baseline_c{c}")
+    rows.append((f"(1,2) cache hit, {c} conn: req/s", fmt(rps(b)), fmt(rps(base)),
+                 ratio(rps(b), rps(base)) + spread(ob, obase, rps, target)))
     rows.append((
         f"(1,2) cache hit, {c} conn: p50 / p99 / p99.9 ms",
         " / ".join(fmt(ms(b, p), 2) for p in ("p50", "p99", "p99.9")),
         " / ".join(fmt(ms(base, p), 2) for p in ("p50", "p99", "p99.9")),
-        ratio(ms(b, "p99"), ms(base, "p99")) + " (p99)",
+        ratio(ms(b, "p99"), ms(base, "p99")) + " (p99)"
+        + spread(ob, obase, lambda x: ms(x, "p99"), 1.2, higher_is_better=False),
     ))
     errors = [ok(x)[1] if x else None for x in (b, base)]
     rows.append((f"(1,2) cache hit, {c} conn: non-200 answers", fmt(errors[0]), fmt(errors[1]), ""))
     wb, wbase = wrk(f"broker_c{c}"), wrk(f"baseline_c{c}")
     wrps = [x["requestsPerSec"] if x else None for x in (wb, wbase)]
-    rows.append((f"(1,2) cache hit, {c} conn, wrk: req/s", fmt(wrps[0]), fmt(wrps[1]), ratio(*wrps)))
-    wms = lambda run, p: run[p] * 1000 if run else None
+    wb_runs, wbase_runs = per_round(wrk, f"broker_c{c}"), per_round(wrk, f"baseline_c{c}")
+    rows.append((f"(1,2) cache hit, {c} conn, wrk: req/s", fmt(wrps[0]), fmt(wrps[1]),
+                 ratio(*wrps) + spread(wb_runs, wbase_runs, wrk_rps, target)))
+    wms = wrk_ms
     rows.append((
         f"(1,2) cache hit, {c} conn, wrk: p50 / p99 / p99.9 ms",
         " / ".join(fmt(wms(wb, p), 2) for p in ("p50", "p99", "p999")),
         " / ".join(fmt(wms(wbase, p), 2) for p in ("p50", "p99", "p999")),
-        ratio(wms(wb, "p99"), wms(wbase, "p99")) + " (p99)",
+        ratio(wms(wb, "p99"), wms(wbase, "p99")) + " (p99)"
+        + spread(wb_runs, wbase_runs, lambda x: wms(x, "p99"), 1.2, higher_is_better=False),
     ))
     werr = [x["non2xx"] + x["errors"] if x else None for x in (wb, wbase)]
     rows.append((f"(1,2) cache hit, {c} conn, wrk: non-2xx answers and socket errors", fmt(werr[0]), fmt(werr[1]), ""))
@@ -548,7 +698,7 @@ def burst_latency(run):
 def answers(run):
     return "n/a" if not run else "{} / {}".format(*ok(run))
 
-rows += [] if r("mode") == "keys" else [
+rows += [] if r("mode") in ("keys", "proxy") else [
     ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}",
      f"{r('burst')} / {r('burst')}", ""),
     ("(3) cold burst: total time ms", fmt(total_ms(burst)), fmt(total_ms(base_burst)),
@@ -576,20 +726,56 @@ if refresh:
          f"{upstream} ({upstream / lifetimes:.2f})", "", ""),
         ("(4) refresh: non-200 answers", fmt(ok(refresh)[1]), "", ""),
     ]
+def median(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+def cpu_us(name, c, i, run):
+    """The server's CPU time (user + system, all its processes) per request of one run, in µs."""
+    ticks = r(f"{name}_c{c}_r{i}_cpu_ticks")
+    if not run or ticks is None or not run["requests"]:
+        return None
+    return int(ticks) / int(r("clk_tck")) * 1e6 / run["requests"]
+
 for c in proxy_conns:
-    via, direct = oha(f"proxy_c{c}"), oha(f"direct_c{c}")
-    if not via:
+    runs = {n: per_round(wrk, f"{n}_c{c}") for n in ("proxy", "nginx", "direct")}
+    if not any(runs["proxy"]):
         continue
-    rows.append((f"(6) proxy vs direct, {c} conn: req/s", fmt(rps(via)), fmt(rps(direct)),
-                 ratio(rps(via), rps(direct))))
+    med = lambda n, f: median(f(x) for x in runs[n] if x)
+    p, n, d = (med(x, wrk_rps) for x in ("proxy", "nginx", "direct"))
+    rows.append((f"(6) proxy / nginx, {c} conn, wrk: req/s", fmt(p), fmt(n),
+                 ratio(p, n) + spread(runs["proxy"], runs["nginx"], wrk_rps, 0.9)))
+    lat = {x: [med(x, lambda run, q=q: wrk_ms(run, q)) for q in ("p50", "p99")]
+           for x in ("proxy", "nginx", "direct")}
     rows.append((
-        f"(6) proxy vs direct, {c} conn: p50 / p99 ms",
-        " / ".join(fmt(ms(via, p), 2) for p in ("p50", "p99")),
-        " / ".join(fmt(ms(direct, p), 2) for p in ("p50", "p99")),
-        f"{ratio(ms(via, 'p50'), ms(direct, 'p50'))} / {ratio(ms(via, 'p99'), ms(direct, 'p99'))} (p50 / p99)",
+        f"(6) proxy / nginx, {c} conn, wrk: p50 / p99 ms",
+        " / ".join(fmt(v, 2) for v in lat["proxy"]),
+        " / ".join(fmt(v, 2) for v in lat["nginx"]),
+        ratio(lat["proxy"][1], lat["nginx"][1]) + " (p99)"
+        + spread(runs["proxy"], runs["nginx"], lambda x: wrk_ms(x, "p99"), 1.2,
+                 higher_is_better=False),
     ))
-    rows.append((f"(6) proxy vs direct, {c} conn: non-200 answers", fmt(ok(via)[1]), fmt(ok(direct)[1]), ""))
-if r("mode") != "keys":
+    cpu = {x: [cpu_us(x, c, i + 1, run) for i, run in enumerate(runs[x])]
+           for x in ("proxy", "nginx")}
+    pairs = [(a / b) for a, b in zip(cpu["proxy"], cpu["nginx"]) if a and b]
+    rows.append((
+        f"(6) proxy / nginx, {c} conn: server CPU µs per request (user + system)",
+        fmt(median(cpu["proxy"]), 1), fmt(median(cpu["nginx"]), 1),
+        ratio(median(cpu["proxy"]), median(cpu["nginx"]))
+        + (f" ({min(pairs):.2f}–{max(pairs):.2f})" if pairs else ""),
+    ))
+    werr = [sum(x["non2xx"] + x["errors"] for x in runs[k] if x) for k in ("proxy", "nginx")]
+    rows.append((f"(6) proxy / nginx, {c} conn, wrk: non-2xx answers and socket errors",
+                 fmt(werr[0]), fmt(werr[1]), ""))
+    rows.append((
+        f"(6) upstream called directly, {c} conn, wrk: req/s / p99 ms",
+        "", f"{fmt(d)} / {fmt(lat['direct'][1], 2)}",
+        f"proxy/direct {ratio(p, d)}, nginx/direct {ratio(n, d)} (req/s)",
+    ))
+if r("mode") in ("full", "baseline"):
     rows += [
         ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
         (f"(5) peak RSS during the {conns[-1]}-conn load", mib(r("broker_peak_rss_kib")), mib(r("baseline_peak_rss_kib")), ""),

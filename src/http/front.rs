@@ -16,20 +16,31 @@
 //!   is a 503 problem. The timer is armed only if the answer is not ready when first asked for,
 //!   so a cache hit never touches the timer wheel; the deadline runs from that moment, a few
 //!   microseconds after the request arrived.
+//! - **Panics.** A handler that panics answers 500 `problem+json` and the connection lives on;
+//!   the panic's message is not repeated to the caller (it may quote a value the broker handled).
+//! - **Sensitive headers.** `Authorization`, `X-Api-Key` and `Cookie` in the request and
+//!   `Set-Cookie` in the answer are marked sensitive, so a `Debug` of the headers (a log line, a
+//!   panic) prints `Sensitive` instead of the value.
 //!
 //! This replaced tower-http's request-id, trace and propagate layers and our separate limits
 //! layer: four futures nested per request, a span, two clock reads and a timer entry even when
 //! nothing recorded them were the largest part of what the cache-hit path spent beyond a bare
-//! axum server (issue 15; the figures are in README.md's benchmark section).
+//! axum server (issue 15; the figures are in README.md's benchmark section). The panic guard and
+//! the sensitive marks were tower-http's `CatchPanicLayer` and `SetSensitive*HeadersLayer` around
+//! each route: those boxed every answer's body twice and cloned their header lists per request
+//! (issue 23; bench/README.md has the instruction counts). Here they cost a landing pad and
+//! four header look-ups.
 
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::header;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::future::Either;
 use pin_project_lite::pin_project;
@@ -42,6 +53,13 @@ use super::problem::Problem;
 
 /// The header that carries a request's id, in and out.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request headers marked sensitive: the caller's credentials.
+const SENSITIVE_REQUEST: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    header::COOKIE,
+];
 
 /// The layer of [`Front`]: `deadline` is the longest any non-proxy request may take.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +105,7 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
+        mark_sensitive(request.headers_mut(), &SENSITIVE_REQUEST);
         let proxy = limits::is_proxy(&request);
         let span = tracing::info_span!(
             "request",
@@ -121,7 +140,13 @@ where
         };
         let answer = match limits::oversized(&request, proxy) {
             Some(refusal) => Either::Left(ready(Ok(refusal))),
-            None => Either::Right(span.in_scope(|| self.inner.call(request))),
+            None => {
+                let inner = &mut self.inner;
+                match catch_unwind(AssertUnwindSafe(|| span.in_scope(|| inner.call(request)))) {
+                    Ok(answer) => Either::Right(answer),
+                    Err(_) => Either::Left(ready(Ok(panicked()))),
+                }
+            }
         };
         Answer {
             answer,
@@ -132,6 +157,30 @@ where
             started,
         }
     }
+}
+
+/// Mark every value of the headers in `names` sensitive, in one pass comparing names: a look-up
+/// per name (`HeaderMap::entry`) hashes the name and reserves room for an insert, which showed
+/// as 3.8% of a cache hit's instructions under callgrind.
+fn mark_sensitive(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for (name, value) in headers.iter_mut() {
+        if names.contains(name) {
+            value.set_sensitive(true);
+        }
+    }
+}
+
+/// The answer of a handler that panicked: a 500 problem, logged once without the panic's payload
+/// (it may quote a value the broker handled).
+fn panicked() -> Response {
+    tracing::error!("a request handler panicked; answered 500");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        "the broker failed while answering this request; try again, and report it with the X-Request-Id if it repeats",
+    )
+    .into_response()
 }
 
 /// A fresh request id: a UUID v4 in its usual 36-character form.
@@ -161,9 +210,12 @@ impl<F: Future<Output = Answered>> Future for Answer<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answered> {
         let mut this = self.project();
         let _entered = this.span.enter();
-        let mut response = match this.answer.poll(cx) {
-            Poll::Ready(Ok(response)) => response,
-            Poll::Pending => {
+        // A panic ends the answer here: the future is not polled again (this one is ready).
+        let polled = catch_unwind(AssertUnwindSafe(|| this.answer.as_mut().poll(cx)));
+        let mut response = match polled {
+            Ok(Poll::Ready(Ok(response))) => response,
+            Err(_) => panicked(),
+            Ok(Poll::Pending) => {
                 if this.timer.is_none() {
                     this.timer.set(Some(tokio::time::sleep(*this.limit)));
                 }
@@ -186,6 +238,7 @@ impl<F: Future<Output = Answered>> Future for Answer<F> {
         if let Some(id) = this.id.take() {
             response.headers_mut().entry(REQUEST_ID).or_insert(id);
         }
+        mark_sensitive(response.headers_mut(), &[header::SET_COOKIE]);
         if let Some(started) = this.started {
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             tracing::debug!(
@@ -300,5 +353,108 @@ mod tests {
             refused.headers().contains_key(REQUEST_ID),
             "refusals carry one too"
         );
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    /// The front door served on loopback around two handlers: one that panics, one that shows
+    /// the request headers as `Debug` prints them.
+    async fn serve_front() -> std::net::SocketAddr {
+        let router = Router::new().route("/panic", get(boom)).route(
+            "/headers",
+            get(|headers: HeaderMap| async move { format!("{headers:?}") }),
+        );
+        let app = FrontLayer::new(Duration::from_secs(5)).layer(router);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, tower::make::Shared::new(app))
+                .await
+                .unwrap()
+        });
+        addr
+    }
+
+    /// Send `request` on `stream` and read one answer whose body is `Content-Length` long.
+    async fn exchange(stream: &mut tokio::net::TcpStream, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..100 {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert!(
+                n > 0,
+                "the connection was closed: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return text;
+                }
+            }
+        }
+        panic!("no complete answer");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_problem_and_the_connection_lives_on() {
+        let addr = serve_front().await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let first = exchange(&mut stream, "GET /panic HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(first.starts_with("HTTP/1.1 500"), "{first}");
+        assert!(first.contains("application/problem+json"), "{first}");
+        assert!(first.contains("\"status\":500"), "{first}");
+        assert!(
+            !first.contains("boom"),
+            "the panic's message stays in the broker: {first}"
+        );
+        let second = exchange(&mut stream, "GET /headers HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(
+            second.starts_with("HTTP/1.1 200"),
+            "same connection after the panic: {second}"
+        );
+    }
+
+    #[tokio::test]
+    async fn credentials_in_headers_are_marked_sensitive() {
+        let addr = serve_front().await;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = exchange(
+            &mut stream,
+            "GET /headers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer secret-1\r\nX-Api-Key: secret-2\r\nCookie: secret-3\r\nCookie: secret-5\r\nX-Other: visible\r\n\r\n",
+        )
+        .await;
+        assert!(answer.contains("visible"), "{answer}");
+        for secret in ["secret-1", "secret-2", "secret-3", "secret-5"] {
+            assert!(
+                !answer.contains(secret),
+                "{secret} printed by Debug: {answer}"
+            );
+        }
+        let router = Router::new().route(
+            "/cookie",
+            get(|| async { ([(header::SET_COOKIE, "session=secret-4")], "ok") }),
+        );
+        let app = FrontLayer::new(Duration::from_secs(5)).layer(router);
+        let answered = call(&app, Request::get("/cookie").body(Body::empty()).unwrap()).await;
+        let cookie = &answered.headers()[header::SET_COOKIE];
+        assert!(cookie.is_sensitive(), "Set-Cookie is marked sensitive");
+        assert!(!format!("{:?}", answered.headers()).contains("secret-4"));
     }
 }

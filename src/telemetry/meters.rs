@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ::metrics::Counter;
+use ::metrics::{Counter, Histogram};
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -45,7 +45,46 @@ struct Installed {
     cache_hits: Counter,
     cache_misses: Counter,
     /// By profile, then outcome; bounded, as profiles are configured names (or `_unknown`).
-    token_requests: ArcSwap<ByName<Arc<str>, ByName<&'static str, Counter>>>,
+    token_requests: Handles<Counter>,
+    /// By route, then status class; bounded, as routes are configured names (or `_unknown`).
+    proxy_requests: Handles<Counter>,
+    /// By route (the second key is always ""): bounded like `proxy_requests`.
+    proxy_upstream: Handles<Histogram>,
+}
+
+/// Metric handles by a configured name and a label from a fixed list, registered on first use
+/// and then found without the registry (which builds a label set, allocating, per look-up).
+/// Copied on write: a new name or label is rare, a look-up is every request.
+struct Handles<H>(ArcSwap<ByName<Arc<str>, ByName<&'static str, H>>>);
+
+impl<H: Clone> Handles<H> {
+    fn new() -> Self {
+        Handles(ArcSwap::default())
+    }
+
+    /// `update` the handle of (`name`, `label`), registered by `register` the first time.
+    /// Borrowed, not cloned: a clone would touch the handle's shared reference count.
+    fn with(
+        &self,
+        name: &str,
+        label: &'static str,
+        register: impl FnOnce() -> H,
+        update: impl FnOnce(&H),
+    ) {
+        if let Some(handle) = self.0.load().get(name).and_then(|by| by.get(label)) {
+            return update(handle);
+        }
+        let handle = register();
+        update(&handle);
+        self.0.rcu(|known| {
+            let mut known = ByName::clone(known);
+            known
+                .entry(name.into())
+                .or_default()
+                .insert(label, handle.clone());
+            known
+        });
+    }
 }
 
 /// A map of names looked up on every request: foldhash, not SipHash (the names are configured,
@@ -62,7 +101,9 @@ pub fn install() -> PrometheusHandle {
             handle: install_recorder(),
             cache_hits: ::metrics::counter!(CACHE_LOOKUPS, "result" => "hit"),
             cache_misses: ::metrics::counter!(CACHE_LOOKUPS, "result" => "miss"),
-            token_requests: ArcSwap::default(),
+            token_requests: Handles::new(),
+            proxy_requests: Handles::new(),
+            proxy_upstream: Handles::new(),
         })
         .handle
         .clone()
@@ -156,28 +197,14 @@ pub fn token_request(profile: &str, status: u16) {
         _ => "internal_error",
     };
     let register = || ::metrics::counter!(TOKEN_REQUESTS, "profile" => profile.to_owned(), "outcome" => outcome);
-    // Without the recorder (the one-shot CLI) the macro's no-op counter is all there is.
-    let Some(installed) = INSTALLED.get() else {
-        return register().increment(1);
-    };
-    if let Some(counter) = installed
-        .token_requests
-        .load()
-        .get(profile)
-        .and_then(|by_outcome| by_outcome.get(outcome))
-    {
-        return counter.increment(1);
+    let count = |counter: &Counter| counter.increment(1);
+    match INSTALLED.get() {
+        Some(installed) => installed
+            .token_requests
+            .with(profile, outcome, register, count),
+        // Without the recorder (the one-shot CLI) the macro's no-op counter is all there is.
+        None => count(&register()),
     }
-    let counter = register();
-    counter.increment(1);
-    installed.token_requests.rcu(|known| {
-        let mut known = ByName::clone(known);
-        known
-            .entry(profile.into())
-            .or_default()
-            .insert(outcome, counter.clone());
-        known
-    });
 }
 
 /// Count one cache lookup that produced a token: from the cache (`hit`) or after waiting for
@@ -204,7 +231,13 @@ pub fn proxy_request(route: &str, status: u16) {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    ::metrics::counter!(PROXY_REQUESTS, "route" => route.to_owned(), "class" => class).increment(1);
+    let register =
+        || ::metrics::counter!(PROXY_REQUESTS, "route" => route.to_owned(), "class" => class);
+    let count = |counter: &Counter| counter.increment(1);
+    match INSTALLED.get() {
+        Some(installed) => installed.proxy_requests.with(route, class, register, count),
+        None => count(&register()),
+    }
 }
 
 /// Count one proxied response header replaced because it carried the broker's token.
@@ -214,8 +247,12 @@ pub fn proxy_redacted_header(route: &str) {
 
 /// Record how long a proxied upstream took to answer (headers).
 pub fn proxy_upstream(route: &str, elapsed: Duration) {
-    ::metrics::histogram!(PROXY_UPSTREAM_DURATION, "route" => route.to_owned())
-        .record(elapsed.as_secs_f64());
+    let register = || ::metrics::histogram!(PROXY_UPSTREAM_DURATION, "route" => route.to_owned());
+    let record = |histogram: &Histogram| histogram.record(elapsed.as_secs_f64());
+    match INSTALLED.get() {
+        Some(installed) => installed.proxy_upstream.with(route, "", register, record),
+        None => record(&register()),
+    }
 }
 
 /// Count one upstream call to `target` (`maskinporten`, `altinn`) with its `outcome` (`ok`,
@@ -316,5 +353,34 @@ mod tests {
         assert!(text.contains(
             "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"client_error\"}"
         ));
+    }
+
+    #[test]
+    fn proxy_requests_and_latency_are_counted_through_the_kept_handles() {
+        let handle = install();
+        for status in [200, 204, 201, 404] {
+            proxy_request("unit-test-route", status);
+        }
+        proxy_upstream("unit-test-route", Duration::from_millis(3));
+        proxy_upstream("unit-test-route", Duration::from_millis(30));
+        let text = handle.render();
+        assert!(
+            text.contains(
+                "broker_proxy_requests_total{route=\"unit-test-route\",class=\"2xx\"} 3\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "broker_proxy_requests_total{route=\"unit-test-route\",class=\"4xx\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "broker_proxy_upstream_duration_seconds_count{route=\"unit-test-route\"} 2\n"
+            ),
+            "{text}"
+        );
     }
 }

@@ -46,29 +46,29 @@ pub const REPLAY_LIMIT: u64 = 1024 * 1024;
 pub const ORG_HEADER: HeaderName = HeaderName::from_static("x-broker-org");
 
 /// Hop-by-hop headers (RFC 9110 section 7.6.1), never forwarded in either direction.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Request headers that are the caller's business with the broker, not the upstream's: its
 /// credentials, the organisation it asked for, and what the broker and the client library set
 /// themselves (`Host`, `Content-Length`, `Expect`).
-const NOT_FORWARDED: &[&str] = &[
-    "authorization",
-    "x-api-key",
-    "cookie",
-    "x-broker-org",
-    "host",
-    "content-length",
-    "expect",
+const NOT_FORWARDED: [HeaderName; 7] = [
+    header::AUTHORIZATION,
+    HeaderName::from_static("x-api-key"),
+    header::COOKIE,
+    ORG_HEADER,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::EXPECT,
 ];
 
 /// Forward a request to a configured route's upstream with the route profile's token.
@@ -101,13 +101,11 @@ pub async fn forward(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let (name, rest) = split(request.uri().path());
-    let rest = rest.to_owned();
-    let route = state.proxy.routes.get(name);
+    let route = state.proxy.routes.get(split(request.uri().path()).0);
     let label = route.map_or("_unknown", |r| r.name.as_str());
     let method = request.method().clone();
     let result = match route {
-        Some(route) => forward_to(&state, caller, route, &rest, request).await,
+        Some(route) => forward_to(&state, caller, route, request).await,
         None => Err(unknown_route(&state.proxy).into()),
     };
     let (response, failure) = match result {
@@ -144,11 +142,11 @@ async fn forward_to(
     state: &AppState,
     caller: Result<Caller, Problem>,
     route: &Route,
-    rest: &str,
     request: Request,
 ) -> Result<Response, ApiError> {
     let caller = caller?;
     let (parts, body) = request.into_parts();
+    let rest = split(parts.uri.path()).1;
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
         return Err(bad_request(
             "absolute-form request targets are not accepted: send only the path, /proxy/{name}/...",
@@ -161,14 +159,17 @@ async fn forward_to(
     let url = path::target(&route.base, rest, parts.uri.query())
         .map_err(|e| bad_request(format!("{e}; route {:?}", route.name)))?;
     let mut body = RequestBody::read(body, &parts.headers, route.max_body, route.timeout).await?;
-    let headers = forwarded(&parts.headers);
+    // The caller's own map, stripped in place: the request's headers are copied only into
+    // each request sent.
+    let mut headers = parts.headers;
+    strip_not_forwarded(&mut headers);
     let token = token_for(state, &caller, &key).await?;
     let exchange = Exchange {
         client: &state.proxy.client,
         route,
         method: &parts.method,
         url: &url,
-        headers: &headers,
+        headers,
     };
     let mut answer = exchange.send(&mut body, &token).await?;
     let mut sent = vec![token.clone()];
@@ -211,31 +212,39 @@ fn request_org(headers: &HeaderMap, route: &Route) -> Result<Option<OrgNumber>, 
     }
 }
 
-/// The caller's headers minus hop-by-hop ones (and those `Connection` names) and minus the
+/// Remove from the caller's headers hop-by-hop ones (and those `Connection` names) and the
 /// caller's business with the broker ([`NOT_FORWARDED`]).
-fn forwarded(headers: &HeaderMap) -> HeaderMap {
-    let mut out = headers.clone();
-    strip_hop_by_hop(&mut out);
-    for name in NOT_FORWARDED {
-        out.remove(*name);
-    }
-    out
+fn strip_not_forwarded(headers: &mut HeaderMap) {
+    strip_hop_by_hop(headers);
+    strip_listed(headers, &NOT_FORWARDED);
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    strip_listed(headers, &HOP_BY_HOP);
+}
+
+/// Remove every header named in `listed`. One pass over the names comes first: most requests
+/// and answers carry few of them, and comparing names costs less than a look-up per listed name.
+fn strip_listed(headers: &mut HeaderMap, listed: &[HeaderName]) {
+    let present: Vec<&HeaderName> = listed
+        .iter()
+        .filter(|name| headers.keys().any(|key| key == *name))
+        .collect();
+    for name in present {
+        headers.remove(name);
     }
 }
 
@@ -343,7 +352,8 @@ struct Exchange<'a> {
     route: &'a Route,
     method: &'a Method,
     url: &'a Url,
-    headers: &'a HeaderMap,
+    /// What is forwarded of the caller's headers (built once, copied into each request sent).
+    headers: HeaderMap,
 }
 
 impl Exchange<'_> {
@@ -352,30 +362,42 @@ impl Exchange<'_> {
         body: &mut RequestBody,
         token: &Token,
     ) -> Result<reqwest::Response, ApiError> {
-        let mut request = self
-            .client
-            .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone())
-            .timeout(self.route.timeout)
-            .bearer_auth(token.value.expose());
+        let mut request = reqwest::Request::new(self.method.clone(), self.url.clone());
+        *request.timeout_mut() = Some(self.route.timeout);
+        let headers = request.headers_mut();
+        *headers = self.headers.clone();
+        let Some(authorization) = bearer(token) else {
+            return Err(Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "proxy-token-unusable",
+                "Token unusable",
+                format!(
+                    "the token of profile {:?} cannot be sent in an Authorization header",
+                    self.route.profile
+                ),
+            )
+            .with("route", self.route.name.as_str())
+            .into());
+        };
+        headers.insert(header::AUTHORIZATION, authorization);
         match body {
             RequestBody::Buffered(bytes) if bytes.is_empty() => {}
-            RequestBody::Buffered(bytes) => request = request.body(bytes.clone()),
+            RequestBody::Buffered(bytes) => *request.body_mut() = Some(bytes.clone().into()),
             RequestBody::Streamed {
                 body: stream,
                 length,
                 ..
             } => {
                 if let Some(n) = length {
-                    request = request.header(header::CONTENT_LENGTH, *n);
+                    headers.insert(header::CONTENT_LENGTH, (*n).into());
                 }
                 if let Some(stream) = stream.take() {
-                    request = request.body(stream);
+                    *request.body_mut() = Some(stream);
                 }
             }
         }
         let started = Instant::now();
-        let result = request.send().await;
+        let result = self.client.execute(request).await;
         crate::telemetry::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|e| {
             body.fault()
@@ -416,11 +438,19 @@ impl Exchange<'_> {
     }
 }
 
+/// `Authorization: Bearer <token>`, marked sensitive; `None` if the token cannot be a header.
+fn bearer(token: &Token) -> Option<header::HeaderValue> {
+    let mut value =
+        header::HeaderValue::try_from(format!("Bearer {}", token.value.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// The upstream's answer as the caller's: status, headers minus hop-by-hop ones and with no
 /// token the broker `sent`, body streamed.
-fn into_response(answer: reqwest::Response, route: &str, sent: &[Arc<Token>]) -> Response {
+fn into_response(mut answer: reqwest::Response, route: &str, sent: &[Arc<Token>]) -> Response {
     let status = answer.status();
-    let mut headers = answer.headers().clone();
+    let mut headers = std::mem::take(answer.headers_mut());
     strip_hop_by_hop(&mut headers);
     redact_tokens(&mut headers, route, sent);
     let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
@@ -433,6 +463,10 @@ fn into_response(answer: reqwest::Response, route: &str, sent: &[Arc<Token>]) ->
 /// and logging each (the header's name only): the app behind the proxy must never hold a token.
 fn redact_tokens(headers: &mut HeaderMap, route: &str, sent: &[Arc<Token>]) {
     for (name, value) in headers.iter_mut() {
+        // A value shorter than every token cannot hold one: most headers need no search.
+        if sent.iter().all(|t| value.len() < t.value.expose().len()) {
+            continue;
+        }
         // Tokens are ASCII, so the lossy text holds one wherever the bytes do.
         let text = String::from_utf8_lossy(value.as_bytes());
         if sent.iter().any(|t| text.contains(t.value.expose())) {
@@ -529,7 +563,8 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = forwarded(&h);
+        let mut out = h;
+        strip_not_forwarded(&mut out);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "x-custom"]);

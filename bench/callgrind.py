@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Instructions per request of broker builds under callgrind (issue #23): a measure that does not
+move with the machine's load, for comparing builds while other work shares the cores.
+
+Each build runs bench/broker.yaml (env local, level warn) under `valgrind --tool=callgrind` with
+instrumentation off; after WARM requests it is switched on (`callgrind_control -i on`), REQUESTS
+requests are sent over CONNS keep-alive connections (one client thread each, each waiting for its
+answer before the next request), instrumentation is switched off again and the process ends. The
+instruction count (Ir) of that window divided by REQUESTS is the figure; the top functions by
+inclusive and self cost are printed with `callgrind_annotate`.
+
+usage: bench/callgrind.py [--proxy] NAME=BINARY [NAME=BINARY ...]
+  NAME=baseline  the bare axum server (target/release/examples/bench_baseline) instead
+  --proxy        GET /proxy/bench/token/altinn, the egress proxy to a bench_baseline upstream
+                 (1 KiB body, run natively on 127.0.0.1:18081); default GET /token/altinn
+env:   REQUESTS (2000), CONNS (16), WARM (200), TOP (25 functions listed; 0: none)
+e.g.   bench/callgrind.py before=/tmp/broker-before after=target/release/maskinporten-broker
+"""
+import os, re, socket, subprocess, sys, tempfile, threading, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BASELINE = f"{ROOT}/target/release/examples/bench_baseline"
+REQUESTS = int(os.environ.get("REQUESTS", 2000))
+CONNS = int(os.environ.get("CONNS", 16))
+WARM = int(os.environ.get("WARM", 200))
+TOP = int(os.environ.get("TOP", 25))
+CFG = open(f"{HERE}/broker.yaml").read()
+
+
+def get(sock, path, host):
+    """One GET on a keep-alive socket; returns the status code. Reads exactly one answer."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before the answer's head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if m:
+        need = int(m.group(1))
+        while len(body) < need:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the body")
+            body += chunk
+    elif re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+        while not body.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed in the chunked body")
+            body += chunk
+    return status
+
+
+def drive(port, path, total, conns):
+    """total GETs over conns connections; returns the number of non-200 answers."""
+    bad = [0]
+    per = [total // conns + (1 if i < total % conns else 0) for i in range(conns)]
+
+    def client(n):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for _ in range(n):
+                if get(s, path, f"127.0.0.1:{port}") != 200:
+                    bad[0] += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in per if n]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return bad[0]
+
+
+def wait_up(port, proc, seconds=300):
+    for _ in range(seconds * 5):
+        if proc.poll() is not None:
+            sys.exit(f"the server on port {port} exited during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if get(s, "/healthz", "x") == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    sys.exit(f"port {port} did not answer /healthz")
+
+
+def main():
+    args = sys.argv[1:]
+    proxy = "--proxy" in args
+    args = [a for a in args if a != "--proxy"]
+    if not args:
+        sys.exit(__doc__)
+    path = "/proxy/bench/token/altinn" if proxy else "/token/altinn"
+    work = tempfile.mkdtemp(prefix="broker-callgrind.")
+    upstream = None
+    if proxy:
+        upstream = subprocess.Popen([BASELINE, "1024", "127.0.0.1:18081"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = []
+    port = 18290
+    try:
+        if upstream:
+            wait_up(18081, upstream)
+        for arg in args:
+            name, binary = arg.split("=", 1)
+            port += 1
+            out = f"{work}/{name}.callgrind"
+            if binary == "baseline":
+                if proxy:
+                    sys.exit("baseline has no /proxy route")
+                cmd = [BASELINE, "1190", f"127.0.0.1:{port}"]
+            else:
+                cfg = f"{work}/{name}.yaml"
+                open(cfg, "w").write(CFG.replace("127.0.0.1:18080", f"127.0.0.1:{port}"))
+                cmd = [binary, "--config", cfg]
+            proc = subprocess.Popen(
+                ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                 f"--callgrind-out-file={out}", *cmd],
+                stdout=open(f"{work}/{name}.log", "w"), stderr=subprocess.STDOUT)
+            try:
+                wait_up(port, proc)
+                bad = drive(port, path, WARM, CONNS)
+                subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)],
+                               check=True, capture_output=True)
+                started = time.time()
+                bad += drive(port, path, REQUESTS, CONNS)
+                took = time.time() - started
+                subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)],
+                               check=True, capture_output=True)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=120)
+            total = 0
+            for line in open(out):
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    total = int(line.split()[1])
+            results.append((name, total / REQUESTS, bad, took, out))
+            print(f"{name:12s} {total / REQUESTS:10.0f} Ir/request  ({REQUESTS} requests, "
+                  f"{CONNS} conns, {bad} non-200, {took:.1f} s under callgrind)", flush=True)
+            if TOP:
+                annotated = subprocess.run(
+                    ["callgrind_annotate", "--inclusive=yes", f"--threshold=99", out],
+                    capture_output=True, text=True).stdout
+                lines = [l for l in annotated.splitlines() if re.match(r"^\s*[\d,]+ \(", l)]
+                print("\n".join(lines[:TOP]))
+                print()
+    finally:
+        if upstream:
+            upstream.terminate()
+    print(f"callgrind files in {work}")
+    for name, ir, bad, took, out in results:
+        print(f"{name:12s} {ir:10.0f} Ir/request")
+
+
+if __name__ == "__main__":
+    main()
