@@ -33,6 +33,7 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct SystemUserRequestBody {
     /// The customer's organisation number (9 digits, mod-11 check digit).
+    #[schema(pattern = "^[0-9]{9}$")]
     pub org: String,
     /// Your reference for the system user; absent: the organisation number.
     pub external_ref: Option<String>,
@@ -109,7 +110,7 @@ pub async fn create_request(
     get,
     path = "/systemusers/requests/{id}",
     tag = "onboarding",
-    params(("id" = String, Path, description = "The request id (a UUID) from POST /systemusers/requests")),
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The request id (a UUID) from POST /systemusers/requests")),
     responses(
         (status = 200, description = "The request", body = RequestView),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
