@@ -40,6 +40,7 @@ pub struct IntrospectRequest {
         (status = 400, description = "invalid_request: the body is not JSON or a form with identity_provider and token", body = TexasError),
         (status = 401, description = "invalid_client: with clients configured, no API key, token or certificate identifies the caller", body = TexasError),
         (status = 403, description = "unauthorized_client: the caller's client lacks introspect: true", body = TexasError),
+        (status = 413, description = "invalid_request: the body is over 16 KiB", body = TexasError),
     )
 )]
 pub async fn introspect(

@@ -15,6 +15,10 @@ use super::problem::Problem;
 /// Longest a single request to the broker may take before it gets a 503.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest body of a POST route (`/api/v1/token`, `/api/v1/introspect`,
+/// `/systemusers/requests`): each request is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 /// Longest path + query accepted.
 pub const MAX_URI_BYTES: usize = 1024;
 /// Most bytes of header names and values together.

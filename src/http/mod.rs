@@ -47,7 +47,7 @@ fn table() -> OpenApiRouter<AppState> {
             OpenApiRouter::new()
                 .routes(routes!(texas::token))
                 .routes(routes!(introspect::introspect))
-                .layer(RequestBodyLimitLayer::new(texas::MAX_BODY_BYTES))
+                .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
                 .layer(axum::middleware::map_response(texas::body_too_large)),
         )
         .routes(routes!(token::get_token))

@@ -22,11 +22,9 @@ use crate::onboarding::system::System;
 use crate::upstream::register::RegisterError;
 
 use super::auth::Caller;
+use super::limits::MAX_BODY_BYTES;
 use super::problem::{ApiError, Problem, upstream_problem};
 use super::state::AppState;
-
-/// Largest request body accepted: a request is a few hundred bytes.
-const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What `POST /systemusers/requests` takes.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

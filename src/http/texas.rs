@@ -22,13 +22,11 @@ use crate::policy::org::OrgNumber;
 use crate::policy::profile::ON_DEMAND;
 
 use super::auth::Caller;
+use super::limits::MAX_BODY_BYTES;
 use super::on_demand::parse_exchange;
 use super::problem::{ApiError, Problem};
 use super::serving::token_for;
 use super::state::AppState;
-
-/// Largest request body accepted: a texas request is a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// A texas token request, with the broker's extensions `org` and `exchange`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
