@@ -327,3 +327,168 @@ async fn change_wait_exits_0_when_approved_and_1_when_rejected_or_out_of_time() 
 fn unused(_: &Path) {
     let _ = (cli, click, shipped_broker);
 }
+
+#[tokio::test]
+async fn the_http_routes_change_for_onboarding_clients_within_their_orgs_only() {
+    let extra = format!(
+        "{}clients:\n  - name: settings-page\n    key_sha256: {}\n    profiles: [altinn]\n    orgs: [{ORG}]\n    onboarding: true\n  - name: invoicing\n    key_sha256: {}\n    profiles: [altinn]\n    orgs: [{ORG}]\n",
+        system_with_new_right(),
+        maskinporten_broker::hash_api_key("key-of-settings-page"),
+        maskinporten_broker::hash_api_key("key-of-invoicing"),
+    );
+    let v = Vendor::start(SYSTEM).await;
+    ok_lines(&v.cli(&["system", "register", "--json"]).await);
+    v.register.add_users_holding(
+        SYSTEM_ID,
+        &[ORG.to_owned(), OTHER_ORG.to_owned()],
+        &[OLD_RIGHT],
+    );
+    v.write(&extra);
+    ok_lines(&v.cli(&["system", "register", "--json"]).await);
+    let app = v.serve().await;
+    let base = format!("http://{}", app.addr);
+    let http = reqwest::Client::new();
+    let post = |key: &'static str, body: Value| {
+        http.post(format!("{base}/systemusers/changes"))
+            .header("x-api-key", key)
+            .json(&body)
+            .send()
+    };
+    let answer = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("eyJ"), "no token in an answer: {text}");
+        (status, serde_json::from_str::<Value>(&text).unwrap())
+    };
+    let calls = v.register.calls().len();
+    let page = "key-of-settings-page";
+    for (key, body, status, says) in [
+        (
+            "key-of-invoicing",
+            json!({"org": ORG}),
+            403,
+            "onboarding: true",
+        ),
+        (
+            page,
+            json!({"org": OTHER_ORG}),
+            403,
+            "may not onboard organisation",
+        ),
+        (
+            page,
+            json!({"org": ORG, "add_rights": ["ske-unknown"]}),
+            400,
+            "system register",
+        ),
+        (
+            page,
+            json!({"org": ORG, "addRights": [NEW_RIGHT]}),
+            400,
+            "add_rights",
+        ),
+        (page, json!({"org": "123"}), 400, "org"),
+    ] {
+        let (got, problem) = answer(post(key, body.clone()).await.unwrap()).await;
+        assert_eq!(got, status, "{body}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{problem}"
+        );
+    }
+    assert_eq!(v.register.calls().len(), calls, "refused before any call");
+
+    let (status, created) = answer(post(page, json!({"org": ORG})).await.unwrap()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "New");
+    let (status, again) = answer(
+        post(page, json!({"org": ORG, "add_rights": [NEW_RIGHT]}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &again["id"]), (200, &created["id"]));
+    assert_eq!(v.register.changes().len(), 1);
+    let id = created["id"].as_str().unwrap();
+    let get = |path: String, key: &'static str| {
+        http.get(format!("{base}{path}"))
+            .header("x-api-key", key)
+            .send()
+    };
+    let (status, read) = answer(
+        get(format!("/systemusers/changes/{id}"), page)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &read["id"]), (200, &created["id"]));
+    let (status, _) = answer(
+        get(format!("/systemusers/changes/{id}"), "key-of-invoicing")
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = answer(
+        get("/systemusers/changes/not-a-uuid".into(), page)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let unknown = "/systemusers/changes/00000000-0000-4000-8000-000000000000";
+    let (status, _) = answer(get(unknown.into(), page).await.unwrap()).await;
+    assert_eq!(status, 404);
+
+    v.register.accept_change(id);
+    let (status, done) = answer(post(page, json!({"org": ORG})).await.unwrap()).await;
+    assert_eq!((status, &done["status"]), (200, &json!("NoChangeNeeded")));
+    assert_eq!(done["id"], Value::Null);
+
+    let doc: Value = fetch_json(&http, &format!("{base}/openapi.json")).await;
+    let post_doc = &doc["paths"]["/systemusers/changes"]["post"]["responses"];
+    for status in [
+        "200", "201", "400", "401", "403", "404", "409", "501", "502", "503", "504",
+    ] {
+        assert!(
+            post_doc[status].is_object(),
+            "POST /systemusers/changes {status}"
+        );
+    }
+    let get_doc = &doc["paths"]["/systemusers/changes/{id}"]["get"]["responses"];
+    for status in ["200", "400", "403", "404"] {
+        assert!(
+            get_doc[status].is_object(),
+            "GET /systemusers/changes/{{id}} {status}"
+        );
+    }
+    assert_eq!(v.register.violations(), Vec::<String>::new());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_http_route_refuses_an_agent_system_user_with_409_and_a_missing_one_with_404() {
+    let v = Vendor::registered().await;
+    v.register.add_agent_user(SYSTEM_ID, OTHER_ORG);
+    let app = v.serve().await;
+    let http = reqwest::Client::new();
+    for (org, status, says) in [
+        (OTHER_ORG, 409, "delete it and request it anew"),
+        (ORG, 404, "has no system user"),
+    ] {
+        let r = http
+            .post(format!("http://{}/systemusers/changes", app.addr))
+            .json(&json!({"org": org}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let problem: Value = r.json().await.unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{problem}"
+        );
+    }
+    assert_eq!(v.register.change_queries(), Vec::<String>::new());
+    app.shutdown().await;
+}
