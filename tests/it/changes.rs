@@ -323,11 +323,6 @@ async fn change_wait_exits_0_when_approved_and_1_when_rejected_or_out_of_time() 
     assert_eq!(v.register.violations(), Vec::<String>::new());
 }
 
-#[allow(dead_code)]
-fn unused(_: &Path) {
-    let _ = (cli, click, shipped_broker);
-}
-
 #[tokio::test]
 async fn the_http_routes_change_for_onboarding_clients_within_their_orgs_only() {
     let extra = format!(
@@ -491,4 +486,76 @@ async fn the_http_route_refuses_an_agent_system_user_with_409_and_a_missing_one_
     }
     assert_eq!(v.register.change_queries(), Vec::<String>::new());
     app.shutdown().await;
+}
+
+#[tokio::test]
+async fn on_the_laptop_a_right_added_to_system_reaches_the_customer_by_sync_and_the_confirm_page() {
+    // The shipped broker.yaml, served, with the simulator's Maskinporten strict.
+    let strict = [("BROKER__LOCAL__SYSTEM_USERS", "strict".to_owned())];
+    let (_broker, envs) = shipped_broker(&strict).await;
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("broker.yaml");
+    let http = reqwest::Client::new();
+    ok_lines(&cli(&shipped, &["system", "register", "--json"], &envs).await);
+    let asked = ["systemuser", "request", "--org", OTHER_ORG, "--json"];
+    let request = ok_lines(&cli(&shipped, &asked, &envs).await).remove(0);
+    click(&http, request["confirm_url"].as_str().unwrap(), "accept").await;
+
+    // The vendor adds a right to system: and registers it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.yaml");
+    let yaml = std::fs::read_to_string(&shipped).unwrap().replace(
+        &format!("rights: [{OLD_RIGHT}]"),
+        &format!("rights: [{OLD_RIGHT}, {NEW_RIGHT}]"),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let registered = ok_lines(&cli(&config, &["system", "register", "--json"], &envs).await);
+    assert_eq!(registered[0]["action"], "updated");
+    assert_eq!(registered[0]["customers_lacking"], 1);
+    let out = cli(&config, &["system", "register"], &envs).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
+
+    let sync = ["systemuser", "sync", "--json"];
+    let first = ok_lines(&cli(&config, &sync, &envs).await);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        (&first[0]["org"], &first[0]["status"]),
+        (&json!(OTHER_ORG), &json!("New"))
+    );
+    let confirm_url = first[0]["confirm_url"].as_str().unwrap().to_owned();
+    assert!(
+        confirm_url.starts_with("http://127.0.0.1:") && confirm_url.contains("/changerequest?id="),
+        "{confirm_url}"
+    );
+    let again = ok_lines(&cli(&config, &sync, &envs).await);
+    assert_eq!(again[0]["id"], first[0]["id"], "twice: the same change");
+
+    let page = click(&http, &confirm_url, "accept").await;
+    assert!(page.contains("Accepted"), "{page}");
+    let id = first[0]["id"].as_str().unwrap();
+    let status = ok_lines(&cli(&config, &["systemuser", "status", id, "--json"], &envs).await);
+    assert_eq!(status[0]["status"], "Accepted");
+    let done = ok_lines(&cli(&config, &sync, &envs).await);
+    assert_eq!(
+        done[0]["status"], "NoChangeNeeded",
+        "the system user now holds the right"
+    );
+    let registered = ok_lines(&cli(&config, &["system", "register", "--json"], &envs).await);
+    assert_eq!(registered[0]["action"], "unchanged");
+
+    // A right the system does not list: refused before any call, saying what to do.
+    let out = cli(
+        &config,
+        &[
+            "systemuser",
+            "change",
+            "--org",
+            OTHER_ORG,
+            "--add-right",
+            "ske-x",
+        ],
+        &envs,
+    )
+    .await;
+    fails_saying(&out, &["not in system.rights", "system register"]);
+    assert!(!stderr(&out).contains("eyJ"));
 }
