@@ -23,7 +23,7 @@ use super::register::{
 use crate::key::secret::Secret;
 
 /// The most change requests of one system read when looking for pending and accepted ones.
-pub const MAX_CHANGE_REQUESTS: usize = 50_000;
+pub const MAX_CHANGE_REQUESTS: usize = 10_000;
 
 impl RegisterApi {
     /// `GET systemuser/vendor/byquery?system-id=&orgno=&external-ref=` (scope

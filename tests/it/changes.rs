@@ -559,3 +559,19 @@ async fn on_the_laptop_a_right_added_to_system_reaches_the_customer_by_sync_and_
     fails_saying(&out, &["not in system.rights", "system register"]);
     assert!(!stderr(&out).contains("eyJ"));
 }
+
+#[tokio::test]
+async fn sync_reads_at_most_10000_change_requests_and_then_asks_for_nothing() {
+    let (v, _) = vendor_gaining_a_right(&[ORG.to_owned()]).await;
+    v.register.set_page_size(1000);
+    v.register.add_old_changes(SYSTEM_ID, 10_000);
+    let done = ok_lines(&v.cli(&["systemuser", "sync", "--json"]).await);
+    assert_eq!(done[0]["status"], "New", "10000 read to the end");
+    v.register.add_old_changes(SYSTEM_ID, 1);
+    let out = v.cli(&["systemuser", "sync"]).await;
+    fails_saying(
+        &out,
+        &["more than 10000 change requests", "asks for nothing"],
+    );
+    assert_eq!(v.register.change_queries().len(), 1);
+}

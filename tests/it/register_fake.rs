@@ -200,6 +200,11 @@ impl FakeRegister {
             .map(|h| h.0.clone())
             .unwrap_or_default()
     }
+    /// `n` answered change requests of `system` for a system user long gone.
+    pub fn add_old_changes(&self, system: &str, n: usize) {
+        let change = json!({"id": "", "systemId": system, "systemUserId": uuid::Uuid::new_v4().to_string(), "status": "Rejected"});
+        self.lock().changes.extend(std::iter::repeat_n(change, n));
+    }
     pub fn changes(&self) -> Vec<Value> {
         self.lock().changes.clone()
     }
