@@ -57,7 +57,7 @@ pub async fn system(settings: Settings, action: SystemAction, json: bool) -> any
                 print(json, &done, || {
                     let mut text = format!("{}: {}", done.system_id, done.action);
                     if let Some(n) = done.customers_lacking {
-                        text.push_str(&format!("\n{n} customers' system users lack a right or access package system: now lists: run `maskinporten-broker systemuser sync`"));
+                        text.push_str(&format!("\ncustomers lacking a right or access package that system: now lists: {n}; run `maskinporten-broker systemuser sync` to ask them"));
                     }
                     text
                 });
