@@ -161,8 +161,50 @@ pub enum SystemuserAction {
         #[arg(long, default_value = "altinn")]
         profile: String,
     },
-    /// A request's state by its id.
+    /// A request's (or change request's) state by its id.
     Status { id: String },
     /// Every system user of the system.
     List,
+    /// Ask a customer to approve rights added to (or removed from) the system user it has;
+    /// without --add-*/--remove-*: what system: lists now. Prints the URL to send the customer.
+    Change(ChangeArgs),
+    /// For every system user (or the one of --org), ask for what system: lists now; one line per
+    /// customer: NoChangeNeeded, or the change and the URL to send.
+    Sync {
+        /// Only this organisation's system users.
+        #[arg(long)]
+        org: Option<String>,
+    },
+}
+
+/// `systemuser change`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChangeArgs {
+    /// The customer's organisation number.
+    #[arg(long)]
+    pub org: String,
+    /// The external reference of its system user (default: the organisation number).
+    #[arg(long)]
+    pub external_ref: Option<String>,
+    /// A right (resource id) of system.rights to add; repeatable.
+    #[arg(long = "add-right")]
+    pub add_rights: Vec<String>,
+    /// A right (resource id) to remove; repeatable.
+    #[arg(long = "remove-right")]
+    pub remove_rights: Vec<String>,
+    /// An access package of system.access_packages to add; repeatable.
+    #[arg(long = "add-package")]
+    pub add_packages: Vec<String>,
+    /// An access package to remove; repeatable.
+    #[arg(long = "remove-package")]
+    pub remove_packages: Vec<String>,
+    /// Where Altinn sends the customer after answering (one of system.allowed_redirect_urls).
+    #[arg(long)]
+    pub redirect_url: Option<String>,
+    /// Wait until the customer answers: Accepted exits 0; Rejected, Denied, Timedout exit 1.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (e.g. 10m, 1h).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }

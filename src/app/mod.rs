@@ -5,8 +5,10 @@
 //! router. [`App::spawn`] serves on a given listener (tests use `127.0.0.1:0`); [`run`] binds the
 //! configured address and waits for SIGTERM/SIGINT.
 
+mod changes;
 pub mod cli;
 pub mod commands;
+mod follow;
 pub mod onboarding;
 mod serve;
 mod tls;

@@ -6,25 +6,23 @@
 //! itself. In `env: local` the register lives in the running broker's simulator, so the command
 //! asks that broker (at `listen`) for its tokens and its Altinn platform. It never prints a token.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use url::Url;
 
 use super::cli::{SystemAction, SystemuserAction};
+use super::follow::{Followed, follow, print};
 use super::{Built, build};
 use crate::config::{Environment, Settings};
 use crate::key::secret::Secret;
-use crate::onboarding::flow::{self, Admin, Ask, Onboarding, RequestView, RunningBroker};
+use crate::onboarding::flow::{
+    self, Admin, Ask, Onboarding, OnboardingError, RequestView, RunningBroker,
+};
 use crate::onboarding::system::System;
 use crate::tokens::cache::REFUSAL_MEMORY;
 use crate::upstream::register::{MAX_SYSTEM_USERS, RegisterApi};
 
-/// `--wait` polls first after this long...
-const FIRST_POLL: Duration = Duration::from_secs(2);
-/// ... and backs off to at most this.
-const LONGEST_POLL: Duration = Duration::from_secs(30);
 /// Tries of the proof token after `Accepted` ...
 const PROOF_ATTEMPTS: u32 = 3;
 /// ... this far apart: longer than the cache remembers a refusal.
@@ -51,11 +49,22 @@ pub async fn system(settings: Settings, action: SystemAction, json: bool) -> any
                 format!("{}: {state}", shown.system_id)
             })
         }),
-        SystemAction::Register => onboarding.register().await.map(|done| {
-            print(json, &done, || {
-                format!("{}: {}", done.system_id, done.action)
-            })
-        }),
+        SystemAction::Register => match onboarding.register().await {
+            Ok(mut done) => {
+                if done.gained {
+                    done.customers_lacking = super::changes::lacking(&onboarding).await;
+                }
+                print(json, &done, || {
+                    let mut text = format!("{}: {}", done.system_id, done.action);
+                    if let Some(n) = done.customers_lacking {
+                        text.push_str(&format!("\ncustomers lacking a right or access package that system: now lists: {n}; run `maskinporten-broker systemuser sync` to ask them"));
+                    }
+                    text
+                });
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
     };
     setup.shutdown();
     Ok(result?)
@@ -92,8 +101,13 @@ pub async fn systemuser(
                 print_request(json, &view);
                 Ok(())
             }
+            Err(OnboardingError::NoSuchRequest(_)) => {
+                super::changes::status(&onboarding, &id, json).await
+            }
             Err(e) => Err(e.into()),
         },
+        SystemuserAction::Change(change) => super::changes::change(&onboarding, change, json).await,
+        SystemuserAction::Sync { org } => super::changes::sync(&onboarding, org, json).await,
         SystemuserAction::List => match onboarding.list().await {
             Ok((users, truncated)) => {
                 for user in &users {
@@ -137,33 +151,31 @@ async fn request(
     };
     if !view.is_final() {
         print_request(json, &view);
-        eprintln!(
-            "waiting up to {} for the customer to answer at the confirm URL ...",
-            humantime::format_duration(timeout)
-        );
-        let deadline = Instant::now() + timeout;
-        let mut pause = FIRST_POLL;
-        while !view.is_final() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                bail!(
-                    "request {} is still {} after {}; run `systemuser status {}` later",
-                    view.id,
-                    view.status,
-                    humantime::format_duration(timeout),
-                    view.id
-                );
-            }
-            tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 3 / 2).min(LONGEST_POLL);
-            view = onboarding.status(&view.id).await?;
-        }
+        view = follow(
+            view,
+            timeout,
+            |id| async move { onboarding.status(&id).await },
+        )
+        .await?;
     }
     if view.status == "Accepted" {
         view.token_expires_at = Some(prove(onboarding, &profile, &ask.org).await?);
     }
     print_request(json, &view);
     refused(&view)
+}
+
+impl Followed for RequestView {
+    const WHAT: &'static str = "request";
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+    fn is_final(&self) -> bool {
+        RequestView::is_final(self)
+    }
 }
 
 /// One system-user token as proof, tried [`PROOF_ATTEMPTS`] times: a refusal from just before the
@@ -221,18 +233,6 @@ fn print_request(json: bool, view: &RequestView) {
         }
         text
     });
-}
-
-/// One result: a JSON object on one line, or text.
-fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce() -> String) {
-    if json {
-        match serde_json::to_string(value) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("cannot print the result as JSON: {e}"),
-        }
-    } else {
-        println!("{}", text());
-    }
 }
 
 /// What the commands need: the system, Altinn's API, and where tokens come from.

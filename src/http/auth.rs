@@ -26,6 +26,7 @@ use super::problem::Problem;
 use super::state::AppState;
 
 /// Who a request comes from, for authorization and the audit line.
+#[derive(Clone)]
 pub enum Caller {
     Anonymous,
     Client(Arc<Client>, Via),

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod bodies;
+pub mod changes;
 pub mod front;
 pub mod health;
 pub mod introspect;
@@ -59,6 +60,8 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(onboarding::create_request))
         .routes(routes!(onboarding::get_request))
         .routes(routes!(onboarding::list_system_users))
+        .routes(routes!(changes::create_change))
+        .routes(routes!(changes::get_change))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
         .route("/proxy/{name}", proxy_methods())
         .route("/proxy/{name}/", proxy_methods())

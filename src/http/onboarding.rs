@@ -168,7 +168,10 @@ pub async fn list_system_users(
 }
 
 /// The configured system, when this caller may onboard.
-fn allowed(state: &AppState, caller: Result<Caller, Problem>) -> Result<Arc<System>, Problem> {
+pub(super) fn allowed(
+    state: &AppState,
+    caller: Result<Caller, Problem>,
+) -> Result<Arc<System>, Problem> {
     if let Caller::Client(client, _) = caller?
         && !client.onboarding
     {
@@ -192,7 +195,10 @@ fn allowed(state: &AppState, caller: Result<Caller, Problem>) -> Result<Arc<Syst
     })
 }
 
-fn session<'a>(state: &'a AppState, system: &'a System) -> Result<Onboarding<'a>, Problem> {
+pub(super) fn session<'a>(
+    state: &'a AppState,
+    system: &'a System,
+) -> Result<Onboarding<'a>, Problem> {
     let api = flow::api_for(&state.broker().generation(), system)
         .map_err(|e| ApiError::Resolve(e).problem())?;
     Ok(Onboarding {
@@ -202,7 +208,7 @@ fn session<'a>(state: &'a AppState, system: &'a System) -> Result<Onboarding<'a>
     })
 }
 
-fn bad_request(detail: impl Into<String>) -> Problem {
+pub(super) fn bad_request(detail: impl Into<String>) -> Problem {
     Problem::new(
         StatusCode::BAD_REQUEST,
         "bad-request",
@@ -212,7 +218,7 @@ fn bad_request(detail: impl Into<String>) -> Problem {
 }
 
 /// An onboarding failure as a problem: Altinn's refusals as 502 with `altinn_code`.
-fn problem(error: OnboardingError) -> Problem {
+pub(super) fn problem(error: OnboardingError) -> Problem {
     let detail = crate::telemetry::Chain(&error).to_string();
     match error {
         OnboardingError::Altinn(RegisterError::Refused { status, code, .. }) => {

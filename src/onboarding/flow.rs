@@ -137,6 +137,12 @@ pub struct Registered {
     pub system_id: String,
     /// `created`, `updated` or `unchanged`.
     pub action: &'static str,
+    /// Whether the update added a right or access package (existing system users lack it).
+    #[serde(skip)]
+    pub gained: bool,
+    /// After a gain: how many customers' system users lack something `system:` lists now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customers_lacking: Option<usize>,
 }
 
 /// What a system-user request asks for.
@@ -176,6 +182,7 @@ impl Onboarding<'_> {
     pub async fn register(&self) -> Result<Registered, OnboardingError> {
         let (id, body) = (&self.system.id, self.system.body());
         let token = self.admin_token().await?;
+        let mut gained = false;
         let action = match self.api.system(&token, id).await? {
             Some(r) if field_of(&r, "isDeleted").as_bool() == Some(true) => {
                 return Err(OnboardingError::Deleted(id.clone()));
@@ -189,8 +196,11 @@ impl Onboarding<'_> {
                 Err(e) => return Err(e.into()),
             },
             Some(r) if self.system.differences(&r).is_empty() => "unchanged",
-            Some(_) => match self.api.update_system(&token, id, &body).await {
-                Ok(()) => "updated",
+            Some(r) => match self.api.update_system(&token, id, &body).await {
+                Ok(()) => {
+                    gained = self.system.differences(&r).iter().any(Difference::gains);
+                    "updated"
+                }
                 Err(RegisterError::Refused { advice, .. }) if advice.contains("deleted") => {
                     return Err(OnboardingError::Deleted(id.clone()));
                 }
@@ -201,6 +211,8 @@ impl Onboarding<'_> {
         Ok(Registered {
             system_id: id.clone(),
             action,
+            gained,
+            customers_lacking: None,
         })
     }
 
@@ -337,7 +349,7 @@ impl Onboarding<'_> {
         }
     }
 
-    async fn admin_token(&self) -> Result<Secret, OnboardingError> {
+    pub(super) async fn admin_token(&self) -> Result<Secret, OnboardingError> {
         let profile = &self.system.profile;
         match &self.admin {
             Admin::Cache(tokens) => {

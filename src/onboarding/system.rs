@@ -48,6 +48,17 @@ pub struct Difference {
     pub configured: Value,
 }
 
+impl Difference {
+    /// Whether the configured `rights` or `access_packages` hold one the registered lacks.
+    pub fn gains(&self) -> bool {
+        let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+        matches!(self.field, "rights" | "access_packages")
+            && list(&self.configured)
+                .iter()
+                .any(|c| !list(&self.registered).contains(c))
+    }
+}
+
 /// Check `system:`; `client_ids` are those of every configured Maskinporten client (the
 /// default when `system.client_ids` is empty). Problems go to `problems` with their field path.
 pub fn validate(

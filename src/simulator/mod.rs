@@ -14,8 +14,11 @@
 //!   `GET /storage/api/v1/whoami`, that checks tokens as Altinn would (for the egress proxy).
 //! - `register`: Altinn's system register and system-user requests, and the page where a
 //!   customer accepts (`/accessmanagement/ui/systemuser/request?id=`).
+//! - `changes`: system-user change requests, and the page where a customer approves one
+//!   (`/accessmanagement/ui/systemuser/changerequest?id=`).
 
 mod altinn;
+mod changes;
 mod maskinporten;
 mod register;
 #[cfg(test)]
@@ -274,6 +277,10 @@ fn router(world: Arc<World>) -> Router {
             "/accessmanagement/ui/systemuser/agentrequest",
             get(register::confirm_page).post(register::confirm_answer),
         )
+        .route(
+            "/accessmanagement/ui/systemuser/changerequest",
+            get(changes::confirm_page).post(changes::confirm_answer),
+        )
         .with_state(world)
 }
 
@@ -303,5 +310,21 @@ fn register_api() -> Router<Arc<World>> {
         .route(
             "/systemuser/vendor/bysystem/{system}",
             get(list_system_users),
+        )
+        .route(
+            "/systemuser/vendor/byquery",
+            get(changes::system_user_by_query),
+        )
+        .route(
+            "/systemuser/changerequest/vendor",
+            post(changes::create_change),
+        )
+        .route(
+            "/systemuser/changerequest/vendor/{id}",
+            get(changes::get_change),
+        )
+        .route(
+            "/systemuser/changerequest/vendor/bysystem/{system}",
+            get(changes::list_changes),
         )
 }

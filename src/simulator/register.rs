@@ -33,27 +33,29 @@ use crate::policy::org::OrgNumber;
 /// The most systems, requests and system users the simulator keeps, each.
 pub const MAX_RECORDS: usize = 10_000;
 /// System users per page of `bysystem`, as Altinn pages them.
-const PAGE: usize = 50;
+pub(super) const PAGE: usize = 50;
 
-const SCOPE_REGISTER: &str = "altinn:authentication/systemregister.write";
-const SCOPE_REQUEST_WRITE: &str = "altinn:authentication/systemuser.request.write";
-const SCOPE_REQUEST_READ: &str = "altinn:authentication/systemuser.request.read";
+pub(super) const SCOPE_REGISTER: &str = "altinn:authentication/systemregister.write";
+pub(super) const SCOPE_REQUEST_WRITE: &str = "altinn:authentication/systemuser.request.write";
+pub(super) const SCOPE_REQUEST_READ: &str = "altinn:authentication/systemuser.request.read";
 const RESOURCE: &str = "urn:altinn:resource";
 const ACCESS_PACKAGE: &str = "urn:altinn:accesspackage:";
 
 /// Everything the register holds.
 #[derive(Default)]
 pub struct Register {
-    systems: BTreeMap<String, System>,
+    pub(super) systems: BTreeMap<String, System>,
     requests: BTreeMap<String, Request>,
-    users: Vec<SystemUser>,
+    pub(super) users: Vec<SystemUser>,
+    /// Change requests (`simulator/changes.rs`).
+    pub(super) changes: BTreeMap<String, Change>,
 }
 
-struct System {
-    vendor: String,
-    body: Value,
+pub(super) struct System {
+    pub(super) vendor: String,
+    pub(super) body: Value,
     internal_id: String,
-    deleted: bool,
+    pub(super) deleted: bool,
 }
 
 #[derive(Clone)]
@@ -71,12 +73,32 @@ struct Request {
 }
 
 #[derive(Clone)]
-struct SystemUser {
-    id: String,
-    system_id: String,
-    org: String,
-    external_ref: String,
+pub(super) struct SystemUser {
+    pub(super) id: String,
+    pub(super) system_id: String,
+    pub(super) org: String,
+    pub(super) external_ref: String,
     created: String,
+    /// What the customer approved: rights and access packages, as Altinn writes them.
+    pub(super) rights: Vec<Value>,
+    pub(super) packages: Vec<Value>,
+    /// An agent (client delegation) system user.
+    pub(super) agent: bool,
+}
+
+/// A change request as Altinn keeps it (its calls and page: `simulator/changes.rs`).
+#[derive(Clone)]
+pub(super) struct Change {
+    pub(super) id: String,
+    pub(super) system_id: String,
+    pub(super) user_id: String,
+    pub(super) org: String,
+    pub(super) external_ref: String,
+    /// The four lists, by their Altinn names.
+    pub(super) lists: BTreeMap<&'static str, Vec<Value>>,
+    pub(super) status: &'static str,
+    pub(super) redirect_url: Option<String>,
+    pub(super) created: String,
 }
 
 impl Register {
@@ -114,7 +136,7 @@ impl Register {
     }
 
     /// A 503 when `len` records of a kind are already held.
-    fn room(len: usize, what: &str) -> Result<(), Refusal> {
+    pub(super) fn room(len: usize, what: &str) -> Result<(), Refusal> {
         if len >= MAX_RECORDS {
             return Err(problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -172,7 +194,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn problem(status: StatusCode, code: Option<&'static str>, detail: &str) -> Refusal {
+pub(super) fn problem(status: StatusCode, code: Option<&'static str>, detail: &str) -> Refusal {
     Refusal::Problem {
         status,
         code,
@@ -186,7 +208,7 @@ fn bad(code: &'static str, detail: &str) -> Refusal {
 
 /// The vendor organisation of a caller holding `scope`: 401 without a valid token, 403 without
 /// the scope.
-fn vendor(world: &World, headers: &HeaderMap, scope: &str) -> Result<String, Refusal> {
+pub(super) fn vendor(world: &World, headers: &HeaderMap, scope: &str) -> Result<String, Refusal> {
     let claims = bearer(headers)
         .ok_or(())
         .and_then(|t| verify_altinn_or_maskinporten_token(world, t).map_err(drop))
@@ -212,7 +234,7 @@ fn vendor(world: &World, headers: &HeaderMap, scope: &str) -> Result<String, Ref
         })
 }
 
-fn json_body(body: &[u8]) -> Result<Value, Refusal> {
+pub(super) fn json_body(body: &[u8]) -> Result<Value, Refusal> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .filter(Value::is_object)
@@ -225,17 +247,17 @@ fn json_body(body: &[u8]) -> Result<Value, Refusal> {
         })
 }
 
-fn array(v: &Value) -> impl Iterator<Item = &Value> {
+pub(super) fn array(v: &Value) -> impl Iterator<Item = &Value> {
     v.as_array().into_iter().flatten()
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
 
-fn lock(world: &World) -> std::sync::MutexGuard<'_, Register> {
+pub(super) fn lock(world: &World) -> std::sync::MutexGuard<'_, Register> {
     // A writer that panicked left whole values behind; keep serving.
     world.register.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -375,7 +397,11 @@ pub(super) async fn get_system(
     Ok(Json(answer).into_response())
 }
 
-fn own_system<'r>(register: &'r Register, caller: &str, id: &str) -> Result<&'r System, Refusal> {
+pub(super) fn own_system<'r>(
+    register: &'r Register,
+    caller: &str,
+    id: &str,
+) -> Result<&'r System, Refusal> {
     let system = register
         .systems
         .get(id)
@@ -592,7 +618,7 @@ fn new_request(
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
-fn bad_auth(code: &'static str, detail: &str) -> Refusal {
+pub(super) fn bad_auth(code: &'static str, detail: &str) -> Refusal {
     problem(StatusCode::BAD_REQUEST, Some(code), detail)
 }
 
@@ -656,7 +682,7 @@ fn read_request(
 /// `?token=` of a `bysystem` page: where the page starts.
 #[derive(serde::Deserialize)]
 pub(super) struct PageQuery {
-    token: Option<usize>,
+    pub(super) token: Option<usize>,
 }
 
 /// `GET systemuser/vendor/bysystem/{system}`: 50 per page, `links.next` to the rest.
@@ -687,6 +713,7 @@ pub(super) async fn list_system_users(
                 "created": u.created,
                 "isDeleted": false,
                 "externalRef": u.external_ref,
+                "userType": if u.agent { "agent" } else { "standard" },
             })
         })
         .collect();
@@ -702,7 +729,7 @@ pub(super) async fn list_system_users(
 /// `?id=` of the confirm page.
 #[derive(serde::Deserialize)]
 pub(super) struct ConfirmQuery {
-    id: Option<String>,
+    pub(super) id: Option<String>,
 }
 
 /// `GET /accessmanagement/ui/systemuser/request?id=`: the request, and Accept and Reject.
@@ -739,65 +766,90 @@ pub(super) async fn confirm_page(
 
 /// `POST /accessmanagement/ui/systemuser/request`: the customer's answer (`id`, `action`).
 pub(super) async fn confirm_answer(State(world): State<Arc<World>>, body: Bytes) -> Response {
-    let form: BTreeMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let (Some(id), Some(action)) = (form.get("id"), form.get("action")) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            page("Bad answer", "<p>The form needs id and action.</p>"),
-        )
-            .into_response();
+    let (id, accept) = match form_answer(&body) {
+        Ok(answer) => answer,
+        Err(bad) => return bad.into_response(),
     };
     let mut register = lock(&world);
     let users = register.users.len();
-    let Some(request) = register.requests.get_mut(id) else {
+    let Some(request) = register.requests.get_mut(&id) else {
         return no_such_request();
     };
-    if request.status != "New" {
-        let text = format!("<p>This request is already {}.</p>", request.status);
-        return (StatusCode::CONFLICT, page("Already answered", &text)).into_response();
+    if let Err(answered) = still_new(request.status) {
+        return answered.into_response();
     }
-    let accepted = match action.as_str() {
-        "accept" => {
-            if let Err(full) = Register::room(users, "system users") {
-                return full.into_response();
-            }
-            request.status = "Accepted";
-            true
-        }
-        "reject" => {
-            request.status = "Rejected";
-            false
-        }
-        _ => {
-            return (
-                StatusCode::BAD_REQUEST,
-                page("Bad answer", "<p>action is accept or reject.</p>"),
-            )
-                .into_response();
-        }
-    };
+    if accept && let Err(full) = Register::room(users, "system users") {
+        return full.into_response();
+    }
+    request.status = if accept { "Accepted" } else { "Rejected" };
     let request = request.clone();
-    if accepted {
+    if accept {
         register.users.push(SystemUser {
             id: uuid::Uuid::new_v4().to_string(),
             system_id: request.system_id.clone(),
             org: request.org.clone(),
             external_ref: request.external_ref.clone(),
             created: now(),
+            rights: array(&request.rights).cloned().collect(),
+            packages: array(&request.packages).cloned().collect(),
+            agent: request.agent,
         });
     }
+    answered_page(
+        "request",
+        &request.org,
+        request.status,
+        request.redirect_url.as_deref(),
+    )
+}
+
+/// The customer's answer on a confirm page (`id`, `action`): the id, and whether it accepts; a
+/// 400 page for a form without them.
+pub(super) fn form_answer(body: &[u8]) -> Result<(String, bool), (StatusCode, Html<String>)> {
+    let form: BTreeMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    let bad = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            page("Bad answer", &format!("<p>{why}</p>")),
+        )
+    };
+    let (Some(id), Some(action)) = (form.get("id"), form.get("action")) else {
+        return Err(bad("The form needs id and action."));
+    };
+    match action.as_str() {
+        "accept" => Ok((id.clone(), true)),
+        "reject" => Ok((id.clone(), false)),
+        _ => Err(bad("action is accept or reject.")),
+    }
+}
+
+/// A 409 page when the request (or change request) was already answered.
+pub(super) fn still_new(status: &str) -> Result<(), (StatusCode, Html<String>)> {
+    if status == "New" {
+        return Ok(());
+    }
+    let text = format!("<p>This request is already {status}.</p>");
+    Err((StatusCode::CONFLICT, page("Already answered", &text)))
+}
+
+/// The page after an answer, with the way back to the vendor when the request named one.
+pub(super) fn answered_page(
+    what: &str,
+    org: &str,
+    status: &str,
+    redirect: Option<&str>,
+) -> Response {
     let mut text = format!(
-        "<p>The request for organisation {} is {}.</p>",
-        escape(&request.org),
-        request.status
+        "<p>The {what} for organisation {} is {status}.</p>",
+        escape(org)
     );
-    if let Some(url) = &request.redirect_url {
+    if let Some(url) = redirect {
         text.push_str(&format!(
             "<p><a href=\"{}\">Back to the vendor</a></p>",
             escape(url)
         ));
     }
-    page(request.status, &text).into_response()
+    page(status, &text).into_response()
 }
 
 fn no_such_request() -> Response {
@@ -805,14 +857,14 @@ fn no_such_request() -> Response {
     (StatusCode::NOT_FOUND, page("No such request", text)).into_response()
 }
 
-fn page(title: &str, body: &str) -> Html<String> {
+pub(super) fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t} (simulated Altinn)</title></head>\n<body><h1>{t}</h1>\n{body}\n</body></html>\n",
         t = escape(title)
     ))
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -858,6 +910,9 @@ mod tests {
             org: "974761076".into(),
             external_ref: "974761076".into(),
             created: now(),
+            rights: Vec::new(),
+            packages: Vec::new(),
+            agent: false,
         });
         assert!(register.check_system_user("c", "974761076", None).is_ok());
         assert!(

@@ -11,5 +11,6 @@ pub(crate) mod fetch;
 pub(crate) mod grant;
 pub(crate) mod maskinporten;
 pub(crate) mod register;
+pub(crate) mod register_changes;
 pub(crate) mod register_codes;
 pub(crate) mod retry;

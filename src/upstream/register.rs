@@ -216,33 +216,49 @@ impl RegisterApi {
         system: &str,
     ) -> Result<(Vec<Value>, bool), RegisterError> {
         let first = format!("systemuser/vendor/bysystem/{}", segment(system));
-        let mut next = Some(self.url(&first)?);
-        let mut users = Vec::new();
+        self.pages(&first, SCOPE_REGISTER, token, MAX_SYSTEM_USERS, |_| true)
+            .await
+    }
+
+    /// A paged list (`{"links": {"next"}, "data": [...]}`) from `first` on, following
+    /// `links.next`: the entries `keep` picks among the first `limit` read, and `true` when more
+    /// were left unread.
+    pub(super) async fn pages(
+        &self,
+        first: &str,
+        scope: &'static str,
+        token: &Secret,
+        limit: usize,
+        mut keep: impl FnMut(&Value) -> bool,
+    ) -> Result<(Vec<Value>, bool), RegisterError> {
+        let mut next = Some(self.url(first)?);
+        let (mut kept, mut read) = (Vec::new(), 0usize);
         while let Some(url) = next.take() {
-            if users.len() >= MAX_SYSTEM_USERS {
-                return Ok((users, true));
+            if read >= limit {
+                return Ok((kept, true));
             }
             let page = self
-                .fetch(Method::GET, url, &first, SCOPE_REGISTER, token, None)
+                .fetch(Method::GET, url, first, scope, token, None)
                 .await?
                 .1;
             let data = field_of(&page, "data")
                 .as_array()
-                .ok_or_else(|| invalid(&first, "a page without a data array".into()))?;
-            let room = MAX_SYSTEM_USERS - users.len();
-            users.extend(data.iter().take(room).cloned());
+                .ok_or_else(|| invalid(first, "a page without a data array".into()))?;
+            let room = limit - read;
+            read += data.len().min(room);
+            kept.extend(data.iter().take(room).filter(|v| keep(v)).cloned());
             let link = field_of(field_of(&page, "links"), "next");
             next = match link.as_str().filter(|l| !l.is_empty()) {
                 // A page that adds nothing but points on would loop for ever.
                 Some(_) if data.is_empty() => None,
-                Some(link) => Some(self.within_base(&first, link)?),
+                Some(link) => Some(self.within_base(first, link)?),
                 None => None,
             };
             if data.len() > room {
-                return Ok((users, true));
+                return Ok((kept, true));
             }
         }
-        Ok((users, false))
+        Ok((kept, false))
     }
 
     /// `links.next`, only when it stays under the platform base (the token goes with it).
@@ -263,14 +279,14 @@ impl RegisterApi {
         Ok(url)
     }
 
-    fn url(&self, path: &str) -> Result<Url, RegisterError> {
+    pub(super) fn url(&self, path: &str) -> Result<Url, RegisterError> {
         self.base
             .join(path)
             .map_err(|e| invalid(path, format!("cannot build the URL: {e}")))
     }
 
     /// One call: its JSON answer (`null` for an empty one) on a 2xx.
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -283,7 +299,7 @@ impl RegisterApi {
         Ok(answer)
     }
 
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         method: Method,
         url: Url,
@@ -362,7 +378,7 @@ fn refusal(call: String, status: u16, scope: &str, body: &str) -> RegisterError 
     }
 }
 
-fn invalid(call: &str, reason: String) -> RegisterError {
+pub(super) fn invalid(call: &str, reason: String) -> RegisterError {
     RegisterError::Invalid {
         call: call.to_owned(),
         reason,
@@ -381,7 +397,7 @@ fn request_object(call: &str, value: Value) -> Result<Value, RegisterError> {
 }
 
 /// What a JSON value is, without its content (it could be anything).
-fn kind(value: &Value) -> &'static str {
+pub(super) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "nothing",
         Value::Bool(_) => "a boolean",
@@ -392,7 +408,7 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn segment(text: &str) -> String {
+pub(super) fn segment(text: &str) -> String {
     utf8_percent_encode(text, SEGMENT).to_string()
 }
 

@@ -64,13 +64,22 @@ pub fn advice(code: &str) -> Option<&'static str> {
         }
         "AUTH-00006" => "the request was already accepted: the system user exists",
         "AUTH-00007" => {
-            "a request for this organisation and external reference is already pending: send the customer its confirm URL again"
+            "a request (or change request) for this organisation and external reference is already pending: send the customer its confirm URL again"
         }
         "AUTH-00008" => {
             "the request for this organisation and external reference was denied: make a new one with another --external-ref"
         }
         "AUTH-00009" => {
             "the customer rejected the request: make a new one with another --external-ref if they should reconsider"
+        }
+        "AUTH-00010" => {
+            "Altinn has no request or change request with this id: check the id `systemuser request` or `systemuser change` printed"
+        }
+        "AUTH-00013" | "AUTH-00061" => {
+            "the change request was already answered (its status is not New): run `systemuser change` (or `systemuser sync`) again for a new one; the broker uses a new correlation id for each change"
+        }
+        "AUTH-00015" => {
+            "the organisation has no system user for this system (or it is an agent system user, which cannot be changed): ask for one with `systemuser request`, or delete the agent system user and request it anew"
         }
         "AUTH-00011" => {
             "Altinn does not know this system: run `maskinporten-broker system register` first"
@@ -93,7 +102,7 @@ mod tests {
     use super::*;
 
     /// Every code PROTOCOL.md lists.
-    const CODES: [&str; 24] = [
+    const CODES: [&str; 28] = [
         "VLD-00000",
         "VLD-00001",
         "VLD-00002",
@@ -114,10 +123,14 @@ mod tests {
         "AUTH-00007",
         "AUTH-00008",
         "AUTH-00009",
+        "AUTH-00010",
         "AUTH-00011",
+        "AUTH-00013",
+        "AUTH-00015",
         "AUTH-00021",
         "AUTH-00023",
         "AUTH-00059",
+        "AUTH-00061",
     ];
 
     #[test]

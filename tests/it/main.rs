@@ -8,6 +8,7 @@ mod support;
 
 mod access;
 mod bounded;
+mod changes;
 mod cli;
 mod connections;
 mod container_files;

@@ -14,20 +14,20 @@ use tokio::process::Command;
 use crate::register_fake::FakeRegister;
 use crate::support::*;
 
-const SYSTEM_ID: &str = "991825827_wenche";
-const SYSTEM: &str = "system:\n  id: 991825827_wenche\n  name: {nb: Wenche, nn: Wenche, en: Wenche}\n  description: {nb: Aksjonærregisteroppgave, nn: Aksjonærregisteroppgåve, en: Shareholder register}\n  rights: [ske-innrapportering-aksjonaerregisteroppgave]\n  allowed_redirect_urls: ['https://vendor.example/done']\n";
+pub(crate) const SYSTEM_ID: &str = "991825827_wenche";
+pub(crate) const SYSTEM: &str = "system:\n  id: 991825827_wenche\n  name: {nb: Wenche, nn: Wenche, en: Wenche}\n  description: {nb: Aksjonærregisteroppgave, nn: Aksjonærregisteroppgåve, en: Shareholder register}\n  rights: [ske-innrapportering-aksjonaerregisteroppgave]\n  allowed_redirect_urls: ['https://vendor.example/done']\n";
 
 /// A vendor's broker config (env test) against the fakes, written to a temporary directory.
-struct Vendor {
+pub(crate) struct Vendor {
     mp: FakeMaskinporten,
     _altinn: FakeAltinn,
-    register: FakeRegister,
-    config: PathBuf,
+    pub(crate) register: FakeRegister,
+    pub(crate) config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Vendor {
-    async fn start(extra: &str) -> Vendor {
+    pub(crate) async fn start(extra: &str) -> Vendor {
         let mp = FakeMaskinporten::start().await;
         let altinn = FakeAltinn::start(&mp).await;
         let register = FakeRegister::start(&mp).await;
@@ -45,7 +45,7 @@ impl Vendor {
     }
 
     /// The config with `extra` (top-level keys, `system:` among them) after the endpoints.
-    fn write(&self, extra: &str) {
+    pub(crate) fn write(&self, extra: &str) {
         let yaml = format!(
             "env: test\nclient_id: {CLIENT_ID}\nkid: {KID}\nkey:\n  path: {}\nendpoints:\n  issuer: {}\n  token_url: {}\n  altinn_exchange_url: {}\n  altinn_platform: {}\nlog:\n  level: warn\n{extra}",
             fixture("client-key.pem"),
@@ -58,18 +58,18 @@ impl Vendor {
     }
 
     /// A vendor whose system is registered.
-    async fn registered() -> Vendor {
+    pub(crate) async fn registered() -> Vendor {
         let v = Vendor::start(SYSTEM).await;
         ok_lines(&v.cli(&["system", "register", "--json"]).await);
         v
     }
 
-    async fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) async fn cli(&self, args: &[&str]) -> Output {
         cli(&self.config, args, &[]).await
     }
 
     /// The broker of this config serving in-process on a loopback port.
-    async fn serve(&self) -> maskinporten_broker::app::App {
+    pub(crate) async fn serve(&self) -> maskinporten_broker::app::App {
         let yaml = std::fs::read_to_string(&self.config).unwrap();
         let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,7 +86,7 @@ impl Vendor {
 }
 
 /// The binary with `--config config` and `args`, at most 60 s.
-async fn cli(config: &Path, args: &[&str], envs: &[(&str, String)]) -> Output {
+pub(crate) async fn cli(config: &Path, args: &[&str], envs: &[(&str, String)]) -> Output {
     let child = command(config, args, envs).output();
     tokio::time::timeout(Duration::from_secs(60), child)
         .await
@@ -110,17 +110,17 @@ fn command(config: &Path, args: &[&str], envs: &[(&str, String)]) -> Command {
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Every line of stdout as JSON; the command must have exited 0.
-fn ok_lines(o: &Output) -> Vec<Value> {
+pub(crate) fn ok_lines(o: &Output) -> Vec<Value> {
     assert!(o.status.success(), "exit 0; stderr: {}", stderr(o));
     lines(o)
 }
 
-fn lines(o: &Output) -> Vec<Value> {
+pub(crate) fn lines(o: &Output) -> Vec<Value> {
     let out = stdout(o);
     assert!(!out.contains("eyJ"), "no token in the output: {out}");
     out.lines()
@@ -129,7 +129,7 @@ fn lines(o: &Output) -> Vec<Value> {
 }
 
 /// Exit 1, one clear line on stderr containing each of `expected`; no token anywhere.
-fn fails_saying(o: &Output, expected: &[&str]) -> String {
+pub(crate) fn fails_saying(o: &Output, expected: &[&str]) -> String {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(1), "exit 1; stderr: {err}");
     for e in expected {
@@ -260,14 +260,14 @@ async fn a_request_twice_is_the_same_pending_request_and_an_org_with_a_system_us
 
 /// `systemuser request ... --wait --json` running, with the first line it printed (the request,
 /// with its confirm URL).
-struct Waiting {
+pub(crate) struct Waiting {
     child: tokio::process::Child,
-    first: Value,
+    pub(crate) first: Value,
     rest: tokio::task::JoinHandle<Vec<String>>,
 }
 
 impl Waiting {
-    async fn start(config: &Path, args: &[&str], envs: &[(&str, String)]) -> Waiting {
+    pub(crate) async fn start(config: &Path, args: &[&str], envs: &[(&str, String)]) -> Waiting {
         let mut child = command(config, args, envs)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -294,7 +294,7 @@ impl Waiting {
     }
 
     /// Its exit code, the lines after the first (as JSON) and stderr.
-    async fn finish(mut self) -> (Option<i32>, Vec<Value>, String) {
+    pub(crate) async fn finish(mut self) -> (Option<i32>, Vec<Value>, String) {
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
             .expect("the wait ends")
@@ -314,7 +314,7 @@ impl Waiting {
 }
 
 /// Poll `check` every 50 ms for at most 20 s.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
+pub(crate) async fn eventually(what: &str, check: impl Fn() -> bool) {
     for _ in 0..400 {
         if check() {
             return;
@@ -654,7 +654,7 @@ async fn mp_303_on_a_system_user_token_names_its_three_causes() {
 }
 
 /// The shipped broker.yaml served as `cargo run --release` does, on a free port, with `envs`.
-async fn shipped_broker(
+pub(crate) async fn shipped_broker(
     envs: &[(&'static str, String)],
 ) -> (tokio::process::Child, Vec<(&'static str, String)>) {
     let port = free_port();
@@ -666,7 +666,7 @@ async fn shipped_broker(
 }
 
 /// Fetch the confirm page as a browser would, and submit its form with the button `action`.
-async fn click(http: &reqwest::Client, confirm_url: &str, action: &str) -> String {
+pub(crate) async fn click(http: &reqwest::Client, confirm_url: &str, action: &str) -> String {
     let page = http
         .get(confirm_url)
         .send()

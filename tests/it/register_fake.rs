@@ -61,6 +61,12 @@ struct Register {
     page_size: usize,
     /// Answer the next call with this status and code instead.
     refuse_next: Option<(u16, String)>,
+    /// Change requests, as Altinn stores them (NoChangeNeeded answers are not stored).
+    changes: Vec<Value>,
+    /// The query string of every `POST changerequest/vendor`, in order.
+    change_queries: Vec<String>,
+    /// What each system user holds (by system-user id): resource ids and package URNs.
+    held: BTreeMap<String, (Vec<String>, Vec<String>)>,
 }
 
 struct FakeState {
@@ -106,7 +112,14 @@ impl FakeRegister {
                 "/systemuser/request/vendor/byexternalref/{system}/{org}/{external_ref}",
                 get(get_by_external_ref),
             )
-            .route("/systemuser/vendor/bysystem/{system}", get(list_users));
+            .route("/systemuser/vendor/bysystem/{system}", get(list_users))
+            .route("/systemuser/vendor/byquery", get(user_by_query))
+            .route("/systemuser/changerequest/vendor", post(create_change))
+            .route("/systemuser/changerequest/vendor/{id}", get(get_change))
+            .route(
+                "/systemuser/changerequest/vendor/bysystem/{system}",
+                get(list_changes),
+            );
         let router = Router::new()
             .nest("/authentication/api/v1", api)
             .with_state(state.clone());
@@ -144,13 +157,87 @@ impl FakeRegister {
         let id = body["id"].as_str().unwrap().to_owned();
         self.lock().systems.insert(id, body);
     }
-    /// `n` system users of `system` for the organisations given, as accepted earlier.
+    /// `n` system users of `system` for the organisations given, as accepted earlier (without a
+    /// request Altinn still has: what they hold is unknown to the vendor).
     pub fn add_users(&self, system: &str, orgs: &[String]) {
         let mut register = self.lock();
         for org in orgs {
             let user = user(system, org, org);
             register.users.push(user);
         }
+    }
+    /// System users of `system` for `orgs`, each made by an accepted request for `rights`.
+    pub fn add_users_holding(&self, system: &str, orgs: &[String], rights: &[&str]) {
+        let mut register = self.lock();
+        for org in orgs {
+            let user = user(system, org, org);
+            let rights_json: Vec<Value> = rights.iter().map(|r| right(r)).collect();
+            register.requests.push(json!({
+                "id": uuid::Uuid::new_v4().to_string(), "externalRef": org, "systemId": system,
+                "partyOrgNo": org, "rights": rights_json, "accessPackages": [], "status": "Accepted",
+                "redirectUrl": null, "confirmUrl": "https://am.ui.tt02.altinn.no/x", "escalated": false,
+                "created": "2026-11-28T12:00:00Z",
+            }));
+            let id = user["id"].as_str().unwrap().to_owned();
+            register.held.insert(
+                id,
+                (rights.iter().map(|r| r.to_string()).collect(), Vec::new()),
+            );
+            register.users.push(user);
+        }
+    }
+    /// An agent (client delegation) system user of `system` for `org`.
+    pub fn add_agent_user(&self, system: &str, org: &str) {
+        let mut user = user(system, org, org);
+        user["userType"] = json!("agent");
+        self.lock().users.push(user);
+    }
+    /// The rights the system user of `org` holds.
+    pub fn held_rights(&self, org: &str) -> Vec<String> {
+        let register = self.lock();
+        let user = register.users.iter().find(|u| u["reporteeOrgNo"] == org);
+        user.and_then(|u| register.held.get(u["id"].as_str().unwrap()))
+            .map(|h| h.0.clone())
+            .unwrap_or_default()
+    }
+    /// `n` answered change requests of `system` for a system user long gone.
+    pub fn add_old_changes(&self, system: &str, n: usize) {
+        let change = json!({"id": "", "systemId": system, "systemUserId": uuid::Uuid::new_v4().to_string(), "status": "Rejected"});
+        self.lock().changes.extend(std::iter::repeat_n(change, n));
+    }
+    pub fn changes(&self) -> Vec<Value> {
+        self.lock().changes.clone()
+    }
+    pub fn change_queries(&self) -> Vec<String> {
+        self.lock().change_queries.clone()
+    }
+    /// The customer approves change request `id`: the system user gains and loses its lists.
+    pub fn accept_change(&self, id: &str) {
+        let mut register = self.lock();
+        let change = register
+            .changes
+            .iter_mut()
+            .find(|c| c["id"] == id)
+            .expect("a change request with this id");
+        change["status"] = json!("Accepted");
+        let change = change.clone();
+        let values = |list: &Value| -> Vec<String> {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["resource"][0]["value"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let user = change["systemUserId"].as_str().unwrap().to_owned();
+        let held = register.held.entry(user).or_default();
+        held.0.extend(values(&change["requiredRights"]));
+        let unwanted = values(&change["unwantedRights"]);
+        held.0.retain(|r| !unwanted.contains(r));
+    }
+    pub fn reject_change(&self, id: &str) {
+        let mut register = self.lock();
+        let change = register.changes.iter_mut().find(|c| c["id"] == id).unwrap();
+        change["status"] = json!("Rejected");
     }
     pub fn set_page_size(&self, n: usize) {
         self.lock().page_size = n;
@@ -181,9 +268,23 @@ impl FakeRegister {
                 request["partyOrgNo"].as_str().unwrap(),
                 request["externalRef"].as_str().unwrap(),
             );
+            let rights = request["rights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["resource"][0]["value"].as_str().unwrap().to_owned())
+                .collect();
+            register.held.insert(
+                user["id"].as_str().unwrap().to_owned(),
+                (rights, Vec::new()),
+            );
             register.users.push(user);
         }
     }
+}
+
+fn right(resource: &str) -> Value {
+    json!({"resource": [{"id": "urn:altinn:resource", "value": resource}]})
 }
 
 fn user(system: &str, org: &str, external_ref: &str) -> Value {
@@ -527,9 +628,181 @@ async fn list_users(
         .iter()
         .filter(|u| u["systemId"] == system)
         .collect();
-    let start = page.token.unwrap_or(0).min(users.len());
-    let end = (start + register.page_size).min(users.len());
-    let next = (end < users.len())
-        .then(|| format!("{}systemuser/vendor/bysystem/{system}?token={end}", s.base));
-    Ok(axum::Json(json!({"links": {"next": next}, "data": users[start..end]})).into_response())
+    Ok(paged(&users, &page, register.page_size, &s.base, &uri))
+}
+
+/// One page of `all` from `?token=`, with `links.next` to the rest (Altinn's `Paginated`).
+fn paged(all: &[&Value], page: &PageQuery, size: usize, base: &str, uri: &Uri) -> Response {
+    let start = page.token.unwrap_or(0).min(all.len());
+    let end = (start + size).min(all.len());
+    // Nested under the platform base, the path comes without it.
+    let path = uri.path().trim_start_matches('/');
+    let next = (end < all.len()).then(|| format!("{base}{path}?token={end}"));
+    axum::Json(json!({"links": {"next": next}, "data": all[start..end]})).into_response()
+}
+
+const CHANGE_FIELDS: [&str; 5] = [
+    "requiredRights",
+    "unwantedRights",
+    "requiredAccessPackages",
+    "unwantedAccessPackages",
+    "redirectUrl",
+];
+
+/// `GET systemuser/vendor/byquery?system-id=&orgno=&external-ref=`.
+async fn user_by_query(
+    State(s): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Answer {
+    // Altinn checks systemuser.request.write here, not read.
+    s.enter(&method, &uri, &headers, SCOPE_REQUEST_WRITE)?;
+    let mut register = s.register.lock().unwrap();
+    let keys: Vec<&str> = query.keys().map(String::as_str).collect();
+    if keys != ["external-ref", "orgno", "system-id"] {
+        register
+            .violations
+            .push(format!("byquery with the query {keys:?}"));
+        return Err(bare(StatusCode::BAD_REQUEST));
+    }
+    let found = register.users.iter().find(|u| {
+        u["systemId"] == query["system-id"].as_str()
+            && u["reporteeOrgNo"] == query["orgno"].as_str()
+            && u["externalRef"] == query["external-ref"].as_str()
+    });
+    found
+        .map(|u| axum::Json(u.clone()).into_response())
+        .ok_or_else(|| bare(StatusCode::NOT_FOUND))
+}
+
+/// `POST systemuser/changerequest/vendor?correlation-id=&system-user-id=`.
+async fn create_change(
+    State(s): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(query): Query<BTreeMap<String, String>>,
+    body: Bytes,
+) -> Answer {
+    s.enter(&method, &uri, &headers, SCOPE_REQUEST_WRITE)?;
+    let body = s.body(&uri, &body, &CHANGE_FIELDS, &CHANGE_FIELDS)?;
+    let mut register = s.register.lock().unwrap();
+    register
+        .change_queries
+        .push(uri.query().unwrap_or_default().to_owned());
+    let keys: Vec<&str> = query.keys().map(String::as_str).collect();
+    let parse = |k: &str| query.get(k).and_then(|v| uuid::Uuid::parse_str(v).ok());
+    let (Some(correlation), Some(user_id), ["correlation-id", "system-user-id"]) = (
+        parse("correlation-id"),
+        parse("system-user-id"),
+        keys.as_slice(),
+    ) else {
+        register
+            .violations
+            .push(format!("a change request with the query {keys:?}"));
+        return Err(bare(StatusCode::BAD_REQUEST));
+    };
+    let Some(user) = register
+        .users
+        .iter()
+        .find(|u| u["id"] == user_id.to_string())
+        .cloned()
+    else {
+        return Err(problem(404, "AUTH-00015", "The SystemUser was not found."));
+    };
+    if let Some(existing) = register
+        .changes
+        .iter()
+        .find(|c| c["id"] == correlation.to_string())
+    {
+        return Ok((StatusCode::OK, axum::Json(existing.clone())).into_response());
+    }
+    let lists = &CHANGE_FIELDS[..4];
+    let mut answer = json!({
+        "id": correlation.to_string(), "externalRef": user["externalRef"],
+        "systemId": user["systemId"], "systemUserId": user["id"], "partyOrgNo": user["reporteeOrgNo"],
+        "status": "New", "redirectUrl": body["redirectUrl"], "created": "2026-12-01T12:00:00Z",
+    });
+    for list in lists {
+        answer[*list] = body[*list].clone();
+    }
+    if lists
+        .iter()
+        .all(|l| body[*l].as_array().is_some_and(Vec::is_empty))
+    {
+        answer["status"] = json!("NoChangeNeeded");
+        answer["confirmUrl"] = json!("");
+        return Ok((StatusCode::OK, axum::Json(answer)).into_response());
+    }
+    if user["userType"] == "agent" {
+        // Altinn cannot change an agent system user, and says it is not found.
+        return Err(problem(404, "AUTH-00015", "The SystemUser was not found."));
+    }
+    let system = register
+        .systems
+        .get(user["systemId"].as_str().unwrap_or_default());
+    let known = system.map(|s| s["rights"].clone()).unwrap_or(json!([]));
+    let unknown = body["requiredRights"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| !known.as_array().is_some_and(|k| k.contains(r)));
+    if unknown {
+        return Err(problem(400, "AUTH-00001", "A right is not in the system"));
+    }
+    if register
+        .changes
+        .iter()
+        .any(|c| c["systemUserId"] == user["id"] && c["status"] == "New")
+    {
+        register
+            .violations
+            .push("a second pending change request for one system user".into());
+    }
+    answer["confirmUrl"] = json!(format!(
+        "https://am.ui.tt02.altinn.no/accessmanagement/ui/systemuser/changerequest?id={correlation}&DONTCHOOSEREPORTEE=true"
+    ));
+    register.changes.push(answer.clone());
+    Ok((StatusCode::CREATED, axum::Json(answer)).into_response())
+}
+
+/// `GET systemuser/changerequest/vendor/{id}`.
+async fn get_change(
+    State(s): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Answer {
+    s.enter(&method, &uri, &headers, SCOPE_REQUEST_READ)?;
+    let register = s.register.lock().unwrap();
+    let found = register.changes.iter().find(|c| c["id"] == id).cloned();
+    found.map(|c| axum::Json(c).into_response()).ok_or_else(|| {
+        problem(
+            404,
+            "AUTH-00010",
+            "The Id does not refer to a Request in our system.",
+        )
+    })
+}
+
+/// `GET systemuser/changerequest/vendor/bysystem/{system}`: paged as the system users are.
+async fn list_changes(
+    State(s): State<Arc<FakeState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    Path(system): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Answer {
+    s.enter(&method, &uri, &headers, SCOPE_REQUEST_READ)?;
+    let register = s.register.lock().unwrap();
+    let changes: Vec<&Value> = register
+        .changes
+        .iter()
+        .filter(|c| c["systemId"] == system)
+        .collect();
+    Ok(paged(&changes, &page, register.page_size, &s.base, &uri))
 }
