@@ -290,6 +290,10 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let system = validated.system.clone().map(Arc::new);
+    let consent = validated
+        .consent
+        .clone()
+        .map(|c| Arc::new(crate::onboarding::consent::Consents::new(c)));
     let fixed_orgs: Vec<_> = validated
         .proxy
         .iter()
@@ -320,6 +324,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             identity,
             introspection,
             system,
+            consent,
         }),
         simulator,
     })

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod bodies;
+pub mod consent;
 pub mod front;
 pub mod health;
 pub mod introspect;
@@ -59,6 +60,9 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(onboarding::create_request))
         .routes(routes!(onboarding::get_request))
         .routes(routes!(onboarding::list_system_users))
+        .routes(routes!(consent::create))
+        .routes(routes!(consent::get))
+        .routes(routes!(consent::token))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
         .route("/proxy/{name}", proxy_methods())
         .route("/proxy/{name}/", proxy_methods())

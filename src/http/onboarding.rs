@@ -212,7 +212,7 @@ fn bad_request(detail: impl Into<String>) -> Problem {
 }
 
 /// An onboarding failure as a problem: Altinn's refusals as 502 with `altinn_code`.
-fn problem(error: OnboardingError) -> Problem {
+pub(super) fn problem(error: OnboardingError) -> Problem {
     let detail = crate::telemetry::Chain(&error).to_string();
     match error {
         OnboardingError::Altinn(RegisterError::Refused { status, code, .. }) => {

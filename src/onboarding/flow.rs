@@ -383,7 +383,7 @@ pub fn api_for(generation: &Generation, system: &System) -> Result<RegisterApi, 
 
 impl RunningBroker {
     /// `GET /token/{profile}[?org=]` of the running broker: its JSON answer.
-    async fn token(
+    pub(crate) async fn token(
         &self,
         profile: &str,
         org: Option<&OrgNumber>,

@@ -8,5 +8,6 @@
 //!
 //! Nothing here ever prints, logs or answers with a token.
 
+pub(crate) mod consent;
 pub(crate) mod flow;
 pub(crate) mod system;

@@ -66,6 +66,9 @@ pub struct CacheKey {
     pub org: Option<OrgNumber>,
     /// The normalised on-demand request; `None` for a profile.
     pub on_demand: Option<Arc<OnDemandRequest>>,
+    /// A consent token's consent and scope (then `profile` is
+    /// [`crate::policy::consent::CONSENT_TOKEN`]); `None` otherwise.
+    pub consent: Option<Arc<crate::policy::consent::ConsentToken>>,
 }
 
 /// Who a fetch is for: a caller waiting for it, or the background refresh of a token in use.
