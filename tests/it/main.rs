@@ -10,6 +10,7 @@ mod access;
 mod bounded;
 mod cli;
 mod connections;
+mod consent;
 mod container_files;
 mod credentials;
 mod errors;
