@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod consent;
 pub mod onboarding;
 mod serve;
 mod tls;

@@ -645,3 +645,102 @@ async fn no_fodselsnummer_in_trace_output() {
         );
     }
 }
+
+/// `maskinporten-broker --config <yaml> consent ...`, at most 60 s: exit code, stdout, stderr.
+async fn cli(fake: &Fake, args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(&config, fake.yaml("")).unwrap();
+    let child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), child)
+        .await
+        .expect("the command finishes")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn request_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "consent",
+        "request",
+        "--from",
+        FNR,
+        "--resource",
+        "ske-inntekt",
+        "--meta",
+        "inntektsaar=2025",
+        "--valid-to",
+        "2099-12-31",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[tokio::test]
+async fn consent_request_wait_ends_with_0_on_accepted_and_1_on_rejected() {
+    for (then, code) in [("Accepted", 0), ("Rejected", 1)] {
+        let fake = Fake::start().await;
+        *fake.world.flip.lock().unwrap() = Some((1, then.to_owned()));
+        let (exit, stdout, stderr) =
+            cli(&fake, &request_args(&["--wait", "--timeout", "30s"])).await;
+        assert_eq!(exit, code, "{then}: {stdout}\n{stderr}");
+        let lines: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["status"], "Created", "{stdout}");
+        assert_eq!(lines.last().unwrap()["status"], then, "{stdout}");
+        for field in ["id", "status", "view_uri", "valid_to"] {
+            assert!(lines[0].get(field).is_some(), "{field}: {stdout}");
+        }
+        let posted = fake.world.posted.lock().unwrap()[0].clone();
+        assert_eq!(posted["from"], FROM);
+        assert_eq!(
+            posted["consentRights"][0]["metadata"],
+            json!({"inntektsaar": "2025"})
+        );
+        assert!(
+            !format!("{stdout}{stderr}").contains(FNR),
+            "{stdout}{stderr}"
+        );
+        assert!(fake.violations().is_empty(), "{:?}", fake.violations());
+    }
+}
+
+#[tokio::test]
+async fn consent_cli_refuses_bad_flags_naming_them_before_any_call_and_reads_a_status() {
+    let fake = Fake::start().await;
+    for (flag, value) in [
+        ("--from", "15038512364"),
+        ("--valid-to", "2001-01-01"),
+        ("--redirect-url", "https://evil.example/"),
+    ] {
+        let mut args = request_args(&[]);
+        match args.iter().position(|a| *a == flag) {
+            Some(at) => args[at + 1] = value,
+            None => args.extend([flag, value]),
+        }
+        let (exit, _, stderr) = cli(&fake, &args).await;
+        assert_eq!(exit, 1, "{args:?}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
+    assert_eq!(fake.calls(), 0);
+    fake.set(CONSENT_ID, "Accepted", &in_an_hour());
+    let (exit, stdout, _) = cli(&fake, &["consent", "status", CONSENT_ID, "--json"]).await;
+    assert_eq!(exit, 0);
+    let view: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(view["status"], "Accepted");
+    assert_eq!(view["from"], "urn:altinn:person:identifier-no:150385*****");
+}
