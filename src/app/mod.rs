@@ -470,7 +470,11 @@ async fn start_simulator(
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
             clients: simulator_clients(settings, keys, validated),
-            consumer_org: validated.system.as_ref().map(|s| s.vendor.to_string()),
+            consumer_org: validated
+                .system
+                .as_ref()
+                .map(|s| s.vendor.to_string())
+                .or_else(|| validated.consent.as_ref().map(|c| c.org.to_string())),
             strict_system_users: settings.local.system_users == crate::config::SystemUsers::Strict,
         },
         listener,

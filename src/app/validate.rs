@@ -150,6 +150,9 @@ impl Validated {
     pub(crate) fn scopes(&self) -> Vec<String> {
         let mut scopes = self.profiles.all_scopes();
         scopes.extend(self.on_demand.patterns().iter().cloned());
+        if let Some(consent) = &self.consent {
+            scopes.extend(consent.scopes.patterns().iter().cloned());
+        }
         scopes
     }
 }

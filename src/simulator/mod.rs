@@ -14,8 +14,11 @@
 //!   `GET /storage/api/v1/whoami`, that checks tokens as Altinn would (for the egress proxy).
 //! - `register`: Altinn's system register and system-user requests, and the page where a
 //!   customer accepts (`/accessmanagement/ui/systemuser/request?id=`).
+//! - `consent`: Altinn's consent requests, the page where a person accepts
+//!   (`/accessmanagement/ui/consent/request?id=`), and the look-up before a consent token.
 
 mod altinn;
+mod consent;
 mod maskinporten;
 mod register;
 #[cfg(test)]
@@ -105,6 +108,8 @@ struct World {
     register: Mutex<register::Register>,
     /// `local.system_users: strict`.
     strict_system_users: bool,
+    /// Consent requests (Altinn "samtykke").
+    consents: Mutex<consent::Consents>,
 }
 
 impl World {
@@ -232,6 +237,7 @@ pub async fn start(
             .unwrap_or_else(|| DEFAULT_CONSUMER_ORG.to_owned()),
         register: Mutex::default(),
         strict_system_users: config.strict_system_users,
+        consents: Mutex::default(),
     });
 
     let (stop, stopped) = oneshot::channel::<()>();
@@ -273,6 +279,18 @@ fn router(world: Arc<World>) -> Router {
         .route(
             "/accessmanagement/ui/systemuser/agentrequest",
             get(register::confirm_page).post(register::confirm_answer),
+        )
+        .route(
+            "/accessmanagement/api/v1/enterprise/consentrequests",
+            post(consent::create),
+        )
+        .route(
+            "/accessmanagement/api/v1/enterprise/consentrequests/{id}",
+            get(consent::read),
+        )
+        .route(
+            "/accessmanagement/ui/consent/request",
+            get(consent::consent_page).post(consent::consent_answer),
         )
         .with_state(world)
 }

@@ -172,7 +172,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-fn problem(status: StatusCode, code: Option<&'static str>, detail: &str) -> Refusal {
+pub(super) fn problem(status: StatusCode, code: Option<&'static str>, detail: &str) -> Refusal {
     Refusal::Problem {
         status,
         code,
@@ -186,7 +186,7 @@ fn bad(code: &'static str, detail: &str) -> Refusal {
 
 /// The vendor organisation of a caller holding `scope`: 401 without a valid token, 403 without
 /// the scope.
-fn vendor(world: &World, headers: &HeaderMap, scope: &str) -> Result<String, Refusal> {
+pub(super) fn vendor(world: &World, headers: &HeaderMap, scope: &str) -> Result<String, Refusal> {
     let claims = bearer(headers)
         .ok_or(())
         .and_then(|t| verify_altinn_or_maskinporten_token(world, t).map_err(drop))
@@ -212,7 +212,7 @@ fn vendor(world: &World, headers: &HeaderMap, scope: &str) -> Result<String, Ref
         })
 }
 
-fn json_body(body: &[u8]) -> Result<Value, Refusal> {
+pub(super) fn json_body(body: &[u8]) -> Result<Value, Refusal> {
     serde_json::from_slice::<Value>(body)
         .ok()
         .filter(Value::is_object)
@@ -805,14 +805,14 @@ fn no_such_request() -> Response {
     (StatusCode::NOT_FOUND, page("No such request", text)).into_response()
 }
 
-fn page(title: &str, body: &str) -> Html<String> {
+pub(super) fn page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t} (simulated Altinn)</title></head>\n<body><h1>{t}</h1>\n{body}\n</body></html>\n",
         t = escape(title)
     ))
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -744,3 +744,67 @@ async fn consent_cli_refuses_bad_flags_naming_them_before_any_call_and_reads_a_s
     assert_eq!(view["status"], "Accepted");
     assert_eq!(view["from"], "urn:altinn:person:identifier-no:150385*****");
 }
+
+/// The laptop flow in `env: local`: the simulator holds the consent, shows the page, and its
+/// Maskinporten issues a consent token only once the consent is accepted.
+#[tokio::test]
+async fn env_local_runs_the_whole_flow_on_the_simulator() {
+    let settings = maskinporten_broker::config::Settings::from_yaml(&format!(
+        "env: local\nconsent:\n  org: '{BANK}'\n  redirect_urls: [https://bank.example/back]\n  scopes: ['skatteetaten:*']\n"
+    ))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = maskinporten_broker::app::App::spawn(settings, listener)
+        .await
+        .unwrap();
+    let base = format!("http://{}", app.addr);
+    let http = reqwest::Client::new();
+    let mut body = ask();
+    body["id"] = json!(uuid::Uuid::new_v4().to_string());
+    let r = http
+        .post(format!("{base}/consents"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let view: Value = r.json().await.unwrap();
+    let id = view["id"].as_str().unwrap().to_owned();
+    let page = view["view_uri"].as_str().unwrap().to_owned();
+    let token = format!("{base}{}", token_path(&id, PROVIDER_SCOPE));
+    let r = http.get(&token).send().await.unwrap();
+    assert_eq!(r.status(), 409, "not accepted yet");
+    let html = http.get(&page).send().await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("150385*****") && !html.contains(FNR),
+        "{html}"
+    );
+    let r = http
+        .post(&page)
+        .form(&[("id", id.as_str()), ("action", "accept")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let claims = claims(answer["access_token"].as_str().unwrap());
+    assert_eq!(claims["scope"], PROVIDER_SCOPE);
+    assert_eq!(
+        claims["authorization_details"][0]["type"],
+        "urn:altinn:consent"
+    );
+    assert_eq!(claims["authorization_details"][0]["id"], id.as_str());
+    assert_eq!(claims["authorization_details"][0]["from"], FROM);
+    // A `from` that is not the consent's is refused by the simulated Maskinporten.
+    let r = http
+        .get(format!(
+            "{base}{}&from=01010112377",
+            token_path(&id, "skatteetaten:formue")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "Maskinporten refuses another from");
+}
