@@ -13,7 +13,6 @@ use std::time::SystemTime;
 
 use crate::policy::fnr::{Fnr, FnrError};
 use crate::policy::org::{OrgError, OrgNumber};
-use crate::policy::profile::{ClientName, Exchange, Profile, ProfileName, SystemUser};
 
 /// The profile name of consent tokens (in answers, metrics and logs).
 pub const CONSENT_TOKEN: &str = "consent-token";
@@ -92,23 +91,6 @@ pub struct ConsentToken {
     pub scope: String,
     /// The consent's `validTo` when the broker read it: no token outlives it.
     pub valid_to: Option<SystemTime>,
-}
-
-impl ConsentToken {
-    /// The ad-hoc profile the grant is built from, signed by `client` (the consent profile's).
-    pub fn profile(self: &std::sync::Arc<Self>, client: ClientName) -> Profile {
-        Profile {
-            name: ProfileName::new(CONSENT_TOKEN),
-            scopes: vec![self.scope.clone()],
-            exchange: Exchange::None,
-            system_user: SystemUser::None,
-            client,
-            resource: None,
-            consumer_org: None,
-            external_ref: None,
-            consent: Some(self.clone()),
-        }
-    }
 }
 
 /// Shown in audit lines beside the profile: the consent and scope, never `from`.

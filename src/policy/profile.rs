@@ -146,6 +146,25 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// A consent token's ad-hoc profile: the data provider's scope, signed by `client` (the
+    /// consent profile's), with the consent in the grant.
+    pub fn for_consent(
+        consent: &Arc<crate::policy::consent::ConsentToken>,
+        client: ClientName,
+    ) -> Profile {
+        Profile {
+            name: ProfileName::new(crate::policy::consent::CONSENT_TOKEN),
+            scopes: vec![consent.scope.clone()],
+            exchange: Exchange::None,
+            system_user: SystemUser::None,
+            client,
+            resource: None,
+            consumer_org: None,
+            external_ref: None,
+            consent: Some(consent.clone()),
+        }
+    }
+
     /// The `scope` claim: the scopes joined by single spaces.
     pub fn scope(&self) -> String {
         self.scopes.join(" ")

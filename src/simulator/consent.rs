@@ -65,7 +65,7 @@ impl Consent {
     }
 
     /// `from` with a person's number masked, for the page.
-    fn from_masked(&self) -> String {
+    fn masked_from(&self) -> String {
         match self.from.strip_prefix(PERSON) {
             Some(n) if n.len() == 11 => format!("{PERSON}{}*****", &n[..6]),
             _ => self.from.clone(),
@@ -268,7 +268,7 @@ pub(super) async fn consent_page(
              <button type=\"submit\" name=\"action\" value=\"accept\">Accept</button>\n\
              <button type=\"submit\" name=\"action\" value=\"reject\">Reject</button>\n</form>",
             escape(&consent.to),
-            escape(&consent.from_masked()),
+            escape(&consent.masked_from()),
             rights.join(", "),
             escape(&consent.valid_to),
             escape(&consent.id)

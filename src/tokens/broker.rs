@@ -126,7 +126,7 @@ impl Generation {
         }
         let client = self.profile(consent_profile)?.client.clone();
         let consent = Arc::new(consent);
-        let profile = Arc::new(consent.profile(client));
+        let profile = Arc::new(Profile::for_consent(&consent, client));
         let key = CacheKey {
             client: profile.client.clone(),
             profile: profile.name.clone(),
@@ -377,7 +377,7 @@ impl TokenSource for Broker {
         let generation = self.generation.load_full();
         let profile = match (&key.on_demand, &key.consent) {
             (Some(request), _) => Arc::new(request.profile()),
-            (None, Some(consent)) => Arc::new(consent.profile(key.client.clone())),
+            (None, Some(consent)) => Arc::new(Profile::for_consent(consent, key.client.clone())),
             (None, None) => generation.profile(key.profile.as_str())?,
         };
         let org = key.org.as_ref();

@@ -906,6 +906,7 @@ mod tests {
             org: None,
             on_demand: None,
             client: ClientName::default_client(),
+            consent: None,
         }
     }
 
@@ -1098,6 +1099,7 @@ mod tests {
             org: org(i),
             on_demand: None,
             client: ClientName::default_client(),
+            consent: None,
         };
         // Popular keys first, so frequency-based admission would refuse newcomers.
         for _ in 0..5 {

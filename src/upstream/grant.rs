@@ -340,7 +340,10 @@ mod tests {
             scope: "skatteetaten:inntekt".into(),
             valid_to: None,
         });
-        let p = consent.profile(crate::policy::profile::ClientName::default_client());
+        let p = Profile::for_consent(
+            &consent,
+            crate::policy::profile::ClientName::default_client(),
+        );
         let (_, claims) = verify(
             &build_jwt_grant(&key(Algorithm::RS256), &request(&p, None))
                 .await
