@@ -20,7 +20,6 @@ use crate::key::secret::Secret;
 use crate::policy::consent::{ConsentToken, Party};
 use crate::tokens::broker::{Generation, ResolveError};
 use crate::upstream::consent::{ConsentApi, ConsentApiError, ConsentRecord};
-use crate::upstream::register::field_of;
 
 /// Most resources one request asks for, and metadata entries per resource.
 pub const MAX_RESOURCES: usize = 50;
@@ -386,34 +385,9 @@ impl Session<'_> {
     }
 
     async fn token(&self) -> Result<Secret, OnboardingError> {
-        let profile = &self.consent.profile;
-        match &self.admin {
-            Admin::Cache(tokens) => {
-                let (_, key) = tokens
-                    .source()
-                    .resolve(profile, None)
-                    .map_err(|e| OnboardingError::BadRequest(format!("consent.profile: {e}")))?;
-                let (token, _) =
-                    tokens
-                        .get(&key, None)
-                        .await
-                        .map_err(|source| OnboardingError::Token {
-                            profile: profile.clone(),
-                            source,
-                        })?;
-                Ok(token.value.clone())
-            }
-            Admin::Broker(broker) => {
-                let answer = broker.token(profile, None).await?;
-                field_of(&answer, "access_token")
-                    .as_str()
-                    .map(Secret::new)
-                    .ok_or_else(|| OnboardingError::Remote {
-                        what: format!("{profile} token"),
-                        detail: "its answer has no access_token".to_owned(),
-                    })
-            }
-        }
+        self.admin
+            .token(&self.consent.profile, "consent.profile")
+            .await
     }
 }
 
