@@ -49,6 +49,8 @@ struct World {
     flip: Mutex<Option<(usize, String)>>,
     /// The expires_in of consent tokens.
     expires_in: AtomicUsize,
+    /// Answer reads with a body larger than the broker reads.
+    huge: std::sync::atomic::AtomicBool,
 }
 
 struct Fake {
@@ -219,6 +221,10 @@ async fn read(State(w): State<Arc<World>>, headers: HeaderMap, Path(id): Path<St
         return violation(&w, format!("GET without a token of scope {READ}"));
     }
     let reads = w.reads.fetch_add(1, Ordering::SeqCst) + 1;
+    if w.huge.load(Ordering::SeqCst) {
+        let padding = "x".repeat(300 * 1024);
+        return Json(json!({"id": id, "status": "Accepted", "padding": padding})).into_response();
+    }
     let mut consents = w.consents.lock().unwrap();
     let Some(stored) = consents.get_mut(&id) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -807,4 +813,22 @@ async fn env_local_runs_the_whole_flow_on_the_simulator() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502, "Maskinporten refuses another from");
+}
+
+#[tokio::test]
+async fn an_answer_past_the_bound_is_a_502_and_a_body_past_16_kib_a_413() {
+    let env = Env::start("").await;
+    env.fake.set(CONSENT_ID, "Accepted", &in_an_hour());
+    env.fake.world.huge.store(true, Ordering::SeqCst);
+    let (code, problem) = env.get(&format!("/consents/{CONSENT_ID}"), None).await;
+    assert_eq!(code, 502, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("larger than"),
+        "{problem}"
+    );
+    let mut body = ask();
+    body["message"] = json!("x".repeat(17 * 1024));
+    let (code, _) = env.post(&body, None).await;
+    assert_eq!(code, 413);
+    assert!(env.fake.world.posted.lock().unwrap().is_empty());
 }
