@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Systemuser { action, json } => {
             app::onboarding::systemuser(load()?, action, json).await?
         }
+        Command::Consent { action, json } => app::consent::consent(load()?, action, json).await?,
     }
     Ok(())
 }

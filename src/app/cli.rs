@@ -124,6 +124,47 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Altinn consent: ask a person or an organisation for consent, follow the request.
+    Consent {
+        #[command(subcommand)]
+        action: ConsentAction,
+        /// Print one JSON object per line instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConsentAction {
+    /// Ask for consent; prints the view URI to send the person to.
+    Request {
+        /// Who is asked: a fødselsnummer (11 digits) or an organisation number (9 digits).
+        #[arg(long, value_name = "FNR|ORGNR")]
+        from: String,
+        /// The resource id the consent is for (repeat for more).
+        #[arg(long, required = true)]
+        resource: Vec<String>,
+        /// Metadata of the resource, key=value (repeat for more).
+        #[arg(long, value_name = "KEY=VALUE")]
+        meta: Vec<String>,
+        /// When the consent ends: a date (2026-12-31) or an RFC 3339 time; in the future.
+        #[arg(long, value_name = "DATE")]
+        valid_to: String,
+        /// The message shown to the person.
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+        /// Where Altinn sends the person afterwards (one of consent.redirect_urls).
+        #[arg(long, value_name = "U")]
+        redirect_url: Option<String>,
+        /// Wait for the answer: exit 0 on Accepted, 1 on Rejected, Revoked or Expired.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (e.g. 10m, 1h).
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// A consent request's state by its id.
+    Status { id: String },
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -8,6 +8,7 @@
 mod changes;
 pub mod cli;
 pub mod commands;
+pub mod consent;
 mod follow;
 pub mod onboarding;
 mod serve;
@@ -292,6 +293,10 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
     let files = validated.token_files.clone();
     let system = validated.system.clone().map(Arc::new);
+    let consent = validated
+        .consent
+        .clone()
+        .map(|c| Arc::new(crate::onboarding::consent::Consents::new(c)));
     let fixed_orgs: Vec<_> = validated
         .proxy
         .iter()
@@ -322,6 +327,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             identity,
             introspection,
             system,
+            consent,
         }),
         simulator,
     })
@@ -466,7 +472,11 @@ async fn start_simulator(
             signing_key: None,
             token_lifetime: settings.local.token_lifetime,
             clients: simulator_clients(settings, keys, validated),
-            consumer_org: validated.system.as_ref().map(|s| s.vendor.to_string()),
+            consumer_org: validated
+                .system
+                .as_ref()
+                .map(|s| s.vendor.to_string())
+                .or_else(|| validated.consent.as_ref().map(|c| c.org.to_string())),
             strict_system_users: settings.local.system_users == crate::config::SystemUsers::Strict,
         },
         listener,

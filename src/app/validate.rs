@@ -52,6 +52,10 @@ impl Settings {
                 .collect();
             crate::onboarding::system::validate(s, client_ids, known, &mut problems.0)
         });
+        let consent = self
+            .consent
+            .as_ref()
+            .and_then(|c| c.validate(known, &mut problems.0));
         match profiles {
             Ok(profiles) => problems.into_result(Validated {
                 default_org,
@@ -61,6 +65,7 @@ impl Settings {
                 token_files,
                 on_demand,
                 system,
+                consent,
             }),
             Err(_) => Err(ConfigError::Invalid(problems.0)),
         }
@@ -135,6 +140,8 @@ pub struct Validated {
     pub(crate) on_demand: ScopePatterns,
     /// `system:`, checked: the onboarding commands and routes use it.
     pub(crate) system: Option<System>,
+    /// `consent:`, checked: the consent commands and routes use it.
+    pub(crate) consent: Option<crate::config::Consent>,
 }
 
 impl Validated {
@@ -143,6 +150,9 @@ impl Validated {
     pub(crate) fn scopes(&self) -> Vec<String> {
         let mut scopes = self.profiles.all_scopes();
         scopes.extend(self.on_demand.patterns().iter().cloned());
+        if let Some(consent) = &self.consent {
+            scopes.extend(consent.scopes.patterns().iter().cloned());
+        }
         scopes
     }
 }

@@ -15,11 +15,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+mod consent;
 mod proxy;
 mod system;
 pub mod tls;
 mod token_files;
 
+pub use consent::{Consent, ConsentSettings};
 pub use proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ProxyRouteSettings};
 pub use system::{Languages, SystemSettings};
 pub use token_files::{TokenFileFormat, TokenFileSettings};
@@ -101,6 +103,9 @@ pub struct Settings {
     /// The vendor's system in Altinn's system register (onboarding customers).
     #[serde(default)]
     pub system: Option<SystemSettings>,
+    /// Altinn consent requests and consent tokens (banks and other data consumers).
+    #[serde(default)]
+    pub consent: Option<ConsentSettings>,
 }
 
 impl Default for Settings {
@@ -129,6 +134,7 @@ impl Default for Settings {
             proxy: BTreeMap::new(),
             token_files: Vec::new(),
             system: None,
+            consent: None,
         }
     }
 }

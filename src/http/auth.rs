@@ -88,6 +88,17 @@ impl Caller {
             ))
             .with("maskinporten_client", key.client.as_str()));
         }
+        if let Some(consent) = &key.consent {
+            // The client's own scopes bound a consent token as they bound on-demand tokens.
+            if !client.consent || !client.may_use_scope(&consent.scope) {
+                return Err(forbidden(format!(
+                    "client {:?} may not have a consent token for scope {:?}: it needs consent: true and the scope in its scopes in the config",
+                    client.name, consent.scope
+                ))
+                .with("scope", consent.scope.as_str()));
+            }
+            return Ok(());
+        }
         match &key.on_demand {
             Some(request) => {
                 if let Some(scope) = request.scopes.iter().find(|s| !client.may_use_scope(s)) {

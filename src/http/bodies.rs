@@ -57,6 +57,7 @@ mod tests {
             org: None,
             on_demand: None,
             client: crate::policy::profile::ClientName::default_client(),
+            consent: None,
         };
         (profile, key)
     }
@@ -127,6 +128,7 @@ mod tests {
             org: None,
             on_demand: None,
             client: crate::policy::profile::ClientName::default_client(),
+            consent: None,
         };
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let (mine, theirs) = (token("value-a", t0, 600), token("value-b", t0, 600));

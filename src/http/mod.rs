@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bodies;
 pub mod changes;
+pub mod consent;
 pub mod front;
 pub mod health;
 pub mod introspect;
@@ -62,6 +63,9 @@ fn table() -> OpenApiRouter<AppState> {
         .routes(routes!(onboarding::list_system_users))
         .routes(routes!(changes::create_change))
         .routes(routes!(changes::get_change))
+        .routes(routes!(consent::create))
+        .routes(routes!(consent::get))
+        .routes(routes!(consent::token))
         // `{rest}` of any depth, and none: OpenAPI cannot spell axum's catch-all.
         .route("/proxy/{name}", proxy_methods())
         .route("/proxy/{name}/", proxy_methods())

@@ -177,7 +177,10 @@ impl ApiError {
                 "Unknown profile",
                 detail,
             ),
-            ApiError::Resolve(ResolveError::ScopeNotAllowed { scope }) => Problem::new(
+            ApiError::Resolve(
+                ResolveError::ScopeNotAllowed { scope }
+                | ResolveError::ConsentScopeNotAllowed { scope },
+            ) => Problem::new(
                 StatusCode::FORBIDDEN,
                 "scope-not-allowed",
                 "Scope not allowed",

@@ -57,6 +57,8 @@ pub struct Shared {
     pub(crate) introspection: crate::policy::introspection::Introspection,
     /// `system:`, checked: the onboarding routes need it (`None`: not configured).
     pub system: Option<Arc<System>>,
+    /// `consent:`, checked, and the accepted consents it remembers (`None`: not configured).
+    pub consent: Option<Arc<crate::onboarding::consent::Consents>>,
 }
 
 impl Shared {

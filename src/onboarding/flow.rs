@@ -350,19 +350,31 @@ impl Onboarding<'_> {
     }
 
     pub(super) async fn admin_token(&self) -> Result<Secret, OnboardingError> {
-        let profile = &self.system.profile;
-        match &self.admin {
+        self.admin
+            .token(&self.system.profile, "system.profile")
+            .await
+    }
+}
+
+impl Admin<'_> {
+    /// A token of `profile` (written at `field` in the config), to send to Altinn as Bearer.
+    pub(crate) async fn token(
+        &self,
+        profile: &str,
+        field: &str,
+    ) -> Result<Secret, OnboardingError> {
+        match self {
             Admin::Cache(tokens) => {
                 let (_, key) = tokens
                     .source()
                     .resolve(profile, None)
-                    .map_err(|e| OnboardingError::BadRequest(format!("system.profile: {e}")))?;
+                    .map_err(|e| OnboardingError::BadRequest(format!("{field}: {e}")))?;
                 let (token, _) =
                     tokens
                         .get(&key, None)
                         .await
                         .map_err(|source| OnboardingError::Token {
-                            profile: profile.clone(),
+                            profile: profile.to_owned(),
                             source,
                         })?;
                 Ok(token.value.clone())
@@ -395,7 +407,7 @@ pub fn api_for(generation: &Generation, system: &System) -> Result<RegisterApi, 
 
 impl RunningBroker {
     /// `GET /token/{profile}[?org=]` of the running broker: its JSON answer.
-    async fn token(
+    pub(crate) async fn token(
         &self,
         profile: &str,
         org: Option<&OrgNumber>,

@@ -9,5 +9,6 @@
 //! Nothing here ever prints, logs or answers with a token.
 
 pub(crate) mod change;
+pub(crate) mod consent;
 pub(crate) mod flow;
 pub(crate) mod system;

@@ -49,6 +49,9 @@ pub struct ClientSettings {
     /// May call the onboarding routes (`/systemusers...`), which use the admin token.
     #[serde(default)]
     pub onboarding: bool,
+    /// May ask for consents and consent tokens (`/consents`, `/token/consent`).
+    #[serde(default)]
+    pub consent: bool,
 }
 
 /// The hash of an API key, as stored in the config.
@@ -73,6 +76,8 @@ pub struct Client {
     maskinporten_clients: Option<Vec<String>>,
     /// `onboarding: true`: may ask for system users with the broker's admin token.
     pub onboarding: bool,
+    /// `consent: true`: may ask for consents and consent tokens.
+    pub consent: bool,
 }
 
 impl Client {
@@ -187,6 +192,7 @@ impl Clients {
                 scopes,
                 maskinporten_clients: c.maskinporten_clients.clone(),
                 onboarding: c.onboarding,
+                consent: c.consent,
             }));
         }
         if problems.is_empty() {
@@ -284,6 +290,7 @@ mod tests {
             scopes: None,
             maskinporten_clients: None,
             onboarding: false,
+            consent: false,
         }])
         .unwrap()
     }
@@ -319,6 +326,7 @@ mod tests {
             scopes: None,
             maskinporten_clients: None,
             onboarding: false,
+            consent: false,
         }])
         .unwrap_err();
         assert!(errs.iter().any(|e| e.starts_with("clients[0].key_sha256")));
@@ -344,6 +352,7 @@ mod tests {
             max_fetches_per_second: None,
             maskinporten_clients: None,
             onboarding: false,
+            consent: false,
         };
         let errs = Clients::from_settings(&[
             client("app-a", hash_api_key("shared")),

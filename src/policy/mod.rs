@@ -2,6 +2,8 @@
 //! on-demand scope patterns, organisation numbers, and the API clients allowed to call.
 
 pub(crate) mod access;
+pub(crate) mod consent;
+pub(crate) mod fnr;
 pub(crate) mod identity;
 pub(crate) mod introspection;
 pub(crate) mod on_demand;

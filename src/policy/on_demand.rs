@@ -215,6 +215,7 @@ impl OnDemandRequest {
             resource: self.resource.clone(),
             consumer_org: self.consumer_org.clone(),
             external_ref: self.external_ref.clone(),
+            consent: None,
         }
     }
 }

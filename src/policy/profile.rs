@@ -24,6 +24,13 @@ pub const ADMIN_SCOPES: &[&str] = &[
     "altinn:authentication/systemuser.request.read",
     "altinn:authentication/systemuser.request.write",
 ];
+/// Name and scopes of the `consent` profile, whose token creates and reads Altinn consent
+/// requests (`consent.profile` may name another).
+pub const CONSENT_PROFILE: &str = "consent";
+pub const CONSENT_SCOPES: &[&str] = &[
+    "altinn:consentrequests.read",
+    "altinn:consentrequests.write",
+];
 /// Scope of the `skd` profile (the reference library's `skd_scopes`).
 pub const SKD_SCOPES: &[&str] = &["skatteetaten:innrapporteringaksjonaerregisteroppgave"];
 
@@ -133,9 +140,31 @@ pub struct Profile {
     /// `externalRef` of the system user; required by Maskinporten if the system user has one.
     #[serde(rename = "externalRef", skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<String>,
+    /// A consent token's consent (`authorization_details` of type `urn:altinn:consent`).
+    #[serde(skip)]
+    pub consent: Option<Arc<crate::policy::consent::ConsentToken>>,
 }
 
 impl Profile {
+    /// A consent token's ad-hoc profile: the data provider's scope, signed by `client` (the
+    /// consent profile's), with the consent in the grant.
+    pub fn for_consent(
+        consent: &Arc<crate::policy::consent::ConsentToken>,
+        client: ClientName,
+    ) -> Profile {
+        Profile {
+            name: ProfileName::new(crate::policy::consent::CONSENT_TOKEN),
+            scopes: vec![consent.scope.clone()],
+            exchange: Exchange::None,
+            system_user: SystemUser::None,
+            client,
+            resource: None,
+            consumer_org: None,
+            external_ref: None,
+            consent: Some(consent.clone()),
+        }
+    }
+
     /// The `scope` claim: the scopes joined by single spaces.
     pub fn scope(&self) -> String {
         self.scopes.join(" ")
@@ -167,6 +196,7 @@ fn builtin(name: &str, scopes: &[&str], exchange: Exchange, system_user: SystemU
         resource: None,
         consumer_org: None,
         external_ref: None,
+        consent: None,
     }
 }
 
@@ -181,6 +211,12 @@ pub fn builtins() -> Vec<Profile> {
         ),
         builtin("admin", ADMIN_SCOPES, Exchange::None, SystemUser::None),
         builtin("skd", SKD_SCOPES, Exchange::None, SystemUser::Required),
+        builtin(
+            CONSENT_PROFILE,
+            CONSENT_SCOPES,
+            Exchange::None,
+            SystemUser::None,
+        ),
     ]
 }
 
@@ -272,6 +308,7 @@ impl Profiles {
                     .external_ref
                     .clone()
                     .or(base.as_ref().and_then(|b| b.external_ref.clone())),
+                consent: None,
             };
             if profile.external_ref.is_some() && profile.system_user == SystemUser::None {
                 problems.push(format!(
@@ -330,7 +367,16 @@ mod tests {
     #[test]
     fn builtins_carry_the_reference_scopes_and_flags() {
         let p = Profiles::from_settings(&BTreeMap::new()).unwrap();
-        assert_eq!(p.names(), ["admin", "altinn", "skd"]);
+        assert_eq!(p.names(), ["admin", "altinn", "consent", "skd"]);
+        let consent = p.get("consent").unwrap();
+        assert_eq!(
+            consent.scope(),
+            "altinn:consentrequests.read altinn:consentrequests.write"
+        );
+        assert_eq!(
+            (consent.exchange, consent.system_user),
+            (Exchange::None, SystemUser::None)
+        );
         let altinn = p.get("altinn").unwrap();
         assert_eq!(
             altinn.scope(),

@@ -136,6 +136,14 @@ pub(super) async fn token(
             )
             .map_err(Refusal::CustomerConfiguration)?;
     }
+    // Maskinporten looks the consent up at Altinn: accepted, unexpired, from and to matching.
+    let consent_detail = match &grant.consent {
+        Some((id, from)) => Some(
+            super::consent::token_detail(&world, id, from, &world.consumer_org)
+                .map_err(Refusal::InvalidDetailValue)?,
+        ),
+        None => None,
+    };
     // Last, and atomically: only a grant that passed every other check is "used".
     let seen = world
         .seen_jtis
@@ -147,7 +155,11 @@ pub(super) async fn token(
     }
 
     let lifetime = world.token_lifetime.as_secs();
-    let access_token = world.sign(&access_token_claims(&world, &grant, lifetime))?;
+    let mut claims = access_token_claims(&world, &grant, lifetime);
+    if let Some(detail) = consent_detail {
+        claims["authorization_details"] = json!([detail]);
+    }
+    let access_token = world.sign(&claims)?;
     tracing::debug!(client_id = %grant.client_id, scope = %grant.scope, "simulator issued a token");
     let body = json!({
         "access_token": access_token,
@@ -191,6 +203,8 @@ struct VerifiedGrant {
     scope: String,
     resource: Option<String>,
     system_user: Option<SystemUser>,
+    /// A consent grant's consent id and `from`.
+    consent: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -299,10 +313,16 @@ fn verify_grant(world: &World, assertion: &str) -> Result<VerifiedGrant, Refusal
             ));
         }
     };
-    let system_user = claims
-        .get("authorization_details")
-        .map(check_system_user)
-        .transpose()?;
+    let details = claims.get("authorization_details");
+    let consent = details
+        .map(super::consent::grant_detail)
+        .transpose()
+        .map_err(Refusal::UnknownDetailFields)?
+        .flatten();
+    let system_user = match consent {
+        Some(_) => None,
+        None => details.map(check_system_user).transpose()?,
+    };
 
     Ok(VerifiedGrant {
         client_id: client.client_id,
@@ -310,6 +330,7 @@ fn verify_grant(world: &World, assertion: &str) -> Result<VerifiedGrant, Refusal
         scope,
         resource,
         system_user,
+        consent,
     })
 }
 

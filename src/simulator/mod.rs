@@ -16,9 +16,12 @@
 //!   customer accepts (`/accessmanagement/ui/systemuser/request?id=`).
 //! - `changes`: system-user change requests, and the page where a customer approves one
 //!   (`/accessmanagement/ui/systemuser/changerequest?id=`).
+//! - `consent`: Altinn's consent requests, the page where a person accepts
+//!   (`/accessmanagement/ui/consent/request?id=`), and the look-up before a consent token.
 
 mod altinn;
 mod changes;
+mod consent;
 mod maskinporten;
 mod register;
 #[cfg(test)]
@@ -108,6 +111,8 @@ struct World {
     register: Mutex<register::Register>,
     /// `local.system_users: strict`.
     strict_system_users: bool,
+    /// Consent requests (Altinn "samtykke").
+    consents: Mutex<consent::Consents>,
 }
 
 impl World {
@@ -235,6 +240,7 @@ pub async fn start(
             .unwrap_or_else(|| DEFAULT_CONSUMER_ORG.to_owned()),
         register: Mutex::default(),
         strict_system_users: config.strict_system_users,
+        consents: Mutex::default(),
     });
 
     let (stop, stopped) = oneshot::channel::<()>();
@@ -280,6 +286,18 @@ fn router(world: Arc<World>) -> Router {
         .route(
             "/accessmanagement/ui/systemuser/changerequest",
             get(changes::confirm_page).post(changes::confirm_answer),
+        )
+        .route(
+            "/accessmanagement/api/v1/enterprise/consentrequests",
+            post(consent::create),
+        )
+        .route(
+            "/accessmanagement/api/v1/enterprise/consentrequests/{id}",
+            get(consent::read),
+        )
+        .route(
+            "/accessmanagement/ui/consent/request",
+            get(consent::consent_page).post(consent::consent_answer),
         )
         .with_state(world)
 }

@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use std::time::SystemTime;
+
+use crate::policy::consent::ConsentToken;
 use crate::policy::on_demand::{OnDemandRequest, ScopePatterns};
 use crate::policy::org::OrgNumber;
 use crate::policy::profile::{
@@ -102,6 +105,34 @@ impl Generation {
             profile: profile.name.clone(),
             org,
             on_demand: None,
+            consent: None,
+        };
+        Ok((profile, key))
+    }
+
+    /// Turn a consent token request into a cache key: one per consent and scope, signed by the
+    /// Maskinporten client of the profile that made the consent requests (`consent_profile`).
+    /// `consent.scopes` (the caller's `allowed`) must match the scope.
+    pub fn resolve_consent(
+        &self,
+        consent: ConsentToken,
+        consent_profile: &str,
+        allowed: &ScopePatterns,
+    ) -> Result<(Arc<Profile>, CacheKey), ResolveError> {
+        if !allowed.allows(&consent.scope) {
+            return Err(ResolveError::ConsentScopeNotAllowed {
+                scope: consent.scope,
+            });
+        }
+        let client = self.profile(consent_profile)?.client.clone();
+        let consent = Arc::new(consent);
+        let profile = Arc::new(Profile::for_consent(&consent, client));
+        let key = CacheKey {
+            client: profile.client.clone(),
+            profile: profile.name.clone(),
+            org: None,
+            on_demand: None,
+            consent: Some(consent),
         };
         Ok((profile, key))
     }
@@ -127,6 +158,7 @@ impl Generation {
             profile: profile.name.clone(),
             org,
             on_demand: Some(Arc::new(request)),
+            consent: None,
         };
         Ok((profile, key))
     }
@@ -149,6 +181,10 @@ pub enum ResolveError {
     OnDemandOff,
     #[error("scope {scope:?} is not allowed: on_demand.scopes in the config does not list it")]
     ScopeNotAllowed { scope: String },
+    #[error(
+        "scope {scope:?} is not allowed in a consent token: consent.scopes in the config does not list it"
+    )]
+    ConsentScopeNotAllowed { scope: String },
     #[error(
         "there is no Maskinporten client named {name:?} since the last reload; ask again for the profile"
     )]
@@ -339,9 +375,10 @@ impl TokenSource for Broker {
 
     async fn fetch(&self, key: &CacheKey, purpose: Purpose) -> Result<Token, SourceError> {
         let generation = self.generation.load_full();
-        let profile = match &key.on_demand {
-            Some(request) => Arc::new(request.profile()),
-            None => generation.profile(key.profile.as_str())?,
+        let profile = match (&key.on_demand, &key.consent) {
+            (Some(request), _) => Arc::new(request.profile()),
+            (None, Some(consent)) => Arc::new(Profile::for_consent(consent, key.client.clone())),
+            (None, None) => generation.profile(key.profile.as_str())?,
         };
         let org = key.org.as_ref();
         let clock = &self.clock;
@@ -359,7 +396,13 @@ impl TokenSource for Broker {
             Purpose::Background => fetcher.fetch(&profile, org, clock).await,
         };
         self.record(&profile, fetcher.key.location().is_some(), &result);
-        Ok(result?)
+        let mut token = result?;
+        if let Some(consent) = &key.consent {
+            // Never past the consent's validTo, as read from Altinn or as the token says.
+            let valid_to = consent.valid_to.into_iter().chain(consent_valid_to(&token));
+            token.expires_at = valid_to.fold(token.expires_at, SystemTime::min);
+        }
+        Ok(token)
     }
 
     type Gate<'a> = (budget::Probe<'a>, Option<budget::Probe<'a>>);
@@ -403,4 +446,21 @@ impl TokenSource for Broker {
             SourceError::Fetch(FetchError::Upstream(u)) => !u.is_transient(),
         }
     }
+}
+
+/// The earliest `validTo` in a consent token's `authorization_details` (Maskinporten copies the
+/// consent's there); `None` when the token says none.
+fn consent_valid_to(token: &Token) -> Option<SystemTime> {
+    let claims: serde_json::Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(token.value.expose()).ok()?;
+    claims
+        .get("authorization_details")?
+        .as_array()?
+        .iter()
+        .filter_map(|d| d.get("validTo")?.as_str())
+        .filter_map(|v| {
+            time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(SystemTime::from)
+        .min()
 }

@@ -66,6 +66,9 @@ pub struct CacheKey {
     pub org: Option<OrgNumber>,
     /// The normalised on-demand request; `None` for a profile.
     pub on_demand: Option<Arc<OnDemandRequest>>,
+    /// A consent token's consent and scope (then `profile` is
+    /// [`crate::policy::consent::CONSENT_TOKEN`]); `None` otherwise.
+    pub consent: Option<Arc<crate::policy::consent::ConsentToken>>,
 }
 
 /// Who a fetch is for: a caller waiting for it, or the background refresh of a token in use.
@@ -903,6 +906,7 @@ mod tests {
             org: None,
             on_demand: None,
             client: ClientName::default_client(),
+            consent: None,
         }
     }
 
@@ -1095,6 +1099,7 @@ mod tests {
             org: org(i),
             on_demand: None,
             client: ClientName::default_client(),
+            consent: None,
         };
         // Popular keys first, so frequency-based admission would refuse newcomers.
         for _ in 0..5 {

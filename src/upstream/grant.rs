@@ -52,7 +52,24 @@ struct Claims<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     consumer_org: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    authorization_details: Option<[SystemUserDetail<'a>; 1]>,
+    authorization_details: Option<[Detail<'a>; 1]>,
+}
+
+/// The one `authorization_details` entry a grant may carry.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Detail<'a> {
+    SystemUser(SystemUserDetail<'a>),
+    Consent(ConsentDetail),
+}
+
+/// A consent token's detail: the consent and who gave it (PROTOCOL.md, "Altinn consent").
+#[derive(Debug, Serialize)]
+struct ConsentDetail {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: String,
+    from: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,16 +115,22 @@ pub async fn build_jwt_grant(
         jti: uuid::Uuid::new_v4().to_string(),
         resource: req.profile.resource.as_deref(),
         consumer_org: req.profile.consumer_org.as_deref(),
-        authorization_details: req.org.map(|org| {
-            [SystemUserDetail {
+        authorization_details: match (&req.profile.consent, req.org) {
+            (Some(consent), _) => Some([Detail::Consent(ConsentDetail {
+                kind: crate::policy::consent::CONSENT_TYPE,
+                id: consent.id.to_string(),
+                from: consent.from.urn(),
+            })]),
+            (None, Some(org)) => Some([Detail::SystemUser(SystemUserDetail {
                 kind: "urn:altinn:systemuser",
                 systemuser_org: SystemUserOrg {
                     authority: "iso6523-actorid-upis",
                     id: org.iso6523(),
                 },
                 external_ref: req.profile.external_ref.as_deref(),
-            }]
-        }),
+            })]),
+            (None, None) => None,
+        },
     };
     let mut header = jsonwebtoken::Header::new(key.algorithm().jwt());
     header.kid = key.kid().map(str::to_owned);
@@ -306,5 +329,33 @@ mod tests {
         assert_eq!(claims["resource"], "https://api.example.no");
         assert_eq!(claims["consumer_org"], "0192:974761076");
         assert_eq!(claims["authorization_details"][0]["externalRef"], "ref-1");
+    }
+
+    #[tokio::test]
+    async fn consent_grant_carries_the_consent_detail_and_the_providers_scope() {
+        use crate::policy::consent::{ConsentToken, Party};
+        let consent = std::sync::Arc::new(ConsentToken {
+            id: "0b0b6c2e-4a44-4c45-9d4e-2f0f7d2b6a11".parse().unwrap(),
+            from: Party::parse("15038512363").unwrap(),
+            scope: "skatteetaten:inntekt".into(),
+            valid_to: None,
+        });
+        let p = Profile::for_consent(
+            &consent,
+            crate::policy::profile::ClientName::default_client(),
+        );
+        let (_, claims) = verify(
+            &build_jwt_grant(&key(Algorithm::RS256), &request(&p, None))
+                .await
+                .unwrap(),
+            Algorithm::RS256,
+        );
+        assert_eq!(claims["scope"], "skatteetaten:inntekt");
+        assert_eq!(
+            claims["authorization_details"],
+            json!([{"type": "urn:altinn:consent",
+                    "id": "0b0b6c2e-4a44-4c45-9d4e-2f0f7d2b6a11",
+                    "from": "urn:altinn:person:identifier-no:15038512363"}])
+        );
     }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod altinn;
 pub(crate) mod client;
 pub(crate) mod clock;
+pub(crate) mod consent;
 pub(crate) mod discovery;
 pub(crate) mod fetch;
 pub(crate) mod grant;

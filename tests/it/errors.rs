@@ -10,7 +10,7 @@ async fn unknown_profile_is_a_404_listing_the_profiles() {
     let p = env.problem("/token/nope", 404).await;
     let detail = p["detail"].as_str().unwrap();
     assert!(
-        detail.contains("\"nope\"") && detail.contains("admin, altinn, skd"),
+        detail.contains("\"nope\"") && detail.contains("admin, altinn, consent, skd"),
         "{detail}"
     );
     assert_eq!(env.mp.calls(), 0);

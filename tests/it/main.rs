@@ -11,6 +11,7 @@ mod bounded;
 mod changes;
 mod cli;
 mod connections;
+mod consent;
 mod container_files;
 mod credentials;
 mod errors;

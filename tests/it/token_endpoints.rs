@@ -169,7 +169,7 @@ async fn the_listing_shows_profiles_scopes_and_flags_but_no_secrets() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["admin", "altinn", "custom", "skd"]);
+    assert_eq!(names, ["admin", "altinn", "consent", "custom", "skd"]);
     let altinn = &profiles[1];
     assert_eq!(
         altinn["scopes"],
@@ -177,7 +177,7 @@ async fn the_listing_shows_profiles_scopes_and_flags_but_no_secrets() {
     );
     assert_eq!(altinn["exchange"], "altinn");
     assert_eq!(altinn["system_user"], "optional");
-    assert_eq!(profiles[3]["system_user"], "required");
+    assert_eq!(profiles[4]["system_user"], "required");
     let text = body.to_string();
     assert!(!text.contains("PRIVATE") && !text.contains("MII"));
     assert_eq!(env.mp.calls(), 0);
