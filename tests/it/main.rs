@@ -26,6 +26,7 @@ mod onboarding;
 mod proxy;
 mod register_fake;
 mod reload;
+mod reload_clients;
 mod rollouts;
 mod secrets;
 mod signers;
