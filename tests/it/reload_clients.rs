@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::Router;
 use axum::http::{StatusCode, Uri};
 use maskinporten_broker::config::Settings;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::introspect::introspect;
 use crate::oidc::*;
