@@ -262,6 +262,8 @@ pub(crate) struct Built {
 /// Build the broker from settings (validates, loads the key, starts the `local` simulator).
 pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
+    // Before the keys: the start-up probe of a key in an HSM or Vault is counted on /metrics.
+    let metrics = crate::telemetry::meters::install();
     let keys = load_keys(&settings).await?;
     let simulator = match settings.env {
         Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),
@@ -298,7 +300,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             tokens,
             env: settings.env,
             clients,
-            metrics: crate::telemetry::meters::install(),
+            metrics,
             openapi: serde_json::to_vec(&http::document())
                 .unwrap_or_default()
                 .into(),

@@ -29,6 +29,7 @@ mod reload;
 mod reload_clients;
 mod rollouts;
 mod secrets;
+mod signer_probe;
 mod signers;
 mod tls;
 mod token_endpoints;
