@@ -7,6 +7,7 @@
 
 mod changes;
 pub mod cli;
+mod clients;
 pub mod commands;
 pub mod consent;
 mod follow;
@@ -264,6 +265,8 @@ pub(crate) struct Built {
 /// Build the broker from settings (validates, loads the key, starts the `local` simulator).
 pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
+    // Before the keys: the start-up probe of a key in an HSM or Vault is counted on /metrics.
+    let metrics = crate::telemetry::meters::install();
     let keys = load_keys(&settings).await?;
     let simulator = match settings.env {
         Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),
@@ -275,22 +278,9 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let discovered = discover(&settings, local_base, &http).await?;
     // Workload-token issuers: their keys read once now; a failure is logged and the keys are
     // read again when a token names one (the broker still serves API-key clients meanwhile).
-    let identity = crate::policy::identity::Issuers::build(&settings.identity, |ca| {
-        http_client(&crate::config::HttpClientSettings {
-            extra_ca_cert: ca.map(Path::to_owned),
-            ..settings.http_client.clone()
-        })
-    })?;
-    identity.read_keys().await;
-    // Introspection checks tokens of the default client's environment; keys read on first use.
-    let endpoints = settings.endpoints(local_base);
-    let introspection = crate::policy::introspection::Introspection::new(
-        &endpoints.issuer,
-        &endpoints.altinn_platform,
-        http.clone(),
-        settings.introspection.clone(),
-    );
-    let proxy = Proxy::new(&validated.proxy, local_base, &settings.http_client)?;
+    let (identity, introspection, proxy_client) =
+        clients::start(&settings, local_base, &http).await?;
+    let proxy = Proxy::new(&validated.proxy, local_base, proxy_client);
     let files = validated.token_files.clone();
     let system = validated.system.clone().map(Arc::new);
     let consent = validated
@@ -317,7 +307,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             tokens,
             env: settings.env,
             clients,
-            metrics: crate::telemetry::meters::install(),
+            metrics,
             openapi: serde_json::to_vec(&http::document())
                 .unwrap_or_default()
                 .into(),
@@ -325,7 +315,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             token_files,
             draining: Default::default(),
             identity,
-            introspection,
+            introspection: ArcSwap::from_pointee(introspection),
             system,
             consent,
         }),
@@ -555,7 +545,9 @@ impl App {
     }
 
     /// Replace key, kid, client id, endpoints (discovered again), `http_client`, profiles,
-    /// `on_demand`, default org and clients with those of `settings`. Everything is built before
+    /// `on_demand`, default org and clients with those of `settings`; the egress proxy's client,
+    /// the identity issuers' key sets and the introspection verifiers are rebuilt with the new
+    /// `http_client` and `endpoints` (their sections as at start; issuers' keys read again). Everything is built before
     /// anything is applied: a config that does not validate, a key that does not load, a discovery
     /// that must succeed and fails, or an HTTP client that cannot be built changes nothing. Tokens
     /// already cached stay until they expire; they are valid whatever key signed the grant.
@@ -565,6 +557,13 @@ impl App {
         let keys = load_keys(settings).await?;
         let http = http_client(&settings.http_client)?;
         let discovered = discover(settings, self.simulator_url(), &http).await?;
+        let outside = clients::Rebuilt::build(
+            &self.state,
+            &self.started,
+            settings,
+            self.simulator_url(),
+            &http,
+        )?;
         let registrations = simulator_clients(settings, &keys, &validated);
         let kid = keys.default.kid().map(str::to_owned);
         let clients = Arc::new(validated.clients.clone());
@@ -584,10 +583,11 @@ impl App {
         }
         self.state.clients.store(clients);
         self.state.broker().replace(generation);
+        outside.apply(&self.state).await;
         tracing::info!(
             kid = kid.as_deref(),
             maskinporten_clients = settings.maskinporten_clients.len() + 1,
-            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, grant, http_client, profiles, on_demand, default_org, clients)"
+            "configuration and key reloaded (key, kid, client_id, maskinporten_clients, endpoints, grant, http_client, profiles, on_demand, default_org, clients; http_client and endpoints also for the proxy's, identity's and introspection's clients)"
         );
         let unchanged = needing_restart(&self.started, settings);
         if !unchanged.is_empty() {

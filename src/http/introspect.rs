@@ -70,6 +70,7 @@ pub async fn introspect(
     };
     let answer = state
         .introspection
+        .load_full()
         .introspect(&asked.identity_provider, &asked.token)
         .await;
     Json(answer).into_response()

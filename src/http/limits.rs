@@ -19,6 +19,36 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `/systemusers/requests`): each request is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// The refusal of a body over [`MAX_BODY_BYTES`].
+pub(super) fn too_large() -> Problem {
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        "Payload too large",
+        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// tower-http's refusal of a body over [`MAX_BODY_BYTES`] (its Content-Length said so), as the
+/// problem+json every other refusal is; other answers pass unchanged.
+pub(super) async fn body_too_large(response: Response) -> Response {
+    if is_bare_413(&response, b"application/problem+json") {
+        too_large().into_response()
+    } else {
+        response
+    }
+}
+
+/// Whether `response` is tower-http's bare 413 rather than a handler's own answer, whose
+/// Content-Type starts with `ours`.
+pub(super) fn is_bare_413(response: &Response, ours: &[u8]) -> bool {
+    response.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_none_or(|t| !t.as_bytes().starts_with(ours))
+}
+
 /// Longest path + query accepted.
 pub const MAX_URI_BYTES: usize = 1024;
 /// Most bytes of header names and values together.

@@ -52,13 +52,19 @@ fn table() -> OpenApiRouter<AppState> {
                 .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
                 .layer(axum::middleware::map_response(texas::body_too_large)),
         )
+        .merge(
+            // The same bound on the onboarding POST, refused as problem+json.
+            OpenApiRouter::new()
+                .routes(routes!(onboarding::create_request))
+                .layer(RequestBodyLimitLayer::new(limits::MAX_BODY_BYTES))
+                .layer(axum::middleware::map_response(limits::body_too_large)),
+        )
         .routes(routes!(token::get_token))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::openapi))
         .routes(routes!(proxy::forward))
-        .routes(routes!(onboarding::create_request))
         .routes(routes!(onboarding::get_request))
         .routes(routes!(onboarding::list_system_users))
         .routes(routes!(changes::create_change))

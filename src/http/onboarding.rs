@@ -61,6 +61,7 @@ pub struct SystemUserList {
         (status = 400, description = "Bad body or org, a redirect_url the system does not allow, or --agent without access packages", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client lacks onboarding: true", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "No system: section in the config (the detail says how to add one)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Altinn (altinn_code: AUTH-…/VLD-…, and what to do) or Maskinporten refused, or answered unusably", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Altinn or Maskinporten unavailable or unreachable", body = Problem, content_type = "application/problem+json"),
@@ -75,7 +76,7 @@ pub async fn create_request(
     let system = allowed(&state, caller)?;
     let bytes: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
-        .map_err(|_| bad_request(format!("the body must be at most {MAX_BODY_BYTES} bytes")))?;
+        .map_err(|_| super::limits::too_large())?;
     let body: SystemUserRequestBody = serde_json::from_slice(&bytes).map_err(|e| {
         bad_request(format!(
             "the body must be JSON {{\"org\", \"external_ref\"?, \"redirect_url\"?, \"agent\"?}}: {e}"

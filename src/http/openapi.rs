@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::OpenApi;
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 
-use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_URI_BYTES};
+use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PROXY_URI_BYTES, MAX_URI_BYTES};
 
 use super::problem::Problem;
 use super::state::AppState;
@@ -58,12 +58,22 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
 /// Add to every route of `doc` the answers given outside its handler: the method fallback, the
 /// size limits and the deadline of `http::limits`, and the 500 of a handler that failed.
 pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
-    let refusals = [
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let max_uri = if path.starts_with("/proxy/") {
+            MAX_PROXY_URI_BYTES
+        } else {
+            MAX_URI_BYTES
+        };
+        add_to_item(item, &refusals(max_uri));
+    }
+}
+
+/// The answers of the front door and the method fallback, for a route whose path and query may
+/// be `max_uri` bytes long.
+fn refusals(max_uri: usize) -> [(&'static str, String); 5] {
+    [
         ("405", "A method this route does not take".to_owned()),
-        (
-            "414",
-            format!("Path and query longer than {MAX_URI_BYTES} bytes"),
-        ),
+        ("414", format!("Path and query longer than {max_uri} bytes")),
         (
             "431",
             format!(
@@ -82,22 +92,32 @@ pub fn add_refusals(doc: &mut utoipa::openapi::OpenApi) {
                 humantime::format_duration(super::limits::REQUEST_TIMEOUT)
             ),
         ),
+    ]
+}
+
+/// Add `refusals` to every method of `item` (the front door answers before any handler).
+fn add_to_item(item: &mut utoipa::openapi::PathItem, refusals: &[(&'static str, String)]) {
+    let operations = [
+        &mut item.get,
+        &mut item.head,
+        &mut item.post,
+        &mut item.put,
+        &mut item.patch,
+        &mut item.delete,
+        &mut item.options,
     ];
-    for item in doc.paths.paths.values_mut() {
-        let operations = [&mut item.get, &mut item.post];
-        for operation in operations.into_iter().flatten() {
-            for (status, description) in &refusals {
-                let entry = operation.responses.responses.entry((*status).to_owned());
-                let RefOr::T(own) = entry.or_insert_with(|| problem_response(description)) else {
-                    continue;
-                };
-                // A route's own answer with this status (the 503 of /readyz while draining):
-                // the refusal can come too, in its problem form.
-                if !own.content.contains_key(PROBLEM) {
-                    own.content
-                        .insert(PROBLEM.to_owned(), RefOr::T(problem_content()));
-                    own.description = format!("{}; or: {description}", own.description);
-                }
+    for operation in operations.into_iter().flatten() {
+        for (status, description) in refusals {
+            let entry = operation.responses.responses.entry((*status).to_owned());
+            let RefOr::T(own) = entry.or_insert_with(|| problem_response(description)) else {
+                continue;
+            };
+            // A route's own answer with this status (the 503 of /readyz while draining):
+            // the refusal can come too, in its problem form.
+            if !own.content.contains_key(PROBLEM) {
+                own.content
+                    .insert(PROBLEM.to_owned(), RefOr::T(problem_content()));
+                own.description = format!("{}; or: {description}", own.description);
             }
         }
     }

@@ -51,10 +51,12 @@ pub struct Shared {
     pub token_files: TokenFiles,
     /// Set once shutdown has begun: `/readyz` answers 503 from then on.
     pub(crate) draining: std::sync::atomic::AtomicBool,
-    /// The issuers of workload tokens (`identity.issuers`), fixed at start.
+    /// The issuers of workload tokens (`identity.issuers`, fixed at start); their key sets take
+    /// a reload's `http_client`.
     pub(crate) identity: crate::policy::identity::Issuers,
-    /// `POST /api/v1/introspect`'s verifiers (fixed at start).
-    pub(crate) introspection: crate::policy::introspection::Introspection,
+    /// `POST /api/v1/introspect`'s verifiers (`introspection` fixed at start); rebuilt at reload
+    /// with the new `endpoints` and `http_client`.
+    pub(crate) introspection: ArcSwap<crate::policy::introspection::Introspection>,
     /// `system:`, checked: the onboarding routes need it (`None`: not configured).
     pub system: Option<Arc<System>>,
     /// `consent:`, checked, and the accepted consents it remembers (`None`: not configured).

@@ -22,7 +22,7 @@ use crate::policy::org::OrgNumber;
 use crate::policy::profile::ON_DEMAND;
 
 use super::auth::Caller;
-use super::limits::MAX_BODY_BYTES;
+use super::limits::{MAX_BODY_BYTES, too_large};
 use super::on_demand::parse_exchange;
 use super::problem::{ApiError, Problem};
 use super::serving::token_for;
@@ -283,26 +283,11 @@ fn system_user(details: Value) -> Result<(Option<OrgNumber>, Option<String>), Ap
 /// tower-http's refusal of a body over [`MAX_BODY_BYTES`] (its Content-Length said so), in
 /// texas's error shape like every other answer of this route; other answers pass unchanged.
 pub(super) async fn body_too_large(response: Response) -> Response {
-    let from_limit = response.status() == StatusCode::PAYLOAD_TOO_LARGE
-        && response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_none_or(|t| !t.as_bytes().starts_with(b"application/json"));
-    if from_limit {
+    if super::limits::is_bare_413(&response, b"application/json") {
         texas_error(too_large())
     } else {
         response
     }
-}
-
-/// The refusal of a body over [`MAX_BODY_BYTES`].
-fn too_large() -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload-too-large",
-        "Payload too large",
-        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
-    )
 }
 
 pub(super) fn texas_error(problem: Problem) -> Response {

@@ -144,6 +144,38 @@ impl Signer {
         }
     }
 
+    /// Sign `digest` for a grant, counted and timed on `/metrics` when the signer is outside
+    /// the process.
+    pub(crate) async fn sign_grant(
+        &self,
+        algorithm: Algorithm,
+        digest: Vec<u8>,
+    ) -> Result<Vec<u8>, SignError> {
+        let started = std::time::Instant::now();
+        let signature = self.sign(algorithm, digest).await;
+        self.count("grant", &signature, started);
+        signature
+    }
+
+    /// Count one signature of `purpose` (`grant`, `probe`) asked of a signer outside the process
+    /// with its outcome; a key file signs in memory and is not counted.
+    fn count<T>(
+        &self,
+        purpose: &'static str,
+        result: &Result<T, SignError>,
+        started: std::time::Instant,
+    ) {
+        if let Some(remote) = self.remote() {
+            let outcome = result.as_ref().err().map_or("ok", |e| e.failure.as_str());
+            crate::telemetry::meters::signer_call(
+                remote.kind(),
+                purpose,
+                outcome,
+                started.elapsed(),
+            );
+        }
+    }
+
     pub(crate) fn remote(&self) -> Option<&Arc<dyn RemoteSigner>> {
         match self {
             Signer::InMemory(_) => None,
@@ -153,8 +185,22 @@ impl Signer {
 }
 
 /// Sign a probe digest and verify it with `public`: a wrong key, a wrong mechanism or a key that
-/// is not the one configured fails here, at start-up and in `check`, with one clear line.
+/// is not the one configured fails here, at start-up, at reload and in `check`, with one clear
+/// line. Counted on `/metrics` with `purpose="probe"` (a signature that does not verify as
+/// `outcome="invalid"`).
 pub(crate) async fn probe(
+    signer: &Signer,
+    public: &RsaPublicKey,
+    algorithm: Algorithm,
+    location: &str,
+) -> Result<(), SignError> {
+    let started = std::time::Instant::now();
+    let probed = probe_once(signer, public, algorithm, location).await;
+    signer.count("probe", &probed, started);
+    probed
+}
+
+async fn probe_once(
     signer: &Signer,
     public: &RsaPublicKey,
     algorithm: Algorithm,

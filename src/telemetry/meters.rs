@@ -174,7 +174,7 @@ fn describe() {
     );
     ::metrics::describe_counter!(
         SIGNER_REQUESTS,
-        "Signatures asked of an HSM (pkcs11) or Vault transit (vault_transit), by outcome"
+        "Signatures asked of an HSM (pkcs11) or Vault transit (vault_transit), by purpose (grant, probe) and outcome"
     );
     ::metrics::describe_histogram!(
         SIGNER_DURATION,
@@ -262,10 +262,17 @@ pub fn upstream_call(target: &'static str, outcome: &'static str, elapsed: Durat
     ::metrics::histogram!(UPSTREAM_DURATION, "target" => target).record(elapsed.as_secs_f64());
 }
 
-/// Count one signature asked of a `signer` outside the process (`pkcs11`, `vault_transit`) with
-/// its `outcome` (`ok`, `unreachable`, `refused`, `timeout`, `invalid`) and time it.
-pub fn signer_call(signer: &'static str, outcome: &'static str, elapsed: Duration) {
-    ::metrics::counter!(SIGNER_REQUESTS, "signer" => signer, "outcome" => outcome).increment(1);
+/// Count one signature asked of a `signer` outside the process (`pkcs11`, `vault_transit`) for a
+/// `purpose` (`grant`, or `probe`: start-up and reload) with its `outcome` (`ok`, `unreachable`,
+/// `refused`, `timeout`, `invalid`) and time it.
+pub fn signer_call(
+    signer: &'static str,
+    purpose: &'static str,
+    outcome: &'static str,
+    elapsed: Duration,
+) {
+    ::metrics::counter!(SIGNER_REQUESTS, "signer" => signer, "purpose" => purpose, "outcome" => outcome)
+        .increment(1);
     ::metrics::histogram!(SIGNER_DURATION, "signer" => signer).record(elapsed.as_secs_f64());
 }
 

@@ -146,16 +146,7 @@ pub async fn build_jwt_grant(
         part(serde_json::to_vec(&claims))?
     );
     let digest = key.algorithm().digest(input.as_bytes());
-    let started = std::time::Instant::now();
-    let signature = key.signer().sign(key.algorithm(), digest).await;
-    if let Some(remote) = key.signer().remote() {
-        let outcome = signature
-            .as_ref()
-            .err()
-            .map_or("ok", |e| e.failure.as_str());
-        crate::telemetry::meters::signer_call(remote.kind(), outcome, started.elapsed());
-    }
-    let signature = signature?;
+    let signature = key.signer().sign_grant(key.algorithm(), digest).await?;
     Ok(Secret::new(format!(
         "{input}.{}",
         URL_SAFE_NO_PAD.encode(signature)

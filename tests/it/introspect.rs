@@ -8,7 +8,12 @@ use serde_json::{Value, json};
 use crate::oidc::*;
 use crate::support::*;
 
-async fn introspect(http: &reqwest::Client, base: &str, provider: &str, token: &str) -> Value {
+pub(crate) async fn introspect(
+    http: &reqwest::Client,
+    base: &str,
+    provider: &str,
+    token: &str,
+) -> Value {
     let r = http
         .post(format!("{base}/api/v1/introspect"))
         .json(&json!({"identity_provider": provider, "token": token}))

@@ -259,12 +259,13 @@ async fn openapi_describes_the_token_route_its_org_parameter_and_problems() {
     for status in ["429", "503", "504"] {
         assert!(header(status, "Retry-After"), "{status}: {get}");
     }
-    // What every route can answer before its handler runs.
+    // What every route can answer before its handler runs, whatever the method.
+    let methods = ["get", "head", "post", "put", "patch", "delete", "options"];
     for route in &route_paths() {
         let operations = doc["paths"][route].as_object().unwrap();
         for (method, operation) in operations
             .iter()
-            .filter(|(m, _)| ["get", "post"].contains(&m.as_str()))
+            .filter(|(m, _)| methods.contains(&m.as_str()))
         {
             for status in ["405", "414", "431", "503"] {
                 assert!(

@@ -159,7 +159,9 @@ async fn a_token_is_fetched_through_the_hsm_and_its_grant_verifies_with_the_toke
     );
     let metrics = env.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains("broker_signer_requests_total{signer=\"pkcs11\",outcome=\"ok\"}"),
+        metrics.contains(
+            "broker_signer_requests_total{signer=\"pkcs11\",purpose=\"grant\",outcome=\"ok\"}"
+        ),
         "{metrics}"
     );
 }

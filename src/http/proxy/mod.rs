@@ -164,8 +164,9 @@ async fn forward_to(
     let mut headers = parts.headers;
     strip_not_forwarded(&mut headers);
     let token = token_for(state, &caller, &key).await?;
+    let client = state.proxy.client();
     let exchange = Exchange {
-        client: &state.proxy.client,
+        client: &client,
         route,
         method: &parts.method,
         url: &url,

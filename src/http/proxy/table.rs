@@ -1,20 +1,20 @@
 //! The proxy's routes ready to serve: each `proxy:` entry with its base URL resolved, and the
-//! HTTP client they share (its own, never following redirects).
+//! HTTP client they share (its own, never following redirects; replaced at reload).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use url::Url;
 
-use crate::config::HttpClientSettings;
 use crate::http::proxy::route::ProxyRoute;
 use crate::policy::org::OrgNumber;
-use crate::upstream::client::{ClientBuildError, http_client};
 
-/// The routes and the HTTP client they share.
+/// The routes (fixed at start) and the HTTP client they share (rebuilt at each reload).
 pub struct Proxy {
     pub(crate) routes: HashMap<String, Route>,
-    pub(crate) client: reqwest::Client,
+    client: ArcSwap<reqwest::Client>,
 }
 
 /// A route ready to serve: its base URL resolved.
@@ -28,13 +28,10 @@ pub(crate) struct Route {
 }
 
 impl Proxy {
-    /// The routes with `local:` upstreams resolved against the simulator's base URL, and an HTTP
-    /// client of their own (rustls, `http_client` settings, redirects never followed).
-    pub fn new(
-        routes: &[ProxyRoute],
-        local_base: Option<&Url>,
-        settings: &HttpClientSettings,
-    ) -> Result<Proxy, ClientBuildError> {
+    /// The routes with `local:` upstreams resolved against the simulator's base URL, and the
+    /// HTTP client of their own (`app/clients.rs`: rustls, `http_client` settings, redirects
+    /// never followed).
+    pub fn new(routes: &[ProxyRoute], local_base: Option<&Url>, client: reqwest::Client) -> Proxy {
         let mut resolved = HashMap::new();
         for r in routes {
             let base = r.base_url(local_base);
@@ -50,10 +47,20 @@ impl Proxy {
                 },
             );
         }
-        Ok(Proxy {
+        Proxy {
             routes: resolved,
-            client: http_client(settings)?,
-        })
+            client: ArcSwap::from_pointee(client),
+        }
+    }
+
+    /// The HTTP client in force now.
+    pub(crate) fn client(&self) -> Arc<reqwest::Client> {
+        self.client.load_full()
+    }
+
+    /// Use `client` from the next request on (a reload's `http_client`).
+    pub(crate) fn set_client(&self, client: reqwest::Client) {
+        self.client.store(Arc::new(client));
     }
 
     /// The configured route names, sorted.

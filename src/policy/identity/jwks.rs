@@ -113,7 +113,8 @@ pub struct KeySet {
     /// For log lines: `identity.issuers.kubernetes`, `maskinporten`, `altinn`.
     name: String,
     source: Source,
-    http: reqwest::Client,
+    /// Replaced by a reload's `http_client` ([`KeySet::reread_with`]).
+    http: ArcSwap<reqwest::Client>,
     bearer_token_file: Option<PathBuf>,
     keys: ArcSwap<HashMap<String, Arc<Key>>>,
     /// When a read was last tried, and the JWKS URL discovery found; one read at a time.
@@ -146,7 +147,7 @@ impl KeySet {
         KeySet {
             name: name.into(),
             source,
-            http,
+            http: ArcSwap::from_pointee(http),
             bearer_token_file,
             keys: ArcSwap::from_pointee(HashMap::new()),
             read: tokio::sync::Mutex::new(ReadState::default()),
@@ -165,8 +166,21 @@ impl KeySet {
         if state.last.is_some_and(|at| at.elapsed() < MIN_REREAD) {
             return;
         }
+        self.read_now(&mut state).await;
+    }
+
+    /// Use `http` from now on and read the document with it at once, whenever the last read was
+    /// (a reload: the operator asked, and sees in the log whether the new client reaches the
+    /// issuer). A failure is logged and keeps the keys held.
+    pub async fn reread_with(&self, http: reqwest::Client) {
+        let mut state = self.read.lock().await;
+        self.http.store(Arc::new(http));
+        self.read_now(&mut state).await;
+    }
+
+    async fn read_now(&self, state: &mut ReadState) {
         state.last = Some(Instant::now());
-        match self.read_keys(&mut state).await {
+        match self.read_keys(state).await {
             Ok(keys) => {
                 tracing::info!(key_set = %self.name, keys = keys.len(), "signing keys read");
                 self.keys.store(Arc::new(keys));
@@ -210,7 +224,7 @@ impl KeySet {
     async fn get_json(&self, url: &Url) -> Result<Value, ReadError> {
         check_url(url).map_err(ReadError::Url)?;
         let shown = url.to_string();
-        let mut request = self.http.get(url.clone());
+        let mut request = self.http.load().get(url.clone());
         if let Some(path) = &self.bearer_token_file {
             // Read for every request: Kubernetes rotates the projected token in place.
             let token = std::fs::read_to_string(path).map_err(|source| ReadError::TokenFile {

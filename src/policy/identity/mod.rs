@@ -265,6 +265,8 @@ pub struct Issuers(Vec<Issuer>);
 #[derive(Debug)]
 struct Issuer {
     name: String,
+    /// The CA trusted besides the roots for reading its keys (`ca_file`).
+    ca_file: Option<PathBuf>,
     issuer: String,
     audience: String,
     keys: Arc<KeySet>,
@@ -288,6 +290,7 @@ impl Issuers {
             };
             issuers.push(Issuer {
                 name: name.clone(),
+                ca_file: i.ca_file.clone(),
                 issuer: i.issuer.clone(),
                 audience: i.audience.clone(),
                 keys: Arc::new(KeySet::new(
@@ -299,6 +302,29 @@ impl Issuers {
             });
         }
         Ok(Issuers(issuers))
+    }
+
+    /// Each issuer's HTTP client made anew by `client_for` (a reload's `http_client`), in the
+    /// issuers' order; nothing changes until [`Issuers::reread_with`].
+    pub fn make_clients<E>(
+        &self,
+        client_for: impl Fn(Option<&std::path::Path>) -> Result<reqwest::Client, E>,
+    ) -> Result<Vec<reqwest::Client>, E> {
+        self.0
+            .iter()
+            .map(|i| client_for(i.ca_file.as_deref()))
+            .collect()
+    }
+
+    /// Use `clients` (of [`Issuers::make_clients`]) from now on, and read every issuer's keys
+    /// with them at once; a failed read keeps the keys held.
+    pub async fn reread_with(&self, clients: Vec<reqwest::Client>) {
+        let reads = self
+            .0
+            .iter()
+            .zip(clients)
+            .map(|(i, c)| i.keys.reread_with(c));
+        futures::future::join_all(reads).await;
     }
 
     pub fn is_empty(&self) -> bool {
