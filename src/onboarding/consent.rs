@@ -401,3 +401,33 @@ pub fn api_for(generation: &Generation, consent: &Consent) -> Result<ConsentApi,
         fetcher.timeout,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_memory_of_accepted_consents_holds_at_most_max_known() {
+        let known = Consents::new(Consent {
+            org: "991825827".parse().unwrap(),
+            redirect_urls: Vec::new(),
+            scopes: Default::default(),
+            profile: "consent".into(),
+        });
+        let from = Party::parse("urn:altinn:organization:identifier-no:991825827").unwrap();
+        let past = MAX_KNOWN + 500;
+        for _ in 0..past {
+            known
+                .known
+                .insert(uuid::Uuid::new_v4(), (from.clone(), None))
+                .await;
+        }
+        known.known.run_pending_tasks().await;
+        let held = known.known.entry_count();
+        assert!(
+            held <= MAX_KNOWN,
+            "{held} consents remembered, bound {MAX_KNOWN}"
+        );
+        assert!(held > 0);
+    }
+}
