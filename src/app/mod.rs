@@ -252,6 +252,20 @@ fn warn_if_readable_by_others(path: &std::path::Path) {
     }
 }
 
+/// Since #27 a client without `scopes` gets no on-demand token: say so once per client at start,
+/// so that an upgrade does not surprise anyone.
+fn warn_of_clients_without_on_demand_scopes(validated: &Validated) {
+    if validated.on_demand.is_empty() {
+        return;
+    }
+    for name in validated.clients.without_on_demand_scopes() {
+        tracing::warn!(
+            client = name,
+            "client has no on-demand scopes (clients[].scopes absent): it is refused every on-demand token; write scopes: ['*'] for all that on_demand.scopes allows"
+        );
+    }
+}
+
 /// Everything built from one config, before serving.
 pub(crate) struct Built {
     pub(crate) state: AppState,
@@ -261,6 +275,7 @@ pub(crate) struct Built {
 /// Build the broker from settings (validates, loads the key, starts the `local` simulator).
 pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
+    warn_of_clients_without_on_demand_scopes(&validated);
     let keys = load_keys(&settings).await?;
     let simulator = match settings.env {
         Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),

@@ -28,6 +28,7 @@ mod register_fake;
 mod reload;
 mod rollouts;
 mod secrets;
+mod security3;
 mod signers;
 mod tls;
 mod token_endpoints;

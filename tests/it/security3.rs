@@ -1,0 +1,90 @@
+//! Security round 3 (#27): each defect a hostile tester found, tried black-box.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+use maskinporten_broker::hash_api_key;
+
+const KEY_A: &str = "security3-key-a-0123456789";
+const KEY_B: &str = "security3-key-b-0123456789";
+const ADMIN_SCOPE: &str = "altinn:authentication/systemregister.write";
+
+/// GET `path` with the API key `key`; the status.
+async fn status_with_key(env: &TestEnv, path: &str, key: &str) -> u16 {
+    env.http
+        .get(env.url(path))
+        .header("x-api-key", key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_client_without_scopes_gets_no_on_demand_scope_and_star_means_all_on_demand_allows() {
+    let logs = LogCapture::start(tracing::Level::WARN);
+    let env = TestEnv::start(&format!(
+        "on_demand:\n  scopes: ['altinn:*']\nclients:\n  - name: no-scopes\n    key_sha256: {}\n    profiles: [altinn]\n    onboarding: true\n  - name: all-scopes\n    key_sha256: {}\n    profiles: [altinn]\n    scopes: ['*']\n",
+        hash_api_key(KEY_A),
+        hash_api_key(KEY_B)
+    ))
+    .await;
+    let log = logs.text();
+    assert_eq!(
+        log.matches("no on-demand scopes").count(),
+        1,
+        "one warning, for the client without scopes: {log}"
+    );
+    assert!(log.contains("no-scopes"), "{log}");
+    for path in [
+        format!("/token?scope={ADMIN_SCOPE}"),
+        format!("/token/on-demand?scope={ADMIN_SCOPE}"),
+    ] {
+        assert_eq!(status_with_key(&env, &path, KEY_A).await, 403, "{path}");
+    }
+    let r = env
+        .http
+        .post(env.url("/api/v1/token"))
+        .header("x-api-key", KEY_A)
+        .json(&json!({"identity_provider": "maskinporten", "target": ADMIN_SCOPE}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(env.mp.calls(), 0, "refused before Maskinporten");
+    // `scopes: ['*']`: everything on_demand.scopes allows, and nothing more.
+    assert_eq!(
+        status_with_key(&env, "/token?scope=altinn:instances.read", KEY_B).await,
+        200
+    );
+    assert_eq!(
+        status_with_key(&env, "/token?scope=other:thing", KEY_B).await,
+        403
+    );
+}
+
+#[tokio::test]
+async fn two_clients_with_one_identity_are_refused_at_start_naming_both() {
+    for identity in [
+        "{issuer: k8s, subject: 'system:serviceaccount:a:b'}",
+        "{spiffe_id: 'spiffe://example.org/a'}",
+        "{certificate_subject: 'CN=a,O=Example'}",
+    ] {
+        let second = identity.replace("CN=a,O=Example", "o=Example, cn=a");
+        let yaml = format!(
+            "env: local\nidentity:\n  issuers:\n    k8s:\n      issuer: https://k8s.example\n      jwks_uri: https://k8s.example/jwks\n      audience: broker\nclients:\n  - name: first\n    identity: {identity}\n    profiles: ['*']\n  - name: second\n    identity: {second}\n    profiles: ['*']\n"
+        );
+        let problems = maskinporten_broker::config::Settings::from_yaml(&yaml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            problems.contains("clients[1].identity: the same identity as clients[0]")
+                && problems.contains("\"first\"")
+                && problems.contains("\"second\""),
+            "{identity}: {problems}"
+        );
+    }
+}
