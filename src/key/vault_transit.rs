@@ -71,7 +71,10 @@ impl VaultTransitSigner {
                 failure: SignFailure::Refused,
             })
         };
+        // Never the environment's HTTP_PROXY/HTTPS_PROXY/ALL_PROXY: the Vault token goes to
+        // Vault and nowhere else (http_client.proxy is for Maskinporten and Altinn only).
         let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())

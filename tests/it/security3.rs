@@ -88,3 +88,71 @@ async fn two_clients_with_one_identity_are_refused_at_start_naming_both() {
         );
     }
 }
+
+/// A loopback listener that counts the connections made to it (and answers none).
+async fn counting_listener() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn the_environments_proxy_variables_get_nothing_not_even_the_vault_token() {
+    let (proxy, seen) = counting_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("vault-token");
+    std::fs::write(&token_file, "hvs.not-for-the-proxy").unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "env: test\nclient_id: c\nkid: k\nkey:\n  vault_transit:\n    address: http://127.0.0.1:{}/\n    name: mp\n    token_file: {}\n",
+            free_port(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let proxy_url = format!("http://{proxy}");
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .envs(
+            [
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "ALL_PROXY",
+                "http_proxy",
+                "https_proxy",
+                "all_proxy",
+            ]
+            .map(|name| (name, proxy_url.as_str())),
+        )
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "Vault is not there: check fails ({})",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        seen.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the proxy of the environment was used: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
