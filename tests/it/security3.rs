@@ -156,3 +156,80 @@ async fn the_environments_proxy_variables_get_nothing_not_even_the_vault_token()
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Authorization headers (or "none") seen by a JWKS on its own origin.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A JWKS at `http://127.0.0.1:PORT/jwks` that records the Authorization it gets.
+async fn recording_jwks() -> (String, Seen) {
+    let seen: Seen = Default::default();
+    let record = seen.clone();
+    let router = axum::Router::new().route(
+        "/jwks",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let record = record.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none");
+                record.lock().unwrap().push(auth.to_owned());
+                axum::Json(json!({"keys": []}))
+            }
+        }),
+    );
+    (format!("http://{}/jwks", serve(router).await), seen)
+}
+
+/// An issuer whose discovery document says `issuer` (`None`: its own base) and `jwks_uri`.
+async fn discovering_issuer(issuer: Option<String>, jwks_uri: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let named = issuer.unwrap_or_else(|| base.clone());
+    let router = axum::Router::new().route(
+        "/.well-known/openid-configuration",
+        axum::routing::get(move || {
+            let doc = json!({"issuer": named, "jwks_uri": jwks_uri});
+            async move { axum::Json(doc) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+fn issuer_yaml(issuer: &str, token_file: &std::path::Path) -> String {
+    format!(
+        "identity:\n  issuers:\n    k8s:\n      issuer: {issuer}\n      audience: broker\n      bearer_token_file: {}\n",
+        token_file.display()
+    )
+}
+
+#[tokio::test]
+async fn the_jwks_bearer_token_goes_only_to_the_issuers_origin_and_a_foreign_issuer_is_untrusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, "the-pods-own-token").unwrap();
+    // A discovered jwks_uri on another origin is read, without the token.
+    let (elsewhere, seen) = recording_jwks().await;
+    let issuer = discovering_issuer(None, elsewhere).await;
+    let env = TestEnv::start(&issuer_yaml(&issuer, &token_file)).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["none"],
+        "read once, without the token"
+    );
+    env.app.shutdown().await;
+
+    // A discovery document naming another issuer: not trusted, a line naming both.
+    let logs = LogCapture::start(tracing::Level::WARN);
+    let (jwks, seen) = recording_jwks().await;
+    let issuer = discovering_issuer(Some("https://evil.example".into()), jwks).await;
+    let env = TestEnv::start(&issuer_yaml(&issuer, &token_file)).await;
+    let log = logs.text();
+    assert!(
+        log.contains(&format!("{issuer:?}")) && log.contains("\"https://evil.example\""),
+        "{log}"
+    );
+    assert!(seen.lock().unwrap().is_empty(), "its JWKS is never read");
+    env.app.shutdown().await;
+}
