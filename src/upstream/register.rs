@@ -263,10 +263,16 @@ impl RegisterApi {
         Ok(url)
     }
 
+    /// `path` under the API's base; never outside it (the admin token goes nowhere else).
     fn url(&self, path: &str) -> Result<Url, RegisterError> {
-        self.base
+        let url = self
+            .base
             .join(path)
-            .map_err(|e| invalid(path, format!("cannot build the URL: {e}")))
+            .map_err(|e| invalid(path, format!("cannot build the URL: {e}")))?;
+        if !url.as_str().starts_with(self.base.as_str()) {
+            return Err(invalid(path, format!("the URL would leave {}", self.base)));
+        }
+        Ok(url)
     }
 
     /// One call: its JSON answer (`null` for an empty one) on a 2xx.
@@ -392,8 +398,15 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// `text` as one path segment. Every character but letters, digits, `-`, `_` and `.` is
+/// percent-encoded, so only `.` and `..` themselves could form a dot segment (and `%2E` counts as
+/// a dot to a URL parser, so encoding the dots would not help): those become `%252E`, which no
+/// parser takes for a dot, and Altinn finds nothing under them.
 fn segment(text: &str) -> String {
-    utf8_percent_encode(text, SEGMENT).to_string()
+    match text {
+        "." | ".." => "%252E".repeat(text.len()),
+        _ => utf8_percent_encode(text, SEGMENT).to_string(),
+    }
 }
 
 /// The member `name` of an object, matched ignoring ASCII case (Altinn's JSON is camelCase, its
@@ -410,4 +423,32 @@ pub fn field_of<'v>(value: &'v Value, name: &str) -> &'v Value {
             })
         })
         .unwrap_or(&NULL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_segment_can_leave_the_api_base() {
+        let api = RegisterApi::new(
+            reqwest::Client::new(),
+            &Url::parse("https://platform.example/").unwrap(),
+            Duration::from_secs(1),
+        );
+        for text in [".", "..", "%2e%2E", "a/../..", "..%2f..", "a\\..\\b"] {
+            let path = format!(
+                "systemuser/request/vendor/byexternalref/s/o/{}",
+                segment(text)
+            );
+            let url = api.url(&path).unwrap();
+            assert!(
+                url.path().starts_with(
+                    "/authentication/api/v1/systemuser/request/vendor/byexternalref/s/o/"
+                ),
+                "{text:?} → {url}"
+            );
+        }
+        assert!(api.url("../../x").is_err());
+    }
 }

@@ -23,6 +23,7 @@ mod observability;
 mod oidc;
 mod on_demand;
 mod onboarding;
+mod onboarding_bounds;
 mod proxy;
 mod register_fake;
 mod reload;

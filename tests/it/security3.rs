@@ -1,6 +1,6 @@
 //! Security round 3 (#27): each defect a hostile tester found, tried black-box.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::support::*;
 use maskinporten_broker::hash_api_key;
