@@ -233,3 +233,82 @@ async fn the_jwks_bearer_token_goes_only_to_the_issuers_origin_and_a_foreign_iss
     assert!(seen.lock().unwrap().is_empty(), "its JWKS is never read");
     env.app.shutdown().await;
 }
+
+/// An upstream that answers 200 and then streams a body that does not end (64 KiB every 10 ms,
+/// for at most 20 s).
+async fn endless_upstream() -> String {
+    use futures::StreamExt;
+    let router = axum::Router::new().fallback(|| async {
+        let chunks = futures::stream::iter(0..2000).then(|_| async {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(vec![b' '; 64 * 1024]))
+        });
+        (
+            [("content-type", "application/json")],
+            axum::body::Body::from_stream(chunks),
+        )
+    });
+    format!("http://{}/endless", serve(router).await)
+}
+
+#[tokio::test]
+async fn an_endless_answer_from_maskinporten_or_altinn_is_a_502_naming_it_and_the_limit() {
+    let endless = endless_upstream().await;
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let yaml = config_yaml(&mp, &altinn, "http_client:\n  timeout: 4s\n")
+        .replace(&mp.token_url(), &endless);
+    let env = TestEnv::start_settings(
+        mp,
+        altinn,
+        maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap(),
+    )
+    .await;
+    let p = env.problem("/token/admin", 502).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("Maskinporten") && detail.contains("1 MiB"),
+        "{p}"
+    );
+    env.app.shutdown().await;
+
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let yaml = config_yaml(&mp, &altinn, "http_client:\n  timeout: 4s\n")
+        .replace(&altinn.exchange_url(), &endless);
+    let env = TestEnv::start_settings(
+        mp,
+        altinn,
+        maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap(),
+    )
+    .await;
+    let p = env.problem("/token/altinn", 502).await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.contains("Altinn") && detail.contains("1 MiB"), "{p}");
+}
+
+#[tokio::test]
+async fn an_endless_answer_from_vault_is_refused_naming_the_limit() {
+    let endless = endless_upstream().await.replace("/endless", "/");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("vault-token");
+    std::fs::write(&token_file, "hvs.x").unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "env: test\nclient_id: c\nkid: k\nkey:\n  vault_transit:\n    address: {endless}\n    name: mp\n    token_file: {}\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("1 MiB"), "{err}");
+}

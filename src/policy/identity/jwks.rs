@@ -257,19 +257,13 @@ impl KeySet {
                 status: response.status().as_u16(),
             });
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-        {
-            return Err(ReadError::TooLarge { url: shown });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+        let body = match crate::body::read(&mut response, MAX_DOCUMENT_BYTES).await {
+            Ok(body) => body,
+            Err(crate::body::BodyError::Transport(e)) => return Err(http_error(e)),
+            Err(crate::body::BodyError::TooLarge) => {
                 return Err(ReadError::TooLarge { url: shown });
             }
-            body.extend_from_slice(&chunk);
-        }
+        };
         serde_json::from_slice(&body).map_err(|e| ReadError::Document {
             url: shown,
             reason: e.to_string(),
