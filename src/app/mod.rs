@@ -122,6 +122,7 @@ async fn load_client_key(
     client: &ClientView<'_>,
 ) -> Result<SigningKey, StartError> {
     let (kid, alg) = (client.kid, client.key.algorithm);
+    warn_of_readable_secret_files(client);
     let outside = crate::key::load_outside(
         client.key.outside(),
         kid,
@@ -194,7 +195,7 @@ fn read_client_key_file(client: &ClientView<'_>) -> Result<Option<(String, KeyFi
     }
     match &key.path {
         Some(path) if client.env != Environment::Local || path.exists() => {
-            warn_if_readable_by_others(path);
+            warn_if_readable_by_others(&client.field("key.path"), path);
             let password = password(client)?;
             let field = client.field("key.path");
             let file = KeyFile::read(path, password.as_ref()).map_err(at(field.clone()))?;
@@ -240,14 +241,40 @@ fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
     }
 }
 
-/// A private key readable by group or others is one `cat` away from leaking.
-fn warn_if_readable_by_others(path: &std::path::Path) {
+/// A private key, password, PIN or token readable by group or others is one `cat` away from
+/// leaking. `field` is the config field naming the file (`key.path`, `key.password_file`).
+fn warn_if_readable_by_others(field: &str, path: &std::path::Path) {
     #[cfg(unix)]
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the key file is readable by group or others; chmod 600 it");
+            tracing::warn!(field, path = %path.display(), mode = format!("{mode:o}"), "the secret file is readable by group or others; chmod 600 it");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (field, path);
+}
+
+/// The secret files besides the key file, warned about as [`warn_if_readable_by_others`].
+fn warn_of_readable_secret_files(client: &ClientView<'_>) {
+    let key = client.key;
+    let files = [
+        ("key.password_file", key.password_file.as_deref()),
+        (
+            "key.pkcs11.pin_file",
+            key.pkcs11.as_ref().and_then(|p| p.pin_file.as_deref()),
+        ),
+        (
+            "key.vault_transit.token_file",
+            key.vault_transit
+                .as_ref()
+                .and_then(|v| v.token_file.as_deref()),
+        ),
+    ];
+    for (field, path) in files {
+        if let Some(path) = path {
+            warn_if_readable_by_others(&client.field(field), path);
         }
     }
 }
@@ -293,6 +320,12 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             ..settings.http_client.clone()
         })
     })?;
+    for (name, issuer) in &settings.identity.issuers {
+        if let Some(path) = &issuer.bearer_token_file {
+            let field = format!("identity.issuers.{name}.bearer_token_file");
+            warn_if_readable_by_others(&field, path);
+        }
+    }
     identity.read_keys().await;
     // Introspection checks tokens of the default client's environment; keys read on first use.
     let endpoints = settings.endpoints(local_base);

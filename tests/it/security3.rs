@@ -312,3 +312,96 @@ async fn an_endless_answer_from_vault_is_refused_naming_the_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("1 MiB"), "{err}");
 }
+
+/// `name` in `dir` holding `text`, with `mode`.
+fn secret_file(dir: &std::path::Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn secret_files_readable_by_others_are_warned_about_naming_file_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let password = std::fs::read_to_string(fixture("business-legacy.password")).unwrap();
+    let password_file = secret_file(d, "p12-password", &password, 0o640);
+    let bearer = secret_file(d, "sa-token", "t", 0o604);
+    let private_bearer = secret_file(d, "private-token", "t", 0o600);
+    let vault_token = secret_file(d, "vault-token", "hvs.x", 0o644);
+    let pin = secret_file(d, "pin", "1234", 0o644);
+
+    let logs = LogCapture::start(tracing::Level::WARN);
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    let credentials = format!(
+        "kid: {KID}\nkey:\n  path: {}\n  password_file: {}\n",
+        fixture("business-legacy.p12"),
+        password_file.display()
+    );
+    let closed = free_port();
+    let identity = format!(
+        "identity:\n  issuers:\n    a:\n      issuer: http://127.0.0.1:{closed}\n      jwks_uri: http://127.0.0.1:{closed}/jwks\n      audience: b\n      bearer_token_file: {}\n    b:\n      issuer: http://127.0.0.1:{closed}/b\n      jwks_uri: http://127.0.0.1:{closed}/jwks\n      audience: b\n      bearer_token_file: {}\n",
+        bearer.display(),
+        private_bearer.display()
+    );
+    let yaml = config_yaml_with(&mp, &altinn, &credentials, &identity);
+    let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The p12 fixture's kid may differ: whether it starts is not the point, the warnings are.
+    let _ = maskinporten_broker::app::App::spawn(settings, listener).await;
+    let log = logs.text();
+    for (path, mode) in [(&password_file, "640"), (&bearer, "604")] {
+        assert!(
+            log.lines().any(|l| l.contains(&path.display().to_string())
+                && l.contains(&format!("mode=\"{mode}\""))
+                && l.contains("readable by group or others")),
+            "{path:?}: {log}"
+        );
+    }
+    assert!(
+        !log.contains(&private_bearer.display().to_string()),
+        "{log}"
+    );
+
+    // The Vault token and the PKCS#11 PIN, through `check`.
+    for key in [
+        format!(
+            "  vault_transit:\n    address: http://127.0.0.1:{closed}/\n    name: mp\n    token_file: {}\n",
+            vault_token.display()
+        ),
+        format!(
+            "  pkcs11:\n    module: {}\n    token_label: t\n    key_label: k\n    pin_file: {}\n",
+            d.join("no-module.so").display(),
+            pin.display()
+        ),
+    ] {
+        let config = d.join("broker.yaml");
+        std::fs::write(
+            &config,
+            format!("env: test\nclient_id: c\nkid: k\nkey:\n{key}"),
+        )
+        .unwrap();
+        let out = tokio::process::Command::new(BIN)
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let file = if key.contains("vault") {
+            &vault_token
+        } else {
+            &pin
+        };
+        assert!(
+            err.lines().any(|l| l.contains(&file.display().to_string())
+                && l.contains("mode=\"644\"")
+                && l.contains("readable by group or others")),
+            "{err}"
+        );
+    }
+}
