@@ -39,6 +39,7 @@ pub struct SystemUserRequestBody {
     #[schema(min_length = 1, max_length = 255, pattern = "^[^/\\x00-\\x1f\\x7f]+$")]
     pub external_ref: Option<String>,
     /// One of `system.allowed_redirect_urls`: where Altinn sends the customer after answering.
+    #[schema(format = "uri", min_length = 1)]
     pub redirect_url: Option<String>,
     /// The agent (client delegation) variant: access packages only.
     pub agent: Option<bool>,

@@ -317,7 +317,7 @@ async fn texas_errors_have_texas_shapes_and_statuses() {
         ),
         (
             json!({"identity_provider": "maskinporten", "target": "other:scope"}),
-            400,
+            403,
             "invalid_scope",
         ),
     ] {
