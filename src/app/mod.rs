@@ -359,9 +359,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             env: settings.env,
             clients,
             metrics: crate::telemetry::meters::install(),
-            openapi: serde_json::to_vec(&http::document())
-                .unwrap_or_default()
-                .into(),
+            openapi: http::openapi::served(&http::document(), system.as_deref()).into(),
             proxy,
             token_files,
             draining: Default::default(),

@@ -36,14 +36,14 @@ pub struct TexasTokenRequest {
     #[schema(value_type = IdentityProvider)]
     pub identity_provider: String,
     /// The scopes, separated by spaces; no `*`.
-    #[schema(pattern = "^[^\\s*]{1,200}( [^\\s*]{1,200}){0,19}$")]
+    #[schema(pattern = "^[!#-)+-\\[\\]-~]{1,200}( [!#-)+-\\[\\]-~]{1,200}){0,19}$")]
     pub target: String,
     /// The grant's `resource` claim: an absolute https URI without a fragment (RFC 8707).
     #[schema(nullable = false, pattern = "^https://[^\\s#]+$")]
     pub resource: Option<String>,
     /// The system-user form: `[{"type":"urn:altinn:systemuser","systemuser_org":{"authority":"iso6523-actorid-upis","ID":"0192:<orgnr>"}}]`
     /// (a JSON string in a form). Same cache entry as the equivalent `org`.
-    #[schema(value_type = Vec<SystemUserDetail>, nullable = false)]
+    #[schema(value_type = Vec<SystemUserDetail>, nullable = false, min_items = 1, max_items = 1)]
     pub authorization_details: Option<Value>,
     /// Fetch a new token even when one is cached (counts against the fetch budget).
     #[schema(nullable = false)]
@@ -56,8 +56,31 @@ pub struct TexasTokenRequest {
     pub exchange: Option<String>,
 }
 
+/// [`TexasTokenRequest`] as a form, for the OpenAPI document. A form may also carry
+/// `authorization_details` as one field holding the JSON text; no schema can say "JSON text of
+/// this shape", so the document leaves it out (use `org` in a form).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TexasTokenForm {
+    #[schema(value_type = IdentityProvider)]
+    identity_provider: String,
+    /// The scopes, separated by spaces; no `*`.
+    #[schema(pattern = "^[!#-)+-\\[\\]-~]{1,200}( [!#-)+-\\[\\]-~]{1,200}){0,19}$")]
+    target: String,
+    #[schema(nullable = false, pattern = "^https://[^\\s#]+$")]
+    resource: Option<String>,
+    #[schema(nullable = false)]
+    skip_cache: Option<bool>,
+    #[schema(nullable = false, pattern = "^[0-9]{9}$")]
+    org: Option<String>,
+    #[schema(value_type = super::on_demand::ExchangeParam, nullable = false)]
+    exchange: Option<String>,
+}
+
 /// One entry of `authorization_details`, for the OpenAPI document: the system-user form.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SystemUserDetail {
     #[schema(rename = "type", pattern = "^urn:altinn:systemuser$")]
@@ -66,7 +89,8 @@ pub struct SystemUserDetail {
 }
 
 /// The organisation of a system user in `authorization_details`.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SystemUserOrg {
     #[schema(pattern = "^iso6523-actorid-upis$")]
@@ -105,7 +129,7 @@ pub struct TexasError {
     tag = "texas",
     request_body(content(
         (TexasTokenRequest = "application/json"),
-        (TexasTokenRequest = "application/x-www-form-urlencoded"),
+        (TexasTokenForm = "application/x-www-form-urlencoded"),
     )),
     responses(
         (status = 200, description = "A token with at least cache.min_remaining left", body = TexasTokenResponse),
