@@ -654,13 +654,6 @@ async fn metrics_count_requests_by_route_and_status_class_and_time_the_upstream(
     assert!(metric(&text, unknown) >= before + 1.0, "{text}");
 }
 
-/// The value of the metric line starting with `name` (labels included), 0 when absent.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn upstreams_must_be_https_except_loopback_and_routes_must_be_well_formed() {
     let mp = FakeMaskinporten::start().await;

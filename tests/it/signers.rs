@@ -146,6 +146,9 @@ fn assert_signed_by_fixture_key(env: &TestEnv, grants: usize) {
 async fn a_token_is_fetched_through_the_hsm_and_its_grant_verifies_with_the_token_key() {
     let _turn = HSM_TURN.lock().await;
     let env = hsm_env("").await;
+    let signed = "broker_signer_requests_total{signer=\"pkcs11\",outcome=\"ok\"}";
+    // HSM tests take turns (HSM_TURN), so the pkcs11 line moves by this test's signatures only.
+    let before = metric(&env.get("/metrics").await.text().await.unwrap(), signed);
     env.get_json("/token/admin", 200).await;
     assert_signed_by_fixture_key(&env, 1);
     let ready = env.get_json("/readyz", 200).await;
@@ -158,10 +161,7 @@ async fn a_token_is_fetched_through_the_hsm_and_its_grant_verifies_with_the_toke
         "{ready}"
     );
     let metrics = env.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("broker_signer_requests_total{signer=\"pkcs11\",outcome=\"ok\"}"),
-        "{metrics}"
-    );
+    assert_eq!(metric(&metrics, signed), before + 1.0, "{metrics}");
 }
 
 #[tokio::test]
