@@ -455,7 +455,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answered.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(answered.headers()["content-type"], "application/problem+json");
+        assert_eq!(
+            answered.headers()["content-type"],
+            "application/problem+json"
+        );
     }
 
     #[tokio::test]

@@ -317,3 +317,36 @@ clients:\n  - name: reports\n    identity: {{certificate_subject: 'CN=reports,O=
     );
     env.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_files_changed_into_ones_that_do_not_load_keep_the_previous_ones() {
+    let logs = LogCapture::start(tracing::Level::ERROR);
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, clients_ca) = (Ca::new("server ca"), Ca::new("clients ca"));
+    write_tls_files(dir.path(), &server_ca, &clients_ca);
+    let env = TestEnv::start(&tls_yaml(dir.path(), "optional")).await;
+    let url = format!("https://127.0.0.1:{}/healthz", env.app.addr.port());
+    assert_eq!(status(https(&server_ca, None), &url).await, Some(200));
+    // A half-written renewal: the certificate is not PEM, the key another one's.
+    write(
+        dir.path(),
+        "server.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
+    write(
+        dir.path(),
+        "server.key",
+        &KeyPair::generate().unwrap().serialize_pem(),
+    );
+    // The files are looked at once a second: past that, new connections still get the old ones.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(status(https(&server_ca, None), &url).await, Some(200));
+    }
+    let log = logs.text();
+    assert!(
+        log.contains("server.tls files changed but do not load"),
+        "{log}"
+    );
+    env.app.shutdown().await;
+}
