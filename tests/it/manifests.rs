@@ -139,7 +139,10 @@ fn the_validator_refuses_a_broken_manifest() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(out.status.code(), Some(1), "{said}");
-        assert!(said.contains(fault) && !said.contains("Traceback"), "{fault}: {said}");
+        assert!(
+            said.contains(fault) && !said.contains("Traceback"),
+            "{fault}: {said}"
+        );
     };
     std::fs::write(&broken, deployment.replace("replicas: 2", "replicas: two")).unwrap();
     refused_for(validate(std::slice::from_ref(&broken)), "two");
