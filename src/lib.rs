@@ -29,6 +29,7 @@ pub use http::route_paths;
 pub use key::{SigningKey, public_key_from_jwk};
 pub use policy::access::hash_api_key;
 
+mod body;
 mod http;
 mod key;
 mod onboarding;

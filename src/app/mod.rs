@@ -126,6 +126,7 @@ async fn load_client_key(
     client: &ClientView<'_>,
 ) -> Result<SigningKey, StartError> {
     let (kid, alg) = (client.kid, client.key.algorithm);
+    warn_of_readable_secret_files(client);
     let outside = crate::key::load_outside(
         client.key.outside(),
         kid,
@@ -198,7 +199,7 @@ fn read_client_key_file(client: &ClientView<'_>) -> Result<Option<(String, KeyFi
     }
     match &key.path {
         Some(path) if client.env != Environment::Local || path.exists() => {
-            warn_if_readable_by_others(path);
+            warn_if_readable_by_others(&client.field("key.path"), path);
             let password = password(client)?;
             let field = client.field("key.path");
             let file = KeyFile::read(path, password.as_ref()).map_err(at(field.clone()))?;
@@ -244,15 +245,55 @@ fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
     }
 }
 
-/// A private key readable by group or others is one `cat` away from leaking.
-fn warn_if_readable_by_others(path: &std::path::Path) {
+/// A private key, password, PIN or token readable by group or others is one `cat` away from
+/// leaking. `field` is the config field naming the file (`key.path`, `key.password_file`).
+fn warn_if_readable_by_others(field: &str, path: &std::path::Path) {
     #[cfg(unix)]
     if let Ok(meta) = std::fs::metadata(path) {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the key file is readable by group or others; chmod 600 it");
+            tracing::warn!(field, path = %path.display(), mode = format!("{mode:o}"), "the secret file is readable by group or others; chmod 600 it");
         }
+    }
+    #[cfg(not(unix))]
+    let _ = (field, path);
+}
+
+/// The secret files besides the key file, warned about as [`warn_if_readable_by_others`].
+fn warn_of_readable_secret_files(client: &ClientView<'_>) {
+    let key = client.key;
+    let files = [
+        ("key.password_file", key.password_file.as_deref()),
+        (
+            "key.pkcs11.pin_file",
+            key.pkcs11.as_ref().and_then(|p| p.pin_file.as_deref()),
+        ),
+        (
+            "key.vault_transit.token_file",
+            key.vault_transit
+                .as_ref()
+                .and_then(|v| v.token_file.as_deref()),
+        ),
+    ];
+    for (field, path) in files {
+        if let Some(path) = path {
+            warn_if_readable_by_others(&client.field(field), path);
+        }
+    }
+}
+
+/// Since #27 a client without `scopes` gets no on-demand token: say so once per client at start,
+/// so that an upgrade does not surprise anyone.
+fn warn_of_clients_without_on_demand_scopes(validated: &Validated) {
+    if validated.on_demand.is_empty() {
+        return;
+    }
+    for name in validated.clients.without_on_demand_scopes() {
+        tracing::warn!(
+            client = name,
+            "client has no on-demand scopes (clients[].scopes absent): it is refused every on-demand token; write scopes: ['*'] for all that on_demand.scopes allows"
+        );
     }
 }
 
@@ -267,6 +308,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let validated = settings.validate()?;
     // Before the keys: the start-up probe of a key in an HSM or Vault is counted on /metrics.
     let metrics = crate::telemetry::meters::install();
+    warn_of_clients_without_on_demand_scopes(&validated);
     let keys = load_keys(&settings).await?;
     let simulator = match settings.env {
         Environment::Local => Some(start_simulator(&settings, &keys, &validated).await?),
@@ -278,6 +320,12 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     let discovered = discover(&settings, local_base, &http).await?;
     // Workload-token issuers: their keys read once now; a failure is logged and the keys are
     // read again when a token names one (the broker still serves API-key clients meanwhile).
+    for (name, issuer) in &settings.identity.issuers {
+        if let Some(path) = &issuer.bearer_token_file {
+            let field = format!("identity.issuers.{name}.bearer_token_file");
+            warn_if_readable_by_others(&field, path);
+        }
+    }
     let (identity, introspection, proxy_client) =
         clients::start(&settings, local_base, &http).await?;
     let proxy = Proxy::new(&validated.proxy, local_base, proxy_client);
@@ -308,9 +356,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             env: settings.env,
             clients,
             metrics,
-            openapi: serde_json::to_vec(&http::document())
-                .unwrap_or_default()
-                .into(),
+            openapi: http::openapi::served(&http::document(), system.as_deref()).into(),
             proxy,
             token_files,
             draining: Default::default(),

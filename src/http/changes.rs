@@ -69,7 +69,7 @@ pub async fn create_change(
     request: Request,
 ) -> Result<Response, Problem> {
     let caller = caller?;
-    let system = allowed(&state, Ok(caller.clone()))?;
+    let (system, _) = allowed(&state, Ok(caller.clone()))?;
     let bytes: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| bad_request(format!("the body must be at most {MAX_BODY_BYTES} bytes")))?;
@@ -127,7 +127,7 @@ pub async fn get_change(
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
     let caller = caller?;
-    let system = allowed(&state, Ok(caller.clone()))?;
+    let (system, _) = allowed(&state, Ok(caller.clone()))?;
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(bad_request(
             "the id must be a change request id (a UUID) as POST /systemusers/changes answered",

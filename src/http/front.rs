@@ -431,6 +431,36 @@ mod tests {
         );
     }
 
+    /// A service that panics in `call` itself, before any future exists.
+    #[derive(Clone)]
+    struct PanicsWhenCalled;
+
+    impl Service<Request> for PanicsWhenCalled {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = Ready<Result<Response, Infallible>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request) -> Self::Future {
+            panic!("boom in call")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_panicking_when_called_answers_500_problem() {
+        let app = FrontLayer::new(Duration::from_secs(5)).layer(PanicsWhenCalled);
+        let answered = app
+            .oneshot(Request::get("/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            answered.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+
     #[tokio::test]
     async fn credentials_in_headers_are_marked_sensitive() {
         let addr = serve_front().await;

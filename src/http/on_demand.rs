@@ -24,7 +24,7 @@ use super::state::AppState;
     path = "/token/on-demand",
     tag = "tokens",
     params(
-        ("scope" = String, Query, description = "On-demand scopes (at least one): separate them by spaces, or repeat the parameter; each must match on_demand.scopes (and the client's scopes); no '*'", pattern = "^[^\\s*]{1,200}( [^\\s*]{1,200}){0,19}$"),
+        ("scope" = String, Query, description = "On-demand scopes (at least one): separate them by spaces, or repeat the parameter; each must match on_demand.scopes (and the client's scopes); no '*'", pattern = "^[!#-)+-\\[\\]-~]{1,200}( [!#-)+-\\[\\]-~]{1,200}){0,19}$"),
         ("org" = Option<String>, Query, description = "Organisation number of the system user (9 digits, mod-11 check digit)", pattern = "^[0-9]{9}$"),
         ("resource" = Option<String>, Query, description = "The grant's resource claim (audience-restricted token, RFC 8707): an absolute https URI without a fragment", pattern = "^https://[^\\s#]+$"),
         ("consumer_org" = Option<String>, Query, description = "The grant's consumer_org claim (a supplier acting for a customer): 0192: and an organisation number", pattern = "^0192:[0-9]{9}$"),

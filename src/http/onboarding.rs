@@ -19,6 +19,7 @@ use crate::onboarding::flow::{
     self, Admin, Ask, Onboarding, OnboardingError, RequestView, SystemUserView,
 };
 use crate::onboarding::system::System;
+use crate::policy::access::Client;
 use crate::upstream::register::RegisterError;
 
 use super::auth::Caller;
@@ -33,9 +34,12 @@ pub struct SystemUserRequestBody {
     /// The customer's organisation number (9 digits, mod-11 check digit).
     #[schema(pattern = "^[0-9]{9}$")]
     pub org: String,
-    /// Your reference for the system user; absent: the organisation number.
+    /// Your reference for the system user; absent: the organisation number. Not `.` or `..`,
+    /// no `/`, no control characters.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^/\\x00-\\x1f\\x7f]+$")]
     pub external_ref: Option<String>,
     /// One of `system.allowed_redirect_urls`: where Altinn sends the customer after answering.
+    #[schema(format = "uri", min_length = 1)]
     pub redirect_url: Option<String>,
     /// The agent (client delegation) variant: access packages only.
     pub agent: Option<bool>,
@@ -60,8 +64,9 @@ pub struct SystemUserList {
         (status = 200, description = "An existing pending request, or the system user the organisation already has (status Accepted)", body = RequestView),
         (status = 400, description = "Bad body or org, a redirect_url the system does not allow, or --agent without access packages", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The API key's client lacks onboarding: true", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key's client lacks onboarding: true, or its orgs do not list org", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Altinn does not know the configured system: run `system register` first", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "No system: section in the config (the detail says how to add one)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Altinn (altinn_code: AUTH-…/VLD-…, and what to do) or Maskinporten refused, or answered unusably", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Altinn or Maskinporten unavailable or unreachable", body = Problem, content_type = "application/problem+json"),
@@ -73,7 +78,7 @@ pub async fn create_request(
     caller: Result<Caller, Problem>,
     request: Request,
 ) -> Result<Response, Problem> {
-    let system = allowed(&state, caller)?;
+    let (system, client) = allowed(&state, caller)?;
     let bytes: Bytes = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| super::limits::too_large())?;
@@ -82,12 +87,26 @@ pub async fn create_request(
             "the body must be JSON {{\"org\", \"external_ref\"?, \"redirect_url\"?, \"agent\"?}}: {e}"
         ))
     })?;
+    let org = body
+        .org
+        .trim()
+        .parse()
+        .map_err(|e| bad_request(format!("org: {e}")))?;
+    if let Some(client) = &client
+        && !client.may_use_org(&org)
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            format!(
+                "client {:?} may not ask organisation {org} for a system user: its orgs in the config do not list it",
+                client.name
+            ),
+        ));
+    }
     let ask = Ask {
-        org: body
-            .org
-            .trim()
-            .parse()
-            .map_err(|e| bad_request(format!("org: {e}")))?,
+        org,
         external_ref: body.external_ref,
         redirect_url: body.redirect_url,
         agent: body.agent.unwrap_or(false),
@@ -127,7 +146,7 @@ pub async fn get_request(
     caller: Result<Caller, Problem>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let system = allowed(&state, caller)?;
+    let (system, _) = allowed(&state, caller)?;
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(bad_request(
             "the id must be a request id (a UUID) as POST /systemusers/requests answered",
@@ -146,9 +165,10 @@ pub async fn get_request(
     path = "/systemusers",
     tag = "onboarding",
     responses(
-        (status = 200, description = "The system users (at most 10,000)", body = SystemUserList),
+        (status = 200, description = "The system users (at most 10,000); a client sees those of its own orgs only", body = SystemUserList),
         (status = 401, description = "API key missing or unknown (when clients are configured)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The API key's client lacks onboarding: true", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Altinn does not know the configured system: run `system register` first", body = Problem, content_type = "application/problem+json"),
         (status = 501, description = "No system: section in the config (the detail says how to add one)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Altinn or Maskinporten refused (altinn_code), or answered unusably", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Altinn or Maskinporten unavailable or unreachable", body = Problem, content_type = "application/problem+json"),
@@ -159,8 +179,12 @@ pub async fn list_system_users(
     State(state): State<AppState>,
     caller: Result<Caller, Problem>,
 ) -> Result<Response, Problem> {
-    let system = allowed(&state, caller)?;
-    let (system_users, truncated) = session(&state, &system)?.list().await.map_err(problem)?;
+    let (system, client) = allowed(&state, caller)?;
+    let (mut system_users, truncated) = session(&state, &system)?.list().await.map_err(problem)?;
+    // A client sees the system users of its own organisations only.
+    if let Some(client) = &client {
+        system_users.retain(|u| u.org.parse().is_ok_and(|org| client.may_use_org(&org)));
+    }
     Ok(Json(SystemUserList {
         system_users,
         truncated,
@@ -168,12 +192,17 @@ pub async fn list_system_users(
     .into_response())
 }
 
-/// The configured system, when this caller may onboard.
+/// The configured system and the caller's client (when clients are configured), when this
+/// caller may onboard.
 pub(super) fn allowed(
     state: &AppState,
     caller: Result<Caller, Problem>,
-) -> Result<Arc<System>, Problem> {
-    if let Caller::Client(client, _) = caller?
+) -> Result<(Arc<System>, Option<Arc<Client>>), Problem> {
+    let client = match caller? {
+        Caller::Client(client, _) => Some(client),
+        Caller::Anonymous => None,
+    };
+    if let Some(client) = &client
         && !client.onboarding
     {
         return Err(Problem::new(
@@ -186,14 +215,15 @@ pub(super) fn allowed(
             ),
         ));
     }
-    state.system.clone().ok_or_else(|| {
+    let system = state.system.clone().ok_or_else(|| {
         Problem::new(
             StatusCode::NOT_IMPLEMENTED,
             "onboarding-not-configured",
             "Onboarding not configured",
             "this broker has no system: section in its config; add one (docs/onboarding.md) and restart",
         )
-    })
+    })?;
+    Ok((system, client))
 }
 
 pub(super) fn session<'a>(
@@ -239,6 +269,12 @@ pub(super) fn problem(error: OnboardingError) -> Problem {
         OnboardingError::Altinn(RegisterError::Upstream(u)) => upstream_problem(&u),
         OnboardingError::Token { source, .. } => ApiError::Cache(source).problem(),
         OnboardingError::BadRequest(_) => bad_request(detail),
+        OnboardingError::NotRegistered(_) => Problem::new(
+            StatusCode::CONFLICT,
+            "system-not-registered",
+            "System not registered",
+            detail,
+        ),
         OnboardingError::NoSuchRequest(_) => Problem::new(
             StatusCode::NOT_FOUND,
             "no-such-request",

@@ -13,6 +13,7 @@ use super::limits::{MAX_HEADER_BYTES, MAX_HEADER_COUNT, MAX_PROXY_URI_BYTES, MAX
 use super::problem::Problem;
 use super::state::AppState;
 use super::token::{MaskinportenClientListing, ProfileListing};
+use crate::onboarding::system::System;
 use crate::tokens::answer::TokenResponse;
 
 #[derive(OpenApi)]
@@ -53,6 +54,35 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
         state.openapi.clone(),
     )
         .into_response()
+}
+
+/// The document as served: `POST /systemusers/requests` takes only what the configured system
+/// allows, so that a request the schema allows is one the broker takes: `redirect_url` one of
+/// `system.allowed_redirect_urls` (or null), `agent` only when `system.access_packages` has some.
+pub fn served(doc: &utoipa::openapi::OpenApi, system: Option<&System>) -> Vec<u8> {
+    let mut value = serde_json::to_value(doc).unwrap_or_default();
+    if let Some(system) = system {
+        let properties = "/components/schemas/SystemUserRequestBody/properties";
+        let mut redirect: Vec<serde_json::Value> = system
+            .allowed_redirect_urls
+            .iter()
+            .map(|u| u.as_str().into())
+            .collect();
+        redirect.push(serde_json::Value::Null);
+        let mut agent = vec![false.into(), serde_json::Value::Null];
+        if !system.access_packages.is_empty() {
+            agent.push(true.into());
+        }
+        for (name, allowed) in [("redirect_url", redirect), ("agent", agent)] {
+            if let Some(property) = value
+                .pointer_mut(&format!("{properties}/{name}"))
+                .and_then(serde_json::Value::as_object_mut)
+            {
+                property.insert("enum".into(), allowed.into());
+            }
+        }
+    }
+    serde_json::to_vec(&value).unwrap_or_default()
 }
 
 /// Add to every route of `doc` the answers given outside its handler: the method fallback, the

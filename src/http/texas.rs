@@ -36,14 +36,14 @@ pub struct TexasTokenRequest {
     #[schema(value_type = IdentityProvider)]
     pub identity_provider: String,
     /// The scopes, separated by spaces; no `*`.
-    #[schema(pattern = "^[^\\s*]{1,200}( [^\\s*]{1,200}){0,19}$")]
+    #[schema(pattern = "^[!#-)+-\\[\\]-~]{1,200}( [!#-)+-\\[\\]-~]{1,200}){0,19}$")]
     pub target: String,
     /// The grant's `resource` claim: an absolute https URI without a fragment (RFC 8707).
     #[schema(nullable = false, pattern = "^https://[^\\s#]+$")]
     pub resource: Option<String>,
     /// The system-user form: `[{"type":"urn:altinn:systemuser","systemuser_org":{"authority":"iso6523-actorid-upis","ID":"0192:<orgnr>"}}]`
     /// (a JSON string in a form). Same cache entry as the equivalent `org`.
-    #[schema(value_type = Vec<SystemUserDetail>, nullable = false)]
+    #[schema(value_type = Vec<SystemUserDetail>, nullable = false, min_items = 1, max_items = 1)]
     pub authorization_details: Option<Value>,
     /// Fetch a new token even when one is cached (counts against the fetch budget).
     #[schema(nullable = false)]
@@ -56,8 +56,31 @@ pub struct TexasTokenRequest {
     pub exchange: Option<String>,
 }
 
+/// [`TexasTokenRequest`] as a form, for the OpenAPI document. A form may also carry
+/// `authorization_details` as one field holding the JSON text; no schema can say "JSON text of
+/// this shape", so the document leaves it out (use `org` in a form).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct TexasTokenForm {
+    #[schema(value_type = IdentityProvider)]
+    identity_provider: String,
+    /// The scopes, separated by spaces; no `*`.
+    #[schema(pattern = "^[!#-)+-\\[\\]-~]{1,200}( [!#-)+-\\[\\]-~]{1,200}){0,19}$")]
+    target: String,
+    #[schema(nullable = false, pattern = "^https://[^\\s#]+$")]
+    resource: Option<String>,
+    #[schema(nullable = false)]
+    skip_cache: Option<bool>,
+    #[schema(nullable = false, pattern = "^[0-9]{9}$")]
+    org: Option<String>,
+    #[schema(value_type = super::on_demand::ExchangeParam, nullable = false)]
+    exchange: Option<String>,
+}
+
 /// One entry of `authorization_details`, for the OpenAPI document: the system-user form.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SystemUserDetail {
     #[schema(rename = "type", pattern = "^urn:altinn:systemuser$")]
@@ -66,7 +89,8 @@ pub struct SystemUserDetail {
 }
 
 /// The organisation of a system user in `authorization_details`.
-#[derive(utoipa::ToSchema)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct SystemUserOrg {
     #[schema(pattern = "^iso6523-actorid-upis$")]
@@ -105,13 +129,13 @@ pub struct TexasError {
     tag = "texas",
     request_body(content(
         (TexasTokenRequest = "application/json"),
-        (TexasTokenRequest = "application/x-www-form-urlencoded"),
+        (TexasTokenForm = "application/x-www-form-urlencoded"),
     )),
     responses(
         (status = 200, description = "A token with at least cache.min_remaining left", body = TexasTokenResponse),
-        (status = 400, description = "invalid_request: bad body, unsupported identity provider, bad org or authorization_details; invalid_scope: a scope outside on_demand.scopes; or Maskinporten's own refusal with its status", body = TexasError),
+        (status = 400, description = "invalid_request: bad body, unsupported identity provider, bad org or authorization_details; or Maskinporten's own refusal with its status", body = TexasError),
         (status = 401, description = "invalid_client: API key missing or unknown (when clients are configured)", body = TexasError),
-        (status = 403, description = "unauthorized_client: the client may not use this scope or org", body = TexasError),
+        (status = 403, description = "invalid_scope: a scope outside on_demand.scopes or the client's scopes; unauthorized_client: the client may not use this org or Maskinporten client", body = TexasError),
         (status = 413, description = "invalid_request: the body is over 16 KiB", body = TexasError),
         (status = 429, description = "temporarily_unavailable: no token is cached and the fetch budget is spent (cache.max_fetches_per_second, or the client's own); see Retry-After", body = TexasError),
         (status = 500, description = "server_error: Maskinporten or Altinn unavailable, unreachable, too slow or unusable; see Retry-After", body = TexasError),
@@ -297,8 +321,10 @@ pub(super) fn texas_error(problem: Problem) -> Response {
         (400, ..) => (StatusCode::BAD_REQUEST, "invalid_request"),
         (413, ..) => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
         (401, ..) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+        // A scope outside on_demand.scopes (or the client's scopes): a refusal, documented as
+        // 403, in texas's shape with OAuth's error code.
         (403, ..) if problem.kind.ends_with(":scope-not-allowed") => {
-            (StatusCode::BAD_REQUEST, "invalid_scope")
+            (StatusCode::FORBIDDEN, "invalid_scope")
         }
         (403, ..) => (StatusCode::FORBIDDEN, "unauthorized_client"),
         (429, ..) => (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable"),
@@ -403,24 +429,66 @@ mod tests {
 
     #[test]
     fn problems_take_texas_shapes_and_statuses() {
-        let p = Problem::new(StatusCode::BAD_GATEWAY, "upstream-refused", "t", "d")
+        /// The status and the texas body (`error`, `error_description` and nothing else).
+        fn answered(p: Problem) -> (StatusCode, Value) {
+            let r = texas_error(p);
+            let status = r.status();
+            let body = futures::executor::block_on(axum::body::to_bytes(r.into_body(), 4096))
+                .expect("a small body");
+            (status, serde_json::from_slice(&body).expect("JSON"))
+        }
+        let shape =
+            |error: &str, detail: &str| json!({"error": error, "error_description": detail});
+        let p = Problem::new(StatusCode::BAD_GATEWAY, "upstream-refused", "t", "refused")
             .with("upstream_status", 400)
-            .with("error", "invalid_scope");
-        let r = texas_error(p);
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
-        let r = texas_error(Problem::new(
+            .with("error", "invalid_grant");
+        assert_eq!(
+            answered(p),
+            (StatusCode::BAD_REQUEST, shape("invalid_grant", "refused"))
+        );
+        let p = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream-unavailable",
             "t",
-            "d",
-        ));
-        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let r = texas_error(Problem::new(
+            "down",
+        );
+        assert_eq!(
+            answered(p),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                shape("server_error", "down")
+            )
+        );
+        let p = Problem::new(
             StatusCode::FORBIDDEN,
             "scope-not-allowed",
             "t",
-            "d",
-        ));
-        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+            "not listed",
+        );
+        assert_eq!(
+            answered(p),
+            (StatusCode::FORBIDDEN, shape("invalid_scope", "not listed"))
+        );
+        let p = Problem::new(StatusCode::FORBIDDEN, "forbidden", "t", "not your org");
+        assert_eq!(
+            answered(p),
+            (
+                StatusCode::FORBIDDEN,
+                shape("unauthorized_client", "not your org")
+            )
+        );
+        let p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "t", "no key");
+        assert_eq!(
+            answered(p),
+            (StatusCode::UNAUTHORIZED, shape("invalid_client", "no key"))
+        );
+        let p = Problem::new(StatusCode::BAD_REQUEST, "bad-request", "t", "bad body");
+        assert_eq!(
+            answered(p),
+            (
+                StatusCode::BAD_REQUEST,
+                shape("invalid_request", "bad body")
+            )
+        );
     }
 }

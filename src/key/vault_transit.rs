@@ -71,7 +71,10 @@ impl VaultTransitSigner {
                 failure: SignFailure::Refused,
             })
         };
+        // Never the environment's HTTP_PROXY/HTTPS_PROXY/ALL_PROXY: the Vault token goes to
+        // Vault and nowhere else (http_client.proxy is for Maskinporten and Altinn only).
         let mut builder = reqwest::Client::builder()
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -171,9 +174,22 @@ impl VaultTransitSigner {
 
     /// Send and read the JSON answer; every failure becomes a sentence naming the cause.
     async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Value, SignError> {
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
+        let mut response = request.send().await.map_err(|e| self.transport(&e))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| self.transport(&e))?;
+        let limit = crate::body::MAX_UPSTREAM_BODY;
+        let body = match crate::body::read(&mut response, limit).await {
+            Ok(body) => body,
+            Err(crate::body::BodyError::Transport(e)) => return Err(self.transport(&e)),
+            Err(crate::body::BodyError::TooLarge) => {
+                return Err(self.error(
+                    SignFailure::Invalid,
+                    format!(
+                        "the answer is longer than {}, the most the broker reads",
+                        crate::body::shown(limit)
+                    ),
+                ));
+            }
+        };
         if status.is_success() && body.is_empty() {
             return Ok(Value::Null);
         }

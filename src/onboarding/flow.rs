@@ -18,6 +18,30 @@ use crate::tokens::broker::{Broker, Generation, ResolveError, SourceError};
 use crate::tokens::cache::{CacheError, TokenCache};
 use crate::upstream::register::{RegisterApi, RegisterError, field_of};
 
+/// The longest `external_ref` taken.
+pub const MAX_EXTERNAL_REF: usize = 255;
+
+/// An `external_ref` is one path segment of Altinn's API: not `.` or `..`, no `/`, no control
+/// characters, at most [`MAX_EXTERNAL_REF`] characters.
+pub fn check_external_ref(text: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("external_ref {text:?} {why}"));
+    if text.is_empty() {
+        bad("is empty; leave it out for the organisation number")
+    } else if text == "." || text == ".." {
+        bad("is a dot segment; choose a reference with other characters")
+    } else if text.contains('/') {
+        bad("contains '/'")
+    } else if text.chars().any(char::is_control) {
+        bad("contains a control character")
+    } else if text.chars().count() > MAX_EXTERNAL_REF {
+        Err(format!(
+            "external_ref is longer than {MAX_EXTERNAL_REF} characters"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Where the admin token (and the proof token) come from.
 pub enum Admin<'a> {
     /// This process's cache: the broker's routes, and the CLI in `test` and `prod`.
@@ -56,6 +80,9 @@ pub enum OnboardingError {
         "system id {0:?} is taken in Altinn by a deleted system (or one of another organisation), and a deleted id can never be used again: choose a new system.id in the config and run `system register`"
     )]
     Deleted(String),
+    /// Altinn does not know the configured system: the vendor's step comes first.
+    #[error("Altinn does not know system {0:?}: run `maskinporten-broker system register` first")]
+    NotRegistered(String),
     #[error("Altinn has no system-user request with id {0}")]
     NoSuchRequest(String),
     #[error("Altinn's answer does not match what was asked: {0}")]
@@ -220,6 +247,9 @@ impl Onboarding<'_> {
     /// or the system user the organisation already has (`Accepted`), comes back with `false`.
     pub async fn request(&self, ask: &Ask) -> Result<(RequestView, bool), OnboardingError> {
         let system = self.system;
+        if let Some(external_ref) = &ask.external_ref {
+            check_external_ref(external_ref).map_err(OnboardingError::BadRequest)?;
+        }
         if let Some(url) = &ask.redirect_url
             && !system.allowed_redirect_urls.contains(url)
         {
@@ -291,6 +321,7 @@ impl Onboarding<'_> {
                 let found = found.ok_or(refusal)?;
                 Ok((RequestView::from_request(&found), false))
             }
+            Some("AUTH-00011") => Err(OnboardingError::NotRegistered(system.id.clone())),
             _ => Err(refusal.into()),
         }
     }
@@ -309,7 +340,13 @@ impl Onboarding<'_> {
     /// [`crate::upstream::register::MAX_SYSTEM_USERS`].
     pub async fn list(&self) -> Result<(Vec<SystemUserView>, bool), OnboardingError> {
         let token = self.admin_token().await?;
-        let (users, truncated) = self.api.system_users(&token, &self.system.id).await?;
+        let (users, truncated) = match self.api.system_users(&token, &self.system.id).await {
+            // Altinn's 404 on a system's list: it has no such system.
+            Err(e) if e.status() == Some(404) => {
+                return Err(OnboardingError::NotRegistered(self.system.id.clone()));
+            }
+            other => other?,
+        };
         Ok((
             users
                 .iter()

@@ -39,7 +39,7 @@ pub struct ClientSettings {
     #[serde(default)]
     pub max_fetches_per_second: Option<u32>,
     /// On-demand scope patterns this client may ask for, within `on_demand.scopes`; absent means
-    /// every scope `on_demand.scopes` allows.
+    /// none (fail closed); `["*"]` means every scope `on_demand.scopes` allows.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
     /// Maskinporten clients (`default`, `maskinporten_clients.<name>`) whose tokens this client
@@ -94,8 +94,9 @@ impl Client {
         self.orgs.contains(org)
     }
     /// Whether this client may ask for `scope` on demand (`on_demand.scopes` is checked too).
+    /// Without `scopes` of its own it may ask for none: an absent permission is no permission.
     pub fn may_use_scope(&self, scope: &str) -> bool {
-        self.scopes.as_ref().is_none_or(|s| s.allows(scope))
+        self.scopes.as_ref().is_some_and(|s| s.allows(scope))
     }
 }
 
@@ -144,6 +145,19 @@ impl Clients {
                 problems.push(format!(
                     "{}: the same API key as clients[{j}] ({:?}); {:?} and {:?} each need their own key",
                     field("key_sha256"),
+                    clients[j].name,
+                    clients[j].name,
+                    c.name
+                ));
+            }
+            if let Some(j) = clients
+                .iter()
+                .position(|other| identity.is_some() && other.identity == identity)
+            {
+                // One identity, two clients: the first would silently win.
+                problems.push(format!(
+                    "{}: the same identity as clients[{j}] ({:?}); {:?} and {:?} each need their own",
+                    field("identity"),
                     clients[j].name,
                     clients[j].name,
                     c.name
@@ -258,6 +272,14 @@ impl Clients {
                 _ => false,
             })
             .cloned()
+    }
+
+    /// The names of the clients without `scopes` of their own, who may have no on-demand token.
+    pub fn without_on_demand_scopes(&self) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(|c| c.scopes.is_none())
+            .map(|c| c.name.as_str())
     }
 
     /// The issuers named by `clients[].identity.issuer`, with their field paths.

@@ -351,15 +351,25 @@ mod tests {
     #[test]
     fn token_request_outcomes_follow_the_status() {
         let handle = install();
-        token_request("unit-test-profile", 503);
-        token_request("unit-test-profile", 403);
+        // One profile per status, so that each outcome is tied to the status that made it.
+        let cases = [
+            (200, "ok"),
+            (403, "client_error"),
+            (429, "client_error"),
+            (503, "upstream_error"),
+            (504, "upstream_error"),
+            (500, "internal_error"),
+        ];
+        for (status, _) in cases {
+            token_request(&format!("unit-test-outcome-{status}"), status);
+        }
         let text = handle.render();
-        assert!(text.contains(
-            "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"upstream_error\"}"
-        ));
-        assert!(text.contains(
-            "broker_token_requests_total{profile=\"unit-test-profile\",outcome=\"client_error\"}"
-        ));
+        for (status, outcome) in cases {
+            let line = format!(
+                "broker_token_requests_total{{profile=\"unit-test-outcome-{status}\",outcome=\"{outcome}\"}} 1\n"
+            );
+            assert!(text.contains(&line), "{status} → {outcome}: {text}");
+        }
     }
 
     #[test]

@@ -210,11 +210,24 @@ pub async fn call(
     timeout: Duration,
 ) -> Result<Answer, UpstreamError> {
     let transport = |e: reqwest::Error| UpstreamError::from_transport(target, &e, timeout);
-    let response = request.send().await.map_err(transport)?;
+    let mut response = request.send().await.map_err(transport)?;
     let status = response.status().as_u16();
     let date = server_date(response.headers());
     let retry_after = retry_after(response.headers());
-    let body = response.bytes().await.map_err(transport)?.to_vec();
+    let limit = crate::body::MAX_UPSTREAM_BODY;
+    let body = match crate::body::read(&mut response, limit).await {
+        Ok(body) => body,
+        Err(crate::body::BodyError::Transport(e)) => return Err(transport(e)),
+        Err(crate::body::BodyError::TooLarge) => {
+            return Err(UpstreamError::Invalid {
+                target,
+                reason: format!(
+                    "the answer is longer than {}, the most the broker reads",
+                    crate::body::shown(limit)
+                ),
+            });
+        }
+    };
     Ok(Answer {
         status,
         date,

@@ -279,10 +279,16 @@ impl RegisterApi {
         Ok(url)
     }
 
+    /// `path` under the API's base; never outside it (the admin token goes nowhere else).
     pub(super) fn url(&self, path: &str) -> Result<Url, RegisterError> {
-        self.base
+        let url = self
+            .base
             .join(path)
-            .map_err(|e| invalid(path, format!("cannot build the URL: {e}")))
+            .map_err(|e| invalid(path, format!("cannot build the URL: {e}")))?;
+        if !url.as_str().starts_with(self.base.as_str()) {
+            return Err(invalid(path, format!("the URL would leave {}", self.base)));
+        }
+        Ok(url)
     }
 
     /// One call: its JSON answer (`null` for an empty one) on a 2xx.
@@ -323,16 +329,16 @@ impl RegisterApi {
         let started = std::time::Instant::now();
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+        let bytes = match crate::body::read(&mut response, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(crate::body::BodyError::Transport(e)) => return Err(transport(e).into()),
+            Err(crate::body::BodyError::TooLarge) => {
                 return Err(invalid(
                     &call,
                     format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
                 ));
             }
-            bytes.extend_from_slice(&chunk);
-        }
+        };
         tracing::debug!(call = %call, status, elapsed_ms = started.elapsed().as_millis() as u64, "Altinn register call");
         let text = String::from_utf8_lossy(&bytes);
         if status == 429 || status >= 500 {
@@ -408,8 +414,15 @@ pub(super) fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// `text` as one path segment. Every character but letters, digits, `-`, `_` and `.` is
+/// percent-encoded, so only `.` and `..` themselves could form a dot segment (and `%2E` counts as
+/// a dot to a URL parser, so encoding the dots would not help): those become `%252E`, which no
+/// parser takes for a dot, and Altinn finds nothing under them.
 pub(super) fn segment(text: &str) -> String {
-    utf8_percent_encode(text, SEGMENT).to_string()
+    match text {
+        "." | ".." => "%252E".repeat(text.len()),
+        _ => utf8_percent_encode(text, SEGMENT).to_string(),
+    }
 }
 
 /// The member `name` of an object, matched ignoring ASCII case (Altinn's JSON is camelCase, its
@@ -426,4 +439,32 @@ pub fn field_of<'v>(value: &'v Value, name: &str) -> &'v Value {
             })
         })
         .unwrap_or(&NULL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_segment_can_leave_the_api_base() {
+        let api = RegisterApi::new(
+            reqwest::Client::new(),
+            &Url::parse("https://platform.example/").unwrap(),
+            Duration::from_secs(1),
+        );
+        for text in [".", "..", "%2e%2E", "a/../..", "..%2f..", "a\\..\\b"] {
+            let path = format!(
+                "systemuser/request/vendor/byexternalref/s/o/{}",
+                segment(text)
+            );
+            let url = api.url(&path).unwrap();
+            assert!(
+                url.path().starts_with(
+                    "/authentication/api/v1/systemuser/request/vendor/byexternalref/s/o/"
+                ),
+                "{text:?} → {url}"
+            );
+        }
+        assert!(api.url("../../x").is_err());
+    }
 }

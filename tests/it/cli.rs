@@ -110,7 +110,14 @@ async fn a_public_listen_address_without_clients_refuses_to_start() {
 async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
     let mp = FakeMaskinporten::start().await;
     let altinn = FakeAltinn::start(&mp).await;
-    let mut broker = ServedBinary::start(&mp, &altinn, &format!("default_org: '{ORG}'\n")).await;
+    // No shutdown delay: SIGTERM starts the drain at once, so the slow request below is in
+    // flight while the broker shuts down (with a delay it would finish before).
+    let mut broker = ServedBinary::start(
+        &mp,
+        &altinn,
+        &format!("default_org: '{ORG}'\nserver:\n  shutdown_delay: 0s\n"),
+    )
+    .await;
     let base = broker.base.clone();
     let http = reqwest::Client::new();
     for path in [
@@ -143,7 +150,15 @@ async fn serve_answers_all_three_token_kinds_and_drains_on_sigterm() {
         let url = format!("{base}/token/altinn?org={OTHER_ORG}");
         async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Signalled once Maskinporten holds the request (at most 10 s of waiting).
+    let calls = mp.calls();
+    for _ in 0..200 {
+        if mp.calls() > calls {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(mp.calls() > calls, "the slow request reached Maskinporten");
     signal(broker.child.id().unwrap(), "TERM");
     assert_eq!(
         slow.await.unwrap().unwrap(),

@@ -131,17 +131,28 @@ fn the_validator_refuses_a_broken_manifest() {
     let deployment =
         std::fs::read_to_string(repo().join("deploy/kubernetes/shared/deployment.yaml")).unwrap();
     let broken = dir.path().join("broken.yaml");
+    // Refused for the fault put in, not for any crash: exit 1 and the fault named.
+    let refused_for = |out: std::process::Output, fault: &str| {
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains(fault) && !said.contains("Traceback"),
+            "{fault}: {said}"
+        );
+    };
     std::fs::write(&broken, deployment.replace("replicas: 2", "replicas: two")).unwrap();
-    assert!(!validate(std::slice::from_ref(&broken)).status.success());
+    refused_for(validate(std::slice::from_ref(&broken)), "two");
     std::fs::write(
         &broken,
         deployment.replace("maxSkew: 1", "maxSkew: 1\n          maxSkewed: 2"),
     )
     .unwrap();
-    assert!(
-        !validate(&[broken]).status.success(),
-        "--strict refuses unknown fields"
-    );
+    // --strict refuses unknown fields.
+    refused_for(validate(&[broken]), "maxSkewed");
 }
 
 /// A file of the repository, as text.

@@ -133,7 +133,7 @@ async fn scopes_outside_the_list_are_403_naming_the_scope_and_never_reach_maskin
 #[tokio::test]
 async fn a_client_can_be_narrowed_to_its_own_scopes() {
     let env = TestEnv::start(&format!(
-        "{ON_DEMAND}clients:\n  - name: narrow\n    key_sha256: {}\n    profiles: [altinn]\n    orgs: ['{ORG}']\n    scopes: ['altinn:instances.*']\n  - name: wide\n    key_sha256: {}\n    profiles: [altinn]\n",
+        "{ON_DEMAND}clients:\n  - name: narrow\n    key_sha256: {}\n    profiles: [altinn]\n    orgs: ['{ORG}']\n    scopes: ['altinn:instances.*']\n  - name: wide\n    key_sha256: {}\n    profiles: [altinn]\n    scopes: ['*']\n",
         hash_api_key(KEY_A),
         hash_api_key(KEY_B)
     ))
@@ -157,7 +157,7 @@ async fn a_client_can_be_narrowed_to_its_own_scopes() {
     let p: Value = refused.json().await.unwrap();
     assert!(p["detail"].as_str().unwrap().contains("narrow"), "{p}");
     assert_eq!(p["scope"], "altinn:resourceregistry/resource.read");
-    // The wide client has no scopes of its own: on_demand.scopes is its limit ...
+    // The wide client's scopes are ['*']: on_demand.scopes is its limit ...
     assert_eq!(
         status(
             get(KEY_B, "/token?scope=altinn:resourceregistry/resource.read")
@@ -317,7 +317,7 @@ async fn texas_errors_have_texas_shapes_and_statuses() {
         ),
         (
             json!({"identity_provider": "maskinporten", "target": "other:scope"}),
-            400,
+            403,
             "invalid_scope",
         ),
     ] {

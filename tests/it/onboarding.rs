@@ -441,7 +441,7 @@ async fn altinn_refusals_and_bad_config_say_what_to_do() {
     fails_saying(
         &out,
         &[
-            "(AUTH-00011)",
+            "Altinn does not know system",
             "run `maskinporten-broker system register` first",
         ],
     );
@@ -488,7 +488,7 @@ async fn the_http_routes_onboard_for_clients_with_onboarding_true_only() {
     let onboarding_key = "key-of-signup-page";
     let other_key = "key-of-invoicing";
     let extra = format!(
-        "{SYSTEM}clients:\n  - name: signup\n    key_sha256: {}\n    profiles: [altinn]\n    onboarding: true\n  - name: invoicing\n    key_sha256: {}\n    profiles: [altinn]\n",
+        "{SYSTEM}clients:\n  - name: signup\n    key_sha256: {}\n    profiles: [altinn]\n    orgs: ['{ORG}', '{OTHER_ORG}']\n    onboarding: true\n  - name: invoicing\n    key_sha256: {}\n    profiles: [altinn]\n",
         maskinporten_broker::hash_api_key(onboarding_key),
         maskinporten_broker::hash_api_key(other_key),
     );

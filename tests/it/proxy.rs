@@ -633,19 +633,34 @@ async fn a_slow_upstream_is_a_504_and_an_unreachable_one_a_502() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_route_and_status_class_and_time_the_upstream() {
-    let (env, _up) = start().await;
-    env.get("/proxy/r/x").await;
-    env.get("/proxy/r/%2e%2e/x").await;
+    // A route no other test uses: its lines are this test's alone (one recorder per binary).
+    let (env, _up) = start_with_route("metrics-own").await;
+    let unknown = "broker_proxy_requests_total{route=\"_unknown\",class=\"4xx\"}";
+    let before = metric(&env.get("/metrics").await.text().await.unwrap(), unknown);
+    env.get("/proxy/metrics-own/x").await;
+    env.get("/proxy/metrics-own/y").await;
+    // (Not %2e%2e: the client itself would fold that dot segment away.)
+    env.get("/proxy/metrics-own/a%5c..%5cb").await;
     env.get("/proxy/nope/x").await;
     let text = env.get("/metrics").await.text().await.unwrap();
-    for line in [
-        "broker_proxy_requests_total{route=\"r\",class=\"2xx\"}",
-        "broker_proxy_requests_total{route=\"r\",class=\"4xx\"}",
-        "broker_proxy_requests_total{route=\"_unknown\",class=\"4xx\"}",
-        "broker_proxy_upstream_duration_seconds_bucket{route=\"r\",le=\"0.005\"}",
+    for (line, count) in [
+        (
+            "broker_proxy_requests_total{route=\"metrics-own\",class=\"2xx\"}",
+            2.0,
+        ),
+        (
+            "broker_proxy_requests_total{route=\"metrics-own\",class=\"4xx\"}",
+            1.0,
+        ),
+        (
+            "broker_proxy_upstream_duration_seconds_count{route=\"metrics-own\"}",
+            2.0,
+        ),
     ] {
-        assert!(text.contains(line), "{line} missing from:\n{text}");
+        assert_eq!(metric(&text, line), count, "{line} in:\n{text}");
     }
+    // The unknown route is shared with other tests: at least this test's one more.
+    assert!(metric(&text, unknown) >= before + 1.0, "{text}");
 }
 
 #[tokio::test]
@@ -833,4 +848,26 @@ async fn a_caller_hanging_up_during_a_chunked_upload_is_the_callers_abort() {
     );
     assert!(line.contains("INFO"), "{line}");
     assert!(!logs.contains("could not be reached"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_content_length_upload_that_stops_arriving_is_a_408_body_timeout_and_never_forwarded() {
+    let (env, up) = start().await;
+    // 100 bytes announced, 3 sent, then nothing (the connection stays open): the `slow` route's
+    // 300 ms pass while the body is read.
+    let mut stream = tokio::net::TcpStream::connect(env.app.addr).await.unwrap();
+    stream
+        .write_all(b"POST /proxy/slow/upload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("the broker answers within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("body-timeout"), "{text}");
+    assert!(up.seen().is_empty(), "nothing reached the upstream");
 }

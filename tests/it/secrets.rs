@@ -26,7 +26,7 @@ async fn no_secret_appears_in_trace_logs() {
     }))
     .await;
     let env = TestEnv::start(&format!(
-        "default_org: '{ORG}'\non_demand:\n  scopes: ['altinn:*']\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
+        "default_org: '{ORG}'\non_demand:\n  scopes: ['altinn:*']\nclients:\n  - name: app\n    key_sha256: {}\n    profiles: ['*']\n    orgs: ['{ORG}']\n    scopes: ['*']\nhttp_client:\n  timeout: 300ms\nproxy:\n  p:\n    upstream: http://{upstream}/\n    profile: admin\n  dead:\n    upstream: http://127.0.0.1:9/\n    profile: admin\n",
         hash_api_key(API_KEY)
     ))
     .await;

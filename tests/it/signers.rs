@@ -110,7 +110,7 @@ fn hsm() -> &'static Hsm {
             "--pin",
             PIN,
         ]);
-        std::fs::write(dir.join("pin"), format!("{PIN}\n")).unwrap();
+        write_private(&dir.join("pin"), &format!("{PIN}\n"));
         Hsm { conf, dir }
     })
 }
@@ -146,6 +146,9 @@ fn assert_signed_by_fixture_key(env: &TestEnv, grants: usize) {
 async fn a_token_is_fetched_through_the_hsm_and_its_grant_verifies_with_the_token_key() {
     let _turn = HSM_TURN.lock().await;
     let env = hsm_env("").await;
+    let signed = "broker_signer_requests_total{signer=\"pkcs11\",purpose=\"grant\",outcome=\"ok\"}";
+    // HSM tests take turns (HSM_TURN), so the pkcs11 line moves by this test's signatures only.
+    let before = metric(&env.get("/metrics").await.text().await.unwrap(), signed);
     env.get_json("/token/admin", 200).await;
     assert_signed_by_fixture_key(&env, 1);
     let ready = env.get_json("/readyz", 200).await;
@@ -158,12 +161,7 @@ async fn a_token_is_fetched_through_the_hsm_and_its_grant_verifies_with_the_toke
         "{ready}"
     );
     let metrics = env.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains(
-            "broker_signer_requests_total{signer=\"pkcs11\",purpose=\"grant\",outcome=\"ok\"}"
-        ),
-        "{metrics}"
-    );
+    assert_eq!(metric(&metrics, signed), before + 1.0, "{metrics}");
 }
 
 #[tokio::test]
@@ -230,6 +228,13 @@ async fn run_bin(args: &[&str], envs: &[(&str, &Path)]) -> std::process::Output 
         .unwrap()
 }
 
+/// A secret file as an operator writes one: mode 600 (else the broker warns about it at start).
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// A broker config in the HSM test directory, pointing at nothing but the token.
 fn hsm_config(name: &str, pin_file: &Path) -> PathBuf {
     let hsm = hsm();
@@ -262,7 +267,7 @@ async fn refused_at_start(config: &Path) -> String {
 async fn a_wrong_pin_or_an_unknown_key_stops_the_broker_at_start_with_one_line() {
     let hsm = hsm();
     let wrong = hsm.dir.join("wrong-pin");
-    std::fs::write(&wrong, "99887766\n").unwrap();
+    write_private(&wrong, "99887766\n");
     let line = refused_at_start(&hsm_config("wrong-pin.yaml", &wrong)).await;
     assert!(
         line.contains("key.pkcs11")
@@ -752,18 +757,19 @@ async fn a_certificate_on_the_token_goes_into_every_grant_as_x5c() {
     );
     let yaml = config_yaml_with(&mp, &altinn, &credentials, "");
     let env = TestEnv::start_settings(mp, altinn, Settings::from_yaml(&yaml).unwrap()).await;
+    // Two profiles, two grants: the certificate is in each, not only in the first.
     env.get_json("/token/admin", 200).await;
+    env.get_json("/token/altinn", 200).await;
     assert_eq!(env.mp.violations(), Vec::<String>::new());
-    let x5c = env.mp.grants()[0]
-        .header
-        .x5c
-        .clone()
-        .expect("x5c in the header");
+    let grants = env.mp.grants();
+    assert_eq!(grants.len(), 2);
     use base64::Engine;
-    assert_eq!(
-        x5c,
-        [base64::engine::general_purpose::STANDARD.encode(&leaf)]
-    );
+    for grant in grants {
+        assert_eq!(
+            grant.header.x5c.expect("x5c in the header"),
+            [base64::engine::general_purpose::STANDARD.encode(&leaf)]
+        );
+    }
 }
 
 #[tokio::test]

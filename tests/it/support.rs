@@ -937,3 +937,11 @@ impl LogCapture {
         String::from_utf8_lossy(&self.lines.lock().unwrap()).into_owned()
     }
 }
+
+/// The value of the metric line starting with `name` (labels included), 0 when absent: for
+/// asserting a delta, the recorder being shared by every test in the binary.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}

@@ -271,3 +271,82 @@ async fn client_auth_without_a_client_ca_is_refused() {
     .to_string();
     assert!(problems.contains("server.tls.client_ca"), "{problems}");
 }
+
+/// A client certificate of `ca` whose subject is exactly these attributes.
+fn client_with_subject(ca: &Ca, attributes: &[(DnType, &str)]) -> (String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    for (kind, value) in attributes {
+        params.distinguished_name.push(kind.clone(), *value);
+    }
+    ca.sign(params)
+}
+
+#[tokio::test]
+async fn certificate_subjects_match_attribute_by_attribute_with_rfc4514_escapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, clients_ca) = (Ca::new("server ca"), Ca::new("clients ca"));
+    write_tls_files(dir.path(), &server_ca, &clients_ca);
+    let env = TestEnv::start(&format!(
+        "server:\n  tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n    client_auth: optional\n\
+clients:\n  - name: reports\n    identity: {{certificate_subject: 'CN=reports,O=Example'}}\n    profiles: [admin]\n  - name: svc\n    identity: {{certificate_subject: 'CN=svc,O=Example\\, Inc.'}}\n    profiles: [admin]\n",
+        dir.path().join("server.pem").display(),
+        dir.path().join("server.key").display(),
+        dir.path().join("clients-ca.pem").display(),
+    ))
+    .await;
+    let url = format!("https://127.0.0.1:{}/token/admin", env.app.addr.port());
+    // One CN that reads like two attributes is one attribute: not the client `reports`.
+    let forged = client_with_subject(&clients_ca, &[(DnType::CommonName, "reports,O=Example")]);
+    assert_eq!(
+        status(https(&server_ca, Some(&forged)), &url).await,
+        Some(401)
+    );
+    // The escaped comma is part of O's value.
+    let svc = client_with_subject(
+        &clients_ca,
+        &[
+            (DnType::CommonName, "svc"),
+            (DnType::OrganizationName, "Example, Inc."),
+        ],
+    );
+    assert_eq!(status(https(&server_ca, Some(&svc)), &url).await, Some(200));
+    let reports = clients_ca.client("reports", None);
+    assert_eq!(
+        status(https(&server_ca, Some(&reports)), &url).await,
+        Some(200)
+    );
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn tls_files_changed_into_ones_that_do_not_load_keep_the_previous_ones() {
+    let logs = LogCapture::start(tracing::Level::ERROR);
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, clients_ca) = (Ca::new("server ca"), Ca::new("clients ca"));
+    write_tls_files(dir.path(), &server_ca, &clients_ca);
+    let env = TestEnv::start(&tls_yaml(dir.path(), "optional")).await;
+    let url = format!("https://127.0.0.1:{}/healthz", env.app.addr.port());
+    assert_eq!(status(https(&server_ca, None), &url).await, Some(200));
+    // A half-written renewal: the certificate is not PEM, the key another one's.
+    write(
+        dir.path(),
+        "server.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    );
+    write(
+        dir.path(),
+        "server.key",
+        &KeyPair::generate().unwrap().serialize_pem(),
+    );
+    // The files are looked at once a second: past that, new connections still get the old ones.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(status(https(&server_ca, None), &url).await, Some(200));
+    }
+    let log = logs.text();
+    assert!(
+        log.contains("server.tls files changed but do not load"),
+        "{log}"
+    );
+    env.app.shutdown().await;
+}

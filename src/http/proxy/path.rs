@@ -338,6 +338,9 @@ mod tests {
                 for segment in url.path_segments().into_iter().flatten() {
                     prop_assert!(segment != ".." && segment != ".");
                 }
+                // Taken means taken as sent: no segment was dropped or rewritten on the way, as
+                // a URL parser does with dot segments (which check_rest must have refused).
+                prop_assert_eq!(url.path(), format!("{}{rest}", base().path()));
             }
         }
 

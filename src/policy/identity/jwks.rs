@@ -78,6 +78,14 @@ pub enum ReadError {
     TooLarge { url: String },
     #[error("{url} did not send a usable document: {reason}")]
     Document { url: String, reason: String },
+    #[error(
+        "{url} names issuer {found:?}, not the configured {configured:?} (OpenID Connect Discovery 4.3): the issuer is not trusted"
+    )]
+    IssuerMismatch {
+        url: String,
+        found: String,
+        configured: String,
+    },
     #[error("cannot read the bearer token file {path}: {source}")]
     TokenFile {
         path: String,
@@ -97,6 +105,11 @@ pub fn check_url(url: &Url) -> Result<(), String> {
         )),
         other => Err(format!("{url}: scheme {other:?} is not http(s)")),
     }
+}
+
+/// Whether `url` is on the origin (scheme, host, port) of the issuer URL `issuer`.
+fn same_origin(issuer: &str, url: &Url) -> bool {
+    Url::parse(issuer).is_ok_and(|i| i.origin() == url.origin())
 }
 
 /// The discovery document of `issuer` (with or without a trailing slash).
@@ -195,12 +208,24 @@ impl KeySet {
         &self,
         state: &mut ReadState,
     ) -> Result<HashMap<String, Arc<Key>>, ReadError> {
-        let jwks_uri = match (&self.source, &state.discovered) {
-            (Source::Jwks(url), _) => url.clone(),
-            (Source::Discovery { .. }, Some(url)) => url.clone(),
+        // The bearer token goes to the configured JWKS, and to the issuer's own origin only.
+        let (jwks_uri, with_token) = match (&self.source, &state.discovered) {
+            (Source::Jwks(url), _) => (url.clone(), true),
+            (Source::Discovery { issuer }, Some(url)) => (url.clone(), same_origin(issuer, url)),
             (Source::Discovery { issuer }, None) => {
                 let url = discovery_url(issuer).map_err(ReadError::Url)?;
-                let doc = self.get_json(&url).await?;
+                let doc = self.get_json(&url, true).await?;
+                let named = doc
+                    .get("issuer")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if named != issuer {
+                    return Err(ReadError::IssuerMismatch {
+                        url: url.to_string(),
+                        found: named.to_owned(),
+                        configured: issuer.clone(),
+                    });
+                }
                 let found = doc
                     .get("jwks_uri")
                     .and_then(Value::as_str)
@@ -210,22 +235,24 @@ impl KeySet {
                         reason: "no jwks_uri URL in it".into(),
                     })?;
                 state.discovered = Some(found.clone());
-                found
+                let with_token = same_origin(issuer, &found);
+                (found, with_token)
             }
         };
-        let doc = self.get_json(&jwks_uri).await?;
+        let doc = self.get_json(&jwks_uri, with_token).await?;
         parse_jwks(&doc).map_err(|reason| ReadError::Document {
             url: jwks_uri.to_string(),
             reason,
         })
     }
 
-    /// GET `url` as JSON, at most [`MAX_DOCUMENT_BYTES`], with the bearer token file if any.
-    async fn get_json(&self, url: &Url) -> Result<Value, ReadError> {
+    /// GET `url` as JSON, at most [`MAX_DOCUMENT_BYTES`], with the bearer token file if any and
+    /// `with_token`.
+    async fn get_json(&self, url: &Url, with_token: bool) -> Result<Value, ReadError> {
         check_url(url).map_err(ReadError::Url)?;
         let shown = url.to_string();
         let mut request = self.http.load().get(url.clone());
-        if let Some(path) = &self.bearer_token_file {
+        if let Some(path) = self.bearer_token_file.as_ref().filter(|_| with_token) {
             // Read for every request: Kubernetes rotates the projected token in place.
             let token = std::fs::read_to_string(path).map_err(|source| ReadError::TokenFile {
                 path: path.display().to_string(),
@@ -244,19 +271,13 @@ impl KeySet {
                 status: response.status().as_u16(),
             });
         }
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_DOCUMENT_BYTES as u64)
-        {
-            return Err(ReadError::TooLarge { url: shown });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(http_error)? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+        let body = match crate::body::read(&mut response, MAX_DOCUMENT_BYTES).await {
+            Ok(body) => body,
+            Err(crate::body::BodyError::Transport(e)) => return Err(http_error(e)),
+            Err(crate::body::BodyError::TooLarge) => {
                 return Err(ReadError::TooLarge { url: shown });
             }
-            body.extend_from_slice(&chunk);
-        }
+        };
         serde_json::from_slice(&body).map_err(|e| ReadError::Document {
             url: shown,
             reason: e.to_string(),

@@ -8,6 +8,7 @@
 
 pub mod jwks;
 pub mod jwt;
+pub mod subject;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,8 +103,9 @@ pub struct ClientIdentity {
     /// The one URI SAN of a verified client certificate (X.509-SVID).
     #[serde(default)]
     pub spiffe_id: Option<String>,
-    /// A verified client certificate's subject, as `CN=invoicing,O=Example` (order and spaces
-    /// after commas do not matter).
+    /// A verified client certificate's subject, as `CN=invoicing,O=Example` in RFC 4514 (order
+    /// and spaces after commas do not matter; `\,` `\+` `\"` `\\` `\=` `\;` and hex `\2C`
+    /// escape); compared attribute by attribute with the certificate's parsed subject.
     #[serde(default)]
     pub certificate_subject: Option<String>,
 }
@@ -138,10 +140,10 @@ impl Matcher {
             (None, None, Some(id), None) => Err(format!(
                 "{field}.spiffe_id: {id:?} is not a SPIFFE ID (spiffe://trust-domain/path)"
             )),
-            (None, None, None, Some(subject)) => match distinguished_name(subject) {
-                Some(rdns) => Ok(Matcher::CertificateSubject(rdns)),
-                None => Err(format!(
-                    "{field}.certificate_subject: {subject:?} is not a subject like CN=invoicing,O=Example"
+            (None, None, None, Some(text)) => match subject::parse(text) {
+                Ok(rdns) => Ok(Matcher::CertificateSubject(rdns)),
+                Err(e) => Err(format!(
+                    "{field}.certificate_subject: {text:?} is not a subject like CN=invoicing,O=Example (RFC 4514): {e}"
                 )),
             },
             _ => Err(format!(
@@ -154,21 +156,6 @@ impl Matcher {
     pub fn is_exact(&self) -> bool {
         !matches!(self, Matcher::Token { subject, .. } if subject.contains('*'))
     }
-}
-
-/// `CN=a, O=b` as sorted (attribute in upper case, value) pairs; `None` if not of that form.
-pub fn distinguished_name(text: &str) -> Option<Vec<(String, String)>> {
-    let mut rdns = Vec::new();
-    for part in text.split(',') {
-        let (attr, value) = part.split_once('=')?;
-        let (attr, value) = (attr.trim(), value.trim());
-        if attr.is_empty() || value.is_empty() {
-            return None;
-        }
-        rdns.push((attr.to_ascii_uppercase(), value.to_owned()));
-    }
-    rdns.sort();
-    (!rdns.is_empty()).then_some(rdns)
 }
 
 /// Whether `subject` matches `pattern`, where each `*` stands for any run of characters.
@@ -196,7 +183,8 @@ pub fn subject_matches(pattern: &str, subject: &str) -> bool {
 pub struct PeerCertificate {
     /// The one URI SAN, when the certificate has exactly one and it is `spiffe://...`.
     pub spiffe_id: Option<String>,
-    /// The subject as sorted (attribute, value) pairs ([`distinguished_name`]).
+    /// The subject as sorted (attribute, value) pairs from its parsed RDNs
+    /// ([`subject::from_certificate`]); empty when a value is not a string.
     pub subject: Vec<(String, String)>,
     /// The subject as written in the certificate (`CN=invoicing, O=Example`).
     pub subject_text: String,
@@ -233,7 +221,7 @@ impl PeerCertificate {
         };
         Some(PeerCertificate {
             spiffe_id,
-            subject: distinguished_name(&subject_text).unwrap_or_default(),
+            subject: subject::from_certificate(cert.subject()).unwrap_or_default(),
             subject_text,
         })
     }
