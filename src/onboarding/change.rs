@@ -228,6 +228,10 @@ impl Onboarding<'_> {
     /// change request; a pending one, or NoChangeNeeded, comes back with `false`.
     pub async fn change(&self, ask: &ChangeAsk) -> Result<(ChangeView, bool), ChangeError> {
         self.check_change(ask)?;
+        if let Some(external_ref) = &ask.external_ref {
+            super::flow::check_external_ref(external_ref)
+                .map_err(|e| ChangeError::Onboarding(OnboardingError::BadRequest(e)))?;
+        }
         let org = ask
             .org
             .as_ref()

@@ -208,6 +208,8 @@ async fn refusals_come_before_any_change_is_asked_for() {
     fails_saying(&out, &["not in system.access_packages"]);
     let out = change(&v, &["--redirect-url", "https://elsewhere.example/"]).await;
     fails_saying(&out, &["system.allowed_redirect_urls"]);
+    let out = change(&v, &["--external-ref", ".."]).await;
+    fails_saying(&out, &["external_ref"]);
     assert_eq!(
         v.register.calls()[before..],
         [] as [String; 0],
