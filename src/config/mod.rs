@@ -15,11 +15,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+mod key_rotation;
 mod proxy;
 mod system;
 pub mod tls;
 mod token_files;
 
+pub use key_rotation::{
+    KEY_LIFETIME, KeyRotationSettings, RotationAction, SCOPE_READ, SCOPE_WRITE, SelfServiceSettings,
+};
 pub use proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ProxyRouteSettings};
 pub use system::{Languages, SystemSettings};
 pub use token_files::{TokenFileFormat, TokenFileSettings};
@@ -101,6 +105,9 @@ pub struct Settings {
     /// The vendor's system in Altinn's system register (onboarding customers).
     #[serde(default)]
     pub system: Option<SystemSettings>,
+    /// Renew or rotate the default client's key through Digdir's self-service API (docs/keys.md).
+    #[serde(default)]
+    pub key_rotation: Option<KeyRotationSettings>,
 }
 
 impl Default for Settings {
@@ -129,6 +136,7 @@ impl Default for Settings {
             proxy: BTreeMap::new(),
             token_files: Vec::new(),
             system: None,
+            key_rotation: None,
         }
     }
 }
@@ -693,6 +701,9 @@ impl Settings {
         self.http_client.check(problems);
         self.check_local(problems);
         self.log.check(problems);
+        if let Some(rotation) = &self.key_rotation {
+            rotation.check(problems);
+        }
     }
 
     /// `client_id` and one source of the key: required outside `local`. `kid` may come from the

@@ -14,6 +14,7 @@ mod pkcs12;
 pub(crate) mod secret;
 mod settings;
 mod signer;
+pub(crate) mod store;
 mod vault_transit;
 
 use std::fmt;

@@ -18,6 +18,7 @@
 mod altinn;
 mod maskinporten;
 mod register;
+mod self_service;
 #[cfg(test)]
 mod tests;
 
@@ -105,6 +106,8 @@ struct World {
     register: Mutex<register::Register>,
     /// `local.system_users: strict`.
     strict_system_users: bool,
+    /// Key sets kept through the self-service API, with expiry and propagation.
+    keys: self_service::Directory,
 }
 
 impl World {
@@ -116,6 +119,7 @@ impl World {
     }
 
     fn register(&self, client: RegisteredClient) {
+        self.keys.seed(&client.client_id, &client.keys);
         let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
         clients.insert(client.client_id.clone(), client);
     }
@@ -171,6 +175,12 @@ impl SimulatorHandle {
     }
 
     /// Add a client, or replace the one with the same `client_id` (a key rotation in the portal).
+    /// How long a key uploaded through the self-service API lives, and how long it takes to
+    /// reach the token endpoint (Digdir: one year, 0–2 minutes).
+    pub fn set_key_rules(&self, key_lifetime: Duration, propagation: Duration) {
+        self.world.keys.set_rules(key_lifetime, propagation);
+    }
+
     pub fn register_client(&self, client: RegisteredClient) {
         self.world.register(client);
     }
@@ -232,7 +242,16 @@ pub async fn start(
             .unwrap_or_else(|| DEFAULT_CONSUMER_ORG.to_owned()),
         register: Mutex::default(),
         strict_system_users: config.strict_system_users,
+        keys: Default::default(),
     });
+    for client in world
+        .clients
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+    {
+        world.keys.seed(&client.client_id, &client.keys);
+    }
 
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router(world.clone());
@@ -265,6 +284,10 @@ fn router(world: Arc<World>) -> Router {
             get(altinn::jwks),
         )
         .route("/storage/api/v1/whoami", get(altinn::whoami))
+        .route(
+            "/selfservice/api/v1/clients/{id}/jwks",
+            get(self_service::read).post(self_service::replace),
+        )
         .nest("/authentication/api/v1/", register_api())
         .route(
             "/accessmanagement/ui/systemuser/request",

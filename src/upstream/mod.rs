@@ -13,3 +13,4 @@ pub(crate) mod maskinporten;
 pub(crate) mod register;
 pub(crate) mod register_codes;
 pub(crate) mod retry;
+pub(crate) mod self_service;
