@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod keys;
 pub mod onboarding;
 mod serve;
 mod tls;
@@ -119,6 +120,16 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
         .filter(|r| r.org.is_some())
         .cloned()
         .collect();
+    let key_watch = crate::key::status::KeyWatch::default();
+    if let Some(kid) = keys.default.kid() {
+        key_watch.set_keys(vec![crate::key::status::KeyReport {
+            client: settings.client_id().to_owned(),
+            kid: kid.to_owned(),
+            kept: crate::key::rotation::kept(&settings.key, &keys.default),
+            expires_at: keys.default.not_after(),
+            in_use: true,
+        }]);
+    }
     let generation = generation(&settings, validated, keys, local_base, discovered, http);
     let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
@@ -143,6 +154,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             identity,
             introspection,
             system,
+            keys: key_watch,
         }),
         simulator,
     })
@@ -298,6 +310,54 @@ async fn start_simulator(
     Ok(handle)
 }
 
+/// The key keeper of `key_rotation:`, started beside the server.
+async fn spawn_keeper(
+    settings: &Settings,
+    built: &Built,
+    stop: &CancellationToken,
+) -> Result<Option<JoinHandle<()>>, StartError> {
+    let Some(keeper) = keeper(settings, built).await? else {
+        return Ok(None);
+    };
+    let stop = stop.clone();
+    Ok(Some(tokio::spawn(Arc::new(keeper).run(stop))))
+}
+
+/// The key keeper `key_rotation:` asks for; in `env: local` its self-service client is
+/// registered with the simulator.
+pub(crate) async fn keeper(
+    settings: &Settings,
+    built: &Built,
+) -> Result<Option<crate::key::rotation::KeyKeeper>, StartError> {
+    let generation = built.state.broker().generation();
+    let fetcher = &generation.fetcher;
+    let local_base = built.simulator.as_ref().map(SimulatorHandle::base_url);
+    let Some(keeper) = crate::key::rotation::build(
+        settings,
+        &fetcher.key,
+        fetcher.endpoints.clone(),
+        fetcher.http().clone(),
+        local_base,
+        built.state.keys.clone(),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    if let (Some(sim), Some(rotation)) = (&built.simulator, &settings.key_rotation) {
+        let admin = keeper.api.admin_key();
+        sim.register_client(RegisteredClient {
+            client_id: rotation.self_service.client_id.clone(),
+            keys: vec![(
+                admin.kid().unwrap_or(LOCAL_KID).to_owned(),
+                admin.public_key(),
+            )],
+            scopes: rotation.self_service.scopes.clone(),
+        });
+    }
+    Ok(Some(keeper))
+}
+
 /// A broker serving on a listener; stop it with [`App::shutdown`].
 pub struct App {
     pub addr: SocketAddr,
@@ -309,6 +369,8 @@ pub struct App {
     server: JoinHandle<()>,
     /// Re-reads the issuer metadata daily; aborted on shutdown.
     rediscovery: JoinHandle<()>,
+    /// The key keeper of `key_rotation:`; stopped on shutdown.
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -345,6 +407,7 @@ impl App {
         let server_settings = started.server.clone();
         raise_and_log_connection_limits(&server_settings);
         built.state.token_files.spawn(&built.state.tokens, &stop);
+        let keeper = spawn_keeper(&started, &built, &stop).await?;
         let signal = stop.clone();
         let server = tokio::spawn(async move {
             serve::serve(listener, service, &server_settings, tls, signal).await;
@@ -357,6 +420,7 @@ impl App {
             stop,
             server,
             rediscovery,
+            keeper,
         })
     }
 
@@ -432,6 +496,9 @@ impl App {
         self.state.begin_draining();
         self.stop.cancel();
         self.rediscovery.abort();
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
+        }
         let _ = self.server.await;
         self.state.tokens.shutdown();
         if let Some(sim) = self.simulator {

@@ -120,7 +120,7 @@ impl KeyRotationSettings {
     }
 
     /// Every problem with its field path (`key_rotation.check_every: ...`).
-    pub(crate) fn check(&self, problems: &mut Problems) {
+    pub(crate) fn check(&self, env: Environment, problems: &mut Problems) {
         let at = "key_rotation.";
         let ss = &self.self_service;
         if ss.client_id.trim().is_empty() {
@@ -130,7 +130,7 @@ impl KeyRotationSettings {
             &format!("{at}self_service."),
             ss.kid.as_deref(),
             &ss.key,
-            false,
+            env == Environment::Local,
             problems,
         );
         if ss.scopes.is_empty() {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub(crate) introspection: crate::policy::introspection::Introspection,
     /// `system:`, checked: the onboarding routes need it (`None`: not configured).
     pub system: Option<Arc<System>>,
+    /// Each managed key's expiry and the key keeper's state (`key_rotation:`), for `/readyz`.
+    pub keys: crate::key::status::KeyWatch,
 }
 
 impl Shared {

@@ -11,9 +11,11 @@ mod jwk;
 mod pem;
 mod pkcs11;
 mod pkcs12;
+pub(crate) mod rotation;
 pub(crate) mod secret;
 mod settings;
 mod signer;
+pub(crate) mod status;
 pub(crate) mod store;
 mod vault_transit;
 

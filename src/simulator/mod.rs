@@ -175,12 +175,6 @@ impl SimulatorHandle {
     }
 
     /// Add a client, or replace the one with the same `client_id` (a key rotation in the portal).
-    /// How long a key uploaded through the self-service API lives, and how long it takes to
-    /// reach the token endpoint (Digdir: one year, 0–2 minutes).
-    pub fn set_key_rules(&self, key_lifetime: Duration, propagation: Duration) {
-        self.world.keys.set_rules(key_lifetime, propagation);
-    }
-
     pub fn register_client(&self, client: RegisteredClient) {
         self.world.register(client);
     }

@@ -50,7 +50,9 @@ impl Default for Directory {
     fn default() -> Self {
         Directory {
             sets: Mutex::default(),
-            rules: Mutex::new((Duration::from_secs(365 * 86_400), Duration::ZERO)),
+            // A year, as Digdir; 30 s for a new key to reach the token endpoint, so that a
+            // rehearsal of `keys rotate` in env local shows the wait.
+            rules: Mutex::new((Duration::from_secs(365 * 86_400), Duration::from_secs(30))),
         }
     }
 }
@@ -67,6 +69,7 @@ pub(super) enum Lookup {
 
 impl Directory {
     /// `key_lifetime` (Digdir: one year) and `propagation` (Digdir: 0–2 minutes).
+    #[cfg(test)]
     pub(super) fn set_rules(&self, key_lifetime: Duration, propagation: Duration) {
         *self.rules.lock().unwrap_or_else(|e| e.into_inner()) = (key_lifetime, propagation);
     }
@@ -182,23 +185,33 @@ fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
 }
 
 /// The bearer token must be one the simulator issued, with `scope` among its scopes.
-fn authorize(world: &World, headers: &HeaderMap, scope: &str) -> Result<(), Response> {
+fn authorize(world: &World, headers: &HeaderMap, scope: &str) -> Result<(), Box<Response>> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| problem(StatusCode::UNAUTHORIZED, "a bearer token is required"))?;
+        .ok_or_else(|| {
+            Box::new(problem(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required",
+            ))
+        })?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.validate_aud = false;
     let claims = jsonwebtoken::decode::<Value>(token, &world.decoding, &validation)
-        .map_err(|_| problem(StatusCode::UNAUTHORIZED, "the bearer token is not valid"))?
+        .map_err(|_| {
+            Box::new(problem(
+                StatusCode::UNAUTHORIZED,
+                "the bearer token is not valid",
+            ))
+        })?
         .claims;
     let scopes = claims.get("scope").and_then(Value::as_str).unwrap_or("");
     if !scopes.split(' ').any(|s| s == scope) {
-        return Err(problem(
+        return Err(Box::new(problem(
             StatusCode::FORBIDDEN,
             format!("the token lacks the scope {scope}"),
-        ));
+        )));
     }
     Ok(())
 }
@@ -210,7 +223,7 @@ pub(super) async fn read(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = authorize(&world, &headers, "idporten:dcr.read") {
-        return refused;
+        return *refused;
     }
     Json(world.keys.answer(&client_id)).into_response()
 }
@@ -223,7 +236,7 @@ pub(super) async fn replace(
     body: Bytes,
 ) -> Response {
     if let Err(refused) = authorize(&world, &headers, "idporten:dcr.write") {
-        return refused;
+        return *refused;
     }
     let bad = |detail: String| problem(StatusCode::BAD_REQUEST, detail);
     let Ok(set) = serde_json::from_slice::<Value>(&body) else {
@@ -272,4 +285,65 @@ fn public_members(key: &Value) -> Value {
         }
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn public(fixture: &str) -> RsaPublicKey {
+        use rsa::pkcs8::DecodePublicKey;
+        let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+        RsaPublicKey::from_public_key_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_new_key_waits_for_propagation_an_old_one_expires_and_a_repost_renews() {
+        let directory = Directory::default();
+        let hour = Duration::from_secs(3600);
+        directory.set_rules(10 * hour, Duration::from_secs(60));
+        let (old, new) = (public("client-key.pub.pem"), public("other-key.pub.pem"));
+        directory.seed("c", &[("old".into(), old.clone())]);
+        let now = SystemTime::now();
+        assert!(matches!(
+            directory.lookup("c", "old", now),
+            Lookup::Usable(_)
+        ));
+        assert!(matches!(
+            directory.lookup("x", "old", now),
+            Lookup::Unmanaged
+        ));
+        directory.replace(
+            "c",
+            vec![
+                ("old".into(), jwk("old", &old), old.clone()),
+                ("new".into(), jwk("new", &new), new.clone()),
+            ],
+        );
+        assert!(matches!(
+            directory.lookup("c", "old", now),
+            Lookup::Usable(_)
+        ));
+        assert!(matches!(
+            directory.lookup("c", "new", now),
+            Lookup::NotYetPropagated
+        ));
+        let later = now + Duration::from_secs(61);
+        assert!(matches!(
+            directory.lookup("c", "new", later),
+            Lookup::Usable(_)
+        ));
+        assert!(matches!(
+            directory.lookup("c", "gone", later),
+            Lookup::Unknown
+        ));
+        assert!(matches!(
+            directory.lookup("c", "old", now + 11 * hour),
+            Lookup::Expired
+        ));
+        let answer = directory.answer("c");
+        assert_eq!(answer["keys"].as_array().unwrap().len(), 2);
+        assert!(answer["keys"][0]["exp"].as_u64().is_some());
+        assert!(answer["keys"][0].get("d").is_none());
+    }
 }

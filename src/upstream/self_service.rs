@@ -138,6 +138,11 @@ impl SelfServiceClient {
         }
     }
 
+    /// The self-service client's key (the simulator of `env: local` registers it).
+    pub fn admin_key(&self) -> &crate::key::SigningKey {
+        &self.admin.key
+    }
+
     /// The API's base URL (for log lines).
     pub fn api(&self) -> &Url {
         &self.api

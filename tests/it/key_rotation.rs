@@ -1,0 +1,354 @@
+//! Key expiry and renewal through Digdir's self-service API, against a strict fake of the API
+//! (whole-set semantics, 5 keys, no private members, the admin token's scope per method) and the
+//! strict fake Maskinporten (which checks the self-service client's grant carries `x5c`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const SS_CLIENT: &str = "ss-client";
+const DAY: u64 = 86_400;
+const PRIVATE: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
+
+#[derive(Default)]
+struct DigdirState {
+    /// Each key's public JWK with its `exp`.
+    keys: Mutex<Vec<Value>>,
+    reads: AtomicUsize,
+    posts: Mutex<Vec<Value>>,
+    /// Answer every POST with this status instead (0: normally).
+    refuse_posts: AtomicUsize,
+    violations: Mutex<Vec<String>>,
+    /// Every bearer token accepted, for leak checks.
+    tokens: Mutex<Vec<String>>,
+}
+
+/// A strict fake of `GET|POST {api}clients/{id}/jwks`.
+struct FakeDigdir {
+    addr: std::net::SocketAddr,
+    state: Arc<DigdirState>,
+}
+
+impl FakeDigdir {
+    async fn start(keys: Vec<Value>) -> Self {
+        let state = Arc::new(DigdirState {
+            keys: Mutex::new(keys),
+            ..Default::default()
+        });
+        let router = Router::new()
+            .route(
+                "/api/v1/clients/{id}/jwks",
+                get(digdir_read).post(digdir_replace),
+            )
+            .with_state(state.clone());
+        FakeDigdir {
+            addr: serve(router).await,
+            state,
+        }
+    }
+    fn api(&self) -> String {
+        format!("http://{}/api/v1/", self.addr)
+    }
+    fn posts(&self) -> Vec<Value> {
+        self.state.posts.lock().unwrap().clone()
+    }
+    fn violations(&self) -> Vec<String> {
+        self.state.violations.lock().unwrap().clone()
+    }
+}
+
+fn violation(state: &DigdirState, what: String) -> Response {
+    state.violations.lock().unwrap().push(what.clone());
+    (StatusCode::BAD_REQUEST, axum::Json(json!({"detail": what}))).into_response()
+}
+
+/// The bearer token: issued by the fake Maskinporten (signed with other-key.pem) to the
+/// self-service client, with `scope` among its scopes.
+fn authorize(state: &DigdirState, headers: &HeaderMap, scope: &str) -> Result<(), Box<Response>> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Box::new(violation(state, "no bearer token".into())))?;
+    let key =
+        DecodingKey::from_rsa_pem(&std::fs::read(fixture("other-key.pub.pem")).unwrap()).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.validate_aud = false;
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .map_err(|e| Box::new(violation(state, format!("bearer token invalid: {e}"))))?
+        .claims;
+    if claims["client_id"] != SS_CLIENT {
+        return Err(Box::new(violation(
+            state,
+            format!(
+                "token of {} not the self-service client",
+                claims["client_id"]
+            ),
+        )));
+    }
+    let scopes = claims["scope"].as_str().unwrap_or("");
+    if !scopes.split(' ').any(|s| s == scope) {
+        return Err(Box::new(violation(state, format!("token lacks {scope}"))));
+    }
+    state.tokens.lock().unwrap().push(token.to_owned());
+    Ok(())
+}
+
+async fn digdir_read(
+    State(state): State<Arc<DigdirState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, "idporten:dcr.read") {
+        return *r;
+    }
+    if id != CLIENT_ID {
+        return violation(&state, format!("read of client {id}"));
+    }
+    state.reads.fetch_add(1, Ordering::SeqCst);
+    axum::Json(json!({"keys": state.keys.lock().unwrap().clone()})).into_response()
+}
+
+async fn digdir_replace(
+    State(state): State<Arc<DigdirState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if let Err(r) = authorize(&state, &headers, "idporten:dcr.write") {
+        return *r;
+    }
+    if id != CLIENT_ID {
+        return violation(&state, format!("write of client {id}"));
+    }
+    state.posts.lock().unwrap().push(body.clone());
+    let refuse = state.refuse_posts.load(Ordering::SeqCst);
+    if refuse != 0 {
+        return StatusCode::from_u16(refuse as u16).unwrap().into_response();
+    }
+    let Some(keys) = body["keys"].as_array() else {
+        return violation(&state, "no keys array".into());
+    };
+    if keys.len() > 5 {
+        return violation(&state, format!("{} keys: at most 5", keys.len()));
+    }
+    let mut set = Vec::new();
+    for key in keys {
+        if let Some(m) = PRIVATE.iter().find(|m| key.get(**m).is_some()) {
+            return violation(&state, format!("private member {m} sent"));
+        }
+        if key["use"] != "sig" || key["kty"] != "RSA" || key["kid"].as_str().is_none() {
+            return violation(&state, format!("incomplete key {key}"));
+        }
+        let mut key = key.clone();
+        key["exp"] = json!(now_secs() + 365 * DAY);
+        set.push(key);
+    }
+    *state.keys.lock().unwrap() = set.clone();
+    axum::Json(json!({"keys": set})).into_response()
+}
+
+/// The broker's key (client-key.pem, kid KID) as Digdir holds it, expiring in `days`.
+fn held_key(days: u64) -> Value {
+    let public = public_key("client-key.pub.pem");
+    digdir_key(KID, &public, days)
+}
+
+/// Another app's key (other-key.pub.pem) under `kid`.
+fn foreign_key(kid: &str, days: u64) -> Value {
+    digdir_key(kid, &public_key("other-key.pub.pem"), days)
+}
+
+fn digdir_key(kid: &str, public: &rsa::RsaPublicKey, days: u64) -> Value {
+    use base64::Engine;
+    use rsa::traits::PublicKeyParts;
+    let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    json!({"kid": kid, "kty": "RSA", "alg": "RS256", "use": "sig",
+        "n": b64(public.n().to_bytes_be()), "e": b64(public.e().to_bytes_be()),
+        "exp": now_secs() + days * DAY})
+}
+
+/// `key_rotation:` for the fakes: the self-service client signs with the business certificate
+/// (business-legacy.p12, x5c only).
+fn rotation_yaml(digdir: &FakeDigdir, more: &str) -> String {
+    format!(
+        "key_rotation:\n  self_service:\n    client_id: {SS_CLIENT}\n    key:\n      path: {}\n      password_file: {}\n  api: {}\n{more}",
+        fixture("business-legacy.p12"),
+        fixture("business-legacy.password"),
+        digdir.api()
+    )
+}
+
+async fn start(digdir: &FakeDigdir, more: &str) -> TestEnv {
+    let mp = FakeMaskinporten::start().await;
+    mp.register_client(SS_CLIENT, &[]);
+    let altinn = FakeAltinn::start(&mp).await;
+    TestEnv::start_with(mp, altinn, &rotation_yaml(digdir, more)).await
+}
+
+/// Wait (bounded: 10 s) until `done`.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn admin_grants_carry_x5c(env: &TestEnv) {
+    let admin: Vec<_> = env
+        .mp
+        .grants()
+        .into_iter()
+        .filter(|g| g.claims["iss"] == SS_CLIENT)
+        .collect();
+    assert!(!admin.is_empty());
+    for g in admin {
+        assert!(g.header.x5c.is_some(), "the admin grant carries x5c");
+        let scopes = g.claims["scope"].as_str().unwrap();
+        assert_eq!(scopes, "idporten:dcr.read idporten:dcr.write");
+    }
+}
+
+#[tokio::test]
+async fn renew_posts_the_same_set_and_keys_the_broker_does_not_hold_stay() {
+    let digdir = FakeDigdir::start(vec![held_key(10), foreign_key("another-app", 200)]).await;
+    let before = digdir.state.keys.lock().unwrap().clone();
+    let env = start(&digdir, "").await;
+    until("the renewal", || !digdir.posts().is_empty()).await;
+    let posted = &digdir.posts()[0]["keys"];
+    assert_eq!(posted.as_array().unwrap().len(), 2, "{posted}");
+    for (sent, held) in posted.as_array().unwrap().iter().zip(&before) {
+        assert_eq!(sent["kid"], held["kid"]);
+        assert_eq!(sent["n"], held["n"], "the same public key posted again");
+    }
+    assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
+    assert!(env.mp.violations().is_empty(), "{:?}", env.mp.violations());
+    admin_grants_carry_x5c(&env);
+    // Expiry in view: /readyz and the gauge.
+    let mut ready = Value::Null;
+    for _ in 0..100 {
+        ready = env.get_json("/readyz", 200).await;
+        if ready["key_rotation"]["last_check"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let keys = ready["keys"].as_array().unwrap();
+    let ours = keys.iter().find(|k| k["kid"] == KID).unwrap();
+    assert_eq!(ours["in_use"], true);
+    assert!(ours["days_left"].as_i64().unwrap() >= 364, "{ours}");
+    assert!(ours["expires_at"].is_string());
+    let theirs = keys.iter().find(|k| k["kid"] == "another-app").unwrap();
+    assert_eq!(theirs["kept"], "digdir only");
+    let metrics = env.get("/metrics").await.text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("broker_key_expires_at_seconds{") && l.contains(&format!("kid=\"{KID}\""))
+        })
+        .expect("the gauge");
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value >= (now_secs() + 364 * DAY) as f64, "{line}");
+    // Tokens still flow, signed with the same key.
+    env.get_json("/token/admin", 200).await;
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_far_from_expiry_is_not_posted() {
+    let digdir = FakeDigdir::start(vec![held_key(200)]).await;
+    let env = start(&digdir, "").await;
+    until("the first read", || {
+        digdir.state.reads.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(digdir.posts().is_empty());
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_upload_leaves_the_old_key_signing_and_shows_in_readyz() {
+    let logs = LogCapture::start(tracing::Level::WARN);
+    let digdir = FakeDigdir::start(vec![held_key(3)]).await;
+    digdir.state.refuse_posts.store(503, Ordering::SeqCst);
+    let env = start(&digdir, "  check_every: 2s\n").await;
+    // Bounded retries with backoff: 5 attempts, then the next check.
+    until("five attempts", || digdir.posts().len() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(digdir.posts().len(), 5, "at most 5 attempts per check");
+    let ready = env.get_json("/readyz", 200).await;
+    assert_eq!(ready["key_rotation"]["failing"], true, "{ready}");
+    assert_eq!(ready["key_rotation"]["last_failure"]["status"], "503");
+    assert_eq!(ready["status"], "degraded");
+    // Tokens never stop.
+    env.get_json("/token/admin", 200).await;
+    let text = logs.text();
+    assert!(
+        text.contains(&digdir.api()) && text.contains("status=\"503\""),
+        "{text}"
+    );
+    let metrics = env.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "broker_key_rotation_failures_total{client=\"test-client\",status=\"503\"}"
+        )),
+        "{metrics}"
+    );
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn five_keys_held_by_digdir_is_an_error_naming_the_limit_and_nothing_is_removed() {
+    let logs = LogCapture::start(tracing::Level::WARN);
+    let keys = (1..=5)
+        .map(|i| foreign_key(&format!("app-{i}"), 200))
+        .collect();
+    let digdir = FakeDigdir::start(keys).await;
+    let env = start(&digdir, "").await;
+    until("the error", || logs.text().contains("at most 5")).await;
+    assert!(
+        digdir.posts().is_empty(),
+        "no set of 6 is sent, none removed"
+    );
+    assert_eq!(digdir.state.keys.lock().unwrap().len(), 5);
+    assert!(logs.text().contains("too_many_keys"));
+    env.get_json("/token/admin", 200).await;
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_private_member_admin_token_or_password_in_a_debug_log() {
+    let logs = LogCapture::start(tracing::Level::DEBUG);
+    let digdir = FakeDigdir::start(vec![held_key(3)]).await;
+    let env = start(&digdir, "").await;
+    until("the renewal", || !digdir.posts().is_empty()).await;
+    env.get_json("/readyz", 200).await;
+    let text = logs.text();
+    let tokens = digdir.state.tokens.lock().unwrap().clone();
+    assert!(!tokens.is_empty());
+    for token in tokens {
+        assert!(
+            !text.contains(&token[token.len() - 20..]),
+            "admin token leaked"
+        );
+    }
+    let password = std::fs::read_to_string(fixture("business-legacy.password")).unwrap();
+    assert!(!text.contains(password.trim()), "password leaked");
+    assert!(!text.contains("\"d\":"), "private member leaked");
+    assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
+    env.app.shutdown().await;
+}
