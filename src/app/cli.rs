@@ -140,6 +140,8 @@ pub enum KeysAction {
     Status,
     /// Post the same public keys again now: Digdir gives each another year.
     Renew,
+    /// With `key_rotation.action: rotate`: start a rotation now, or take its next step.
+    Rotate,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -3,7 +3,7 @@
 //! key file.
 
 use std::io::Write;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::bail;
 
@@ -22,6 +22,19 @@ pub async fn keys(settings: Settings, action: KeysAction, json: bool) -> anyhow:
             let outcome = keeper.check(true).await?;
             (outcome.keys, outcome.renewed)
         }
+        (KeysAction::Rotate, Some(keeper)) if keeper.rotate.is_some() => {
+            let (keys, next) = keeper.step(true).await?;
+            if let Some(next) = next {
+                eprintln!(
+                    "rotation in progress: the next step is due in {}; the running broker (or `keys rotate` again) takes it",
+                    humantime::format_duration(Duration::from_secs(next.as_secs()))
+                );
+            }
+            (keys, Vec::new())
+        }
+        (KeysAction::Rotate, _) => bail!(
+            "key_rotation.action: rotate is not configured (docs/keys.md); a manual rotation: keygen --add-to, jwks, upload, switch kid"
+        ),
         (KeysAction::Status, None) => (built.state.keys.keys(), Vec::new()),
         (KeysAction::Renew, None) => bail!(
             "key_rotation: is not configured; renewing needs a self-service client from Digdir (docs/keys.md), or post the same public key again in Digdir's self-service portal"

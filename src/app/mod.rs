@@ -55,6 +55,8 @@ pub enum StartError {
     #[error(transparent)]
     Key(#[from] KeyLoadError),
     #[error(transparent)]
+    Keeper(#[from] crate::key::rotation::StartKeeperError),
+    #[error(transparent)]
     Client(#[from] ClientBuildError),
     #[error("endpoints.issuer")]
     Discovery(#[from] DiscoveryError),
@@ -316,9 +318,27 @@ async fn spawn_keeper(
     built: &Built,
     stop: &CancellationToken,
 ) -> Result<Option<JoinHandle<()>>, StartError> {
-    let Some(keeper) = keeper(settings, built).await? else {
+    let Some(mut keeper) = keeper(settings, built).await? else {
         return Ok(None);
     };
+    let (state, settings) = (built.state.clone(), settings.clone());
+    keeper.on_switch = Some(Box::new(move || {
+        let (state, settings) = (state.clone(), settings.clone());
+        tokio::spawn(async move {
+            match crate::key::store::load_key(&settings).await {
+                Ok(key) => {
+                    tracing::info!(
+                        kid = key.kid(),
+                        "the key file changed: grants are signed with the new key"
+                    );
+                    state.broker().replace_default_key(key);
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "the rotated key does not load; the previous key keeps signing")
+                }
+            }
+        });
+    }));
     let stop = stop.clone();
     Ok(Some(tokio::spawn(Arc::new(keeper).run(stop))))
 }

@@ -119,9 +119,15 @@ impl KeyRotationSettings {
             .unwrap_or_else(|| Url::parse("https://localhost/").expect("a valid URL"))
     }
 
-    /// Every problem with its field path (`key_rotation.check_every: ...`).
-    pub(crate) fn check(&self, env: Environment, problems: &mut Problems) {
+    /// Every problem with its field path (`key_rotation.check_every: ...`); `kid` is the
+    /// top-level one (rotation picks the signing key itself).
+    pub(crate) fn check(&self, env: Environment, kid: Option<&str>, problems: &mut Problems) {
         let at = "key_rotation.";
+        if self.action == RotationAction::Rotate && kid.is_some() {
+            problems.push(format!(
+                "{at}action: rotate picks the signing key itself (the newest key that has propagated); leave kid: out"
+            ));
+        }
         let ss = &self.self_service;
         if ss.client_id.trim().is_empty() {
             problems.push(format!("{at}self_service.client_id: must not be empty"));

@@ -8,6 +8,7 @@
 
 mod certificate;
 mod jwk;
+pub(crate) mod jwks_file;
 mod pem;
 mod pkcs11;
 mod pkcs12;

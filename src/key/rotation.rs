@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KeyRotationSettings;
 use crate::key::SigningKey;
+use crate::key::jwks_file::{
+    CREATED_AT, JwksFile, JwksFileError, SIGNING_SINCE, from_unix, signing_kid, unix,
+};
 use crate::key::status::{Failure, KeyReport, KeyWatch};
 use crate::upstream::self_service::{DigdirKey, SelfServiceClient, SelfServiceError, public_only};
 
@@ -69,9 +72,49 @@ pub struct KeyKeeper {
     pub api: SelfServiceClient,
     pub settings: KeyRotationSettings,
     pub watch: KeyWatch,
+    /// With `action: rotate`: the JWKS file of `key.path`, rewritten step by step.
+    pub rotate: Option<JwksFile>,
+    /// The algorithm of new keys (`key.algorithm`).
+    pub algorithm: crate::key::Algorithm,
+    /// Called after a switch, so this process signs with the new key at once (other processes
+    /// sharing the file reload it when it changes).
+    pub on_switch: Option<Box<dyn Fn() + Send + Sync>>,
     /// (kid, days) warnings already logged: at most 5 keys × 4 tiers.
     warned: Mutex<HashSet<(String, i64)>>,
 }
+
+/// Why a rotation step failed: Digdir refused, or the key file could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error(transparent)]
+    Api(#[from] SelfServiceError),
+    #[error(transparent)]
+    File(#[from] JwksFileError),
+    #[error("cannot make a new key pair")]
+    Generate(#[source] crate::key::KeyError),
+}
+
+impl KeeperError {
+    pub fn status(&self) -> String {
+        match self {
+            KeeperError::Api(e) => e.status(),
+            KeeperError::File(_) => "key_file".into(),
+            KeeperError::Generate(_) => "generate".into(),
+        }
+    }
+}
+
+/// Why the keeper cannot start as configured (one line each).
+#[derive(Debug, thiserror::Error)]
+pub enum StartKeeperError {
+    #[error(transparent)]
+    Key(#[from] crate::key::store::KeyLoadError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// When a key was uploaded (our own member; absent after a crash right after the upload).
+pub const UPLOADED_AT: &str = "broker_uploaded_at";
 
 impl KeyKeeper {
     pub fn new(
@@ -92,6 +135,9 @@ impl KeyKeeper {
             api,
             settings,
             watch,
+            rotate: None,
+            algorithm: crate::key::Algorithm::RS256,
+            on_switch: None,
             warned: Mutex::default(),
         }
     }
@@ -104,6 +150,21 @@ impl KeyKeeper {
         self.watch.set_keys(keys.clone());
         self.watch.checked(now);
         Ok(keys)
+    }
+
+    /// One step: with `action: rotate` a rotation step, else [`KeyKeeper::check`]. Returns when
+    /// the next step is due while a rotation is in progress.
+    pub async fn step(
+        &self,
+        force: bool,
+    ) -> Result<(Vec<KeyReport>, Option<Duration>), KeeperError> {
+        let (keys, next) = match &self.rotate {
+            Some(file) => self.rotate_step(file, force).await?,
+            None => (self.check(force).await?.keys, None),
+        };
+        self.watch.set_keys(keys.clone());
+        self.watch.checked(SystemTime::now());
+        Ok((keys, next))
     }
 
     /// Read Digdir's set, report it, renew what is due (`force`: renew every held key now).
@@ -161,9 +222,19 @@ impl KeyKeeper {
     /// Each key in Digdir's set (and each held key Digdir lacks), with the warn lines and the
     /// gauge.
     fn report(&self, set: &[DigdirKey], now: SystemTime) -> Vec<KeyReport> {
+        self.report_with(set, &self.held, self.in_use.as_deref(), now)
+    }
+
+    fn report_with(
+        &self,
+        set: &[DigdirKey],
+        held_keys: &[HeldKey],
+        in_use: Option<&str>,
+        now: SystemTime,
+    ) -> Vec<KeyReport> {
         let mut reports = Vec::new();
         for key in set {
-            let held = self.held.iter().find(|h| h.kid == key.kid);
+            let held = held_keys.iter().find(|h| h.kid == key.kid);
             let expires_at = match (key.exp, held.and_then(|h| h.not_after)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -173,10 +244,10 @@ impl KeyKeeper {
                 kid: key.kid.clone(),
                 kept: held.map_or_else(|| "digdir only".to_owned(), |_| self.kept.clone()),
                 expires_at,
-                in_use: self.in_use.as_deref() == Some(&key.kid),
+                in_use: in_use == Some(key.kid.as_str()),
             });
         }
-        for held in &self.held {
+        for held in held_keys {
             if !set.iter().any(|k| k.kid == held.kid) {
                 tracing::warn!(client_id = %self.client_id, kid = %held.kid, "the key is not in Digdir's set for this client: grants signed with it are refused; `maskinporten-broker keys renew` uploads it");
             }
@@ -221,20 +292,24 @@ impl KeyKeeper {
             tracing::warn!("{warning}");
         }
         loop {
-            self.check_with_retries(&stop).await;
+            let next = self.check_with_retries(&stop).await;
+            let wait = next.map_or(self.settings.check_every, |n| {
+                n.min(self.settings.check_every) + Duration::from_millis(50)
+            });
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(self.settings.check_every) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    /// One check, tried at most [`MAX_ATTEMPTS`] times with doubling waits.
-    pub async fn check_with_retries(&self, stop: &CancellationToken) {
+    /// One step, tried at most [`MAX_ATTEMPTS`] times with doubling waits; when the next step
+    /// of a rotation in progress is due.
+    pub async fn check_with_retries(&self, stop: &CancellationToken) -> Option<Duration> {
         let base = (self.settings.check_every / 20).min(Duration::from_secs(60));
         for attempt in 1..=MAX_ATTEMPTS {
-            match self.check(false).await {
-                Ok(_) => return,
+            match self.step(false).await {
+                Ok((_, next)) => return next,
                 Err(e) => {
                     let status = e.status();
                     crate::telemetry::meters::key_rotation_failure(&self.client_id, &status);
@@ -244,7 +319,7 @@ impl KeyKeeper {
                         status,
                         attempt,
                         error = %crate::telemetry::Chain(&e),
-                        "Digdir's self-service API: the key set could not be read or renewed; the current key keeps signing"
+                        "Digdir's self-service API: the key set could not be read, renewed or rotated; the current key keeps signing"
                     );
                     self.watch.failed(Failure {
                         api: self.api.api().to_string(),
@@ -256,17 +331,186 @@ impl KeyKeeper {
                 }
             }
             if attempt == MAX_ATTEMPTS {
-                return;
+                return None;
             }
             let wait = base
                 .saturating_mul(1 << (attempt - 1))
                 .min(self.settings.check_every);
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return None,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        None
     }
+}
+
+impl KeyKeeper {
+    /// One pass of the rotation, from the file and Digdir's set: upload a pending key, switch to
+    /// it once propagated, retire old keys after `retire_after`, or start a rotation when the key
+    /// in use is due (`force`: now). Returns when the next step is due, if one is in progress.
+    /// Another process holding the file's lock is left to it.
+    pub async fn rotate_step(
+        &self,
+        file: &JwksFile,
+        force: bool,
+    ) -> Result<(Vec<KeyReport>, Option<Duration>), KeeperError> {
+        let _lock = match file.try_lock() {
+            Ok(lock) => lock,
+            Err(JwksFileError::Locked(_)) => {
+                tracing::info!(path = %file.path().display(), "another process is rotating this key file; leaving it to that one");
+                return Ok((self.watch.keys(), Some(self.settings.propagation)));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut set = self.api.read(&self.client_id).await?;
+        let mut keys = file.read()?;
+        let mut started = false;
+        let next = loop {
+            let now = SystemTime::now();
+            let signing = signing_kid(&keys);
+            let kid_of = |k: &Value| {
+                k.get("kid")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let in_digdir = |set: &[DigdirKey], kid: &str| set.iter().any(|k| k.kid == kid);
+            let member = |k: &Value, m: &str| k.get(m).and_then(Value::as_u64);
+            // A pending key: made here, not yet signing.
+            if let Some(i) = keys
+                .iter()
+                .position(|k| member(k, SIGNING_SINCE).is_none() && Some(kid_of(k)) != signing)
+            {
+                let kid = kid_of(&keys[i]);
+                if !in_digdir(&set, &kid) {
+                    let mut upload: Vec<Value> = set.iter().map(|k| k.jwk.clone()).collect();
+                    upload.push(public_only(&keys[i]));
+                    set = self.api.replace(&self.client_id, &upload).await?;
+                    tracing::info!(client_id = %self.client_id, kid, api = %self.api.api(), "rotate: the new key is uploaded beside the old; grants keep the old key until propagation has passed");
+                    keys[i][UPLOADED_AT] = unix(SystemTime::now()).into();
+                    file.write(&keys)?;
+                    break Some(self.settings.propagation);
+                }
+                let uploaded = match member(&keys[i], UPLOADED_AT) {
+                    Some(at) => from_unix(at),
+                    None => {
+                        // A crash right after the upload: Digdir has it; wait from now.
+                        keys[i][UPLOADED_AT] = unix(now).into();
+                        file.write(&keys)?;
+                        now
+                    }
+                };
+                let ready = uploaded + self.settings.propagation;
+                if now < ready {
+                    break Some(ready.duration_since(now).unwrap_or_default());
+                }
+                keys[i][SIGNING_SINCE] = unix(now).max(2).into();
+                file.write(&keys)?;
+                if let Some(switched) = &self.on_switch {
+                    switched();
+                }
+                tracing::info!(client_id = %self.client_id, kid, "rotate: switched; grants are signed with the new key (the broker reloads the key file)");
+                break Some(self.settings.retire_after);
+            }
+            // Old keys: marked, but not the one signing.
+            let since = keys
+                .iter()
+                .find(|k| Some(kid_of(k)) == signing)
+                .and_then(|k| member(k, SIGNING_SINCE));
+            let old: Vec<String> = keys
+                .iter()
+                .filter(|k| member(k, SIGNING_SINCE).is_some() && Some(kid_of(k)) != signing)
+                .map(kid_of)
+                .collect();
+            if let (Some(since), false) = (since, old.is_empty()) {
+                let retire = from_unix(since) + self.settings.retire_after;
+                if now < retire {
+                    break Some(retire.duration_since(now).unwrap_or_default());
+                }
+                if old.iter().any(|kid| in_digdir(&set, kid)) {
+                    let keep: Vec<Value> = set
+                        .iter()
+                        .filter(|k| !old.contains(&k.kid))
+                        .map(|k| k.jwk.clone())
+                        .collect();
+                    set = self.api.replace(&self.client_id, &keep).await?;
+                }
+                keys.retain(|k| !old.contains(&kid_of(k)));
+                file.write(&keys)?;
+                tracing::info!(client_id = %self.client_id, retired = old.join(", "), "rotate: the old key left Digdir's set and the key file");
+                break None;
+            }
+            // Nothing in progress: start one when the key in use is due.
+            let due = signing.as_deref().is_some_and(|kid| {
+                force && !started
+                    || set.iter().find(|k| k.kid == kid).is_none_or(|k| {
+                        k.exp
+                            .is_some_and(|exp| exp < now + self.settings.renew_before)
+                    })
+            });
+            if !due || started {
+                break None;
+            }
+            if set.len() >= crate::key::MAX_KEYS_PER_CLIENT {
+                return Err(SelfServiceError::TooManyKeys {
+                    count: set.len() + 1,
+                }
+                .into());
+            }
+            let kid = fresh_kid();
+            let algorithm = self.settings_algorithm();
+            let generated = tokio::task::spawn_blocking({
+                let kid = kid.clone();
+                move || SigningKey::generate(2048, &kid, algorithm)
+            })
+            .await
+            .map_err(|_| KeeperError::Generate(crate::key::KeyError::Encode))?
+            .map_err(KeeperError::Generate)?;
+            let mut private = generated.private_jwk();
+            private[CREATED_AT] = unix(now).into();
+            // Durable before its public half leaves.
+            if let Some(i) = keys.iter().position(|k| Some(kid_of(k)) == signing)
+                && member(&keys[i], SIGNING_SINCE).is_none()
+            {
+                keys[i][SIGNING_SINCE] = 1.into();
+            }
+            keys.push(private);
+            file.write(&keys)?;
+            tracing::info!(client_id = %self.client_id, kid, path = %file.path().display(), "rotate: a new key pair is in the key file");
+            started = true;
+        };
+        let held: Vec<HeldKey> = keys
+            .iter()
+            .filter_map(|k| {
+                DigdirKey::from_jwk(k).map(|d| HeldKey {
+                    kid: d.kid,
+                    jwk: d.jwk,
+                    not_after: None,
+                })
+            })
+            .collect();
+        let reports = self.report_with(
+            &set,
+            &held,
+            signing_kid(&keys).as_deref(),
+            SystemTime::now(),
+        );
+        Ok((reports, next))
+    }
+
+    fn settings_algorithm(&self) -> crate::key::Algorithm {
+        self.algorithm
+    }
+}
+
+/// A fresh kid: the date and a random suffix, unique enough for Digdir's global namespace.
+pub fn fresh_kid() -> String {
+    let date = time::OffsetDateTime::now_utc().date();
+    format!(
+        "broker-{date}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// Where the default client's key is kept, for reports.
@@ -291,9 +535,13 @@ pub async fn build(
     http: reqwest::Client,
     local_base: Option<&url::Url>,
     watch: KeyWatch,
-) -> Result<Option<KeyKeeper>, crate::key::store::KeyLoadError> {
+) -> Result<Option<KeyKeeper>, StartKeeperError> {
     let Some(rotation) = &settings.key_rotation else {
         return Ok(None);
+    };
+    let rotate = match rotation.action {
+        crate::config::RotationAction::Renew => None,
+        crate::config::RotationAction::Rotate => Some(rotatable(settings, signing)?),
     };
     let admin_key =
         crate::key::store::load_client_key(settings, &self_service_view(settings, rotation))
@@ -334,7 +582,7 @@ pub async fn build(
             tracing::warn!("key_rotation: the signing key has no kid; Digdir's set cannot name it")
         }
     }
-    Ok(Some(KeyKeeper::new(
+    let mut keeper = KeyKeeper::new(
         settings.client_id().to_owned(),
         held,
         signing.kid().map(str::to_owned),
@@ -342,7 +590,48 @@ pub async fn build(
         api,
         rotation.clone(),
         watch,
-    )))
+    );
+    keeper.rotate = rotate;
+    keeper.algorithm = settings.key.algorithm;
+    Ok(Some(keeper))
+}
+
+/// `action: rotate` needs a key store the broker can write: a JWK or JWKS file in a writable
+/// folder. Anything else is refused at start, with one line (renew still works).
+fn rotatable(
+    settings: &crate::config::Settings,
+    signing: &SigningKey,
+) -> Result<JwksFile, StartKeeperError> {
+    let refuse = |why: String| {
+        StartKeeperError::Refused(format!(
+            "key_rotation.action: rotate {why}; use action: renew (it posts the same public key again)"
+        ))
+    };
+    if signing.form() == crate::key::Form::Pkcs11 {
+        return Err(refuse(
+            "is not supported for a key in an HSM (key.pkcs11: renew-only)".into(),
+        ));
+    }
+    let Some(path) = settings.key.path.as_deref() else {
+        return Err(refuse(format!(
+            "needs key.path to be a JWKS file the broker can write, not {}",
+            kept(&settings.key, signing)
+        )));
+    };
+    let file = JwksFile::new(path);
+    file.read().map_err(|_| {
+        refuse(format!(
+            "needs key.path {} to be a JWK or JWKS file (a PEM cannot hold two keys)",
+            path.display()
+        ))
+    })?;
+    file.check_writable().map_err(|_| {
+        refuse(format!(
+            "cannot write beside key.path {} (a read-only mount?)",
+            path.display()
+        ))
+    })?;
+    Ok(file)
 }
 
 /// `key_rotation.self_service` as a Maskinporten client the key store can load.

@@ -66,7 +66,8 @@ pub(crate) async fn load_client_key(
     settings: &Settings,
     client: &ClientView<'_>,
 ) -> Result<SigningKey, KeyLoadError> {
-    let (kid, alg) = (client.kid, client.key.algorithm);
+    let marked = rotation_signing_kid(settings, client);
+    let (kid, alg) = (client.kid.or(marked.as_deref()), client.key.algorithm);
     let outside = crate::key::load_outside(
         client.key.outside(),
         kid,
@@ -116,6 +117,18 @@ pub(crate) async fn load_client_key(
         })?;
     warn_if_expiring(&key, SystemTime::now());
     Ok(key)
+}
+
+/// With `key_rotation:` on and `kid:` left out, the default client's JWKS file says which key
+/// signs: the newest one the rotation switched to (`broker_signing_since`).
+fn rotation_signing_kid(settings: &Settings, client: &ClientView<'_>) -> Option<String> {
+    if client.kid.is_some() || !client.field.is_empty() || settings.key_rotation.is_none() {
+        return None;
+    }
+    let keys = crate::key::jwks_file::JwksFile::new(client.key.path.as_deref()?)
+        .read()
+        .ok()?;
+    crate::key::jwks_file::signing_kid(&keys)
 }
 
 /// Every key the configured source holds (all of a JWKS), with the config field it came from;

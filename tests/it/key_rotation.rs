@@ -352,3 +352,169 @@ async fn no_private_member_admin_token_or_password_in_a_debug_log() {
     assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
     env.app.shutdown().await;
 }
+
+/// A broker with `action: rotate` on a JWKS file holding client-key.pem under KID (no `kid:`).
+async fn start_rotating(digdir: &FakeDigdir, dir: &std::path::Path, more: &str) -> TestEnv {
+    let path = dir.join("keys.json");
+    let jwks = json!({"keys": [crate::credentials::private_jwk("client-key.pem", Some(KID))]});
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    let mp = FakeMaskinporten::start().await;
+    mp.register_client(SS_CLIENT, &[]);
+    let altinn = FakeAltinn::start(&mp).await;
+    let credentials = format!("key:\n  path: {}\n", path.display());
+    let extra = rotation_yaml(digdir, &format!("  action: rotate\n{more}"));
+    let yaml = config_yaml_with(&mp, &altinn, &credentials, &extra);
+    let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
+    TestEnv::start_settings(mp, altinn, settings).await
+}
+
+fn file_kids(dir: &std::path::Path) -> Vec<String> {
+    let v: Value = serde_json::from_slice(&std::fs::read(dir.join("keys.json")).unwrap()).unwrap();
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn rotate_uploads_switches_after_propagation_and_retires_with_no_failed_token_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let digdir = FakeDigdir::start(vec![held_key(3), foreign_key("another-app", 200)]).await;
+    let env = start_rotating(
+        &digdir,
+        dir.path(),
+        "  propagation: 1s\n  retire_after: 2s\n  check_every: 1h\n",
+    )
+    .await;
+    let orgs = valid_orgs(400);
+    let mut orgs = orgs.iter();
+    let mut published: Option<(String, std::time::Instant)> = None;
+    let mut added = false;
+    let mut served = 0;
+    // Bounded: 20 s. Tokens for fresh orgs all along: each is a new grant.
+    for _ in 0..200 {
+        let org = orgs.next().unwrap();
+        let r = env.get(&format!("/token/altinn?org={org}")).await;
+        assert_eq!(r.status(), 200, "a token call failed during the rotation");
+        served += 1;
+        // The fake Maskinporten learns a key 300 ms after Digdir got it (propagation 1 s).
+        if published.is_none()
+            && let Some(new) = digdir.posts().first().and_then(|p| {
+                p["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["kid"] != KID && k["kid"] != "another-app")
+                    .cloned()
+            })
+        {
+            published = Some((
+                new["kid"].as_str().unwrap().to_owned(),
+                std::time::Instant::now(),
+            ));
+        }
+        if let Some((kid, at)) = &published
+            && !added
+            && at.elapsed() > Duration::from_millis(300)
+        {
+            let public = maskinporten_broker::public_key_from_jwk(
+                &digdir
+                    .state
+                    .keys
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["kid"] == kid.as_str())
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap();
+            env.mp.add_key(kid, public);
+            added = true;
+        }
+        if file_kids(dir.path()).len() == 1 && published.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (new, _) = published.expect("a new key was uploaded");
+    assert_eq!(
+        file_kids(dir.path()),
+        std::slice::from_ref(&new),
+        "the old key left the file"
+    );
+    let set: Vec<String> = digdir
+        .state
+        .keys
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        set,
+        ["another-app".to_owned(), new.clone()],
+        "the old key left Digdir; the foreign key stayed"
+    );
+    // The first upload held old + new + foreign.
+    assert_eq!(digdir.posts()[0]["keys"].as_array().unwrap().len(), 3);
+    assert!(
+        env.mp.violations().is_empty(),
+        "refused grants: {:?}",
+        env.mp.violations()
+    );
+    assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
+    let grants = env.mp.grants();
+    let signed = |kid: &str| {
+        grants
+            .iter()
+            .filter(|g| g.header.kid.as_deref() == Some(kid))
+            .count()
+    };
+    assert!(signed(KID) > 0 && signed(&new) > 0, "old then new signed");
+    // Never a grant with the new kid before the fake learnt it (no violation above), and the
+    // file is 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keys.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(served > 10);
+    env.app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_read_only_key_store_refuses_rotate_at_start_with_one_line() {
+    let digdir = FakeDigdir::start(vec![held_key(3)]).await;
+    let mp = FakeMaskinporten::start().await;
+    let altinn = FakeAltinn::start(&mp).await;
+    // A key from an environment variable (BROKER__KEY__JWK) cannot be rewritten.
+    let jwk = crate::credentials::private_jwk("client-key.pem", Some(KID));
+    let credentials = format!("key:\n  jwk: '{jwk}'\n");
+    let yaml = config_yaml_with(
+        &mp,
+        &altinn,
+        "",
+        &format!(
+            "{credentials}{}",
+            rotation_yaml(&digdir, "  action: rotate\n")
+        ),
+    );
+    let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = match maskinporten_broker::app::App::spawn(settings, listener).await {
+        Ok(_) => panic!("rotate on an inline PEM must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.starts_with("key_rotation.action: rotate needs key.path") && err.contains("renew"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+}
