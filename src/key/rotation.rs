@@ -79,6 +79,8 @@ pub struct KeyKeeper {
     /// Called after a switch, so this process signs with the new key at once (other processes
     /// sharing the file reload it when it changes).
     pub on_switch: Option<Box<dyn Fn() + Send + Sync>>,
+    /// The kid the file said signs at the last step: another process may switch it.
+    seen_signing: Mutex<Option<String>>,
     /// (kid, days) warnings already logged: at most 5 keys × 4 tiers.
     warned: Mutex<HashSet<(String, i64)>>,
 }
@@ -138,6 +140,7 @@ impl KeyKeeper {
             rotate: None,
             algorithm: crate::key::Algorithm::RS256,
             on_switch: None,
+            seen_signing: Mutex::default(),
             warned: Mutex::default(),
         }
     }
@@ -365,6 +368,7 @@ impl KeyKeeper {
         };
         let mut set = self.api.read(&self.client_id).await?;
         let mut keys = file.read()?;
+        self.follow_switch(signing_kid(&keys));
         let mut started = false;
         let next = loop {
             let now = SystemTime::now();
@@ -407,6 +411,7 @@ impl KeyKeeper {
                 }
                 keys[i][SIGNING_SINCE] = unix(now).max(2).into();
                 file.write(&keys)?;
+                *self.seen_signing.lock().unwrap_or_else(|e| e.into_inner()) = Some(kid.clone());
                 if let Some(switched) = &self.on_switch {
                     switched();
                 }
@@ -497,6 +502,18 @@ impl KeyKeeper {
             SystemTime::now(),
         );
         Ok((reports, next))
+    }
+
+    /// Another process (a replica, `keys rotate`) switched the key: sign with it here too.
+    fn follow_switch(&self, signing: Option<String>) {
+        let mut seen = self.seen_signing.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_some()
+            && *seen != signing
+            && let Some(switched) = &self.on_switch
+        {
+            switched();
+        }
+        *seen = signing;
     }
 
     fn settings_algorithm(&self) -> crate::key::Algorithm {

@@ -518,3 +518,43 @@ async fn a_read_only_key_store_refuses_rotate_at_start_with_one_line() {
     );
     assert!(!err.contains('\n'), "one line: {err}");
 }
+
+#[tokio::test]
+async fn two_replicas_sharing_one_key_file_make_one_new_key_between_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let digdir = FakeDigdir::start(vec![held_key(3)]).await;
+    let more = "  propagation: 1s\n  retire_after: 1s\n  check_every: 1h\n";
+    let a = start_rotating(&digdir, dir.path(), more).await;
+    // The second replica reads the same file (not rewritten: it already exists).
+    let path = dir.path().join("keys.json");
+    let mp = FakeMaskinporten::start().await;
+    mp.register_client(SS_CLIENT, &[]);
+    let altinn = FakeAltinn::start(&mp).await;
+    let yaml = config_yaml_with(
+        &mp,
+        &altinn,
+        &format!("key:\n  path: {}\n", path.display()),
+        &rotation_yaml(&digdir, &format!("  action: rotate\n{more}")),
+    );
+    let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
+    let b = TestEnv::start_settings(mp, altinn, settings).await;
+    until("the rotation to finish", || {
+        file_kids(dir.path()).len() == 1 && file_kids(dir.path())[0] != KID
+    })
+    .await;
+    let new: std::collections::BTreeSet<String> = digdir
+        .posts()
+        .iter()
+        .flat_map(|p| p["keys"].as_array().unwrap().clone())
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .filter(|k| k != KID)
+        .collect();
+    assert_eq!(
+        new.len(),
+        1,
+        "one new key between the two replicas: {new:?}"
+    );
+    assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
+    a.app.shutdown().await;
+    b.app.shutdown().await;
+}
