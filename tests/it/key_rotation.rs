@@ -558,3 +558,86 @@ async fn two_replicas_sharing_one_key_file_make_one_new_key_between_them() {
     a.app.shutdown().await;
     b.app.shutdown().await;
 }
+
+/// Wait (bounded: 30 s) until `done`.
+async fn until_long(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn sigkill_right_after_the_upload_resumes_with_the_uploaded_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let jwks = json!({"keys": [crate::credentials::private_jwk("client-key.pem", Some(KID))]});
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    let digdir = FakeDigdir::start(vec![held_key(3)]).await;
+    let mp = FakeMaskinporten::start().await;
+    mp.register_client(SS_CLIENT, &[]);
+    let altinn = FakeAltinn::start(&mp).await;
+    let yaml = |listen: &str, timing: &str| {
+        config_yaml_with(
+            &mp,
+            &altinn,
+            &format!("key:\n  path: {}\n", path.display()),
+            &format!(
+                "{listen}{}",
+                rotation_yaml(&digdir, &format!("  action: rotate\n{timing}"))
+            ),
+        )
+    };
+    // A long propagation: the broker is waiting when it is killed.
+    let mut first =
+        ServedBinary::start_yaml(|l| yaml(l, "  propagation: 1h\n  check_every: 1h\n")).await;
+    until_long("the upload", || !digdir.posts().is_empty()).await;
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+    let uploaded: Vec<String> = file_kids(dir.path());
+    assert_eq!(
+        uploaded.len(),
+        2,
+        "the new key was durable before the upload"
+    );
+    let new = uploaded[1].clone();
+    let public =
+        maskinporten_broker::public_key_from_jwk(&digdir.state.keys.lock().unwrap()[1].clone())
+            .unwrap();
+    mp.add_key(&new, public);
+    // Restarted: no second key is made; the uploaded one is switched to and the old retired.
+    let second = ServedBinary::start_yaml(|l| {
+        yaml(
+            l,
+            "  propagation: 1s\n  retire_after: 1s\n  check_every: 1h\n",
+        )
+    })
+    .await;
+    until_long("the old key's retirement", || {
+        file_kids(dir.path()) == [new.clone()]
+    })
+    .await;
+    let posted: std::collections::BTreeSet<String> = digdir
+        .posts()
+        .iter()
+        .flat_map(|p| p["keys"].as_array().unwrap().clone())
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        posted,
+        [KID.to_owned(), new.clone()].into(),
+        "no key lost or orphaned"
+    );
+    let token = reqwest::get(second.url("/token/admin")).await.unwrap();
+    assert_eq!(token.status(), 200);
+    let last = mp.grants().last().unwrap().header.kid.clone();
+    assert_eq!(
+        last.as_deref(),
+        Some(new.as_str()),
+        "signed with the uploaded key"
+    );
+    assert!(mp.violations().is_empty(), "{:?}", mp.violations());
+}
