@@ -323,6 +323,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
         return Ok(());
     }
     println!("online:");
+    let settings_for_keys = settings.clone();
     let built = app::build(settings).await?;
     let (tokens, broker) = (&built.state.tokens, built.state.broker());
     let mut failures = 0;
@@ -344,6 +345,20 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
             },
         };
         println!("  {:<14} {line}", p.name.as_str());
+    }
+    if let Some(keeper) = app::keeper(&settings_for_keys, &built).await? {
+        match keeper.status().await {
+            Ok(keys) => {
+                let now = std::time::SystemTime::now();
+                for key in keys {
+                    println!("  key            {}", crate::app::keys::line(&key, now));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("  key_rotation   FAILED: {}", crate::telemetry::Chain(&e));
+            }
+        }
     }
     tokens.shutdown();
     if failures > 0 {

@@ -70,7 +70,8 @@ pub async fn keys(settings: Settings, action: KeysAction, json: bool) -> anyhow:
     Ok(())
 }
 
-fn line(key: &KeyReport, now: SystemTime) -> String {
+/// One key on one line, for `keys status` and `check --online`.
+pub(crate) fn line(key: &KeyReport, now: SystemTime) -> String {
     format!(
         "client {}  kid {}  kept {}  exp {}  in_use {}  days_left {}",
         key.client,

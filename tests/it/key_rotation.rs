@@ -641,3 +641,27 @@ async fn sigkill_right_after_the_upload_resumes_with_the_uploaded_key() {
     );
     assert!(mp.violations().is_empty(), "{:?}", mp.violations());
 }
+
+#[tokio::test]
+async fn in_env_local_the_simulator_serves_the_self_service_api() {
+    let yaml = "env: local\nkey_rotation:\n  self_service:\n    client_id: local-self-service\n  check_every: 1h\n";
+    let settings = maskinporten_broker::config::Settings::from_yaml(yaml).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = maskinporten_broker::app::App::spawn(settings, listener)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut ready = Value::Null;
+    for _ in 0..200 {
+        ready = fetch_json(&http, &format!("http://{}/readyz", app.addr)).await;
+        if ready["key_rotation"]["last_check"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["key_rotation"]["failing"], false, "{ready}");
+    let key = &ready["keys"][0];
+    assert_eq!(key["in_use"], true, "{ready}");
+    assert!(key["days_left"].as_i64().unwrap() >= 364, "{ready}");
+    app.shutdown().await;
+}
