@@ -665,3 +665,20 @@ async fn in_env_local_the_simulator_serves_the_self_service_api() {
     assert!(key["days_left"].as_i64().unwrap() >= 364, "{ready}");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_mp_121_refusal_names_the_expired_kid_and_how_to_renew_it() {
+    let env = TestEnv::start("").await;
+    env.mp.always(Reply::Refuse(
+        "invalid_client",
+        "Invalid assertion. Client authentication failed. Expired key (MP-121)",
+    ));
+    let p = env.problem("/token/admin", 502).await;
+    assert_eq!(p["mp_code"], "MP-121");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("the expired key is kid {KID}")),
+        "{detail}"
+    );
+    assert!(p["hint"].as_str().unwrap().contains("keys renew"), "{p}");
+}
