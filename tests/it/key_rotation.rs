@@ -682,3 +682,62 @@ async fn an_mp_121_refusal_names_the_expired_kid_and_how_to_renew_it() {
     );
     assert!(p["hint"].as_str().unwrap().contains("keys renew"), "{p}");
 }
+
+/// The binary's `keys` command with `config`; (exit code, stdout, stderr).
+fn keys_command(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("keys")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn keys_status_and_renew_on_the_command_line() {
+    let digdir = FakeDigdir::start(vec![held_key(20), foreign_key("another-app", 200)]).await;
+    let mp = FakeMaskinporten::start().await;
+    mp.register_client(SS_CLIENT, &[]);
+    let altinn = FakeAltinn::start(&mp).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.yaml");
+    std::fs::write(
+        &config,
+        config_yaml(&mp, &altinn, &rotation_yaml(&digdir, "")),
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || keys_command(&config, &["status", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0, 0, "{}", status.2);
+    let body: Value = serde_json::from_str(&status.1).unwrap();
+    let ours = body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == KID)
+        .unwrap()
+        .clone();
+    assert_eq!(ours["client"], CLIENT_ID);
+    assert_eq!(ours["in_use"], true);
+    assert_eq!(ours["days_left"], 19);
+    assert!(ours["kept"].as_str().unwrap().starts_with("key.path "));
+    assert!(digdir.posts().is_empty(), "status changes nothing");
+    let renew = tokio::task::spawn_blocking(move || keys_command(&config, &["renew"]))
+        .await
+        .unwrap();
+    assert_eq!(renew.0, 0, "{}", renew.2);
+    assert!(renew.1.contains(&format!("renewed: {KID}")), "{}", renew.1);
+    assert_eq!(digdir.posts().len(), 1);
+    assert_eq!(digdir.posts()[0]["keys"].as_array().unwrap().len(), 2);
+}
