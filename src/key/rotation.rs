@@ -211,11 +211,12 @@ impl KeyKeeper {
         }
     }
 
-    /// Post the whole set as Digdir holds it, plus any held key it lacks.
+    /// Post the whole set as Digdir holds it, plus the key in use if Digdir lacks it (other
+    /// keys of the file are not added back: one may have been retired on purpose).
     async fn renew(&self, set: &[DigdirKey]) -> Result<Vec<DigdirKey>, SelfServiceError> {
         let mut keys: Vec<Value> = set.iter().map(|k| k.jwk.clone()).collect();
         for held in &self.held {
-            if !set.iter().any(|k| k.kid == held.kid) {
+            if self.in_use.as_deref() == Some(&held.kid) && !set.iter().any(|k| k.kid == held.kid) {
                 keys.push(held.jwk.clone());
             }
         }

@@ -140,6 +140,14 @@ fn install_recorder() -> PrometheusHandle {
 }
 
 fn describe() {
+    ::metrics::describe_gauge!(
+        KEY_EXPIRES_AT,
+        "When each key of a managed client stops working (unix seconds): Digdir's exp, or the certificate's notAfter if sooner"
+    );
+    ::metrics::describe_counter!(
+        KEY_ROTATION_FAILURES,
+        "Failed reads or changes of a client's key set in Digdir's self-service API, by status"
+    );
     ::metrics::describe_counter!(
         TOKEN_REQUESTS,
         "Requests for a token, by profile and outcome"
