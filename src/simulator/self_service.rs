@@ -346,4 +346,170 @@ mod tests {
         assert!(answer["keys"][0]["exp"].as_u64().is_some());
         assert!(answer["keys"][0].get("d").is_none());
     }
+
+    /// A signed grant for `client` with `kid` (the fixture keys) asking for `scope`.
+    fn grant(
+        sim: &super::super::SimulatorHandle,
+        client: &str,
+        pem: &str,
+        kid: &str,
+        scope: &str,
+    ) -> String {
+        let now = super::super::now_unix();
+        let claims = json!({"iss": client, "sub": client, "aud": sim.issuer(), "scope": scope,
+            "iat": now, "exp": now + 60, "jti": uuid::Uuid::new_v4().to_string()});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(kid.to_owned());
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    async fn token(sim: &super::super::SimulatorHandle, assertion: &str) -> (u16, Value) {
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(sim.base_url().join("token").unwrap())
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion),
+            ])
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_api_takes_a_whole_set_and_its_maskinporten_follows_propagation_and_exp() {
+        let fixture = |name: &str| {
+            std::fs::read_to_string(format!(
+                "{}/tests/fixtures/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let (client_pem, other_pem) = (fixture("client-key.pem"), fixture("other-key.pem"));
+        let registered =
+            |id: &str, kid: &str, key: &str, scopes: &[&str]| super::super::RegisteredClient {
+                client_id: id.into(),
+                keys: vec![(kid.into(), public(key))],
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = super::super::start(
+            super::super::SimulatorConfig {
+                clients: vec![
+                    registered("app", "old", "client-key.pub.pem", &["x:y"]),
+                    registered(
+                        "ss",
+                        "ss-kid",
+                        "other-key.pub.pem",
+                        &["idporten:dcr.read", "idporten:dcr.write"],
+                    ),
+                ],
+                ..Default::default()
+            },
+            listener,
+        )
+        .await
+        .unwrap();
+        sim.world
+            .keys
+            .set_rules(Duration::from_secs(2), Duration::from_millis(700));
+        let (status, admin) = token(
+            &sim,
+            &grant(
+                &sim,
+                "ss",
+                &other_pem,
+                "ss-kid",
+                "idporten:dcr.read idporten:dcr.write",
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{admin}");
+        let admin = admin["access_token"].as_str().unwrap().to_owned();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let url = sim
+            .base_url()
+            .join("selfservice/api/v1/clients/app/jwks")
+            .unwrap();
+        let set: Value = http
+            .get(url.clone())
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(set["keys"][0]["kid"], "old");
+        // A new key (other-key under "new") beside the old; a private member is refused.
+        let new = jwk("new", &public("other-key.pub.pem"));
+        let mut private = new.clone();
+        private["d"] = json!("AAAA");
+        let refused = http
+            .post(url.clone())
+            .bearer_auth(&admin)
+            .json(&json!({"keys": [set["keys"][0].clone(), private]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let six: Vec<Value> = (0..6)
+            .map(|i| jwk(&format!("k{i}"), &public("other-key.pub.pem")))
+            .collect();
+        let refused = http
+            .post(url.clone())
+            .bearer_auth(&admin)
+            .json(&json!({"keys": six}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "at most 5 keys");
+        let posted = http
+            .post(url.clone())
+            .bearer_auth(&admin)
+            .json(&json!({"keys": [set["keys"][0].clone(), new]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200);
+        // Before propagation the new kid is unknown to Maskinporten; the old one still works.
+        let (status, body) = token(&sim, &grant(&sim, "app", &other_pem, "new", "x:y")).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, _) = token(&sim, &grant(&sim, "app", &client_pem, "old", "x:y")).await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let (status, body) = token(&sim, &grant(&sim, "app", &other_pem, "new", "x:y")).await;
+        assert_eq!(status, 200, "{body}");
+        // Past exp: MP-121.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (status, body) = token(&sim, &grant(&sim, "app", &client_pem, "old", "x:y")).await;
+        assert_eq!(status, 400);
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .ends_with("(MP-121)"),
+            "{body}"
+        );
+        // A read token cannot write.
+        let (_, reader) = token(
+            &sim,
+            &grant(&sim, "ss", &other_pem, "ss-kid", "idporten:dcr.read"),
+        )
+        .await;
+        let reader = reader["access_token"].as_str().unwrap().to_owned();
+        let forbidden = http
+            .post(url)
+            .bearer_auth(&reader)
+            .json(&json!({"keys": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forbidden.status(), 403);
+        sim.shutdown().await;
+    }
 }
