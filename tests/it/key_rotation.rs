@@ -741,3 +741,38 @@ async fn keys_status_and_renew_on_the_command_line() {
     assert_eq!(digdir.posts().len(), 1);
     assert_eq!(digdir.posts()[0]["keys"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn an_answer_past_64_kib_is_refused_and_tokens_still_flow() {
+    // 40 keys of about 2 KiB each: a set Digdir would never send.
+    let huge: Vec<Value> = (0..40)
+        .map(|i| {
+            let mut k = foreign_key(&format!("k{i}"), 200);
+            k["n"] = json!("A".repeat(2048));
+            k
+        })
+        .collect();
+    let digdir = FakeDigdir::start(huge).await;
+    let env = start(&digdir, "  check_every: 1h\n").await;
+    let mut ready = Value::Null;
+    for _ in 0..100 {
+        ready = env.get_json("/readyz", 200).await;
+        if ready["key_rotation"]["last_failure"].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ready["key_rotation"]["last_failure"]["status"], "invalid",
+        "{ready}"
+    );
+    assert!(
+        ready["key_rotation"]["last_failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 65536 bytes")
+    );
+    assert!(digdir.posts().is_empty());
+    env.get_json("/token/admin", 200).await;
+    env.app.shutdown().await;
+}
