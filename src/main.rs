@@ -68,6 +68,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::HashKey => commands::hash_key()?,
         Command::System { action, json } => app::onboarding::system(load()?, action, json).await?,
+        Command::Keys { action, json } => app::keys::keys(load()?, action, json).await?,
         Command::Systemuser { action, json } => {
             app::onboarding::systemuser(load()?, action, json).await?
         }

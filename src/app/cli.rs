@@ -117,6 +117,14 @@ pub enum Command {
         json: bool,
     },
     /// System users: ask a customer organisation for one, follow the request, list them.
+    /// The default client's keys in Digdir: expiry, renewal (docs/keys.md).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+        /// One JSON object instead of lines.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     Systemuser {
         #[command(subcommand)]
         action: SystemuserAction,
@@ -165,6 +173,16 @@ pub enum ConsentAction {
     },
     /// A consent request's state by its id.
     Status { id: String },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum KeysAction {
+    /// Each key: client, kid, where it is kept, Digdir's exp, in use, days left.
+    Status,
+    /// Post the same public keys again now: Digdir gives each another year.
+    Renew,
+    /// With `key_rotation.action: rotate`: start a rotation now, or take its next step.
+    Rotate,
 }
 
 #[derive(Debug, Clone, Subcommand)]

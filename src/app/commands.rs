@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::app::{self, load_key};
+use crate::app;
 use crate::config::{Environment, Settings};
 use crate::http::problem::ApiError;
 use crate::key::secret::Secret;
+use crate::key::store::{self, load_key};
 use crate::key::{Algorithm, Form, KeyFile, MAX_KEYS_PER_CLIENT, SigningKey, public_key_from_jwk};
 use crate::policy::access::hash_api_key;
 use crate::policy::org::OrgNumber;
@@ -56,7 +57,7 @@ pub async fn token(
 pub async fn grant(settings: Settings, profile: &str, org: Option<&str>) -> anyhow::Result<()> {
     let org = parse_org(org)?;
     let validated = settings.validate()?;
-    let keys = app::load_keys(&settings).await?;
+    let keys = store::load_keys(&settings).await?;
     // The same profile and system-user rules, and the same grant, as the server's.
     let http = crate::upstream::client::http_client(&settings.http_client)?;
     let generation = app::generation(&settings, validated, keys, None, Vec::new(), http);
@@ -221,7 +222,7 @@ pub async fn jwks(settings: Option<&Settings>, file: Option<&Path>) -> anyhow::R
             Err(e @ crate::key::KeyError::Read { .. }) => return Err(e.into()),
             Err(e) => return Err(anyhow::Error::new(e).context(path.display().to_string())),
         },
-        (None, Some(settings)) => match app::read_key_file(settings)? {
+        (None, Some(settings)) => match store::read_key_file(settings)? {
             Some((_, file)) => file,
             None => bail!("the config names no key (key.path, key.pem or key.jwk)"),
         },
@@ -253,7 +254,7 @@ fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
 /// `check [--online]`
 pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyhow::Result<()> {
     let validated = settings.validate()?;
-    let keys = app::load_keys(&settings).await?;
+    let keys = store::load_keys(&settings).await?;
     let key = keys.default.clone();
     verify_key_pair(&key).await?;
     println!(
@@ -322,6 +323,7 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
         return Ok(());
     }
     println!("online:");
+    let settings_for_keys = settings.clone();
     let built = app::build(settings).await?;
     let (tokens, broker) = (&built.state.tokens, built.state.broker());
     let mut failures = 0;
@@ -343,6 +345,20 @@ pub async fn check(settings: Settings, config_path: &Path, online: bool) -> anyh
             },
         };
         println!("  {:<14} {line}", p.name.as_str());
+    }
+    if let Some(keeper) = app::keeper(&settings_for_keys, &built).await? {
+        match keeper.status().await {
+            Ok(keys) => {
+                let now = std::time::SystemTime::now();
+                for key in keys {
+                    println!("  key            {}", crate::app::keys::line(&key, now));
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                println!("  key_rotation   FAILED: {}", crate::telemetry::Chain(&e));
+            }
+        }
     }
     tokens.shutdown();
     if failures > 0 {

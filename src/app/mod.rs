@@ -11,6 +11,7 @@ mod clients;
 pub mod commands;
 pub mod consent;
 mod follow;
+pub mod keys;
 pub mod onboarding;
 mod serve;
 mod tls;
@@ -18,9 +19,8 @@ mod validate;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -33,8 +33,10 @@ use crate::http;
 use crate::http::limits::REQUEST_TIMEOUT;
 use crate::http::proxy::table::Proxy;
 use crate::http::state::{AppState, Shared};
-use crate::key::secret::Secret;
-use crate::key::{EXPIRY_WARNING, KeyError, KeyFile, SigningKey};
+use crate::key::SigningKey;
+use crate::key::store::{
+    ClientKeys, FILE_CHECK_INTERVAL, KeyLoadError, WatchedFiles, key_paths, load_keys,
+};
 use crate::policy::profile::ClientName;
 use crate::simulator::{self, RegisteredClient, SimulatorConfig, SimulatorHandle};
 use crate::tokens::broker::{Broker, Generation};
@@ -54,12 +56,10 @@ use validate::Validated;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{field}")]
-    Key {
-        field: String,
-        #[source]
-        source: KeyError,
-    },
+    #[error(transparent)]
+    Key(#[from] KeyLoadError),
+    #[error(transparent)]
+    Keeper(#[from] crate::key::rotation::StartKeeperError),
     #[error(transparent)]
     Client(#[from] ClientBuildError),
     #[error("endpoints.issuer")]
@@ -80,207 +80,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// The signing key the config names for the default client, checked (kid rules, certificate
-/// validity). Warns when the certificate expires within 30 days; called at start and on every
-/// reload.
-pub(crate) async fn load_key(settings: &Settings) -> Result<SigningKey, StartError> {
-    load_client_key(settings, &settings.default_client()).await
-}
-
-/// The keys of every Maskinporten client: the default's, and those of `maskinporten_clients` in
-/// the order of [`Settings::named_clients`].
-pub(crate) async fn load_keys(settings: &Settings) -> Result<ClientKeys, StartError> {
-    let mut named = Vec::new();
-    for client in settings.named_clients() {
-        named.push(load_client_key(settings, &client).await?);
-    }
-    Ok(ClientKeys {
-        default: load_key(settings).await?,
-        named,
-    })
-}
-
-/// Every Maskinporten client's signing key, loaded before anything is built.
-pub(crate) struct ClientKeys {
-    pub(crate) default: SigningKey,
-    pub(crate) named: Vec<SigningKey>,
-}
-
-impl ClientKeys {
-    /// Each key with the client it belongs to, the default first.
-    fn with_clients<'s>(
-        &self,
-        settings: &'s Settings,
-    ) -> impl Iterator<Item = (ClientView<'s>, &SigningKey)> {
-        std::iter::once((settings.default_client(), &self.default))
-            .chain(settings.named_clients().zip(&self.named))
-    }
-}
-
-/// One Maskinporten client's key; errors name the client's field (`maskinporten_clients.b.key.path`).
-/// A key in an HSM or Vault is reached, its public key read and a probe signature verified.
-async fn load_client_key(
-    settings: &Settings,
-    client: &ClientView<'_>,
-) -> Result<SigningKey, StartError> {
-    let (kid, alg) = (client.kid, client.key.algorithm);
-    warn_of_readable_secret_files(client);
-    let outside = crate::key::load_outside(
-        client.key.outside(),
-        kid,
-        settings.cache.max_concurrent_fetches,
-        settings.http_client.timeout,
-    )
-    .await
-    .map_err(|source| StartError::Key {
-        field: client.field(if client.key.pkcs11.is_some() {
-            "key.pkcs11"
-        } else {
-            "key.vault_transit"
-        }),
-        source,
-    })?;
-    if let Some(key) = outside {
-        tracing::info!(
-            client = client.name,
-            kid,
-            signer = key.location(),
-            "the signing key is outside the process; a probe signature verified"
-        );
-        return Ok(key);
-    }
-    let fallback = (client.env == Environment::Local).then_some(LOCAL_KID);
-    let Some((field, file)) = read_client_key_file(client)? else {
-        let kid = kid.unwrap_or(LOCAL_KID);
-        tracing::info!(
-            client = client.name,
-            kid,
-            "no key file configured: generated an ephemeral key pair for the local simulator (env local)"
-        );
-        return SigningKey::generate(2048, kid, alg).map_err(|source| StartError::Key {
-            field: client.field("key"),
-            source,
-        });
-    };
-    let key = file
-        .select(kid, fallback, alg, SystemTime::now())
-        .map_err(|source| StartError::Key {
-            field: if source.is_about_kid() {
-                client.field("kid")
-            } else {
-                field
-            },
-            source,
-        })?;
-    warn_if_expiring(&key, SystemTime::now());
-    Ok(key)
-}
-
-/// Every key the configured source holds (all of a JWKS), with the config field it came from;
-/// `None` in `local` without a key. The default client's.
-pub(crate) fn read_key_file(settings: &Settings) -> Result<Option<(String, KeyFile)>, StartError> {
-    read_client_key_file(&settings.default_client())
-}
-
-fn read_client_key_file(client: &ClientView<'_>) -> Result<Option<(String, KeyFile)>, StartError> {
-    let key = client.key;
-    let at = |field: String| move |source| StartError::Key { field, source };
-    if let Some(pem) = &key.pem {
-        let field = client.field("key.pem");
-        let file = KeyFile::parse(pem.as_bytes(), None).map_err(at(field.clone()))?;
-        return Ok(Some((field, file)));
-    }
-    if let Some(jwk) = &key.jwk {
-        let field = client.field("key.jwk");
-        let file = KeyFile::inline_jwk(jwk).map_err(at(field.clone()))?;
-        return Ok(Some((field, file)));
-    }
-    match &key.path {
-        Some(path) if client.env != Environment::Local || path.exists() => {
-            warn_if_readable_by_others(&client.field("key.path"), path);
-            let password = password(client)?;
-            let field = client.field("key.path");
-            let file = KeyFile::read(path, password.as_ref()).map_err(at(field.clone()))?;
-            Ok(Some((field, file)))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// The PKCS#12 password from `key.password` (or `BROKER__KEY__PASSWORD`) or `key.password_file`.
-fn password(client: &ClientView<'_>) -> Result<Option<Secret>, StartError> {
-    if let Some(password) = &client.key.password {
-        return Ok(Some(Secret::new(password.as_str())));
-    }
-    let Some(path) = &client.key.password_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| StartError::Key {
-        field: client.field("key.password_file"),
-        source: KeyError::PasswordFile {
-            path: path.display().to_string(),
-            source,
-        },
-    })?;
-    Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))))
-}
-
-/// A certificate that expires within [`EXPIRY_WARNING`] gets a warning at start and each reload.
-fn warn_if_expiring(key: &SigningKey, now: SystemTime) {
-    let Some(leaf) = key.chain().first() else {
-        return;
-    };
-    if let Ok(left) = leaf.not_after.duration_since(now)
-        && left < EXPIRY_WARNING
-    {
-        tracing::warn!(
-            kid = key.kid(),
-            subject = %leaf.subject,
-            not_after = %crate::tokens::token::rfc3339(leaf.not_after),
-            days_left = left.as_secs() / 86_400,
-            "the business certificate expires within 30 days: order a renewed one from the vendor and switch key.path"
-        );
-    }
-}
-
-/// A private key, password, PIN or token readable by group or others is one `cat` away from
-/// leaking. `field` is the config field naming the file (`key.path`, `key.password_file`).
-fn warn_if_readable_by_others(field: &str, path: &std::path::Path) {
-    #[cfg(unix)]
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(field, path = %path.display(), mode = format!("{mode:o}"), "the secret file is readable by group or others; chmod 600 it");
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (field, path);
-}
-
-/// The secret files besides the key file, warned about as [`warn_if_readable_by_others`].
-fn warn_of_readable_secret_files(client: &ClientView<'_>) {
-    let key = client.key;
-    let files = [
-        ("key.password_file", key.password_file.as_deref()),
-        (
-            "key.pkcs11.pin_file",
-            key.pkcs11.as_ref().and_then(|p| p.pin_file.as_deref()),
-        ),
-        (
-            "key.vault_transit.token_file",
-            key.vault_transit
-                .as_ref()
-                .and_then(|v| v.token_file.as_deref()),
-        ),
-    ];
-    for (field, path) in files {
-        if let Some(path) = path {
-            warn_if_readable_by_others(&client.field(field), path);
-        }
-    }
 }
 
 /// Since #27 a client without `scopes` gets no on-demand token: say so once per client at start,
@@ -323,7 +122,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
     for (name, issuer) in &settings.identity.issuers {
         if let Some(path) = &issuer.bearer_token_file {
             let field = format!("identity.issuers.{name}.bearer_token_file");
-            warn_if_readable_by_others(&field, path);
+            crate::key::store::warn_if_readable_by_others(&field, path);
         }
     }
     let (identity, introspection, proxy_client) =
@@ -341,6 +140,16 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
         .filter(|r| r.org.is_some())
         .cloned()
         .collect();
+    let key_watch = crate::key::status::KeyWatch::default();
+    if let Some(kid) = keys.default.kid() {
+        key_watch.set_keys(vec![crate::key::status::KeyReport {
+            client: settings.client_id().to_owned(),
+            kid: kid.to_owned(),
+            kept: crate::key::rotation::kept(&settings.key, &keys.default),
+            expires_at: keys.default.not_after(),
+            in_use: true,
+        }]);
+    }
     let generation = generation(&settings, validated, keys, local_base, discovered, http);
     let token_files = token_files(&generation, &files, &fixed_orgs)?;
     let clock = Arc::new(Clock::default());
@@ -364,6 +173,7 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             introspection: ArcSwap::from_pointee(introspection),
             system,
             consent,
+            keys: key_watch,
         }),
         simulator,
     })
@@ -523,6 +333,72 @@ async fn start_simulator(
     Ok(handle)
 }
 
+/// The key keeper of `key_rotation:`, started beside the server.
+async fn spawn_keeper(
+    settings: &Settings,
+    built: &Built,
+    stop: &CancellationToken,
+) -> Result<Option<JoinHandle<()>>, StartError> {
+    let Some(mut keeper) = keeper(settings, built).await? else {
+        return Ok(None);
+    };
+    let (state, settings) = (built.state.clone(), settings.clone());
+    keeper.on_switch = Some(Box::new(move || {
+        let (state, settings) = (state.clone(), settings.clone());
+        tokio::spawn(async move {
+            match crate::key::store::load_key(&settings).await {
+                Ok(key) => {
+                    tracing::info!(
+                        kid = key.kid(),
+                        "the key file changed: grants are signed with the new key"
+                    );
+                    state.broker().replace_default_key(key);
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::telemetry::Chain(&e), "the rotated key does not load; the previous key keeps signing")
+                }
+            }
+        });
+    }));
+    let stop = stop.clone();
+    Ok(Some(tokio::spawn(Arc::new(keeper).run(stop))))
+}
+
+/// The key keeper `key_rotation:` asks for; in `env: local` its self-service client is
+/// registered with the simulator.
+pub(crate) async fn keeper(
+    settings: &Settings,
+    built: &Built,
+) -> Result<Option<crate::key::rotation::KeyKeeper>, StartError> {
+    let generation = built.state.broker().generation();
+    let fetcher = &generation.fetcher;
+    let local_base = built.simulator.as_ref().map(SimulatorHandle::base_url);
+    let Some(keeper) = crate::key::rotation::build(
+        settings,
+        &fetcher.key,
+        fetcher.endpoints.clone(),
+        fetcher.http().clone(),
+        local_base,
+        built.state.keys.clone(),
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    if let (Some(sim), Some(rotation)) = (&built.simulator, &settings.key_rotation) {
+        let admin = keeper.api.admin_key();
+        sim.register_client(RegisteredClient {
+            client_id: rotation.self_service.client_id.clone(),
+            keys: vec![(
+                admin.kid().unwrap_or(LOCAL_KID).to_owned(),
+                admin.public_key(),
+            )],
+            scopes: rotation.self_service.scopes.clone(),
+        });
+    }
+    Ok(Some(keeper))
+}
+
 /// A broker serving on a listener; stop it with [`App::shutdown`].
 pub struct App {
     pub addr: SocketAddr,
@@ -534,6 +410,8 @@ pub struct App {
     server: JoinHandle<()>,
     /// Re-reads the issuer metadata daily; aborted on shutdown.
     rediscovery: JoinHandle<()>,
+    /// The key keeper of `key_rotation:`; stopped on shutdown.
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -570,6 +448,7 @@ impl App {
         let server_settings = started.server.clone();
         raise_and_log_connection_limits(&server_settings);
         built.state.token_files.spawn(&built.state.tokens, &stop);
+        let keeper = spawn_keeper(&started, &built, &stop).await?;
         let signal = stop.clone();
         let server = tokio::spawn(async move {
             serve::serve(listener, service, &server_settings, tls, signal).await;
@@ -582,6 +461,7 @@ impl App {
             stop,
             server,
             rediscovery,
+            keeper,
         })
     }
 
@@ -667,6 +547,9 @@ impl App {
         self.state.begin_draining();
         self.stop.cancel();
         self.rediscovery.abort();
+        if let Some(keeper) = &self.keeper {
+            keeper.abort();
+        }
         let _ = self.server.await;
         self.state.tokens.shutdown();
         if let Some(sim) = self.simulator {
@@ -695,6 +578,10 @@ pub fn needing_restart(running: &Settings, new: &Settings) -> Vec<&'static str> 
             differs(&running.introspection, &new.introspection),
         ),
         ("proxy", differs(&running.proxy, &new.proxy)),
+        (
+            "key_rotation",
+            differs(&running.key_rotation, &new.key_rotation),
+        ),
         (
             "token_files",
             differs(&running.token_files, &new.token_files),
@@ -754,61 +641,6 @@ pub async fn run(settings: Settings, config_path: &Path) -> Result<(), StartErro
         }
     }
     Ok(())
-}
-
-/// How often the config and key files are checked for changes (Kubernetes swaps mounted secrets
-/// by symlink, which file-change notifications miss; a cheap `stat` does not).
-const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
-
-/// The key files of every Maskinporten client (the default's first).
-fn key_paths(settings: &Settings) -> Vec<PathBuf> {
-    settings
-        .maskinporten_clients()
-        .iter()
-        .filter_map(|c| c.key.path.clone())
-        .collect()
-}
-
-/// The config file and the key files it names (one per Maskinporten client), and when each was
-/// last seen modified. After a reload the key files watched are those the new config names.
-struct WatchedFiles {
-    config: PathBuf,
-    keys: Vec<PathBuf>,
-    seen: Vec<Option<SystemTime>>,
-}
-
-impl WatchedFiles {
-    fn new(config: &Path, keys: Vec<PathBuf>) -> Self {
-        let mut files = WatchedFiles {
-            config: config.to_owned(),
-            keys,
-            seen: Vec::new(),
-        };
-        files.seen = files.stamps();
-        files
-    }
-
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
-        let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        std::iter::once(&self.config)
-            .chain(&self.keys)
-            .map(stamp)
-            .collect()
-    }
-
-    /// Whether any file changed since the last look.
-    fn changed(&mut self) -> bool {
-        let now = self.stamps();
-        let changed = now != self.seen;
-        self.seen = now;
-        changed
-    }
-
-    /// Watch `keys` from now on (the key files of a config just applied).
-    fn follow_keys(&mut self, keys: Vec<PathBuf>) {
-        self.keys = keys;
-        self.seen = self.stamps();
-    }
 }
 
 /// Reload on SIGHUP or when the config or key file changes. Never returns.
@@ -887,36 +719,6 @@ pub(crate) async fn shutdown_signal() -> Stop {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn touch(path: &Path, secs: u64) {
-        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-            .unwrap();
-    }
-
-    #[test]
-    fn the_watched_key_file_follows_key_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let [config, old, new] = ["broker.yaml", "old.pem", "new.pem"].map(|f| {
-            let path = dir.path().join(f);
-            std::fs::write(&path, f).unwrap();
-            touch(&path, 1_000);
-            path
-        });
-        let mut files = WatchedFiles::new(&config, vec![old.clone()]);
-        assert!(!files.changed());
-        touch(&old, 2_000);
-        assert!(files.changed(), "the key file named at start is watched");
-        assert!(!files.changed(), "a change is reported once");
-
-        files.follow_keys(vec![new.clone()]);
-        touch(&old, 3_000);
-        assert!(!files.changed(), "the old key file is no longer watched");
-        touch(&new, 3_000);
-        assert!(files.changed(), "the new key file is");
-        touch(&config, 4_000);
-        assert!(files.changed(), "and the config file still is");
-    }
 
     #[test]
     fn sections_read_at_start_up_are_named_when_they_change() {

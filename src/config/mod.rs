@@ -16,12 +16,16 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 mod consent;
+mod key_rotation;
 mod proxy;
 mod system;
 pub mod tls;
 mod token_files;
 
 pub use consent::{Consent, ConsentSettings};
+pub use key_rotation::{
+    KEY_LIFETIME, KeyRotationSettings, RotationAction, SCOPE_READ, SCOPE_WRITE, SelfServiceSettings,
+};
 pub use proxy::{DEFAULT_MAX_BODY, DEFAULT_TIMEOUT, ProxyRouteSettings};
 pub use system::{Languages, SystemSettings};
 pub use token_files::{TokenFileFormat, TokenFileSettings};
@@ -106,6 +110,9 @@ pub struct Settings {
     /// Altinn consent requests and consent tokens (banks and other data consumers).
     #[serde(default)]
     pub consent: Option<ConsentSettings>,
+    /// Renew or rotate the default client's key through Digdir's self-service API (docs/keys.md).
+    #[serde(default)]
+    pub key_rotation: Option<KeyRotationSettings>,
 }
 
 impl Default for Settings {
@@ -135,6 +142,7 @@ impl Default for Settings {
             token_files: Vec::new(),
             system: None,
             consent: None,
+            key_rotation: None,
         }
     }
 }
@@ -699,6 +707,9 @@ impl Settings {
         self.http_client.check(problems);
         self.check_local(problems);
         self.log.check(problems);
+        if let Some(rotation) = &self.key_rotation {
+            rotation.check(self.env, self.kid.as_deref(), problems);
+        }
     }
 
     /// `client_id` and one source of the key: required outside `local`. `kid` may come from the

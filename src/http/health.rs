@@ -41,8 +41,10 @@ pub async fn readyz(
         *per_profile.entry(key.profile.as_str()).or_default() += 1;
     }
     let upstreams = state.broker().health();
-    let degraded =
-        upstreams.values().any(|h| h.consecutive_failures > 0) || state.token_files.failing();
+    let (keys, key_rotation) = state.keys.json(std::time::SystemTime::now());
+    let degraded = upstreams.values().any(|h| h.consecutive_failures > 0)
+        || state.token_files.failing()
+        || state.keys.failure().is_some();
     let draining = state.is_draining();
     let status = match (draining, degraded) {
         (true, _) => "draining",
@@ -61,7 +63,11 @@ pub async fn readyz(
         "cached_token_count": snapshot.len(),
         "cached_tokens_per_profile": per_profile,
         "token_files": state.token_files.report(),
+        "keys": keys,
     });
+    if let Some(rotation) = key_rotation {
+        body["key_rotation"] = rotation;
+    }
     // A key in an HSM or Vault: where it is (its state is `upstreams.signer`).
     if let Some(location) = generation.fetcher.key.location() {
         body["signer"] = location.into();

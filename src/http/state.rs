@@ -61,6 +61,8 @@ pub struct Shared {
     pub system: Option<Arc<System>>,
     /// `consent:`, checked, and the accepted consents it remembers (`None`: not configured).
     pub consent: Option<Arc<crate::onboarding::consent::Consents>>,
+    /// Each managed key's expiry and the key keeper's state (`key_rotation:`), for `/readyz`.
+    pub keys: crate::key::status::KeyWatch,
 }
 
 impl Shared {

@@ -8,12 +8,16 @@
 
 mod certificate;
 mod jwk;
+pub(crate) mod jwks_file;
 mod pem;
 mod pkcs11;
 mod pkcs12;
+pub(crate) mod rotation;
 pub(crate) mod secret;
 mod settings;
 mod signer;
+pub(crate) mod status;
+pub(crate) mod store;
 mod vault_transit;
 
 use std::fmt;

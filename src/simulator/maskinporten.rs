@@ -21,6 +21,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::self_service::Lookup;
 use super::{World, decoding_key, now_unix};
 use crate::policy::org::OrgNumber;
 
@@ -43,6 +44,10 @@ pub(super) enum Refusal {
     UnknownClient(String),
     #[error("invalid aud: expected '{expected}' (MP-110)")]
     WrongAudience { expected: String },
+    #[error(
+        "Invalid assertion. Client authentication failed. Expired key: kid '{0}' is past its exp (MP-121)"
+    )]
+    ExpiredKey(String),
     #[error("invalid signature: {0} (MP-124)")]
     BadSignature(String),
     #[error("invalid grant lifetime: {0} (MP-130)")]
@@ -72,6 +77,7 @@ impl Refusal {
             | Refusal::WrongAudience { .. }
             | Refusal::BadSignature(_)
             | Refusal::BadLifetime(_) => "invalid_grant",
+            Refusal::ExpiredKey(_) => "invalid_client",
             Refusal::ScopeNotAllowed(_) => "invalid_scope",
             Refusal::UnknownDetailType(_)
             | Refusal::UnknownDetailFields(_)
@@ -273,16 +279,30 @@ fn verify_grant(world: &World, assertion: &str) -> Result<VerifiedGrant, Refusal
     let client = world
         .client(client_id)
         .ok_or_else(|| Refusal::UnknownClient(client_id.to_owned()))?;
-    let public = client
+    let unknown = || {
+        Refusal::BadSignature(format!(
+            "kid '{kid}' is not registered on client '{client_id}'"
+        ))
+    };
+    // The key set kept through the self-service API decides, with expiry and propagation.
+    let managed = match world
         .keys
-        .iter()
-        .find(|(k, _)| *k == kid)
-        .map(|(_, public)| public)
-        .ok_or_else(|| {
-            Refusal::BadSignature(format!(
-                "kid '{kid}' is not registered on client '{client_id}'"
-            ))
-        })?;
+        .lookup(client_id, &kid, std::time::SystemTime::now())
+    {
+        Lookup::Unmanaged => None,
+        Lookup::Usable(public) => Some(public),
+        Lookup::Expired => return Err(Refusal::ExpiredKey(kid)),
+        Lookup::NotYetPropagated | Lookup::Unknown => return Err(unknown()),
+    };
+    let public = match &managed {
+        Some(public) => public,
+        None => client
+            .keys
+            .iter()
+            .find(|(k, _)| *k == kid)
+            .map(|(_, public)| public)
+            .ok_or_else(unknown)?,
+    };
 
     let mut validation = Validation::new(header.alg);
     validation.validate_exp = false;

@@ -24,6 +24,7 @@ mod changes;
 mod consent;
 mod maskinporten;
 mod register;
+mod self_service;
 #[cfg(test)]
 mod tests;
 
@@ -113,6 +114,8 @@ struct World {
     strict_system_users: bool,
     /// Consent requests (Altinn "samtykke").
     consents: Mutex<consent::Consents>,
+    /// Key sets kept through the self-service API, with expiry and propagation.
+    keys: self_service::Directory,
 }
 
 impl World {
@@ -124,6 +127,7 @@ impl World {
     }
 
     fn register(&self, client: RegisteredClient) {
+        self.keys.seed(&client.client_id, &client.keys);
         let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
         clients.insert(client.client_id.clone(), client);
     }
@@ -241,7 +245,16 @@ pub async fn start(
         register: Mutex::default(),
         strict_system_users: config.strict_system_users,
         consents: Mutex::default(),
+        keys: Default::default(),
     });
+    for client in world
+        .clients
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+    {
+        world.keys.seed(&client.client_id, &client.keys);
+    }
 
     let (stop, stopped) = oneshot::channel::<()>();
     let app = router(world.clone());
@@ -274,6 +287,10 @@ fn router(world: Arc<World>) -> Router {
             get(altinn::jwks),
         )
         .route("/storage/api/v1/whoami", get(altinn::whoami))
+        .route(
+            "/selfservice/api/v1/clients/{id}/jwks",
+            get(self_service::read).post(self_service::replace),
+        )
         .nest("/authentication/api/v1/", register_api())
         .route(
             "/accessmanagement/ui/systemuser/request",

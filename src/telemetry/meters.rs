@@ -29,6 +29,8 @@ pub const PROXY_UPSTREAM_DURATION: &str = "broker_proxy_upstream_duration_second
 pub const PROXY_REDACTED_HEADERS: &str = "broker_proxy_redacted_headers_total";
 pub const SIGNER_REQUESTS: &str = "broker_signer_requests_total";
 pub const SIGNER_DURATION: &str = "broker_signer_duration_seconds";
+pub const KEY_EXPIRES_AT: &str = "broker_key_expires_at_seconds";
+pub const KEY_ROTATION_FAILURES: &str = "broker_key_rotation_failures_total";
 
 /// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
 /// `http_client.timeout` (seconds), so the buckets span both.
@@ -138,6 +140,14 @@ fn install_recorder() -> PrometheusHandle {
 }
 
 fn describe() {
+    ::metrics::describe_gauge!(
+        KEY_EXPIRES_AT,
+        "When each key of a managed client stops working (unix seconds): Digdir's exp, or the certificate's notAfter if sooner"
+    );
+    ::metrics::describe_counter!(
+        KEY_ROTATION_FAILURES,
+        "Failed reads or changes of a client's key set in Digdir's self-service API, by status"
+    );
     ::metrics::describe_counter!(
         TOKEN_REQUESTS,
         "Requests for a token, by profile and outcome"
@@ -274,6 +284,19 @@ pub fn signer_call(
     ::metrics::counter!(SIGNER_REQUESTS, "signer" => signer, "purpose" => purpose, "outcome" => outcome)
         .increment(1);
     ::metrics::histogram!(SIGNER_DURATION, "signer" => signer).record(elapsed.as_secs_f64());
+}
+
+/// When a key of a managed client stops working (unix seconds: Digdir's `exp`, or the
+/// certificate's not-after if sooner). Bounded: Digdir holds at most 5 keys per client.
+pub fn key_expires_at(client: &str, kid: &str, unix_seconds: f64) {
+    ::metrics::gauge!(KEY_EXPIRES_AT, "client" => client.to_owned(), "kid" => kid.to_owned())
+        .set(unix_seconds);
+}
+
+/// A failed read or change of Digdir's key set; `status` is the HTTP status or a fixed word.
+pub fn key_rotation_failure(client: &str, status: &str) {
+    ::metrics::counter!(KEY_ROTATION_FAILURES, "client" => client.to_owned(), "status" => status.to_owned())
+        .increment(1);
 }
 
 /// The text exposition: the process-wide metrics, then the remaining lifetime of each token this

@@ -333,6 +333,18 @@ impl Broker {
     }
 
     /// Install a new generation (key rotation, config reload).
+    /// Sign the default client's grants with `key` from now on (a rotation switched keys).
+    pub fn replace_default_key(&self, key: crate::key::SigningKey) {
+        self.generation.rcu(|current| {
+            let mut fetcher = current.fetcher.clone();
+            fetcher.key = key.clone();
+            Arc::new(Generation {
+                fetcher,
+                ..Generation::clone(current)
+            })
+        });
+    }
+
     pub fn replace(&self, generation: Generation) {
         self.generation.store(Arc::new(generation));
     }

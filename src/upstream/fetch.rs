@@ -115,7 +115,11 @@ impl Fetcher {
         let started = clock.now();
         // The checks run inside the observed call so an unusable answer counts as "invalid".
         let mp = client::observe(Target::Maskinporten, async {
-            let mp = self.maskinporten.request_token(&grant).await?;
+            let mp = self
+                .maskinporten
+                .request_token(&grant)
+                .await
+                .map_err(|e| name_expired_kid(e, self.key.kid()))?;
             observe_date(clock, mp.server_date);
             self.check_maskinporten_token(&mp.access_token, clock.now())?;
             Ok(mp)
@@ -180,6 +184,32 @@ impl Fetcher {
             return Err(invalid("the access token has already expired".into()));
         }
         Ok(())
+    }
+}
+
+/// An MP-121 refusal names the kid that expired: the operator renews that one.
+fn name_expired_kid(error: UpstreamError, kid: Option<&str>) -> UpstreamError {
+    match error {
+        UpstreamError::Refused {
+            target,
+            status,
+            error,
+            description,
+            code,
+            hint,
+        } if code.as_deref() == Some("MP-121") => UpstreamError::Refused {
+            target,
+            status,
+            error,
+            description: Some(format!(
+                "{} (the expired key is kid {})",
+                description.unwrap_or_default(),
+                kid.unwrap_or("(none)")
+            )),
+            code,
+            hint,
+        },
+        other => other,
     }
 }
 

@@ -174,7 +174,7 @@ pub fn hint_for(code: &str) -> Option<&'static str> {
         }
         "MP-120" => "invalid certificate, for example a production certificate used in test",
         "MP-121" => {
-            "the registered key has expired (keys live one year): upload a new one and update kid"
+            "the registered key has expired (keys live one year from upload): renew it with `maskinporten-broker keys renew` (key_rotation, docs/keys.md) or post the same public key again in Digdir's self-service portal"
         }
         "MP-122" => "the certificate belongs to another organisation than the client",
         "MP-123" => "malformed x5c header",

@@ -15,3 +15,4 @@ pub(crate) mod register;
 pub(crate) mod register_changes;
 pub(crate) mod register_codes;
 pub(crate) mod retry;
+pub(crate) mod self_service;

@@ -136,7 +136,7 @@ fn pkcs12(chain: &(Vec<u8>, Vec<u8>), encryption: EncryptionAlgorithm) -> Vec<u8
 }
 
 /// A private JWK of a fixture key, as Digdir's portal or mkjwk writes it.
-fn private_jwk(fixture_name: &str, kid: Option<&str>) -> Value {
+pub(crate) fn private_jwk(fixture_name: &str, kid: Option<&str>) -> Value {
     let key = private_key(fixture_name);
     let b64 = |n: &rsa::BigUint| URL_SAFE_NO_PAD.encode(n.to_bytes_be());
     let mut jwk = json!({

@@ -18,6 +18,7 @@ mod errors;
 mod faults;
 mod identity;
 mod introspect;
+mod key_rotation;
 mod local_env;
 mod manifests;
 mod mp_clients;
