@@ -165,7 +165,12 @@ pub(crate) async fn build(settings: Settings) -> Result<Built, StartError> {
             env: settings.env,
             clients,
             metrics,
-            openapi: http::openapi::served(&http::document(), system.as_deref()).into(),
+            openapi: http::openapi::served(
+                &http::document(),
+                system.as_deref(),
+                consent.as_deref().map(|c| &c.settings),
+            )
+            .into(),
             proxy,
             token_files,
             draining: Default::default(),

@@ -29,7 +29,9 @@ pub struct SystemUserChangeBody {
     /// The customer's organisation number (9 digits, mod-11 check digit).
     #[schema(pattern = "^[0-9]{9}$")]
     pub org: String,
-    /// The external reference of its system user; absent: the organisation number.
+    /// The external reference of its system user; absent: the organisation number. Not `.` or
+    /// `..`, no `/`, no control characters.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^/\\x00-\\x1f\\x7f]+$")]
     pub external_ref: Option<String>,
     /// Rights (resource ids of `system.rights`) to add.
     pub add_rights: Option<Vec<String>>,
@@ -40,6 +42,7 @@ pub struct SystemUserChangeBody {
     /// Access packages to remove.
     pub remove_packages: Option<Vec<String>>,
     /// One of `system.allowed_redirect_urls`: where Altinn sends the customer after answering.
+    #[schema(format = "uri", min_length = 1)]
     pub redirect_url: Option<String>,
 }
 

@@ -48,10 +48,14 @@ pub struct ConsentRequestBody {
     /// The rights asked for: at least one.
     pub resources: Vec<ResourceBody>,
     /// When the consent ends: RFC 3339, or a date (the end of that day, UTC); in the future.
+    #[schema(
+        pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))?$"
+    )]
     pub valid_to: String,
     /// Shown to the person (Norwegian bokmål).
     pub message: Option<String>,
     /// One of consent.redirect_urls; absent: the first of them.
+    #[schema(format = "uri", min_length = 1)]
     pub redirect_url: Option<String>,
 }
 
@@ -60,6 +64,7 @@ pub struct ConsentRequestBody {
 #[serde(deny_unknown_fields)]
 pub struct ResourceBody {
     /// The resource id (the value of urn:altinn:resource).
+    #[schema(min_length = 1, max_length = 1000)]
     pub resource: String,
     /// The resource's metadata, e.g. {"inntektsaar": "2025"}.
     pub metadata: Option<BTreeMap<String, String>>,
@@ -191,7 +196,7 @@ pub async fn get(
     params(
         ("id" = String, Query, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "The consent's id"),
         ("scope" = String, Query, description = "The data provider's scope: one, matching consent.scopes (and the client's scopes)", pattern = "^[^\\s*]{1,200}$"),
-        ("from" = Option<String>, Query, description = "Who consented (fødselsnummer, organisation number or their URN); absent: read from Altinn once"),
+        ("from" = Option<String>, Query, pattern = "^([0-9]{9}|[0-9]{11}|urn:altinn:person:identifier-no:[0-9]{11}|urn:altinn:organization:identifier-no:[0-9]{9})$", description = "Who consented (fødselsnummer, organisation number or their URN); absent: read from Altinn once"),
     ),
     responses(
         (status = 200, description = "A token with at least cache.min_remaining left, never past the consent's validTo", content(

@@ -56,30 +56,68 @@ pub async fn openapi(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The document as served: `POST /systemusers/requests` takes only what the configured system
+/// The document as served: the onboarding and consent bodies take only what the configuration
 /// allows, so that a request the schema allows is one the broker takes: `redirect_url` one of
-/// `system.allowed_redirect_urls` (or null), `agent` only when `system.access_packages` has some.
-pub fn served(doc: &utoipa::openapi::OpenApi, system: Option<&System>) -> Vec<u8> {
+/// `system.allowed_redirect_urls` (or of `consent.redirect_urls`) or null, `agent` only when
+/// `system.access_packages` has some, and a change adds only rights and packages `system:` lists.
+pub fn served(
+    doc: &utoipa::openapi::OpenApi,
+    system: Option<&System>,
+    consent: Option<&crate::config::Consent>,
+) -> Vec<u8> {
     let mut value = serde_json::to_value(doc).unwrap_or_default();
+    let strings = |list: &[String]| -> Vec<serde_json::Value> {
+        list.iter().map(|u| u.as_str().into()).collect()
+    };
+    let or_null = |mut list: Vec<serde_json::Value>| {
+        list.push(serde_json::Value::Null);
+        list
+    };
+    let mut limits: Vec<(&str, &str, serde_json::Value)> = Vec::new();
     if let Some(system) = system {
-        let properties = "/components/schemas/SystemUserRequestBody/properties";
-        let mut redirect: Vec<serde_json::Value> = system
-            .allowed_redirect_urls
-            .iter()
-            .map(|u| u.as_str().into())
-            .collect();
-        redirect.push(serde_json::Value::Null);
+        let redirect = or_null(strings(&system.allowed_redirect_urls));
         let mut agent = vec![false.into(), serde_json::Value::Null];
         if !system.access_packages.is_empty() {
             agent.push(true.into());
         }
-        for (name, allowed) in [("redirect_url", redirect), ("agent", agent)] {
-            if let Some(property) = value
-                .pointer_mut(&format!("{properties}/{name}"))
-                .and_then(serde_json::Value::as_object_mut)
-            {
-                property.insert("enum".into(), allowed.into());
-            }
+        limits.push((
+            "SystemUserRequestBody",
+            "redirect_url",
+            redirect.clone().into(),
+        ));
+        limits.push(("SystemUserRequestBody", "agent", agent.into()));
+        limits.push(("SystemUserChangeBody", "redirect_url", redirect.into()));
+        for (name, list) in [
+            ("add_rights", &system.rights),
+            ("add_packages", &system.access_packages),
+        ] {
+            limits.push(("SystemUserChangeBody", name, strings(list).into()));
+        }
+    }
+    if let Some(consent) = consent {
+        let redirect = or_null(strings(&consent.redirect_urls));
+        limits.push(("ConsentRequestBody", "redirect_url", redirect.into()));
+    }
+    for (schema, name, allowed) in limits {
+        let at = format!("/components/schemas/{schema}/properties/{name}");
+        let Some(property) = value
+            .pointer_mut(&at)
+            .and_then(serde_json::Value::as_object_mut)
+        else {
+            continue;
+        };
+        // A list property (`add_rights`) limits its items; a single one itself.
+        let is_list = property.contains_key("items")
+            || property.get("type").is_some_and(|t| {
+                t.as_array().is_some_and(|a| a.contains(&"array".into())) || t == "array"
+            });
+        if is_list {
+            property.insert(
+                "items".into(),
+                serde_json::json!({"type": "string", "enum": allowed}),
+            );
+        } else {
+            property.insert("enum".into(), allowed);
         }
     }
     serde_json::to_vec(&value).unwrap_or_default()

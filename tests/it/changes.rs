@@ -452,6 +452,16 @@ async fn the_http_routes_change_for_onboarding_clients_within_their_orgs_only() 
             "POST /systemusers/changes {status}"
         );
     }
+    // The served schema takes only what system: allows (schemathesis finds no valid body refused).
+    let body = &doc["components"]["schemas"]["SystemUserChangeBody"]["properties"];
+    assert_eq!(
+        body["redirect_url"]["enum"],
+        json!(["https://vendor.example/done", null])
+    );
+    assert_eq!(
+        body["add_rights"]["items"]["enum"],
+        json!([OLD_RIGHT, NEW_RIGHT])
+    );
     let get_doc = &doc["paths"]["/systemusers/changes/{id}"]["get"]["responses"];
     for status in ["200", "400", "403", "404"] {
         assert!(

@@ -566,6 +566,13 @@ async fn without_consent_scopes_no_consent_token_is_given() {
 #[tokio::test]
 async fn bad_input_is_a_400_naming_the_field_before_any_call() {
     let env = Env::start("").await;
+    // The served schema names the configured return URLs, so a schema-valid body is one the
+    // broker takes (schemathesis).
+    let (_, doc) = env.get("/openapi.json", None).await;
+    assert_eq!(
+        doc["components"]["schemas"]["ConsentRequestBody"]["properties"]["redirect_url"]["enum"],
+        json!(["https://bank.example/back", null])
+    );
     let with = |field: &str, value: Value| {
         let mut body = ask();
         body[field] = value;
