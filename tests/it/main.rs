@@ -17,6 +17,7 @@ mod credentials;
 mod errors;
 mod faults;
 mod identity;
+mod identity_cache;
 mod introspect;
 mod local_env;
 mod manifests;
