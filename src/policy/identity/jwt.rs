@@ -159,12 +159,15 @@ pub fn verify(
     verify_keyed(token, keys, expect).map(|(claims, _)| claims)
 }
 
+/// The `kid` and the key that verified a token.
+pub type VerifiedBy = (String, Arc<Key>);
+
 /// [`verify`], with the `kid` and key that verified the token.
 pub fn verify_keyed(
     token: &str,
     keys: &KeySet,
     expect: Expect<'_>,
-) -> Result<(Map<String, Value>, (String, Arc<Key>)), Invalid> {
+) -> Result<(Map<String, Value>, VerifiedBy), Invalid> {
     let (alg, kid) = header(token)?;
     let key = keys.key(&kid).ok_or(Invalid::UnknownKey)?;
     let fits = matches!(
