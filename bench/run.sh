@@ -5,6 +5,7 @@
 #   bench/run.sh --baseline-only   # only the axum baseline (no broker needed)
 #   bench/run.sh --keys-only       # only step (7), many keys (about 3 minutes; BENCH_KEYS_QUIET=0: 40 s)
 #   bench/run.sh --proxy-only      # only step (6), the egress proxy beside nginx (about 4 minutes)
+#   bench/run.sh --identity-only   # only step (8), workload token vs API key (about 1 minute)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
@@ -15,6 +16,11 @@
 # by this script on 127.0.0.1:18082 with its own configuration; the system service is never
 # started) and directly, at 1, 16 and 64 connections with wrk -t1.
 #
+# Step (8) measures a workload-identity caller against an API-key caller: GET /token/admin with a
+# Kubernetes-style service-account token (Authorization: Bearer, RS256, identity.issuers, its JWKS
+# served on 127.0.0.1:18083 by python3 -m http.server; key and token made with openssl) and with
+# X-Api-Key, wrk -t1 at 16 connections, the two taking turns each round.
+#
 # Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (5 runs per load point, taking
 # turns; the median counts, and each ratio is given with its min-max over the rounds),
 # BENCH_PIN (1: servers on CPU 0, load generators on CPU 1), BENCH_REFRESH_SECONDS (50),
@@ -22,6 +28,7 @@
 # broker's measured answer size), BENCH_KEYS (2000 keys in step 7; 0 skips it),
 # BENCH_KEYS_LIFETIME (30, seconds, the simulator's token lifetime in step 7), BENCH_KEYS_QUIET
 # (1: step 7 also waits with no traffic to count upstream calls after the callers stop).
+# CARGO_TARGET_DIR is honoured (the binaries are built and run from there).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,11 +36,16 @@ BENCH="$ROOT/bench"
 TOOLS="$BENCH/.tools"
 OHA="$TOOLS/bin/oha"
 OHA_VERSION=1.16.0
-BROKER_BIN="$ROOT/target/release/maskinporten-broker"
-BASELINE_BIN="$ROOT/target/release/examples/bench_baseline"
+# Where cargo builds (relative to the repository, as cargo takes it when run there).
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+[[ $TARGET_DIR == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
+BROKER_BIN="$TARGET_DIR/release/maskinporten-broker"
+BASELINE_BIN="$TARGET_DIR/release/examples/bench_baseline"
 BROKER_URL=http://127.0.0.1:18080
 BASELINE_URL=http://127.0.0.1:18081
 NGINX_URL=http://127.0.0.1:18082
+# Step (8)'s JWKS server.
+JWKS_PORT=18083
 # Step (6)'s upstream answer: 1 KiB, whatever the broker's token answer measures.
 PROXY_BODY_SIZE=1024
 SECONDS_PER_POINT=${BENCH_SECONDS:-5}
@@ -59,6 +71,8 @@ CONNECTIONS=(1 16 64)
 PROXY_CONNECTIONS=(1 16 64)
 # Must match bench/broker.yaml.
 TOKEN_LIFETIME_SECONDS=20
+# Step (8), workload token vs API key.
+IDENTITY_CONNECTIONS=16
 
 MODE=full
 case "${1:-}" in
@@ -66,8 +80,9 @@ case "${1:-}" in
   --baseline-only) MODE=baseline ;;
   --keys-only) MODE=keys ;;
   --proxy-only) MODE=proxy ;;
-  -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--baseline-only | --keys-only | --proxy-only]" >&2; exit 2 ;;
+  --identity-only) MODE=identity ;;
+  -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--baseline-only | --keys-only | --proxy-only | --identity-only]" >&2; exit 2 ;;
 esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
@@ -116,8 +131,8 @@ fi
 
 # ---- tools and builds ------------------------------------------------------------------------
 
-if [[ $MODE == proxy ]]; then
-  OHA_NAME="oha not used"  # step (6) runs wrk only
+if [[ $MODE == proxy || $MODE == identity ]]; then
+  OHA_NAME="oha not used"  # steps (6) and (8) run wrk only
 else
   if [[ ! -x $OHA ]]; then
     log "installing oha $OHA_VERSION into bench/.tools (once; a few minutes)"
@@ -159,7 +174,7 @@ WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n 1 | awk '{ print $1, $2 }')  # 
 log "$WRK_VERSION"
 
 log "building release binaries"
-if [[ $MODE != keys ]]; then
+if [[ $MODE != keys && $MODE != identity ]]; then
   (cd "$ROOT" && cargo build --release --locked --example bench_baseline)
 fi
 if [[ $MODE != baseline ]]; then
@@ -193,10 +208,12 @@ wait_healthy() {
   die "$url/healthz did not answer within 30 s"
 }
 
-# start_broker [VAR=VALUE...]: the broker on bench/broker.yaml, with these config overrides.
+# start_broker [VAR=VALUE...]: the broker on bench/broker.yaml (or $BROKER_CONFIG), with these
+# config overrides.
 start_broker() {
   port_free "$BROKER_URL" || die "something already listens on $BROKER_URL"
-  start broker "${ON_SERVER_CPU[@]}" env "$@" "$BROKER_BIN" --config "$BENCH/broker.yaml" serve
+  start broker "${ON_SERVER_CPU[@]}" env "$@" "$BROKER_BIN" \
+    --config "${BROKER_CONFIG:-$BENCH/broker.yaml}" serve
   BROKER_PID=$LAST_PID
   wait_healthy "$BROKER_URL" "$BROKER_PID"
 }
@@ -445,7 +462,85 @@ proxy_series() {
   stop_pid "$NGINX_PID"
 }
 
+# identity_series: step (8). An RSA key, its JWKS served on JWKS_PORT, a service-account token it
+# signs (an hour's exp), an API key; a broker on bench/broker.yaml plus identity.issuers and two
+# clients; then ROUNDS rounds of wrk -t1 at IDENTITY_CONNECTIONS on GET /token/admin, with the
+# token and with the API key in turn. Stops what it started.
+identity_series() {
+  local dir="$WORK/identity" round token api_key=bench-api-key-of-step-8 jwks_pid
+  mkdir -p "$dir/jwks"
+  openssl genrsa -out "$dir/key.pem" 2048 2>/dev/null || die "openssl genrsa failed"
+  token=$(python3 - "$dir" "http://127.0.0.1:$JWKS_PORT" <<'PY'
+import base64, json, subprocess, sys, time
+d, iss = sys.argv[1], sys.argv[2]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+modulus = subprocess.run(["openssl", "rsa", "-in", f"{d}/key.pem", "-noout", "-modulus"],
+                         check=True, capture_output=True, text=True).stdout.strip().split("=", 1)[1]
+n = bytes.fromhex(modulus)
+jwk = {"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig", "n": b64(n), "e": b64(b"\x01\x00\x01")}
+json.dump({"keys": [jwk]}, open(f"{d}/jwks/jwks.json", "w"))
+now = int(time.time())
+claims = {"iss": iss, "aud": ["maskinporten-broker"], "sub": "system:serviceaccount:bench:caller",
+          "iat": now, "nbf": now, "exp": now + 3600,
+          "kubernetes.io": {"namespace": "bench", "serviceaccount": {"name": "caller"}}}
+signing = b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "bench"}).encode()) + "." + b64(json.dumps(claims).encode())
+signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", f"{d}/key.pem"], input=signing.encode(),
+                           check=True, capture_output=True).stdout
+print(signing + "." + b64(signature))
+PY
+  ) || die "cannot make step (8)'s key, JWKS and token"
+  {
+    cat "$BENCH/broker.yaml"
+    cat <<YAML
+identity:
+  issuers:
+    bench:
+      issuer: http://127.0.0.1:$JWKS_PORT
+      jwks_uri: http://127.0.0.1:$JWKS_PORT/jwks.json
+      audience: maskinporten-broker
+clients:
+  - name: workload
+    identity: {issuer: bench, subject: "system:serviceaccount:bench:caller"}
+    profiles: [admin]
+  - name: keyed
+    key_sha256: $(printf %s "$api_key" | sha256sum | cut -d' ' -f1)
+    profiles: [admin]
+YAML
+  } >"$dir/broker.yaml"
+  port_free "http://127.0.0.1:$JWKS_PORT" || die "something already listens on :$JWKS_PORT"
+  start jwks python3 -m http.server "$JWKS_PORT" --bind 127.0.0.1 --directory "$dir/jwks"
+  jwks_pid=$LAST_PID
+  for _ in $(seq 50); do
+    curl -fsS --max-time 1 -o /dev/null "http://127.0.0.1:$JWKS_PORT/jwks.json" 2>/dev/null && break
+    sleep 0.2
+  done
+  BROKER_CONFIG="$dir/broker.yaml" start_broker
+  curl -fsS --max-time 30 -o /dev/null -H "Authorization: Bearer $token" "$BROKER_URL/token/admin" ||
+    die "the broker did not serve /token/admin to the workload token; see $WORK/broker.log"
+  curl -fsS --max-time 30 -o /dev/null -H "X-Api-Key: $api_key" "$BROKER_URL/token/admin" ||
+    die "the broker did not serve /token/admin to the API key; see $WORK/broker.log"
+  local c=$IDENTITY_CONNECTIONS
+  for round in $(seq "$ROUNDS"); do
+    log "load: identity_token_c${c}_r$round with wrk ($c connections, ${SECONDS_PER_POINT}s)"
+    timeout $((SECONDS_PER_POINT + 60)) "${ON_LOAD_CPU[@]}" wrk -t1 -c "$c" -d "${SECONDS_PER_POINT}s" \
+      -H "Authorization: Bearer $token" -s "$BENCH/wrk-report.lua" "$BROKER_URL/token/admin" |
+      tail -n 1 >"$WORK/identity_token_c${c}_r$round.wrk.json"
+    log "load: identity_key_c${c}_r$round with wrk ($c connections, ${SECONDS_PER_POINT}s)"
+    timeout $((SECONDS_PER_POINT + 60)) "${ON_LOAD_CPU[@]}" wrk -t1 -c "$c" -d "${SECONDS_PER_POINT}s" \
+      -H "X-Api-Key: $api_key" -s "$BENCH/wrk-report.lua" "$BROKER_URL/token/admin" |
+      tail -n 1 >"$WORK/identity_key_c${c}_r$round.wrk.json"
+  done
+  record identity_connections "$c"
+  record_metric identity_cache_hits broker_identity_cache_lookups_total issuer=bench outcome=hit
+  record_metric identity_cache_misses broker_identity_cache_lookups_total issuer=bench outcome=miss
+  stop_pid "$BROKER_PID"
+  stop_pid "$jwks_pid"
+}
+
 SERVERS=()
+if [[ $MODE == identity ]]; then
+  identity_series
+fi
 if [[ $MODE == proxy ]]; then
   start_broker
   start_baseline "$PROXY_BODY_SIZE"
@@ -476,6 +571,8 @@ if [[ $MODE == full ]]; then
   start_baseline "$PROXY_BODY_SIZE"
   proxy_series
   stop_pid "$BROKER_PID"
+  # (8) a workload token beside an API key, on a broker of its own.
+  identity_series
 fi
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
 burst baseline_burst "$BASELINE_URL/token/altinn" "$BURST"
@@ -650,6 +747,8 @@ rows = [
     ("tools", f"{r('oha')}; {r('wrk')} (-t1); {r('rustc')}"
      + (f"; {r('nginx')}" if r("nginx") else ""), "", ""),
 ]
+if r("mode") == "identity":
+    rows[2] = ("identity runs", f"median of {r('rounds')} runs of {r('seconds')} s, workload token and API key taking turns", "", "")
 if r("mode") == "proxy":
     rows[2] = ("proxy runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, proxy, nginx and direct taking turns; upstream body {r('proxy_body_bytes')} bytes", "", "")
 if r("mode") in ("full", "baseline"):
@@ -698,7 +797,7 @@ def burst_latency(run):
 def answers(run):
     return "n/a" if not run else "{} / {}".format(*ok(run))
 
-rows += [] if r("mode") in ("keys", "proxy") else [
+rows += [] if r("mode") in ("keys", "proxy", "identity") else [
     ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}",
      f"{r('burst')} / {r('burst')}", ""),
     ("(3) cold burst: total time ms", fmt(total_ms(burst)), fmt(total_ms(base_burst)),
@@ -775,6 +874,20 @@ for c in proxy_conns:
         "", f"{fmt(d)} / {fmt(lat['direct'][1], 2)}",
         f"proxy/direct {ratio(p, d)}, nginx/direct {ratio(n, d)} (req/s)",
     ))
+if r("identity_connections"):
+    c = r("identity_connections")
+    token_runs, key_runs = per_round(wrk, f"identity_token_c{c}"), per_round(wrk, f"identity_key_c{c}")
+    t, k = (median(wrk_rps(x) for x in runs if x) for runs in (token_runs, key_runs))
+    rows.append((f"(8) workload token / API key, GET /token/admin, {c} conn, wrk: req/s",
+                 fmt(t), fmt(k), ratio(t, k) + spread(token_runs, key_runs, wrk_rps, 0.8)))
+    lat = [median(wrk_ms(x, "p99") for x in runs if x) for runs in (token_runs, key_runs)]
+    rows.append((f"(8) workload token / API key, {c} conn, wrk: p99 ms",
+                 fmt(lat[0], 2), fmt(lat[1], 2), ratio(*lat) + " (p99)"))
+    werr = [sum(x["non2xx"] + x["errors"] for x in runs if x) for runs in (token_runs, key_runs)]
+    rows.append((f"(8) workload token / API key, {c} conn, wrk: non-2xx answers and socket errors",
+                 fmt(werr[0]), fmt(werr[1]), "0 / 0 expected"))
+    rows.append(("(8) identity cache hits / misses (the token verified once)",
+                 f"{r('identity_cache_hits')} / {r('identity_cache_misses')}", "", "1 miss expected"))
 if r("mode") in ("full", "baseline"):
     rows += [
         ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),

@@ -40,6 +40,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         (key.kid().unwrap_or_default(), left)
     });
     crate::telemetry::meters::render_key_expiry(&mut text, expiry);
+    crate::telemetry::meters::render_identity_cache(&mut text, state.identity.cached_tokens());
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         text,

@@ -31,6 +31,8 @@ pub const SIGNER_REQUESTS: &str = "broker_signer_requests_total";
 pub const SIGNER_DURATION: &str = "broker_signer_duration_seconds";
 pub const KEY_EXPIRES_AT: &str = "broker_key_expires_at_seconds";
 pub const KEY_ROTATION_FAILURES: &str = "broker_key_rotation_failures_total";
+pub const IDENTITY_CACHE_LOOKUPS: &str = "broker_identity_cache_lookups_total";
+pub const IDENTITY_CACHE_ENTRIES: &str = "broker_identity_cache_entries";
 
 /// Upstream latency buckets: Maskinporten usually answers in tens of milliseconds, a timeout is
 /// `http_client.timeout` (seconds), so the buckets span both.
@@ -52,6 +54,8 @@ struct Installed {
     proxy_requests: Handles<Counter>,
     /// By route (the second key is always ""): bounded like `proxy_requests`.
     proxy_upstream: Handles<Histogram>,
+    /// By issuer, then outcome; bounded, as issuers are configured names (or `_unknown`).
+    identity_lookups: Handles<Counter>,
 }
 
 /// Metric handles by a configured name and a label from a fixed list, registered on first use
@@ -106,6 +110,7 @@ pub fn install() -> PrometheusHandle {
             token_requests: Handles::new(),
             proxy_requests: Handles::new(),
             proxy_upstream: Handles::new(),
+            identity_lookups: Handles::new(),
         })
         .handle
         .clone()
@@ -191,6 +196,10 @@ fn describe() {
         ::metrics::Unit::Seconds,
         "Latency of signatures by an HSM or Vault transit, by signer"
     );
+    ::metrics::describe_counter!(
+        IDENTITY_CACHE_LOOKUPS,
+        "Workload tokens found in the cache of verified tokens (hit) or verified anew (miss), by issuer (_unknown for a token that did not verify)"
+    );
     ::metrics::describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs"
@@ -225,6 +234,28 @@ pub fn cache_lookup(hit: bool) {
         (Some(installed), false) => installed.cache_misses.increment(1),
         (None, _) => {}
     }
+}
+
+/// Count one look-up of a workload token in the cache of verified tokens. `issuer` must be a
+/// configured issuer name (or `_unknown`), never the token's `iss`.
+pub fn identity_cache_lookup(issuer: &str, hit: bool) {
+    let outcome = if hit { "hit" } else { "miss" };
+    let register = || ::metrics::counter!(IDENTITY_CACHE_LOOKUPS, "issuer" => issuer.to_owned(), "outcome" => outcome);
+    let count = |counter: &Counter| counter.increment(1);
+    match INSTALLED.get() {
+        Some(installed) => installed
+            .identity_lookups
+            .with(issuer, outcome, register, count),
+        None => count(&register()),
+    }
+}
+
+/// Append how many verified workload tokens this app's cache holds.
+pub fn render_identity_cache(text: &mut String, entries: u64) {
+    let _ = writeln!(
+        text,
+        "# HELP {IDENTITY_CACHE_ENTRIES} Workload tokens held in the cache of verified tokens\n# TYPE {IDENTITY_CACHE_ENTRIES} gauge\n{IDENTITY_CACHE_ENTRIES} {entries}"
+    );
 }
 
 /// Count a background refresh that failed.

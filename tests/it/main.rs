@@ -17,6 +17,7 @@ mod credentials;
 mod errors;
 mod faults;
 mod identity;
+mod identity_cache;
 mod introspect;
 mod key_rotation;
 mod local_env;

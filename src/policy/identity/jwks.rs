@@ -45,6 +45,8 @@ pub struct Key {
     pub(crate) family: Family,
     /// The JWK's `alg`, when it names one: a token must then use exactly it.
     pub(crate) alg: Option<String>,
+    /// The JWK's public parameters as read, to tell an unchanged key at a re-read.
+    material: String,
 }
 
 impl std::fmt::Debug for Key {
@@ -172,6 +174,27 @@ impl KeySet {
         self.keys.load().get(kid).cloned()
     }
 
+    /// Whether `key` is still the key held under `kid` (a re-read keeps an unchanged key, so a
+    /// token it verified need not be verified again).
+    pub fn holds(&self, kid: &str, key: &Arc<Key>) -> bool {
+        self.keys
+            .load()
+            .get(kid)
+            .is_some_and(|k| Arc::ptr_eq(k, key))
+    }
+
+    /// Hold `keys` from now on, keeping the key held before under each `kid` whose JWK did not
+    /// change.
+    pub(crate) fn replace(&self, mut keys: HashMap<String, Arc<Key>>) {
+        let held = self.keys.load();
+        for (kid, key) in &mut keys {
+            if let Some(old) = held.get(kid).filter(|old| old.material == key.material) {
+                *key = old.clone();
+            }
+        }
+        self.keys.store(Arc::new(keys));
+    }
+
     /// Read the document now unless a read was tried within [`MIN_REREAD`]; a read in progress
     /// is waited for, not repeated. A failure is logged and keeps the keys held.
     pub async fn reread(&self) {
@@ -196,7 +219,7 @@ impl KeySet {
         match self.read_keys(state).await {
             Ok(keys) => {
                 tracing::info!(key_set = %self.name, keys = keys.len(), "signing keys read");
-                self.keys.store(Arc::new(keys));
+                self.replace(keys);
             }
             Err(e) => {
                 tracing::warn!(key_set = %self.name, error = %e, "cannot read the signing keys; the keys held before stay in use");
@@ -328,6 +351,10 @@ pub fn parse_jwks(doc: &Value) -> Result<HashMap<String, Arc<Key>>, String> {
 fn parse_jwk(jwk: &Value) -> Option<Key> {
     let field = |name: &str| jwk.get(name).and_then(Value::as_str).and_then(decode_b64);
     let alg = jwk.get("alg").and_then(Value::as_str).map(str::to_owned);
+    let text = |name: &str| jwk.get(name).and_then(Value::as_str).unwrap_or_default();
+    let material = ["kty", "crv", "n", "e", "x", "y", "alg"]
+        .map(text)
+        .join("|");
     match jwk.get("kty").and_then(Value::as_str)? {
         "RSA" => {
             let (n, e) = (field("n")?, field("e")?);
@@ -335,6 +362,7 @@ fn parse_jwk(jwk: &Value) -> Option<Key> {
                 decoding: DecodingKey::from_rsa_raw_components(&n, &e),
                 family: Family::Rsa,
                 alg,
+                material,
             })
         }
         "EC" => {
@@ -349,6 +377,7 @@ fn parse_jwk(jwk: &Value) -> Option<Key> {
                 decoding: DecodingKey::from_ec_components(&x, &y).ok()?,
                 family,
                 alg,
+                material,
             })
         }
         _ => None,

@@ -10,11 +10,13 @@
 //!
 //! It never logs or returns the token.
 
+use std::sync::Arc;
+
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{Family, KeySet};
+use super::jwks::{Family, Key, KeySet};
 
 /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
 pub const LEEWAY: u64 = 60;
@@ -154,6 +156,18 @@ pub fn verify(
     keys: &KeySet,
     expect: Expect<'_>,
 ) -> Result<Map<String, Value>, Invalid> {
+    verify_keyed(token, keys, expect).map(|(claims, _)| claims)
+}
+
+/// The `kid` and the key that verified a token.
+pub type VerifiedBy = (String, Arc<Key>);
+
+/// [`verify`], with the `kid` and key that verified the token.
+pub fn verify_keyed(
+    token: &str,
+    keys: &KeySet,
+    expect: Expect<'_>,
+) -> Result<(Map<String, Value>, VerifiedBy), Invalid> {
     let (alg, kid) = header(token)?;
     let key = keys.key(&kid).ok_or(Invalid::UnknownKey)?;
     let fits = matches!(
@@ -215,5 +229,5 @@ pub fn verify(
         None if expect.require_iat => return Err(Invalid::MissingClaim("iat".into())),
         None => {}
     }
-    Ok(claims)
+    Ok((claims, (kid, key)))
 }

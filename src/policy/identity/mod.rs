@@ -6,6 +6,7 @@
 //! says which subject of which issuer (or which certificate) is which client. Tokens are verified
 //! offline ([`jwt`]) against the issuer's keys ([`jwks`]); nothing here knows HTTP routes.
 
+pub mod cache;
 pub mod jwks;
 pub mod jwt;
 pub mod subject;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use url::Url;
 
+use cache::{CacheSettings, Seen, VerifiedCache};
 use jwks::{KeySet, Source};
 use jwt::{Expect, Invalid};
 
@@ -28,6 +30,8 @@ pub struct IdentitySettings {
     /// Token issuers by a name of our choosing (`kubernetes`), which `clients[].identity.issuer`
     /// refers to.
     pub issuers: BTreeMap<String, IssuerSettings>,
+    /// The cache of tokens that verified ([`cache`]).
+    pub cache: CacheSettings,
 }
 
 /// One token issuer.
@@ -53,6 +57,7 @@ pub struct IssuerSettings {
 impl IdentitySettings {
     /// Every problem, with its field path.
     pub(crate) fn check(&self, problems: &mut Vec<String>) {
+        self.cache.check(problems);
         for (name, i) in &self.issuers {
             let at = format!("identity.issuers.{name}");
             if !crate::policy::profile::is_name(name) {
@@ -246,9 +251,12 @@ pub enum Refusal {
     UnknownKid(Arc<KeySet>),
 }
 
-/// The configured issuers with their keys; built at start.
+/// The configured issuers with their keys, and the tokens that verified; built at start.
 #[derive(Debug, Default)]
-pub struct Issuers(Vec<Issuer>);
+pub struct Issuers {
+    issuers: Vec<Issuer>,
+    verified: VerifiedCache,
+}
 
 #[derive(Debug)]
 struct Issuer {
@@ -289,7 +297,10 @@ impl Issuers {
                 )),
             });
         }
-        Ok(Issuers(issuers))
+        Ok(Issuers {
+            issuers,
+            verified: VerifiedCache::new(settings.cache.max_entries),
+        })
     }
 
     /// Each issuer's HTTP client made anew by `client_for` (a reload's `http_client`), in the
@@ -298,41 +309,73 @@ impl Issuers {
         &self,
         client_for: impl Fn(Option<&std::path::Path>) -> Result<reqwest::Client, E>,
     ) -> Result<Vec<reqwest::Client>, E> {
-        self.0
+        self.issuers
             .iter()
             .map(|i| client_for(i.ca_file.as_deref()))
             .collect()
     }
 
     /// Use `clients` (of [`Issuers::make_clients`]) from now on, and read every issuer's keys
-    /// with them at once; a failed read keeps the keys held.
+    /// with them at once; a failed read keeps the keys held. The cache of verified tokens is
+    /// emptied (a reload): each token is verified again on its next use.
     pub async fn reread_with(&self, clients: Vec<reqwest::Client>) {
         let reads = self
-            .0
+            .issuers
             .iter()
             .zip(clients)
             .map(|(i, c)| i.keys.reread_with(c));
         futures::future::join_all(reads).await;
+        self.verified.clear();
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.issuers.is_empty()
     }
 
     /// Read every issuer's keys once (at start; a failure is logged and retried on demand).
     pub async fn read_keys(&self) {
-        futures::future::join_all(self.0.iter().map(|i| i.keys.reread())).await;
+        futures::future::join_all(self.issuers.iter().map(|i| i.keys.reread())).await;
     }
 
-    /// Who `token` says the caller is, verified with the keys held now.
+    /// How many verified tokens the cache holds (for `/metrics`).
+    pub fn cached_tokens(&self) -> u64 {
+        self.verified.entry_count()
+    }
+
+    /// Who `token` says the caller is: from the cache of tokens that verified, if it is there
+    /// and still in time with its key still held, else verified with the keys held now (and
+    /// cached when it verifies).
     pub fn verify(&self, token: &str) -> Result<Verified, Refusal> {
+        if !self.verified.is_on() {
+            return self.verify_now(token).map(|seen| seen.verified);
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let digest = VerifiedCache::digest(token);
+        if let Some(verified) = self.verified.get(&digest, now) {
+            crate::telemetry::meters::identity_cache_lookup(&verified.issuer, true);
+            return Ok(verified);
+        }
+        let seen = self.verify_now(token);
+        let issuer = match &seen {
+            Ok(seen) => seen.verified.issuer.as_str(),
+            Err(_) => "_unknown",
+        };
+        crate::telemetry::meters::identity_cache_lookup(issuer, false);
+        let seen = seen?;
+        let verified = seen.verified.clone();
+        self.verified.insert(digest, seen, now);
+        Ok(verified)
+    }
+
+    /// [`Issuers::verify`] without the cache: the signature checked with the keys held now.
+    fn verify_now(&self, token: &str) -> Result<Seen, Refusal> {
         let claims = jwt::unverified_claims(token).ok_or(Refusal::Invalid(Invalid::Malformed))?;
         let iss = claims
             .get("iss")
             .and_then(Value::as_str)
             .unwrap_or_default();
         let issuer = self
-            .0
+            .issuers
             .iter()
             .find(|i| i.issuer == iss)
             .ok_or(Refusal::Invalid(Invalid::Issuer))?;
@@ -341,8 +384,8 @@ impl Issuers {
             audience: Some(&issuer.audience),
             require_iat: false,
         };
-        let claims = match jwt::verify(token, &issuer.keys, expect) {
-            Ok(claims) => claims,
+        let (claims, (kid, key)) = match jwt::verify_keyed(token, &issuer.keys, expect) {
+            Ok(verified) => verified,
             Err(Invalid::UnknownKey) => return Err(Refusal::UnknownKid(issuer.keys.clone())),
             Err(e) => return Err(Refusal::Invalid(e)),
         };
@@ -352,10 +395,19 @@ impl Issuers {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| Refusal::Invalid(Invalid::MissingClaim("sub".into())))?
             .to_owned();
-        Ok(Verified {
-            principal: principal(&issuer.name, &subject, &claims),
-            issuer: issuer.name.clone(),
-            subject,
+        let time = |name: &str| claims.get(name).and_then(Value::as_f64).map(|t| t as u64);
+        Ok(Seen {
+            verified: Verified {
+                principal: principal(&issuer.name, &subject, &claims),
+                issuer: issuer.name.clone(),
+                subject,
+            },
+            // jwt::verify required exp; an exp too large for u64 is held at most MAX_LIFETIME.
+            exp: time("exp").unwrap_or_default(),
+            nbf: time("nbf"),
+            keys: issuer.keys.clone(),
+            kid,
+            key,
         })
     }
 }
