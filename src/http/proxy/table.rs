@@ -8,13 +8,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use url::Url;
 
+use crate::http::proxy::client::ProxyClient;
 use crate::http::proxy::route::ProxyRoute;
 use crate::policy::org::OrgNumber;
 
 /// The routes (fixed at start) and the HTTP client they share (rebuilt at each reload).
 pub struct Proxy {
     pub(crate) routes: HashMap<String, Route>,
-    client: ArcSwap<reqwest::Client>,
+    client: ArcSwap<ProxyClient>,
 }
 
 /// A route ready to serve: its base URL resolved.
@@ -29,9 +30,9 @@ pub(crate) struct Route {
 
 impl Proxy {
     /// The routes with `local:` upstreams resolved against the simulator's base URL, and the
-    /// HTTP client of their own (`app/clients.rs`: rustls, `http_client` settings, redirects
-    /// never followed).
-    pub fn new(routes: &[ProxyRoute], local_base: Option<&Url>, client: reqwest::Client) -> Proxy {
+    /// HTTP client of their own (`client.rs`: rustls, `http_client` settings, redirects never
+    /// followed).
+    pub fn new(routes: &[ProxyRoute], local_base: Option<&Url>, client: ProxyClient) -> Proxy {
         let mut resolved = HashMap::new();
         for r in routes {
             let base = r.base_url(local_base);
@@ -54,12 +55,12 @@ impl Proxy {
     }
 
     /// The HTTP client in force now.
-    pub(crate) fn client(&self) -> Arc<reqwest::Client> {
+    pub(crate) fn client(&self) -> Arc<ProxyClient> {
         self.client.load_full()
     }
 
     /// Use `client` from the next request on (a reload's `http_client`).
-    pub(crate) fn set_client(&self, client: reqwest::Client) {
+    pub(crate) fn set_client(&self, client: ProxyClient) {
         self.client.store(Arc::new(client));
     }
 
