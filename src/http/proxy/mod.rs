@@ -173,6 +173,9 @@ async fn forward_to(
     if !headers.contains_key(header::ACCEPT) {
         headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
     }
+    if let Some(host) = &route.host {
+        headers.insert(header::HOST, host.clone());
+    }
     let token = token_for(state, &caller, &key).await?;
     let client = state.proxy.client();
     let exchange = Exchange {
@@ -249,13 +252,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Remove every header named in `listed`. One pass over the names comes first: most requests
 /// and answers carry few of them, and comparing names costs less than a look-up per listed name.
-fn strip_listed(headers: &mut HeaderMap, listed: &[HeaderName]) {
-    let present: Vec<&HeaderName> = listed
-        .iter()
-        .filter(|name| headers.keys().any(|key| key == *name))
-        .collect();
-    for name in present {
-        headers.remove(name);
+fn strip_listed<const N: usize>(headers: &mut HeaderMap, listed: &[HeaderName; N]) {
+    const { assert!(N <= 32, "one bit per listed name") };
+    let mut present = 0u32;
+    for (i, name) in listed.iter().enumerate() {
+        if headers.keys().any(|key| key == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in listed.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -538,8 +546,12 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// `Authorization: Bearer <token>`, marked sensitive; `None` if the token cannot be a header.
 fn bearer(token: &Token) -> Option<header::HeaderValue> {
-    let mut value =
-        header::HeaderValue::try_from(format!("Bearer {}", token.value.expose())).ok()?;
+    const PREFIX: &[u8] = b"Bearer ";
+    let secret = token.value.expose().as_bytes();
+    let mut text = Vec::with_capacity(PREFIX.len() + secret.len());
+    text.extend_from_slice(PREFIX);
+    text.extend_from_slice(secret);
+    let mut value = header::HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
     value.set_sensitive(true);
     Some(value)
 }

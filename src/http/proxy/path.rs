@@ -101,9 +101,8 @@ fn check_rest(rest: &str) -> Result<(), PathError> {
     if rest.contains('#') || rest.contains('?') {
         return Err(PathError::BadCharacter);
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, raw) in segments.iter().enumerate() {
+    let last = rest.bytes().filter(|&b| b == b'/').count();
+    for (i, raw) in rest.split('/').enumerate() {
         // A trailing slash leaves one empty last segment, which is harmless; any other empty
         // segment is `//`, which some servers and URL parsers read as the start of a host.
         if raw.is_empty() && i != last {
@@ -115,6 +114,17 @@ fn check_rest(rest: &str) -> Result<(), PathError> {
 }
 
 fn check_segment(raw: &[u8]) -> Result<(), PathError> {
+    if !raw.contains(&b'%') {
+        // Nothing to decode: the first round's checks are all there is (no copy).
+        if raw.contains(&b'\\') {
+            return Err(PathError::Backslash);
+        }
+        if raw.iter().any(|b| b.is_ascii_control()) {
+            return Err(PathError::BadCharacter);
+        }
+        let text = std::str::from_utf8(raw).map_err(|_| PathError::NotUtf8)?;
+        return check_dots(text);
+    }
     let mut current = raw.to_vec();
     for round in 0..=DECODE_ROUNDS {
         if current.contains(&b'\\') {

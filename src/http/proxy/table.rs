@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
 use url::Url;
 
 use crate::http::proxy::client::ProxyClient;
@@ -22,6 +23,9 @@ pub struct Proxy {
 pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) base: Url,
+    /// The `Host` header of every request to `base` (as the HTTP client would write it), made
+    /// once instead of per request.
+    pub(crate) host: Option<HeaderValue>,
     pub(crate) profile: String,
     pub(crate) org: Option<OrgNumber>,
     pub(crate) timeout: Duration,
@@ -36,11 +40,13 @@ impl Proxy {
         let mut resolved = HashMap::new();
         for r in routes {
             let base = r.base_url(local_base);
+            let host = host_header(&base);
             resolved.insert(
                 r.name.clone(),
                 Route {
                     name: r.name.clone(),
                     base,
+                    host,
                     profile: r.profile.clone(),
                     org: r.org.clone(),
                     timeout: r.timeout,
@@ -70,4 +76,15 @@ impl Proxy {
         names.sort_unstable();
         names
     }
+}
+
+/// `host` or `host:port` (the port only when it is not the scheme's default), as hyper-util's
+/// client writes `Host` when a request has none.
+fn host_header(base: &Url) -> Option<HeaderValue> {
+    let host = base.host_str()?;
+    let value = match base.port() {
+        Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+        None => HeaderValue::try_from(host),
+    };
+    value.ok()
 }
