@@ -11,6 +11,7 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::config::{HttpClientSettings, Settings};
+use crate::http::proxy::client::ProxyClient;
 use crate::http::state::Shared;
 use crate::policy::identity::Issuers;
 use crate::policy::introspection::Introspection;
@@ -23,12 +24,12 @@ pub(crate) async fn start(
     settings: &Settings,
     local_base: Option<&Url>,
     http: &reqwest::Client,
-) -> Result<(Issuers, Introspection, reqwest::Client), ClientBuildError> {
+) -> Result<(Issuers, Introspection, ProxyClient), ClientBuildError> {
     let http_settings = &settings.http_client;
     let identity = Issuers::build(&settings.identity, |ca| {
         http_client(&with_ca(http_settings, ca))
     })?;
-    let proxy = http_client(http_settings)?;
+    let proxy = ProxyClient::build(http_settings)?;
     let introspection = introspection(&settings.introspection, settings, local_base, http);
     identity.read_keys().await;
     Ok((identity, introspection, proxy))
@@ -38,7 +39,7 @@ pub(crate) async fn start(
 pub(crate) struct Rebuilt {
     identity: Vec<reqwest::Client>,
     introspection: Introspection,
-    proxy: reqwest::Client,
+    proxy: ProxyClient,
 }
 
 impl Rebuilt {
@@ -57,7 +58,7 @@ impl Rebuilt {
                 .identity
                 .make_clients(|ca| http_client(&with_ca(http_settings, ca)))?,
             introspection: introspection(&started.introspection, settings, local_base, http),
-            proxy: http_client(http_settings)?,
+            proxy: ProxyClient::build(http_settings)?,
         })
     }
 

@@ -266,6 +266,8 @@ pub enum ClientBuildError {
     Proxy(#[source] reqwest::Error),
     #[error("cannot build the HTTP client")]
     Build(#[source] reqwest::Error),
+    #[error("cannot build the HTTP client: no TLS protocol version available")]
+    Tls,
 }
 
 /// The one HTTP client for all upstream calls: rustls, timeouts, optional proxy and extra CA.

@@ -30,6 +30,7 @@ mod onboarding;
 mod onboarding_body;
 mod onboarding_bounds;
 mod proxy;
+mod proxy_tls;
 mod register_fake;
 mod reload;
 mod reload_clients;

@@ -14,13 +14,13 @@ const API_KEY: &str = "tls-batch-key";
 const SPIFFE_ID: &str = "spiffe://example.org/ns/team-a/sa/invoicing";
 
 /// A CA that signs certificates.
-struct Ca {
-    cert: Certificate,
+pub(crate) struct Ca {
+    pub(crate) cert: Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -38,7 +38,7 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 
-    fn server(&self) -> (String, String) {
+    pub(crate) fn server(&self) -> (String, String) {
         let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, "broker");
         self.sign(params)
@@ -57,7 +57,7 @@ impl Ca {
     }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path

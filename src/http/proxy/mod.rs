@@ -15,6 +15,8 @@
 //!
 //! This module never logs a token or a request header.
 
+pub(crate) mod client;
+mod deadline;
 pub(crate) mod path;
 pub(crate) mod route;
 pub(crate) mod table;
@@ -25,11 +27,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::header::{self, HeaderMap, HeaderName};
-use axum::http::{Method, StatusCode, Version};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use url::Url;
+
+use client::ProxyClient;
 
 use crate::policy::org::OrgNumber;
 use crate::tokens::token::Token;
@@ -163,18 +167,27 @@ async fn forward_to(
     // each request sent.
     let mut headers = parts.headers;
     strip_not_forwarded(&mut headers);
+    if !headers.contains_key(header::USER_AGENT) {
+        headers.insert(header::USER_AGENT, client::USER_AGENT);
+    }
+    if !headers.contains_key(header::ACCEPT) {
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    }
+    if let Some(host) = &route.host {
+        headers.insert(header::HOST, host.clone());
+    }
     let token = token_for(state, &caller, &key).await?;
     let client = state.proxy.client();
     let exchange = Exchange {
         client: &client,
         route,
         method: &parts.method,
-        url: &url,
+        uri: &url,
         headers,
     };
     let mut answer = exchange.send(&mut body, &token).await?;
     let mut sent = vec![token.clone()];
-    if answer.status() == StatusCode::UNAUTHORIZED {
+    if answer.status == StatusCode::UNAUTHORIZED {
         // The token is replaced either way, so the next request has a fresh one.
         let fresh = state
             .tokens
@@ -239,13 +252,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Remove every header named in `listed`. One pass over the names comes first: most requests
 /// and answers carry few of them, and comparing names costs less than a look-up per listed name.
-fn strip_listed(headers: &mut HeaderMap, listed: &[HeaderName]) {
-    let present: Vec<&HeaderName> = listed
-        .iter()
-        .filter(|name| headers.keys().any(|key| key == *name))
-        .collect();
-    for name in present {
-        headers.remove(name);
+fn strip_listed<const N: usize>(headers: &mut HeaderMap, listed: &[HeaderName; N]) {
+    const { assert!(N <= 32, "one bit per listed name") };
+    let mut present = 0u32;
+    for (i, name) in listed.iter().enumerate() {
+        if headers.keys().any(|key| key == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in listed.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -253,7 +271,7 @@ fn strip_listed(headers: &mut HeaderMap, listed: &[HeaderName]) {
 enum RequestBody {
     Buffered(Bytes),
     Streamed {
-        body: Option<reqwest::Body>,
+        body: Option<Body>,
         length: Option<u64>,
         /// Set when the caller's body ended the exchange (too large, or the caller hung up).
         fault: Arc<OnceLock<BodyFault>>,
@@ -312,7 +330,7 @@ impl RequestBody {
             Ok(chunk)
         });
         Ok(RequestBody::Streamed {
-            body: Some(reqwest::Body::wrap_stream(stream)),
+            body: Some(Body::from_stream(stream)),
             length: declared,
             fault,
             max_body,
@@ -349,24 +367,30 @@ enum BodyFault {
 
 /// One request to the upstream, sendable once more with another token.
 struct Exchange<'a> {
-    client: &'a reqwest::Client,
+    client: &'a ProxyClient,
     route: &'a Route,
     method: &'a Method,
-    url: &'a Url,
+    uri: &'a Uri,
     /// What is forwarded of the caller's headers (built once, copied into each request sent).
     headers: HeaderMap,
 }
 
+/// A request body as sent: bytes (sent with their length), or the caller's stream.
+enum Outgoing {
+    Bytes(Bytes),
+    Stream(Body),
+}
+
+/// The upstream's answer: status, headers and body (which ends with an error past the route's
+/// timeout, as the whole exchange must end within it).
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
+}
+
 impl Exchange<'_> {
-    async fn send(
-        &self,
-        body: &mut RequestBody,
-        token: &Token,
-    ) -> Result<reqwest::Response, ApiError> {
-        let mut request = reqwest::Request::new(self.method.clone(), self.url.clone());
-        *request.timeout_mut() = Some(self.route.timeout);
-        let headers = request.headers_mut();
-        *headers = self.headers.clone();
+    async fn send(&self, body: &mut RequestBody, token: &Token) -> Result<Answer, ApiError> {
         let Some(authorization) = bearer(token) else {
             return Err(Problem::new(
                 StatusCode::BAD_GATEWAY,
@@ -380,10 +404,10 @@ impl Exchange<'_> {
             .with("route", self.route.name.as_str())
             .into());
         };
+        let mut headers = self.headers.clone();
         headers.insert(header::AUTHORIZATION, authorization);
-        match body {
-            RequestBody::Buffered(bytes) if bytes.is_empty() => {}
-            RequestBody::Buffered(bytes) => *request.body_mut() = Some(bytes.clone().into()),
+        let outgoing = match body {
+            RequestBody::Buffered(bytes) => Outgoing::Bytes(bytes.clone()),
             RequestBody::Streamed {
                 body: stream,
                 length,
@@ -392,38 +416,104 @@ impl Exchange<'_> {
                 if let Some(n) = length {
                     headers.insert(header::CONTENT_LENGTH, (*n).into());
                 }
-                if let Some(stream) = stream.take() {
-                    *request.body_mut() = Some(stream);
-                }
+                stream
+                    .take()
+                    .map_or(Outgoing::Bytes(Bytes::new()), Outgoing::Stream)
             }
-        }
+        };
         let started = Instant::now();
-        let result = self.client.execute(request).await;
+        let result = match self.client {
+            ProxyClient::Direct(client) => self.direct(client, headers, outgoing).await,
+            ProxyClient::Forwarded(client) => self.forwarded(client, headers, outgoing).await,
+        };
         crate::telemetry::meters::proxy_upstream(&self.route.name, started.elapsed());
-        result.map_err(|e| {
-            body.fault()
-                .unwrap_or_else(|| self.transport_problem(&e))
-                .into()
+        result.map_err(|problem| body.fault().unwrap_or(problem).into())
+    }
+
+    /// Through hyper-util's pooled client; the route's timeout covers the answer's body too.
+    async fn direct(
+        &self,
+        client: &hyper_util::client::legacy::Client<
+            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+            Body,
+        >,
+        headers: HeaderMap,
+        outgoing: Outgoing,
+    ) -> Result<Answer, Problem> {
+        let outgoing = match outgoing {
+            Outgoing::Bytes(bytes) => Body::from(bytes),
+            Outgoing::Stream(body) => body,
+        };
+        let mut request = axum::http::Request::new(outgoing);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = headers;
+        let deadline = tokio::time::Instant::now() + self.route.timeout;
+        let answer = match tokio::time::timeout_at(deadline, client.request(request)).await {
+            Err(_) => return Err(self.timeout_problem()),
+            Ok(Err(e)) if timed_out(&e) => return Err(self.timeout_problem()),
+            Ok(Err(e)) => return Err(self.unreachable_problem(&e)),
+            Ok(Ok(answer)) => answer,
+        };
+        let (parts, incoming) = answer.into_parts();
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: Body::new(deadline::Deadline::new(incoming, deadline)),
         })
     }
 
-    /// 504 for a timeout, else 502, naming the route (not the URL: its query is the caller's).
-    fn transport_problem(&self, e: &reqwest::Error) -> Problem {
-        let name = &self.route.name;
-        if e.is_timeout() {
-            return Problem::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "proxy-upstream-timeout",
-                "Upstream timed out",
-                format!(
-                    "the upstream of route {name:?} did not answer within {} (proxy.{name}.timeout)",
-                    humantime::format_duration(self.route.timeout)
-                ),
-            )
-            .with("route", name.as_str());
+    /// Through reqwest's client and `http_client.proxy`.
+    async fn forwarded(
+        &self,
+        client: &reqwest::Client,
+        headers: HeaderMap,
+        outgoing: Outgoing,
+    ) -> Result<Answer, Problem> {
+        let url = Url::parse(&self.uri.to_string())
+            .map_err(|_| bad_request(path::PathError::BadCharacter.to_string()))?;
+        let mut request = reqwest::Request::new(self.method.clone(), url);
+        *request.timeout_mut() = Some(self.route.timeout);
+        *request.headers_mut() = headers;
+        match outgoing {
+            Outgoing::Bytes(bytes) if bytes.is_empty() => {}
+            Outgoing::Bytes(bytes) => *request.body_mut() = Some(bytes.into()),
+            Outgoing::Stream(body) => {
+                *request.body_mut() = Some(reqwest::Body::wrap_stream(body.into_data_stream()))
+            }
         }
+        let mut answer = match client.execute(request).await {
+            Ok(answer) => answer,
+            Err(e) if e.is_timeout() => return Err(self.timeout_problem()),
+            Err(e) => return Err(self.unreachable_problem(&e)),
+        };
+        Ok(Answer {
+            status: answer.status(),
+            headers: std::mem::take(answer.headers_mut()),
+            body: Body::from_stream(answer.bytes_stream()),
+        })
+    }
+
+    /// 504, naming the route (not the URL: its query is the caller's).
+    fn timeout_problem(&self) -> Problem {
+        let name = &self.route.name;
+        Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "proxy-upstream-timeout",
+            "Upstream timed out",
+            format!(
+                "the upstream of route {name:?} did not answer within {} (proxy.{name}.timeout)",
+                humantime::format_duration(self.route.timeout)
+            ),
+        )
+        .with("route", name.as_str())
+    }
+
+    /// 502 with the causes of `e` (not `e` itself, whose text may carry the URL).
+    fn unreachable_problem(&self, e: &(dyn std::error::Error + 'static)) -> Problem {
+        let name = &self.route.name;
         let mut reason = String::new();
-        let mut source = std::error::Error::source(e);
+        let mut source = e.source();
         while let Some(cause) = source {
             reason.push_str(": ");
             reason.push_str(&cause.to_string());
@@ -439,23 +529,41 @@ impl Exchange<'_> {
     }
 }
 
+/// Whether a failure of the client was a timeout (the connect timeout), as reqwest tells one.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// `Authorization: Bearer <token>`, marked sensitive; `None` if the token cannot be a header.
 fn bearer(token: &Token) -> Option<header::HeaderValue> {
-    let mut value =
-        header::HeaderValue::try_from(format!("Bearer {}", token.value.expose())).ok()?;
+    const PREFIX: &[u8] = b"Bearer ";
+    let secret = token.value.expose().as_bytes();
+    let mut text = Vec::with_capacity(PREFIX.len() + secret.len());
+    text.extend_from_slice(PREFIX);
+    text.extend_from_slice(secret);
+    let mut value = header::HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
     value.set_sensitive(true);
     Some(value)
 }
 
 /// The upstream's answer as the caller's: status, headers minus hop-by-hop ones and with no
 /// token the broker `sent`, body streamed.
-fn into_response(mut answer: reqwest::Response, route: &str, sent: &[Arc<Token>]) -> Response {
-    let status = answer.status();
-    let mut headers = std::mem::take(answer.headers_mut());
+fn into_response(answer: Answer, route: &str, sent: &[Arc<Token>]) -> Response {
+    let mut headers = answer.headers;
     strip_hop_by_hop(&mut headers);
     redact_tokens(&mut headers, route, sent);
-    let mut response = Response::new(Body::from_stream(answer.bytes_stream()));
-    *response.status_mut() = status;
+    let mut response = Response::new(answer.body);
+    *response.status_mut() = answer.status;
     *response.headers_mut() = headers;
     response
 }

@@ -6,21 +6,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::http::HeaderValue;
 use url::Url;
 
+use crate::http::proxy::client::ProxyClient;
 use crate::http::proxy::route::ProxyRoute;
 use crate::policy::org::OrgNumber;
 
 /// The routes (fixed at start) and the HTTP client they share (rebuilt at each reload).
 pub struct Proxy {
     pub(crate) routes: HashMap<String, Route>,
-    client: ArcSwap<reqwest::Client>,
+    client: ArcSwap<ProxyClient>,
 }
 
 /// A route ready to serve: its base URL resolved.
 pub(crate) struct Route {
     pub(crate) name: String,
     pub(crate) base: Url,
+    /// The `Host` header of every request to `base` (as the HTTP client would write it), made
+    /// once instead of per request.
+    pub(crate) host: Option<HeaderValue>,
     pub(crate) profile: String,
     pub(crate) org: Option<OrgNumber>,
     pub(crate) timeout: Duration,
@@ -29,17 +34,19 @@ pub(crate) struct Route {
 
 impl Proxy {
     /// The routes with `local:` upstreams resolved against the simulator's base URL, and the
-    /// HTTP client of their own (`app/clients.rs`: rustls, `http_client` settings, redirects
-    /// never followed).
-    pub fn new(routes: &[ProxyRoute], local_base: Option<&Url>, client: reqwest::Client) -> Proxy {
+    /// HTTP client of their own (`client.rs`: rustls, `http_client` settings, redirects never
+    /// followed).
+    pub fn new(routes: &[ProxyRoute], local_base: Option<&Url>, client: ProxyClient) -> Proxy {
         let mut resolved = HashMap::new();
         for r in routes {
             let base = r.base_url(local_base);
+            let host = host_header(&base);
             resolved.insert(
                 r.name.clone(),
                 Route {
                     name: r.name.clone(),
                     base,
+                    host,
                     profile: r.profile.clone(),
                     org: r.org.clone(),
                     timeout: r.timeout,
@@ -54,12 +61,12 @@ impl Proxy {
     }
 
     /// The HTTP client in force now.
-    pub(crate) fn client(&self) -> Arc<reqwest::Client> {
+    pub(crate) fn client(&self) -> Arc<ProxyClient> {
         self.client.load_full()
     }
 
     /// Use `client` from the next request on (a reload's `http_client`).
-    pub(crate) fn set_client(&self, client: reqwest::Client) {
+    pub(crate) fn set_client(&self, client: ProxyClient) {
         self.client.store(Arc::new(client));
     }
 
@@ -69,4 +76,15 @@ impl Proxy {
         names.sort_unstable();
         names
     }
+}
+
+/// `host` or `host:port` (the port only when it is not the scheme's default), as hyper-util's
+/// client writes `Host` when a request has none.
+fn host_header(base: &Url) -> Option<HeaderValue> {
+    let host = base.host_str()?;
+    let value = match base.port() {
+        Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
+        None => HeaderValue::try_from(host),
+    };
+    value.ok()
 }

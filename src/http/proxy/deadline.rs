@@ -1,0 +1,60 @@
+//! An upstream's answer body that ends with an error once the route's timeout has passed: the
+//! whole exchange, connect to last byte, stays within `proxy.{name}.timeout`.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pin_project_lite::pin_project! {
+    /// `Incoming` with a deadline.
+    pub(super) struct Deadline {
+        #[pin]
+        body: Incoming,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl Deadline {
+    pub(super) fn new(body: Incoming, deadline: Instant) -> Deadline {
+        Deadline {
+            body,
+            sleep: tokio::time::sleep_until(deadline),
+        }
+    }
+}
+
+/// The error a body past its deadline ends with (the caller's connection is cut).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's answer did not end within the route's timeout")]
+struct TimedOut;
+
+impl Body for Deadline {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        if let Poll::Ready(frame) = this.body.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
