@@ -342,15 +342,20 @@ async fn spawn_keeper(
     let Some(mut keeper) = keeper(settings, built).await? else {
         return Ok(None);
     };
+    let first_look = settings.http_client.timeout * 3;
     let (state, settings) = (built.state.clone(), settings.clone());
-    keeper.on_switch = Some(Box::new(move || {
+    keeper.on_switch = Some(Box::new(move |vault_version| {
         let (state, settings) = (state.clone(), settings.clone());
         tokio::spawn(async move {
-            match crate::key::store::load_key(&settings).await {
+            let loaded = match vault_version {
+                Some(version) => crate::key::store::load_vault_version(&settings, version).await,
+                None => crate::key::store::load_key(&settings).await,
+            };
+            match loaded {
                 Ok(key) => {
                     tracing::info!(
                         kid = key.kid(),
-                        "the key file changed: grants are signed with the new key"
+                        "the key rotation switched: grants are signed with the new key"
                     );
                     state.broker().replace_default_key(key);
                 }
@@ -360,6 +365,14 @@ async fn spawn_keeper(
             }
         });
     }));
+    if keeper.vault.is_some() {
+        // Before serving: after a restart in the middle of a rotation, the Vault version that
+        // signs is the oldest Digdir holds, not the latest (bounded; a failure is retried).
+        let first = tokio::time::timeout(first_look, keeper.step(false));
+        if let Ok(Err(e)) = first.await {
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "key_rotation: the first look at Digdir's set failed; the latest Vault key version signs until it succeeds");
+        }
+    }
     let stop = stop.clone();
     Ok(Some(tokio::spawn(Arc::new(keeper).run(stop))))
 }

@@ -120,13 +120,25 @@ impl KeyRotationSettings {
     }
 
     /// Every problem with its field path (`key_rotation.check_every: ...`); `kid` is the
-    /// top-level one (rotation picks the signing key itself).
-    pub(crate) fn check(&self, env: Environment, kid: Option<&str>, problems: &mut Problems) {
+    /// top-level one (rotation picks the signing key itself from a JWKS file; a Vault transit
+    /// key's versions sign as `<kid>-v<N>`, so there it is required), `vault` whether the key is
+    /// in Vault transit.
+    pub(crate) fn check(
+        &self,
+        env: Environment,
+        kid: Option<&str>,
+        vault: bool,
+        problems: &mut Problems,
+    ) {
         let at = "key_rotation.";
-        if self.action == RotationAction::Rotate && kid.is_some() {
-            problems.push(format!(
+        match (self.action, kid, vault) {
+            (RotationAction::Rotate, Some(_), false) => problems.push(format!(
                 "{at}action: rotate picks the signing key itself (the newest key that has propagated); leave kid: out"
-            ));
+            )),
+            (RotationAction::Rotate, None, true) => problems.push(format!(
+                "{at}action: rotate with key.vault_transit needs kid: (Vault key version N signs as <kid>-v<N>)"
+            )),
+            _ => {}
         }
         let ss = &self.self_service;
         if ss.client_id.trim().is_empty() {

@@ -708,7 +708,8 @@ impl Settings {
         self.check_local(problems);
         self.log.check(problems);
         if let Some(rotation) = &self.key_rotation {
-            rotation.check(self.env, self.kid.as_deref(), problems);
+            let vault = self.key.vault_transit.is_some();
+            rotation.check(self.env, self.kid.as_deref(), vault, problems);
         }
     }
 

@@ -18,7 +18,8 @@ mod settings;
 mod signer;
 pub(crate) mod status;
 pub(crate) mod store;
-mod vault_transit;
+pub(crate) mod vault_rotation;
+pub(crate) mod vault_transit;
 
 use std::fmt;
 use std::path::Path;
@@ -36,6 +37,7 @@ pub use jwk::public_key_from_jwk;
 pub(crate) use jwk::{private_jwk, public_jwks};
 pub(crate) use pkcs11::Pkcs11Signer;
 pub use settings::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
+pub use signer::VaultPin;
 pub use signer::{OutsideKey, SignError};
 pub(crate) use signer::{RemoteSigner, Signer, create_outside, load_outside};
 pub(crate) use vault_transit::VaultTransitSigner;

@@ -40,3 +40,4 @@ mod signers;
 mod tls;
 mod token_endpoints;
 mod token_files;
+mod vault_rotation;

@@ -320,16 +320,16 @@ async fn check_and_jwks_say_where_the_hsm_key_is_and_print_its_public_jwk() {
 // ---------------------------------------------------------------------------------------------
 // OpenBao transit
 
-const ROOT_TOKEN: &str = "root-token-of-the-test-server";
+pub(crate) const ROOT_TOKEN: &str = "root-token-of-the-test-server";
 
 /// `bao server -dev` on a loopback port, transit enabled and the fixture key imported as `mp`.
-struct Bao {
-    port: u16,
+pub(crate) struct Bao {
+    pub(crate) port: u16,
     child: tokio::process::Child,
 }
 
 impl Bao {
-    async fn start() -> Bao {
+    pub(crate) async fn start() -> Bao {
         Self::start_on(free_port()).await
     }
 
@@ -366,15 +366,15 @@ impl Bao {
         bao
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/v1/{path}", self.port)
     }
 
-    async fn post(&self, path: &str, body: Value, token: &str) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value, token: &str) -> Value {
         let r = reqwest::Client::new()
             .post(self.url(path))
             .header("X-Vault-Token", token)
@@ -420,19 +420,19 @@ impl Bao {
     }
 
     /// A new token (child of root) that may sign.
-    async fn token(&self) -> String {
+    pub(crate) async fn token(&self) -> String {
         let answer = self
             .post("auth/token/create", json!({"ttl": "1h"}), ROOT_TOKEN)
             .await;
         answer["auth"]["client_token"].as_str().unwrap().to_owned()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.child.kill().await.unwrap();
     }
 }
 
-fn vault_credentials(bao: &Bao, token_file: &Path) -> String {
+pub(crate) fn vault_credentials(bao: &Bao, token_file: &Path) -> String {
     format!(
         "kid: {KID}\nkey:\n  vault_transit:\n    address: {}\n    name: mp\n    token_file: {}\n",
         bao.address(),
