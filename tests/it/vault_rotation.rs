@@ -156,3 +156,88 @@ async fn vault_transit_rotate_makes_a_new_version_uploads_it_and_switches_with_n
     env.app.shutdown().await;
     bao.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_after_the_upload_signs_with_the_old_version_then_switches_to_the_uploaded_one() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("vault-token");
+    std::fs::write(&token_file, bao.token().await).unwrap();
+    bao.post(
+        &format!("transit/keys/{NAME}"),
+        serde_json::json!({"type": "rsa-2048"}),
+        ROOT_TOKEN,
+    )
+    .await;
+    // The state a crash right after the upload leaves: Vault at version 2, Digdir holding both.
+    bao.post(
+        &format!("transit/keys/{NAME}/rotate"),
+        serde_json::json!({}),
+        ROOT_TOKEN,
+    )
+    .await;
+    let (v1, v2) = (format!("{KID}-v1"), format!("{KID}-v2"));
+    let (p1, p2) = (
+        vault_public_key(&bao, 1).await,
+        vault_public_key(&bao, 2).await,
+    );
+    let digdir =
+        FakeDigdir::start(vec![digdir_key(&v1, &p1, 300), digdir_key(&v2, &p2, 365)]).await;
+    let mp = FakeMaskinporten::start().await;
+    mp.register_client(SS_CLIENT, &[]);
+    // Maskinporten has not learnt version 2 yet: a grant signed with it now is refused.
+    mp.add_key(&v1, p1);
+    let altinn = FakeAltinn::start(&mp).await;
+    let credentials = format!(
+        "kid: {KID}\nkey:\n  vault_transit:\n    address: {}\n    name: {NAME}\n    token_file: {}\n",
+        bao.address(),
+        token_file.display()
+    );
+    let extra = rotation_yaml(
+        &digdir,
+        "  action: rotate\n  propagation: 1s\n  retire_after: 1s\n  check_every: 1h\n",
+    );
+    let yaml = config_yaml_with(&mp, &altinn, &credentials, &extra);
+    let settings = maskinporten_broker::config::Settings::from_yaml(&yaml).unwrap();
+    let env = TestEnv::start_settings(mp, altinn, settings).await;
+    let orgs = valid_orgs(100);
+    let mut orgs = orgs.iter();
+    let r = env
+        .get(&format!("/token/altinn?org={}", orgs.next().unwrap()))
+        .await;
+    assert_eq!(r.status(), 200, "the first token after the restart");
+    env.mp.add_key(&v2, p2);
+    // Bounded: 10 s.
+    for _ in 0..100 {
+        let r = env
+            .get(&format!("/token/altinn?org={}", orgs.next().unwrap()))
+            .await;
+        assert_eq!(r.status(), 200, "a token call failed after the restart");
+        if kids(&digdir.state.keys.lock().unwrap()) == [v2.clone()] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        kids(&digdir.state.keys.lock().unwrap()),
+        [v2.clone()],
+        "version 1 retired"
+    );
+    let r = env
+        .get(&format!("/token/altinn?org={}", orgs.next().unwrap()))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_clean_switch(&env, &digdir, &v1, &v2);
+    let first = env
+        .mp
+        .grants()
+        .into_iter()
+        .find(|g| g.claims["iss"] != SS_CLIENT);
+    assert_eq!(
+        first.and_then(|g| g.header.kid),
+        Some(v1.clone()),
+        "the first grant after the restart is signed with the old version"
+    );
+    env.app.shutdown().await;
+    bao.stop().await;
+}
