@@ -19,6 +19,7 @@ mod faults;
 mod identity;
 mod introspect;
 mod key_rotation;
+mod key_rotation_local;
 mod local_env;
 mod manifests;
 mod mp_clients;
