@@ -708,8 +708,7 @@ impl Settings {
         self.check_local(problems);
         self.log.check(problems);
         if let Some(rotation) = &self.key_rotation {
-            let vault = self.key.vault_transit.is_some();
-            rotation.check(self.env, self.kid.as_deref(), vault, problems);
+            rotation.check(self.env, self.kid.as_deref(), &self.key, problems);
         }
     }
 

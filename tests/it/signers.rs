@@ -286,6 +286,45 @@ async fn a_wrong_pin_or_an_unknown_key_stops_the_broker_at_start_with_one_line()
 }
 
 #[tokio::test]
+async fn rotate_with_a_key_in_the_hsm_is_refused_at_start_with_one_line_saying_renew_only() {
+    let hsm = hsm();
+    let base = std::fs::read_to_string(hsm_config("rotate.yaml", &hsm.dir.join("pin"))).unwrap();
+    let rotation = format!(
+        "key_rotation:\n  self_service:\n    client_id: ss-client\n    key:\n      path: {}\n      password_file: {}\n  action: {{action}}\n",
+        fixture("business-legacy.p12"),
+        fixture("business-legacy.password"),
+    );
+    let config = hsm.dir.join("rotate.yaml");
+    std::fs::write(
+        &config,
+        format!("{base}{}", rotation.replace("{action}", "rotate")),
+    )
+    .unwrap();
+    let line = refused_at_start(&config).await;
+    assert!(
+        line.contains("key_rotation.action: rotate")
+            && line.contains("key.pkcs11: renew-only")
+            && line.contains("use action: renew"),
+        "{line}"
+    );
+    // renew is accepted with the same key.
+    let renew = hsm.dir.join("renew.yaml");
+    std::fs::write(
+        &renew,
+        format!("{base}{}", rotation.replace("{action}", "renew")),
+    )
+    .unwrap();
+    let out = run_bin(
+        &["--config", renew.to_str().unwrap(), "check"],
+        &[("SOFTHSM2_CONF", &hsm.conf)],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("renew-only"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test]
 async fn check_and_jwks_say_where_the_hsm_key_is_and_print_its_public_jwk() {
     let hsm = hsm();
     let config = hsm_config("check.yaml", &hsm.dir.join("pin"));
