@@ -37,9 +37,9 @@ pub use jwk::public_key_from_jwk;
 pub(crate) use jwk::{private_jwk, public_jwks};
 pub(crate) use pkcs11::Pkcs11Signer;
 pub use settings::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
-pub use signer::VaultPin;
 pub use signer::{OutsideKey, SignError};
 pub(crate) use signer::{RemoteSigner, Signer, create_outside, load_outside};
+pub use signer::{VaultPin, versioned_kid};
 pub(crate) use vault_transit::VaultTransitSigner;
 
 use crate::key::secret::Secret;

@@ -98,7 +98,7 @@ pub enum KeeperError {
     #[error("cannot make a new key pair")]
     Generate(#[source] crate::key::KeyError),
     #[error(transparent)]
-    Vault(crate::key::SignError),
+    Vault(#[from] crate::key::vault_rotation::VaultStepError),
 }
 
 impl KeeperError {
@@ -107,7 +107,7 @@ impl KeeperError {
             KeeperError::Api(e) => e.status(),
             KeeperError::File(_) => "key_file".into(),
             KeeperError::Generate(_) => "generate".into(),
-            KeeperError::Vault(_) => "vault".into(),
+            KeeperError::Vault(e) => e.status(),
         }
     }
 }
@@ -170,7 +170,32 @@ impl KeyKeeper {
     ) -> Result<(Vec<KeyReport>, Option<Duration>), KeeperError> {
         let (keys, next) = match (&self.rotate, &self.vault) {
             (Some(file), _) => self.rotate_step(file, force).await?,
-            (None, Some(vault)) => self.vault_step(vault, force).await?,
+            (None, Some(vault)) => {
+                let switch_to = |version: u64| {
+                    if let Some(switched) = &self.on_switch {
+                        switched(Some(version));
+                    }
+                };
+                let keeping = crate::key::vault_rotation::Keeping {
+                    api: &self.api,
+                    client_id: &self.client_id,
+                    settings: &self.settings,
+                    switch_to: &switch_to,
+                };
+                let step = vault.step(&keeping, force).await?;
+                let held: Vec<HeldKey> = step
+                    .held
+                    .into_iter()
+                    .map(|(kid, jwk)| HeldKey {
+                        kid,
+                        jwk,
+                        not_after: None,
+                    })
+                    .collect();
+                let now = SystemTime::now();
+                let reports = self.report_with(&step.set, &held, Some(&step.signing), now);
+                (reports, step.next)
+            }
             (None, None) => (self.check(force).await?.keys, None),
         };
         self.watch.set_keys(keys.clone());
@@ -237,7 +262,7 @@ impl KeyKeeper {
         self.report_with(set, &self.held, self.in_use.as_deref(), now)
     }
 
-    pub(crate) fn report_with(
+    fn report_with(
         &self,
         set: &[DigdirKey],
         held_keys: &[HeldKey],
@@ -443,7 +468,7 @@ impl KeyKeeper {
                     break Some(retire.duration_since(now).unwrap_or_default());
                 }
                 if old.iter().any(|kid| in_digdir(&set, kid)) {
-                    set = self.retire(&set, &old).await?;
+                    set = self.api.retire(&self.client_id, &set, &old).await?;
                 }
                 keys.retain(|k| !old.contains(&kid_of(k)));
                 file.write(&keys)?;
@@ -506,20 +531,6 @@ impl KeyKeeper {
             SystemTime::now(),
         );
         Ok((reports, next))
-    }
-
-    /// Post Digdir's set without the kids `old`; the set Digdir holds afterwards.
-    pub(crate) async fn retire(
-        &self,
-        set: &[DigdirKey],
-        old: &[String],
-    ) -> Result<Vec<DigdirKey>, SelfServiceError> {
-        let keep: Vec<Value> = set
-            .iter()
-            .filter(|k| !old.contains(&k.kid))
-            .map(|k| k.jwk.clone())
-            .collect();
-        self.api.replace(&self.client_id, &keep).await
     }
 
     /// Another process (a replica, `keys rotate`) switched the key: sign with it here too.

@@ -229,6 +229,12 @@ pub struct VaultPin {
     pub versioned_kid: bool,
 }
 
+/// The kid of version `version` of a transit key under `key_rotation.action: rotate`: the
+/// configured `kid` and the version (`mp-v3`).
+pub fn versioned_kid(kid: &str, version: u64) -> String {
+    format!("{kid}-v{version}")
+}
+
 /// A key outside the process, as `key.pkcs11` or `key.vault_transit` configure it (at most one).
 #[derive(Debug, Clone, Copy)]
 pub struct OutsideKey<'a> {
@@ -267,7 +273,7 @@ pub(crate) async fn load_outside(
             let signer = VaultTransitSigner::new(v, timeout)?;
             let (public, version) = signer.public_key(vault.version).await?;
             if vault.versioned_kid {
-                kid = kid.map(|k| super::vault_transit::versioned_kid(&k, version));
+                kid = kid.map(|k| versioned_kid(&k, version));
             }
             (signer, public, Vec::new(), Form::VaultTransit)
         } else {

@@ -21,11 +21,36 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::key::VaultTransitSigner;
-use crate::key::rotation::{HeldKey, KeeperError, KeyKeeper};
-use crate::key::status::KeyReport;
-use crate::key::vault_transit::versioned_kid;
-use crate::upstream::self_service::{DigdirKey, SelfServiceError, public_only};
+use crate::config::KeyRotationSettings;
+use crate::key::{SignError, VaultTransitSigner, versioned_kid};
+use crate::upstream::self_service::{DigdirKey, SelfServiceClient, SelfServiceError, public_only};
+
+/// What one step left: Digdir's set, the versions the broker holds (kid, public JWK), the kid
+/// that signs, and when the next step is due.
+pub struct VaultStep {
+    pub set: Vec<DigdirKey>,
+    pub held: Vec<(String, Value)>,
+    pub signing: String,
+    pub next: Option<Duration>,
+}
+
+/// Why a step failed: Digdir refused, or Vault did.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultStepError {
+    #[error(transparent)]
+    Api(#[from] SelfServiceError),
+    #[error(transparent)]
+    Vault(SignError),
+}
+
+impl VaultStepError {
+    pub fn status(&self) -> String {
+        match self {
+            VaultStepError::Api(e) => e.status(),
+            VaultStepError::Vault(_) => "vault".into(),
+        }
+    }
+}
 
 /// The Vault side of a rotation: the transit key and what this process has seen of the steps.
 pub struct VaultRotation {
@@ -89,22 +114,42 @@ impl VaultRotation {
     }
 }
 
-impl KeyKeeper {
+/// Who the step works for: the client whose set Digdir keeps, and how.
+pub struct Keeping<'k> {
+    pub api: &'k SelfServiceClient,
+    pub client_id: &'k str,
+    pub settings: &'k KeyRotationSettings,
+    /// Sign with this version from now on.
+    pub switch_to: &'k (dyn Fn(u64) + Sync),
+}
+
+impl VaultRotation {
     /// One pass of a Vault rotation: upload a version Vault made and Digdir lacks, switch to it
     /// once propagated, retire older versions from Digdir after `retire_after`, or make a new
     /// version when the one signing is due (`force`: now). Returns when the next step is due.
-    pub async fn vault_step(
+    pub async fn step(
         &self,
-        vault: &VaultRotation,
+        keeping: &Keeping<'_>,
         force: bool,
-    ) -> Result<(Vec<KeyReport>, Option<Duration>), KeeperError> {
+    ) -> Result<VaultStep, VaultStepError> {
+        let vault = self;
+        let Keeping {
+            api,
+            client_id,
+            settings,
+            switch_to,
+        } = *keeping;
         let mut progress = vault.state.lock().await;
-        let mut set = self.api.read(&self.client_id).await?;
+        let mut set = api.read(client_id).await?;
         let in_digdir = |set: &[DigdirKey], kid: &str| set.iter().any(|k| k.kid == kid);
         let mut started = false;
         let (next, publics, signing) = loop {
             let now = SystemTime::now();
-            let (latest, publics) = vault.signer.versions().await.map_err(KeeperError::Vault)?;
+            let (latest, publics) = vault
+                .signer
+                .versions()
+                .await
+                .map_err(VaultStepError::Vault)?;
             let ours: Vec<u64> = publics
                 .keys()
                 .copied()
@@ -118,7 +163,7 @@ impl KeyKeeper {
                     let loaded = progress.loaded.unwrap_or(latest);
                     let first = ours.first().copied().unwrap_or(loaded);
                     if first != loaded {
-                        self.switch_to(first);
+                        switch_to(first);
                     }
                     progress.signing = Some(first);
                     first
@@ -132,13 +177,13 @@ impl KeyKeeper {
                     };
                     let mut upload: Vec<Value> = set.iter().map(|k| k.jwk.clone()).collect();
                     upload.push(vault.public_jwk(latest, public));
-                    set = self.api.replace(&self.client_id, &upload).await?;
+                    set = api.replace(client_id, &upload).await?;
                     progress.uploaded.insert(latest, SystemTime::now());
-                    tracing::info!(client_id = %self.client_id, kid, api = %self.api.api(), "rotate: the new Vault key version is uploaded beside the old; grants keep the old version until propagation has passed");
-                    break (Some(self.settings.propagation), publics, signing);
+                    tracing::info!(client_id = %client_id, kid, api = %api.api(), "rotate: the new Vault key version is uploaded beside the old; grants keep the old version until propagation has passed");
+                    break (Some(settings.propagation), publics, signing);
                 }
                 let uploaded = *progress.uploaded.entry(latest).or_insert(now);
-                let ready = uploaded + self.settings.propagation;
+                let ready = uploaded + settings.propagation;
                 if now < ready {
                     break (
                         Some(ready.duration_since(now).unwrap_or_default()),
@@ -148,9 +193,9 @@ impl KeyKeeper {
                 }
                 progress.signing = Some(latest);
                 progress.switched_at = Some(now);
-                self.switch_to(latest);
-                tracing::info!(client_id = %self.client_id, kid, "rotate: switched; grants are signed with the new Vault key version");
-                break (Some(self.settings.retire_after), publics, latest);
+                switch_to(latest);
+                tracing::info!(client_id = %client_id, kid, "rotate: switched; grants are signed with the new Vault key version");
+                break (Some(settings.retire_after), publics, latest);
             }
             let old: Vec<String> = ours
                 .iter()
@@ -159,7 +204,7 @@ impl KeyKeeper {
                 .collect();
             if !old.is_empty() {
                 let switched = *progress.switched_at.get_or_insert(now);
-                let retire = switched + self.settings.retire_after;
+                let retire = switched + settings.retire_after;
                 if now < retire {
                     break (
                         Some(retire.duration_since(now).unwrap_or_default()),
@@ -167,18 +212,18 @@ impl KeyKeeper {
                         signing,
                     );
                 }
-                set = self.retire(&set, &old).await?;
+                set = api.retire(client_id, &set, &old).await?;
                 progress.switched_at = None;
-                tracing::info!(client_id = %self.client_id, retired = old.join(", "), "rotate: the old Vault key version left Digdir's set (Vault keeps it)");
+                tracing::info!(client_id = %client_id, retired = old.join(", "), "rotate: the old Vault key version left Digdir's set (Vault keeps it)");
                 break (None, publics, signing);
             }
             // Nothing in progress: a new version when the one signing is due.
             let kid = vault.kid(signing);
             let due = force && !started
-                || set.iter().find(|k| k.kid == kid).is_none_or(|k| {
-                    k.exp
-                        .is_some_and(|exp| exp < now + self.settings.renew_before)
-                });
+                || set
+                    .iter()
+                    .find(|k| k.kid == kid)
+                    .is_none_or(|k| k.exp.is_some_and(|exp| exp < now + settings.renew_before));
             if !due || started {
                 break (None, publics, signing);
             }
@@ -188,27 +233,20 @@ impl KeyKeeper {
                 }
                 .into());
             }
-            let version = vault.signer.rotate().await.map_err(KeeperError::Vault)?;
-            tracing::info!(client_id = %self.client_id, version, signer = vault.location(), "rotate: Vault made a new key version");
+            let version = vault.signer.rotate().await.map_err(VaultStepError::Vault)?;
+            tracing::info!(client_id = %client_id, version, signer = vault.location(), "rotate: Vault made a new key version");
             started = true;
         };
-        let held: Vec<HeldKey> = publics
+        let held = publics
             .iter()
             .filter(|(n, _)| **n >= signing || in_digdir(&set, &vault.kid(**n)))
-            .map(|(n, public)| HeldKey {
-                kid: vault.kid(*n),
-                jwk: vault.public_jwk(*n, public),
-                not_after: None,
-            })
+            .map(|(n, public)| (vault.kid(*n), vault.public_jwk(*n, public)))
             .collect();
-        let reports = self.report_with(&set, &held, Some(&vault.kid(signing)), SystemTime::now());
-        Ok((reports, next))
-    }
-
-    /// Sign with Vault key version `version` from now on (the broker loads it).
-    fn switch_to(&self, version: u64) {
-        if let Some(switched) = &self.on_switch {
-            switched(Some(version));
-        }
+        Ok(VaultStep {
+            set,
+            held,
+            signing: vault.kid(signing),
+            next,
+        })
     }
 }

@@ -476,12 +476,6 @@ impl VaultTransitSigner {
     }
 }
 
-/// The kid of version `version` of a transit key under `key_rotation.action: rotate`: the
-/// configured `kid` and the version (`mp-v3`).
-pub fn versioned_kid(kid: &str, version: u64) -> String {
-    format!("{kid}-v{version}")
-}
-
 /// What identifies a version of the token file: modification time and length.
 fn stamp(path: &Path) -> FileStamp {
     match std::fs::metadata(path) {

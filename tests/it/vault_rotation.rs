@@ -220,7 +220,7 @@ async fn a_restart_after_the_upload_signs_with_the_old_version_then_switches_to_
     }
     assert_eq!(
         kids(&digdir.state.keys.lock().unwrap()),
-        [v2.clone()],
+        std::slice::from_ref(&v2),
         "version 1 retired"
     );
     let r = env
