@@ -22,7 +22,7 @@ pub async fn keys(settings: Settings, action: KeysAction, json: bool) -> anyhow:
             let outcome = keeper.check(true).await?;
             (outcome.keys, outcome.renewed)
         }
-        (KeysAction::Rotate, Some(keeper)) if keeper.rotate.is_some() => {
+        (KeysAction::Rotate, Some(keeper)) if keeper.rotate.is_some() || keeper.vault.is_some() => {
             let (keys, next) = keeper.step(true).await?;
             if let Some(next) = next {
                 eprintln!(

@@ -348,25 +348,50 @@ async fn spawn_keeper(
         return Ok(None);
     };
     let (state, settings) = (built.state.clone(), settings.clone());
-    keeper.on_switch = Some(Box::new(move || {
+    if keeper.vault.is_some() {
+        // Before serving: after a restart in the middle of a rotation, the Vault version that
+        // signs is the oldest Digdir holds, not the latest (bounded; a failure is retried).
+        let wanted = Arc::new(std::sync::Mutex::new(None));
+        let seen = wanted.clone();
+        keeper.on_switch = Some(Box::new(move |version| {
+            *seen.lock().unwrap_or_else(|e| e.into_inner()) = version;
+        }));
+        let first = tokio::time::timeout(settings.http_client.timeout * 3, keeper.step(false));
+        if let Ok(Err(e)) = first.await {
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "key_rotation: the first look at Digdir's set failed; the latest Vault key version signs until it succeeds");
+        }
+        let version = *wanted.lock().unwrap_or_else(|e| e.into_inner());
+        if version.is_some() {
+            switch_key(&state, &settings, version).await;
+        }
+    }
+    keeper.on_switch = Some(Box::new(move |vault_version| {
         let (state, settings) = (state.clone(), settings.clone());
-        tokio::spawn(async move {
-            match crate::key::store::load_key(&settings).await {
-                Ok(key) => {
-                    tracing::info!(
-                        kid = key.kid(),
-                        "the key file changed: grants are signed with the new key"
-                    );
-                    state.broker().replace_default_key(key);
-                }
-                Err(e) => {
-                    tracing::error!(error = %crate::telemetry::Chain(&e), "the rotated key does not load; the previous key keeps signing")
-                }
-            }
-        });
+        tokio::spawn(async move { switch_key(&state, &settings, vault_version).await });
     }));
     let stop = stop.clone();
     Ok(Some(tokio::spawn(Arc::new(keeper).run(stop))))
+}
+
+/// Sign with the key the rotation switched to: the key file again (`None`), or version
+/// `Some(n)` of the Vault transit key. A key that does not load leaves the previous one signing.
+async fn switch_key(state: &AppState, settings: &Settings, vault_version: Option<u64>) {
+    let loaded = match vault_version {
+        Some(version) => crate::key::store::load_vault_version(settings, version).await,
+        None => crate::key::store::load_key(settings).await,
+    };
+    match loaded {
+        Ok(key) => {
+            tracing::info!(
+                kid = key.kid(),
+                "the key rotation switched: grants are signed with the new key"
+            );
+            state.broker().replace_default_key(key);
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::telemetry::Chain(&e), "the rotated key does not load; the previous key keeps signing")
+        }
+    }
 }
 
 /// The key keeper `key_rotation:` asks for; in `env: local` its self-service client is

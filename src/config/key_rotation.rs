@@ -120,13 +120,29 @@ impl KeyRotationSettings {
     }
 
     /// Every problem with its field path (`key_rotation.check_every: ...`); `kid` is the
-    /// top-level one (rotation picks the signing key itself).
-    pub(crate) fn check(&self, env: Environment, kid: Option<&str>, problems: &mut Problems) {
+    /// top-level one (rotation picks the signing key itself from a JWKS file; a Vault transit
+    /// key's versions sign as `<kid>-v<N>`, so there it is required), `vault` whether the key is
+    /// in Vault transit; `key` the top-level key (PKCS#11 is renew-only).
+    pub(crate) fn check(
+        &self,
+        env: Environment,
+        kid: Option<&str>,
+        key: &KeySettings,
+        problems: &mut Problems,
+    ) {
         let at = "key_rotation.";
-        if self.action == RotationAction::Rotate && kid.is_some() {
-            problems.push(format!(
+        let (vault, hsm) = (key.vault_transit.is_some(), key.pkcs11.is_some());
+        match (self.action, kid, vault) {
+            (RotationAction::Rotate, _, _) if hsm => problems.push(format!(
+                "{at}action: rotate is not supported for a key in an HSM (key.pkcs11: renew-only); use action: renew (it posts the same public key again)"
+            )),
+            (RotationAction::Rotate, Some(_), false) => problems.push(format!(
                 "{at}action: rotate picks the signing key itself (the newest key that has propagated); leave kid: out"
-            ));
+            )),
+            (RotationAction::Rotate, None, true) => problems.push(format!(
+                "{at}action: rotate with key.vault_transit needs kid: (Vault key version N signs as <kid>-v<N>)"
+            )),
+            _ => {}
         }
         let ss = &self.self_service;
         if ss.client_id.trim().is_empty() {

@@ -708,7 +708,7 @@ impl Settings {
         self.check_local(problems);
         self.log.check(problems);
         if let Some(rotation) = &self.key_rotation {
-            rotation.check(self.env, self.kid.as_deref(), problems);
+            rotation.check(self.env, self.kid.as_deref(), &self.key, problems);
         }
     }
 

@@ -18,7 +18,8 @@ mod settings;
 mod signer;
 pub(crate) mod status;
 pub(crate) mod store;
-mod vault_transit;
+pub(crate) mod vault_rotation;
+pub(crate) mod vault_transit;
 
 use std::fmt;
 use std::path::Path;
@@ -38,6 +39,7 @@ pub(crate) use pkcs11::Pkcs11Signer;
 pub use settings::{Pkcs11Settings, VaultKubernetesSettings, VaultTransitSettings};
 pub use signer::{OutsideKey, SignError};
 pub(crate) use signer::{RemoteSigner, Signer, create_outside, load_outside};
+pub use signer::{VaultPin, versioned_kid};
 pub(crate) use vault_transit::VaultTransitSigner;
 
 use crate::key::secret::Secret;

@@ -78,7 +78,10 @@ pub struct KeyKeeper {
     pub algorithm: crate::key::Algorithm,
     /// Called after a switch, so this process signs with the new key at once (other processes
     /// sharing the file reload it when it changes).
-    pub on_switch: Option<Box<dyn Fn() + Send + Sync>>,
+    /// `None`: the key file changed; `Some(n)`: sign with version n of the Vault transit key.
+    pub on_switch: Option<Box<dyn Fn(Option<u64>) + Send + Sync>>,
+    /// With `action: rotate` and `key.vault_transit`: the transit key, rotated in Vault.
+    pub vault: Option<crate::key::vault_rotation::VaultRotation>,
     /// The kid the file said signs at the last step: another process may switch it.
     seen_signing: Mutex<Option<String>>,
     /// (kid, days) warnings already logged: at most 5 keys × 4 tiers.
@@ -94,6 +97,8 @@ pub enum KeeperError {
     File(#[from] JwksFileError),
     #[error("cannot make a new key pair")]
     Generate(#[source] crate::key::KeyError),
+    #[error(transparent)]
+    Vault(#[from] crate::key::vault_rotation::VaultStepError),
 }
 
 impl KeeperError {
@@ -102,6 +107,7 @@ impl KeeperError {
             KeeperError::Api(e) => e.status(),
             KeeperError::File(_) => "key_file".into(),
             KeeperError::Generate(_) => "generate".into(),
+            KeeperError::Vault(e) => e.status(),
         }
     }
 }
@@ -140,6 +146,7 @@ impl KeyKeeper {
             rotate: None,
             algorithm: crate::key::Algorithm::RS256,
             on_switch: None,
+            vault: None,
             seen_signing: Mutex::default(),
             warned: Mutex::default(),
         }
@@ -161,9 +168,35 @@ impl KeyKeeper {
         &self,
         force: bool,
     ) -> Result<(Vec<KeyReport>, Option<Duration>), KeeperError> {
-        let (keys, next) = match &self.rotate {
-            Some(file) => self.rotate_step(file, force).await?,
-            None => (self.check(force).await?.keys, None),
+        let (keys, next) = match (&self.rotate, &self.vault) {
+            (Some(file), _) => self.rotate_step(file, force).await?,
+            (None, Some(vault)) => {
+                let switch_to = |version: u64| {
+                    if let Some(switched) = &self.on_switch {
+                        switched(Some(version));
+                    }
+                };
+                let keeping = crate::key::vault_rotation::Keeping {
+                    api: &self.api,
+                    client_id: &self.client_id,
+                    settings: &self.settings,
+                    switch_to: &switch_to,
+                };
+                let step = vault.step(&keeping, force).await?;
+                let held: Vec<HeldKey> = step
+                    .held
+                    .into_iter()
+                    .map(|(kid, jwk)| HeldKey {
+                        kid,
+                        jwk,
+                        not_after: None,
+                    })
+                    .collect();
+                let now = SystemTime::now();
+                let reports = self.report_with(&step.set, &held, Some(&step.signing), now);
+                (reports, step.next)
+            }
+            (None, None) => (self.check(force).await?.keys, None),
         };
         self.watch.set_keys(keys.clone());
         self.watch.checked(SystemTime::now());
@@ -414,7 +447,7 @@ impl KeyKeeper {
                 file.write(&keys)?;
                 *self.seen_signing.lock().unwrap_or_else(|e| e.into_inner()) = Some(kid.clone());
                 if let Some(switched) = &self.on_switch {
-                    switched();
+                    switched(None);
                 }
                 tracing::info!(client_id = %self.client_id, kid, "rotate: switched; grants are signed with the new key (the broker reloads the key file)");
                 break Some(self.settings.retire_after);
@@ -435,12 +468,7 @@ impl KeyKeeper {
                     break Some(retire.duration_since(now).unwrap_or_default());
                 }
                 if old.iter().any(|kid| in_digdir(&set, kid)) {
-                    let keep: Vec<Value> = set
-                        .iter()
-                        .filter(|k| !old.contains(&k.kid))
-                        .map(|k| k.jwk.clone())
-                        .collect();
-                    set = self.api.replace(&self.client_id, &keep).await?;
+                    set = self.api.retire(&self.client_id, &set, &old).await?;
                 }
                 keys.retain(|k| !old.contains(&kid_of(k)));
                 file.write(&keys)?;
@@ -512,7 +540,7 @@ impl KeyKeeper {
             && *seen != signing
             && let Some(switched) = &self.on_switch
         {
-            switched();
+            switched(None);
         }
         *seen = signing;
     }
@@ -557,9 +585,12 @@ pub async fn build(
     let Some(rotation) = &settings.key_rotation else {
         return Ok(None);
     };
-    let rotate = match rotation.action {
-        crate::config::RotationAction::Renew => None,
-        crate::config::RotationAction::Rotate => Some(rotatable(settings, signing)?),
+    let (rotate, vault) = match rotation.action {
+        crate::config::RotationAction::Renew => (None, None),
+        crate::config::RotationAction::Rotate => match rotatable(settings, signing)? {
+            Rotatable::File(file) => (Some(file), None),
+            Rotatable::Vault(vault) => (None, Some(vault)),
+        },
     };
     let admin_key =
         crate::key::store::load_client_key(settings, &self_service_view(settings, rotation))
@@ -610,16 +641,24 @@ pub async fn build(
         watch,
     );
     keeper.rotate = rotate;
+    keeper.vault = vault;
     keeper.algorithm = settings.key.algorithm;
     Ok(Some(keeper))
 }
 
+/// Where `action: rotate` makes new key pairs.
+enum Rotatable {
+    File(JwksFile),
+    Vault(crate::key::vault_rotation::VaultRotation),
+}
+
 /// `action: rotate` needs a key store the broker can write: a JWK or JWKS file in a writable
-/// folder. Anything else is refused at start, with one line (renew still works).
+/// folder, or a Vault transit key with a `kid:` (version N signs as `<kid>-vN`). Anything else
+/// is refused at start, with one line (renew still works).
 fn rotatable(
     settings: &crate::config::Settings,
     signing: &SigningKey,
-) -> Result<JwksFile, StartKeeperError> {
+) -> Result<Rotatable, StartKeeperError> {
     let refuse = |why: String| {
         StartKeeperError::Refused(format!(
             "key_rotation.action: rotate {why}; use action: renew (it posts the same public key again)"
@@ -629,6 +668,23 @@ fn rotatable(
         return Err(refuse(
             "is not supported for a key in an HSM (key.pkcs11: renew-only)".into(),
         ));
+    }
+    if let Some(vault) = &settings.key.vault_transit {
+        let Some(kid) = settings.default_client().kid else {
+            return Err(refuse(
+                "with key.vault_transit needs kid: (each Vault key version signs as <kid>-v<N>)"
+                    .into(),
+            ));
+        };
+        return crate::key::vault_rotation::VaultRotation::new(
+            vault,
+            settings.http_client.timeout,
+            kid,
+            signing.kid(),
+            settings.key.algorithm,
+        )
+        .map(Rotatable::Vault)
+        .map_err(|e| refuse(format!("cannot reach key.vault_transit: {e}")));
     }
     let Some(path) = settings.key.path.as_deref() else {
         return Err(refuse(format!(
@@ -649,7 +705,7 @@ fn rotatable(
             path.display()
         ))
     })?;
-    Ok(file)
+    Ok(Rotatable::File(file))
 }
 
 /// `key_rotation.self_service` as a Maskinporten client the key store can load.

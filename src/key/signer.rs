@@ -221,6 +221,20 @@ async fn probe_once(
         })
 }
 
+/// Which version of a Vault transit key signs: `version` (or the latest), under the kid
+/// `<kid>-v<N>` when `versioned_kid` (`key_rotation.action: rotate`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VaultPin {
+    pub version: Option<u64>,
+    pub versioned_kid: bool,
+}
+
+/// The kid of version `version` of a transit key under `key_rotation.action: rotate`: the
+/// configured `kid` and the version (`mp-v3`).
+pub fn versioned_kid(kid: &str, version: u64) -> String {
+    format!("{kid}-v{version}")
+}
+
 /// A key outside the process, as `key.pkcs11` or `key.vault_transit` configure it (at most one).
 #[derive(Debug, Clone, Copy)]
 pub struct OutsideKey<'a> {
@@ -236,9 +250,11 @@ pub struct OutsideKey<'a> {
 pub(crate) async fn load_outside(
     settings: OutsideKey<'_>,
     kid: Option<&str>,
+    vault: VaultPin,
     max_sessions: usize,
     timeout: Duration,
 ) -> Result<Option<SigningKey>, KeyError> {
+    let mut kid = kid.map(str::to_owned);
     let (signer, public, chain, form): (Arc<dyn RemoteSigner>, _, Vec<Certificate>, _) =
         if let Some(p) = settings.pkcs11 {
             let p = p.clone();
@@ -255,7 +271,10 @@ pub(crate) async fn load_outside(
             )
         } else if let Some(v) = settings.vault_transit {
             let signer = VaultTransitSigner::new(v, timeout)?;
-            let (public, _version) = signer.public_key().await?;
+            let (public, version) = signer.public_key(vault.version).await?;
+            if vault.versioned_kid {
+                kid = kid.map(|k| versioned_kid(&k, version));
+            }
             (signer, public, Vec::new(), Form::VaultTransit)
         } else {
             return Ok(None);
@@ -266,14 +285,7 @@ pub(crate) async fn load_outside(
     }
     let location = signer.location().to_owned();
     let algorithm = settings.algorithm;
-    let key = SigningKey::remote(
-        signer,
-        public.clone(),
-        kid.map(str::to_owned),
-        algorithm,
-        chain,
-        form,
-    )?;
+    let key = SigningKey::remote(signer, public.clone(), kid, algorithm, chain, form)?;
     probe(key.signer(), &public, algorithm, &location).await?;
     Ok(Some(key))
 }
@@ -309,7 +321,7 @@ pub(crate) async fn create_outside(
         })
         .await?;
     }
-    load_outside(settings, Some(kid), 1, timeout)
+    load_outside(settings, Some(kid), VaultPin::default(), 1, timeout)
         .await?
         .ok_or_else(|| missing("key.pkcs11 or key.vault_transit").into())
 }

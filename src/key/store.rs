@@ -66,12 +66,34 @@ pub(crate) async fn load_client_key(
     settings: &Settings,
     client: &ClientView<'_>,
 ) -> Result<SigningKey, KeyLoadError> {
+    load_client_key_at(settings, client, None).await
+}
+
+/// The default client's key at version `version` of its Vault transit key: the key rotation
+/// switches to it once Digdir has had it for `propagation`.
+pub(crate) async fn load_vault_version(
+    settings: &Settings,
+    version: u64,
+) -> Result<SigningKey, KeyLoadError> {
+    load_client_key_at(settings, &settings.default_client(), Some(version)).await
+}
+
+async fn load_client_key_at(
+    settings: &Settings,
+    client: &ClientView<'_>,
+    vault_version: Option<u64>,
+) -> Result<SigningKey, KeyLoadError> {
     let marked = rotation_signing_kid(settings, client);
     let (kid, alg) = (client.kid.or(marked.as_deref()), client.key.algorithm);
     warn_of_readable_secret_files(client);
+    let vault = crate::key::VaultPin {
+        version: vault_version,
+        versioned_kid: vault_rotates(settings, client),
+    };
     let outside = crate::key::load_outside(
         client.key.outside(),
         kid,
+        vault,
         settings.cache.max_concurrent_fetches,
         settings.http_client.timeout,
     )
@@ -130,6 +152,17 @@ fn rotation_signing_kid(settings: &Settings, client: &ClientView<'_>) -> Option<
         .read()
         .ok()?;
     crate::key::jwks_file::signing_kid(&keys)
+}
+
+/// Whether the client's key is a Vault transit key that `key_rotation.action: rotate` rotates:
+/// then each version signs under its own kid, `<kid>-v<N>`.
+pub(crate) fn vault_rotates(settings: &Settings, client: &ClientView<'_>) -> bool {
+    client.field.is_empty()
+        && client.key.vault_transit.is_some()
+        && settings
+            .key_rotation
+            .as_ref()
+            .is_some_and(|r| r.action == crate::config::RotationAction::Rotate)
 }
 
 /// Every key the configured source holds (all of a JWKS), with the config field it came from;

@@ -354,8 +354,28 @@ impl VaultTransitSigner {
         Ok((Secret::new(token), renew_at))
     }
 
-    /// The public key of the transit key's latest version (and that version).
-    pub(crate) async fn public_key(&self) -> Result<(RsaPublicKey, u64), SignError> {
+    /// The public key of version `pin` of the transit key, or of its latest version (and that
+    /// version). Every signature of this signer asks for that version from then on.
+    pub(crate) async fn public_key(
+        &self,
+        pin: Option<u64>,
+    ) -> Result<(RsaPublicKey, u64), SignError> {
+        let (latest, mut keys) = self.versions().await?;
+        let version = pin.unwrap_or(latest);
+        let public = keys.remove(&version).ok_or_else(|| {
+            self.error(
+                SignFailure::Invalid,
+                format!("the key has no version {version} (latest {latest})"),
+            )
+        })?;
+        let _ = self.version.set(version);
+        Ok((public, version))
+    }
+
+    /// The latest version of the transit key and each version's public key.
+    pub(crate) async fn versions(
+        &self,
+    ) -> Result<(u64, std::collections::BTreeMap<u64, RsaPublicKey>), SignError> {
         let path = format!("{}/keys/{}", self.settings.mount, self.settings.name);
         let answer = self.send(reqwest::Method::GET, &path, None).await?;
         let data = &answer["data"];
@@ -369,22 +389,41 @@ impl VaultTransitSigner {
         let latest = data["latest_version"]
             .as_u64()
             .ok_or_else(|| self.error(SignFailure::Invalid, "the key has no latest_version"))?;
-        let pem = data["keys"][latest.to_string()]["public_key"]
-            .as_str()
-            .ok_or_else(|| {
+        let mut keys = std::collections::BTreeMap::new();
+        for (version, key) in data["keys"].as_object().into_iter().flatten() {
+            let Ok(version) = version.parse::<u64>() else {
+                continue;
+            };
+            let pem = key["public_key"].as_str().ok_or_else(|| {
                 self.error(
                     SignFailure::Invalid,
-                    format!("version {latest} of the key has no public_key"),
+                    format!("version {version} of the key has no public_key"),
                 )
             })?;
-        let public = RsaPublicKey::from_public_key_pem(pem).map_err(|_| {
-            self.error(
+            let public = RsaPublicKey::from_public_key_pem(pem).map_err(|_| {
+                self.error(
+                    SignFailure::Invalid,
+                    format!("the public key of version {version} is not an RSA public key in PEM"),
+                )
+            })?;
+            keys.insert(version, public);
+        }
+        if !keys.contains_key(&latest) {
+            return Err(self.error(
                 SignFailure::Invalid,
-                format!("the public key of version {latest} is not an RSA public key in PEM"),
-            )
-        })?;
-        let _ = self.version.set(latest);
-        Ok((public, latest))
+                format!("version {latest} of the key has no public_key"),
+            ));
+        }
+        Ok((latest, keys))
+    }
+
+    /// `POST {mount}/keys/{name}/rotate`: a new version, kept by Vault (durable there before
+    /// its public half is read); returns the new latest version.
+    pub(crate) async fn rotate(&self) -> Result<u64, SignError> {
+        let path = format!("{}/keys/{}/rotate", self.settings.mount, self.settings.name);
+        self.send(reqwest::Method::POST, &path, Some(&json!({})))
+            .await?;
+        Ok(self.versions().await?.0)
     }
 
     async fn sign_digest(&self, algorithm: Algorithm, digest: &[u8]) -> Result<Vec<u8>, SignError> {
@@ -419,7 +458,7 @@ impl VaultTransitSigner {
     /// Create the transit key (`keygen --vault-transit`): RSA of `bits`, not exportable;
     /// refused when a key of that name exists (creating it again would change nothing, silently).
     pub(crate) async fn create_key(&self, bits: usize) -> Result<(), SignError> {
-        match self.public_key().await {
+        match self.public_key(None).await {
             Ok(_) => {
                 return Err(self.error(
                     SignFailure::Refused,

@@ -186,6 +186,21 @@ impl SelfServiceClient {
         self.send("GET", client_id, request, &token).await
     }
 
+    /// Post `set` without the kids `old` (retired keys); the set Digdir holds afterwards.
+    pub async fn retire(
+        &self,
+        client_id: &str,
+        set: &[DigdirKey],
+        old: &[String],
+    ) -> Result<Vec<DigdirKey>, SelfServiceError> {
+        let keep: Vec<Value> = set
+            .iter()
+            .filter(|k| !old.contains(&k.kid))
+            .map(|k| k.jwk.clone())
+            .collect();
+        self.replace(client_id, &keep).await
+    }
+
     /// Replace the whole set with `keys` (public members only; at most 5), and return the set
     /// Digdir holds afterwards.
     pub async fn replace(

@@ -16,14 +16,14 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const SS_CLIENT: &str = "ss-client";
+pub(crate) const SS_CLIENT: &str = "ss-client";
 const DAY: u64 = 86_400;
 const PRIVATE: [&str; 6] = ["d", "p", "q", "dp", "dq", "qi"];
 
 #[derive(Default)]
-struct DigdirState {
+pub(crate) struct DigdirState {
     /// Each key's public JWK with its `exp`.
-    keys: Mutex<Vec<Value>>,
+    pub(crate) keys: Mutex<Vec<Value>>,
     reads: AtomicUsize,
     posts: Mutex<Vec<Value>>,
     /// Answer every POST with this status instead (0: normally).
@@ -34,13 +34,13 @@ struct DigdirState {
 }
 
 /// A strict fake of `GET|POST {api}clients/{id}/jwks`.
-struct FakeDigdir {
+pub(crate) struct FakeDigdir {
     addr: std::net::SocketAddr,
-    state: Arc<DigdirState>,
+    pub(crate) state: Arc<DigdirState>,
 }
 
 impl FakeDigdir {
-    async fn start(keys: Vec<Value>) -> Self {
+    pub(crate) async fn start(keys: Vec<Value>) -> Self {
         let state = Arc::new(DigdirState {
             keys: Mutex::new(keys),
             ..Default::default()
@@ -59,10 +59,10 @@ impl FakeDigdir {
     fn api(&self) -> String {
         format!("http://{}/api/v1/", self.addr)
     }
-    fn posts(&self) -> Vec<Value> {
+    pub(crate) fn posts(&self) -> Vec<Value> {
         self.state.posts.lock().unwrap().clone()
     }
-    fn violations(&self) -> Vec<String> {
+    pub(crate) fn violations(&self) -> Vec<String> {
         self.state.violations.lock().unwrap().clone()
     }
 }
@@ -165,11 +165,11 @@ fn held_key(days: u64) -> Value {
 }
 
 /// Another app's key (other-key.pub.pem) under `kid`.
-fn foreign_key(kid: &str, days: u64) -> Value {
+pub(crate) fn foreign_key(kid: &str, days: u64) -> Value {
     digdir_key(kid, &public_key("other-key.pub.pem"), days)
 }
 
-fn digdir_key(kid: &str, public: &rsa::RsaPublicKey, days: u64) -> Value {
+pub(crate) fn digdir_key(kid: &str, public: &rsa::RsaPublicKey, days: u64) -> Value {
     use base64::Engine;
     use rsa::traits::PublicKeyParts;
     let b64 = |b: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
@@ -180,7 +180,7 @@ fn digdir_key(kid: &str, public: &rsa::RsaPublicKey, days: u64) -> Value {
 
 /// `key_rotation:` for the fakes: the self-service client signs with the business certificate
 /// (business-legacy.p12, x5c only).
-fn rotation_yaml(digdir: &FakeDigdir, more: &str) -> String {
+pub(crate) fn rotation_yaml(digdir: &FakeDigdir, more: &str) -> String {
     format!(
         "key_rotation:\n  self_service:\n    client_id: {SS_CLIENT}\n    key:\n      path: {}\n      password_file: {}\n  api: {}\n{more}",
         fixture("business-legacy.p12"),
@@ -197,7 +197,7 @@ async fn start(digdir: &FakeDigdir, more: &str) -> TestEnv {
 }
 
 /// Wait (bounded: 10 s) until `done`.
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..200 {
         if done() {
             return;
@@ -460,20 +460,7 @@ async fn rotate_uploads_switches_after_propagation_and_retires_with_no_failed_to
     );
     // The first upload held old + new + foreign.
     assert_eq!(digdir.posts()[0]["keys"].as_array().unwrap().len(), 3);
-    assert!(
-        env.mp.violations().is_empty(),
-        "refused grants: {:?}",
-        env.mp.violations()
-    );
-    assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
-    let grants = env.mp.grants();
-    let signed = |kid: &str| {
-        grants
-            .iter()
-            .filter(|g| g.header.kid.as_deref() == Some(kid))
-            .count()
-    };
-    assert!(signed(KID) > 0 && signed(&new) > 0, "old then new signed");
+    assert_clean_switch(&env, &digdir, KID, &new);
     // Never a grant with the new kid before the fake learnt it (no violation above), and the
     // file is 0600.
     #[cfg(unix)]
@@ -487,6 +474,24 @@ async fn rotate_uploads_switches_after_propagation_and_retires_with_no_failed_to
     }
     assert!(served > 10);
     env.app.shutdown().await;
+}
+
+/// No grant refused, nothing wrong sent to Digdir, and grants signed with `old`, then `new`.
+pub(crate) fn assert_clean_switch(env: &TestEnv, digdir: &FakeDigdir, old: &str, new: &str) {
+    assert!(
+        env.mp.violations().is_empty(),
+        "refused grants: {:?}",
+        env.mp.violations()
+    );
+    assert!(digdir.violations().is_empty(), "{:?}", digdir.violations());
+    let grants = env.mp.grants();
+    let signed = |kid: &str| {
+        grants
+            .iter()
+            .filter(|g| g.header.kid.as_deref() == Some(kid))
+            .count()
+    };
+    assert!(signed(old) > 0 && signed(new) > 0, "old then new signed");
 }
 
 #[tokio::test]
@@ -684,7 +689,7 @@ async fn an_mp_121_refusal_names_the_expired_kid_and_how_to_renew_it() {
 }
 
 /// The binary's `keys` command with `config`; (exit code, stdout, stderr).
-fn keys_command(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn keys_command(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN)
         .arg("--config")
         .arg(config)

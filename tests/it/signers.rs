@@ -286,6 +286,45 @@ async fn a_wrong_pin_or_an_unknown_key_stops_the_broker_at_start_with_one_line()
 }
 
 #[tokio::test]
+async fn rotate_with_a_key_in_the_hsm_is_refused_at_start_with_one_line_saying_renew_only() {
+    let hsm = hsm();
+    let base = std::fs::read_to_string(hsm_config("rotate.yaml", &hsm.dir.join("pin"))).unwrap();
+    let rotation = format!(
+        "key_rotation:\n  self_service:\n    client_id: ss-client\n    key:\n      path: {}\n      password_file: {}\n  action: {{action}}\n",
+        fixture("business-legacy.p12"),
+        fixture("business-legacy.password"),
+    );
+    let config = hsm.dir.join("rotate.yaml");
+    std::fs::write(
+        &config,
+        format!("{base}{}", rotation.replace("{action}", "rotate")),
+    )
+    .unwrap();
+    let line = refused_at_start(&config).await;
+    assert!(
+        line.contains("key_rotation.action: rotate")
+            && line.contains("key.pkcs11: renew-only")
+            && line.contains("use action: renew"),
+        "{line}"
+    );
+    // renew is accepted with the same key.
+    let renew = hsm.dir.join("renew.yaml");
+    std::fs::write(
+        &renew,
+        format!("{base}{}", rotation.replace("{action}", "renew")),
+    )
+    .unwrap();
+    let out = run_bin(
+        &["--config", renew.to_str().unwrap(), "check"],
+        &[("SOFTHSM2_CONF", &hsm.conf)],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("renew-only"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test]
 async fn check_and_jwks_say_where_the_hsm_key_is_and_print_its_public_jwk() {
     let hsm = hsm();
     let config = hsm_config("check.yaml", &hsm.dir.join("pin"));
@@ -320,16 +359,16 @@ async fn check_and_jwks_say_where_the_hsm_key_is_and_print_its_public_jwk() {
 // ---------------------------------------------------------------------------------------------
 // OpenBao transit
 
-const ROOT_TOKEN: &str = "root-token-of-the-test-server";
+pub(crate) const ROOT_TOKEN: &str = "root-token-of-the-test-server";
 
 /// `bao server -dev` on a loopback port, transit enabled and the fixture key imported as `mp`.
-struct Bao {
-    port: u16,
+pub(crate) struct Bao {
+    pub(crate) port: u16,
     child: tokio::process::Child,
 }
 
 impl Bao {
-    async fn start() -> Bao {
+    pub(crate) async fn start() -> Bao {
         Self::start_on(free_port()).await
     }
 
@@ -366,15 +405,15 @@ impl Bao {
         bao
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         format!("http://127.0.0.1:{}/", self.port)
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/v1/{path}", self.port)
     }
 
-    async fn post(&self, path: &str, body: Value, token: &str) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value, token: &str) -> Value {
         let r = reqwest::Client::new()
             .post(self.url(path))
             .header("X-Vault-Token", token)
@@ -420,19 +459,19 @@ impl Bao {
     }
 
     /// A new token (child of root) that may sign.
-    async fn token(&self) -> String {
+    pub(crate) async fn token(&self) -> String {
         let answer = self
             .post("auth/token/create", json!({"ttl": "1h"}), ROOT_TOKEN)
             .await;
         answer["auth"]["client_token"].as_str().unwrap().to_owned()
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.child.kill().await.unwrap();
     }
 }
 
-fn vault_credentials(bao: &Bao, token_file: &Path) -> String {
+pub(crate) fn vault_credentials(bao: &Bao, token_file: &Path) -> String {
     format!(
         "kid: {KID}\nkey:\n  vault_transit:\n    address: {}\n    name: mp\n    token_file: {}\n",
         bao.address(),
