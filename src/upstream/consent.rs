@@ -132,16 +132,16 @@ impl ConsentApi {
         let started = std::time::Instant::now();
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status().as_u16();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+        let bytes = match crate::body::read(&mut response, MAX_ANSWER_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(crate::body::BodyError::Transport(e)) => return Err(transport(e).into()),
+            Err(crate::body::BodyError::TooLarge) => {
                 return Err(invalid(
                     call,
                     format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
                 ));
             }
-            bytes.extend_from_slice(&chunk);
-        }
+        };
         tracing::debug!(
             call,
             status,

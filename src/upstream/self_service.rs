@@ -251,16 +251,16 @@ impl SelfServiceClient {
             .await
             .map_err(transport)?;
         let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_BODY {
+        let body = match crate::body::read(&mut response, MAX_BODY).await {
+            Ok(body) => body,
+            Err(crate::body::BodyError::Transport(e)) => return Err(transport(e)),
+            Err(crate::body::BodyError::TooLarge) => {
                 return Err(SelfServiceError::Invalid {
                     url,
                     reason: format!("the answer is larger than {MAX_BODY} bytes"),
                 });
             }
-            body.extend_from_slice(&chunk);
-        }
+        };
         if !(200..300).contains(&status) {
             let text = String::from_utf8_lossy(&body);
             let text = text.trim();
