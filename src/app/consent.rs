@@ -11,14 +11,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use url::Url;
 
+use super::build;
 use super::cli::ConsentAction;
-use super::{Built, build};
-use crate::config::{Consent, Environment, Settings};
-use crate::key::secret::Secret;
+use super::onboarding::{Source, running_broker};
+use crate::config::{Consent, Settings};
 use crate::onboarding::consent::{self, Ask, ConsentView, Right, Session};
-use crate::onboarding::flow::{Admin, RunningBroker};
 use crate::policy::consent::Party;
 use crate::upstream::consent::ConsentApi;
 
@@ -186,11 +184,6 @@ struct Setup {
     source: Source,
 }
 
-enum Source {
-    Built(Box<Built>),
-    Broker(RunningBroker),
-}
-
 impl Setup {
     async fn new(settings: Settings) -> anyhow::Result<Setup> {
         let validated = settings.validate()?;
@@ -199,28 +192,10 @@ impl Setup {
                 "the config has no consent: section; add one with org, redirect_urls and scopes (see broker.yaml and docs/consent.md)"
             );
         };
-        let timeout = settings.http_client.timeout;
-        if settings.env == Environment::Local {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(timeout)
-                .build()?;
-            let mut listen = settings.listen;
-            if listen.ip().is_unspecified() {
-                listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let broker = RunningBroker {
-                base: Url::parse(&format!("http://{listen}/"))?,
-                http: http.clone(),
-                api_key: std::env::var("BROKER_API_KEY").ok().map(Secret::new),
-            };
-            let platform = match &settings.endpoints.altinn_platform {
-                Some(platform) => platform.clone(),
-                None => broker.altinn_platform().await?,
-            };
+        if let Some((broker, http, platform)) = running_broker(&settings).await? {
             return Ok(Setup {
                 consent,
-                api: ConsentApi::new(http, &platform, timeout),
+                api: ConsentApi::new(http, &platform, settings.http_client.timeout),
                 source: Source::Broker(broker),
             });
         }
@@ -237,16 +212,11 @@ impl Setup {
         Session {
             consent: &self.consent,
             api: self.api.clone(),
-            admin: match &self.source {
-                Source::Built(built) => Admin::Cache(&built.state.tokens),
-                Source::Broker(broker) => Admin::Broker(broker),
-            },
+            admin: self.source.admin(),
         }
     }
 
     fn shutdown(&self) {
-        if let Source::Built(built) = &self.source {
-            built.state.tokens.shutdown();
-        }
+        self.source.shutdown();
     }
 }

@@ -242,11 +242,56 @@ struct Setup {
     source: Source,
 }
 
-enum Source {
+/// Where the onboarding and consent commands get their tokens from.
+pub(super) enum Source {
     /// `test`/`prod`: the broker built in this process.
     Built(Box<Built>),
     /// `local`: the running broker and its simulator.
     Broker(RunningBroker),
+}
+
+/// In `env: local`, the running broker: its HTTP client and its Altinn platform (the simulator's,
+/// unless `endpoints.altinn_platform` names one); `None` in `test` and `prod`.
+pub(super) async fn running_broker(
+    settings: &Settings,
+) -> anyhow::Result<Option<(RunningBroker, reqwest::Client, Url)>> {
+    if settings.env != Environment::Local {
+        return Ok(None);
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(settings.http_client.timeout)
+        .build()?;
+    let mut listen = settings.listen;
+    if listen.ip().is_unspecified() {
+        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let broker = RunningBroker {
+        base: Url::parse(&format!("http://{listen}/"))?,
+        http: http.clone(),
+        api_key: std::env::var("BROKER_API_KEY").ok().map(Secret::new),
+    };
+    let platform = match &settings.endpoints.altinn_platform {
+        Some(platform) => platform.clone(),
+        None => broker.altinn_platform().await?,
+    };
+    Ok(Some((broker, http, platform)))
+}
+
+impl Source {
+    /// Where the admin (or consent) profile's token comes from.
+    pub(super) fn admin(&self) -> Admin<'_> {
+        match self {
+            Source::Built(built) => Admin::Cache(&built.state.tokens),
+            Source::Broker(broker) => Admin::Broker(broker),
+        }
+    }
+
+    pub(super) fn shutdown(&self) {
+        if let Source::Built(built) = self {
+            built.state.tokens.shutdown();
+        }
+    }
 }
 
 impl Setup {
@@ -257,28 +302,10 @@ impl Setup {
                 "the config has no system: section; add one with id, name, description and rights (see the example in broker.yaml and docs/onboarding.md)"
             );
         };
-        let timeout = settings.http_client.timeout;
-        if settings.env == Environment::Local {
-            let http = reqwest::Client::builder()
-                .no_proxy()
-                .timeout(timeout)
-                .build()?;
-            let mut listen = settings.listen;
-            if listen.ip().is_unspecified() {
-                listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let broker = RunningBroker {
-                base: Url::parse(&format!("http://{listen}/"))?,
-                http: http.clone(),
-                api_key: std::env::var("BROKER_API_KEY").ok().map(Secret::new),
-            };
-            let platform = match &settings.endpoints.altinn_platform {
-                Some(platform) => platform.clone(),
-                None => broker.altinn_platform().await?,
-            };
+        if let Some((broker, http, platform)) = running_broker(&settings).await? {
             return Ok(Setup {
                 system,
-                api: RegisterApi::new(http, &platform, timeout),
+                api: RegisterApi::new(http, &platform, settings.http_client.timeout),
                 source: Source::Broker(broker),
             });
         }
@@ -295,16 +322,11 @@ impl Setup {
         Onboarding {
             system: &self.system,
             api: self.api.clone(),
-            admin: match &self.source {
-                Source::Built(built) => Admin::Cache(&built.state.tokens),
-                Source::Broker(broker) => Admin::Broker(broker),
-            },
+            admin: self.source.admin(),
         }
     }
 
     fn shutdown(&self) {
-        if let Source::Built(built) = &self.source {
-            built.state.tokens.shutdown();
-        }
+        self.source.shutdown();
     }
 }
