@@ -16,6 +16,7 @@ pub mod onboarding;
 mod serve;
 mod tls;
 mod validate;
+mod workers;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -74,6 +75,8 @@ pub enum StartError {
     Tls(#[from] self::tls::TlsError),
     #[error("cannot start the local simulator")]
     Simulator(#[source] std::io::Error),
+    #[error("cannot start the connection worker threads")]
+    Workers(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -480,8 +483,9 @@ impl App {
         built.state.token_files.spawn(&built.state.tokens, &stop);
         let keeper = spawn_keeper(&started, &built, &stop).await?;
         let signal = stop.clone();
+        let workers = workers::Workers::per_core().map_err(StartError::Workers)?;
         let server = tokio::spawn(async move {
-            serve::serve(listener, service, &server_settings, tls, signal).await;
+            serve::serve(listener, service, &server_settings, tls, workers, signal).await;
         });
         Ok(App {
             addr,

@@ -41,13 +41,14 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
+use super::workers::Workers;
 use crate::config::ServerSettings;
 use crate::http::limits;
 
@@ -113,6 +114,7 @@ pub(crate) async fn serve<S>(
     service: S,
     settings: &ServerSettings,
     tls: Option<Arc<super::tls::Tls>>,
+    workers: Workers,
     stop: CancellationToken,
 ) where
     S: tower::Service<Request<Body>, Response = Response, Error = Infallible>
@@ -191,13 +193,26 @@ pub(crate) async fn serve<S>(
         let _ = tcp.set_nodelay(true);
         let registered = Registered::new(&open, slot);
         let (http, service) = (http.clone(), service.clone());
-        match &tls {
-            None => {
-                tokio::spawn(connection(tcp, None, http, service, timeouts, registered));
+        // The socket moves to a worker's own runtime (its epoll), where it is served.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand an accepted connection to a worker");
+                continue;
             }
-            Some(tls) => {
-                let acceptor = tls.acceptor();
-                tokio::spawn(async move {
+        };
+        let tls = tls.as_ref().map(|tls| tls.acceptor());
+        workers.spawn(async move {
+            let tcp = match TcpStream::from_std(tcp) {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(error = %e, "a worker cannot take an accepted connection");
+                    return;
+                }
+            };
+            match tls {
+                None => connection(tcp, None, http, service, timeouts, registered).await,
+                Some(acceptor) => {
                     // The handshake holds the connection's slot and is bounded like a request head.
                     match tokio::time::timeout(timeouts.header_read, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
@@ -207,9 +222,9 @@ pub(crate) async fn serve<S>(
                         Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
-                });
+                }
             }
-        }
+        });
     }
     drop(listener);
     // Finish the requests in flight, close idle connections; then every connection has closed
@@ -747,7 +762,17 @@ mod tests {
         let settings = ServerSettings::default();
         let server = tokio::spawn({
             let stop = stop.clone();
-            async move { serve(listener, service, &settings, None, stop).await }
+            async move {
+                serve(
+                    listener,
+                    service,
+                    &settings,
+                    None,
+                    Workers::start(2).unwrap(),
+                    stop,
+                )
+                .await
+            }
         });
         let tasks = || {
             tokio::runtime::Handle::current()

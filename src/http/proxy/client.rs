@@ -6,14 +6,20 @@
 //!
 //! What reqwest added to each request, this client adds too: `User-Agent` and `Accept: */*`
 //! when the caller sent none.
+//!
+//! Each thread keeps its own pool of upstream connections (as each nginx worker does): a
+//! connection is then driven by the thread whose caller uses it, and a proxied request never
+//! wakes another thread (app/workers.rs serves each caller's connection on one thread).
 
+use std::cell::RefCell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
 use axum::http::HeaderValue;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -27,8 +33,8 @@ pub(crate) const USER_AGENT: HeaderValue =
 
 /// The client a route's requests go through.
 pub(crate) enum ProxyClient {
-    /// Straight to the upstream: pooled keep-alive connections, rustls.
-    Direct(Client<HttpsConnector<HttpConnector>, Body>),
+    /// Straight to the upstream: pooled keep-alive connections (a pool per thread), rustls.
+    Direct(PerThread),
     /// Through `http_client.proxy`.
     Forwarded(reqwest::Client),
 }
@@ -72,10 +78,47 @@ impl ProxyClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(ProxyClient::Direct(client))
+        Ok(ProxyClient::Direct(PerThread {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            connector,
+        }))
+    }
+}
+
+/// Tells one built client from another, so that a thread's pool is replaced at a reload.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+type Pooled = Client<HttpsConnector<HttpConnector>, Body>;
+
+thread_local! {
+    /// This thread's client (and so its pool), with the id of the [`PerThread`] it was made for.
+    static THIS_THREADS: RefCell<Option<(u64, Pooled)>> = const { RefCell::new(None) };
+}
+
+/// hyper-util's pooled client, one per thread that sends through it.
+pub(crate) struct PerThread {
+    id: u64,
+    connector: HttpsConnector<HttpConnector>,
+}
+
+impl PerThread {
+    /// Send `request` through this thread's pool, made on first use.
+    pub(crate) fn request(&self, request: axum::http::Request<Body>) -> ResponseFuture {
+        THIS_THREADS.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            match &*slot {
+                Some((id, client)) if *id == self.id => client.request(request),
+                _ => {
+                    let client = Client::builder(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .pool_timer(TokioTimer::new())
+                        .build(self.connector.clone());
+                    let sent = client.request(request);
+                    // The pool of the client this one replaces (an older reload's) is dropped.
+                    *slot = Some((self.id, client));
+                    sent
+                }
+            }
+        })
     }
 }

@@ -433,10 +433,7 @@ impl Exchange<'_> {
     /// Through hyper-util's pooled client; the route's timeout covers the answer's body too.
     async fn direct(
         &self,
-        client: &hyper_util::client::legacy::Client<
-            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-            Body,
-        >,
+        client: &client::PerThread,
         headers: HeaderMap,
         outgoing: Outgoing,
     ) -> Result<Answer, Problem> {
