@@ -19,6 +19,9 @@
 //! timeout and a separate keep-alive timeout could never take effect. A request in flight is
 //! bounded by the request deadline of `http::limits`, not here.
 //!
+//! Each accepted connection is handed to the next connection worker ([`Workers`]), which serves
+//! it to its end on one thread.
+//!
 //! On shutdown the loop stops accepting, lets every request in flight finish, closes idle
 //! connections, and returns once every connection has closed.
 
@@ -108,7 +111,8 @@ pub(crate) fn raise_fd_limit() -> u64 {
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Serve `service` on `listener` until `stop` is cancelled, then finish the requests in flight.
-/// With `tls`, each connection's TLS handshake must end within the header-read timeout.
+/// With `tls`, each connection's TLS handshake must end within the header-read timeout. Each
+/// connection runs on one of `workers`, which end with this function.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
     service: S,

@@ -122,3 +122,109 @@ impl PerThread {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use axum::http::{Request, StatusCode};
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+
+    /// An upstream on 127.0.0.1 that answers every request 200 on keep-alive connections and
+    /// counts the connections it accepted. Runs on its own thread until the test ends.
+    fn counting_upstream() -> (String, Arc<AtomicUsize>) {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(http1::Builder::new().serve_connection(
+                        TokioIo::new(tcp),
+                        service_fn(|_| async {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Body::empty()))
+                        }),
+                    ));
+                }
+            });
+        });
+        (url, accepted)
+    }
+
+    /// A thread with a runtime of its own that sends, for each `(client, count)` it is given,
+    /// `count` requests one after another, and says when they are answered. Its runtime (and
+    /// so its idle connections) lives until the sender is dropped.
+    fn sending_thread(
+        url: String,
+    ) -> (mpsc::Sender<(Arc<ProxyClient>, usize)>, mpsc::Receiver<()>) {
+        let (orders, ordered) = mpsc::channel::<(Arc<ProxyClient>, usize)>();
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            while let Ok((client, count)) = ordered.recv() {
+                runtime.block_on(async {
+                    let ProxyClient::Direct(client) = &*client else {
+                        panic!("no forward proxy is configured: the client is direct");
+                    };
+                    for _ in 0..count {
+                        let request = Request::get(url.as_str()).body(Body::empty()).unwrap();
+                        let answer = client.request(request).await.unwrap();
+                        assert_eq!(answer.status(), StatusCode::OK);
+                        // The answer read to its end gives the connection back to the pool.
+                        let _ = axum::body::to_bytes(Body::new(answer.into_body()), 1024).await;
+                    }
+                    // Let the connection's task put it back as idle.
+                    tokio::task::yield_now().await;
+                });
+                done.send(()).unwrap();
+            }
+        });
+        (orders, finished)
+    }
+
+    fn send(
+        thread: &(mpsc::Sender<(Arc<ProxyClient>, usize)>, mpsc::Receiver<()>),
+        client: &Arc<ProxyClient>,
+        count: usize,
+    ) {
+        thread.0.send((client.clone(), count)).unwrap();
+        thread.1.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+
+    #[test]
+    fn each_thread_keeps_its_own_pool_of_upstream_connections() {
+        let (url, accepted) = counting_upstream();
+        let client = Arc::new(ProxyClient::build(&HttpClientSettings::default()).unwrap());
+        let (first, second) = (sending_thread(url.clone()), sending_thread(url));
+        // One thread, three requests in turn: one connection, kept alive and reused.
+        send(&first, &client, 3);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Another thread does not take the first one's idle connection (still open): it opens
+        // its own, and reuses it.
+        send(&second, &client, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        send(&first, &client, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A client built anew (a reload) gives the thread a new pool.
+        let rebuilt = Arc::new(ProxyClient::build(&HttpClientSettings::default()).unwrap());
+        send(&first, &rebuilt, 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+}
