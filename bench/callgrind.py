@@ -9,13 +9,15 @@ answer before the next request), instrumentation is switched off again and the p
 instruction count (Ir) of that window divided by REQUESTS is the figure; the top functions by
 inclusive and self cost are printed with `callgrind_annotate`.
 
-usage: bench/callgrind.py [--proxy | --identity] NAME=BINARY [NAME=BINARY ...]
+usage: bench/callgrind.py [--proxy | --identity | --texas] NAME=BINARY [NAME=BINARY ...]
   NAME=baseline  the bare axum server (target/release/examples/bench_baseline) instead
   --proxy        GET /proxy/bench/token/altinn, the egress proxy to a bench_baseline upstream
                  (1 KiB body, run natively on 127.0.0.1:18081); default GET /token/altinn
   --identity     GET /token/admin twice per build: with a service-account token (RS256, an
                  issuer whose JWKS is served on 127.0.0.1:18289; key and token made with openssl)
                  as NAME/token, and with an API key (X-Api-Key) as NAME/key
+  --texas        POST /api/v1/token with texas's JSON body (on_demand.scopes added to the
+                 config), the request of bench/run.sh's texas step
 env:   REQUESTS (2000), CONNS (16), WARM (200), TOP (25 functions listed; 0: none)
 e.g.   bench/callgrind.py before=/tmp/broker-before after=target/release/maskinporten-broker
 """
@@ -31,10 +33,20 @@ TOP = int(os.environ.get("TOP", 25))
 CFG = open(f"{HERE}/broker.yaml").read()
 
 
+# The texas step's request body and the config it needs.
+TEXAS_BODY = '{"identity_provider":"maskinporten","target":"altinn:instances.read"}'
+TEXAS_CONFIG = 'on_demand:\n  scopes: ["altinn:*"]\n'
+
+
 def get(sock, path, host, header=""):
     """One GET on a keep-alive socket (with `header`, a "Name: value\r\n" line or ""); returns
-    the status code. Reads exactly one answer."""
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n".encode())
+    the status code. Reads exactly one answer. A path "POST /x" is texas's POST instead."""
+    if path.startswith("POST "):
+        sock.sendall((f"{path} HTTP/1.1\r\nHost: {host}\r\n{header}"
+                      f"Content-Type: application/json\r\nContent-Length: {len(TEXAS_BODY)}\r\n"
+                      f"\r\n{TEXAS_BODY}").encode())
+    else:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{header}\r\n".encode())
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -141,13 +153,17 @@ def main():
     args = sys.argv[1:]
     proxy = "--proxy" in args
     identity = "--identity" in args
-    args = [a for a in args if a not in ("--proxy", "--identity")]
-    if not args or (proxy and identity):
+    texas = "--texas" in args
+    args = [a for a in args if a not in ("--proxy", "--identity", "--texas")]
+    if not args or proxy + identity + texas > 1:
         sys.exit(__doc__)
     path = "/proxy/bench/token/altinn" if proxy else "/token/altinn"
     work = tempfile.mkdtemp(prefix="broker-callgrind.")
     upstream = jwks = None
     cfg_text = CFG
+    if texas:
+        path = "POST /api/v1/token"
+        cfg_text = CFG + TEXAS_CONFIG
     runs = [(arg.split("=", 1)[0], arg.split("=", 1)[1], "") for arg in args]
     if identity:
         path = "/token/admin"
@@ -168,8 +184,8 @@ def main():
             port += 1
             out = f"{work}/{name.replace('/', '-')}.callgrind"
             if binary == "baseline":
-                if proxy:
-                    sys.exit("baseline has no /proxy route")
+                if proxy or texas:
+                    sys.exit("baseline has no /proxy or texas route")
                 cmd = [BASELINE, "1190", f"127.0.0.1:{port}"]
             else:
                 cfg = f"{work}/{name.replace('/', '-')}.yaml"

@@ -1,4 +1,5 @@
-//! The JSON answers of `GET /token/{profile}`, rendered at most once a second per cached token.
+//! The JSON answers of `GET /token/{profile}` (and, by [`shared`], of texas's `POST /api/v1/token`),
+//! rendered at most once a second per cached token.
 //!
 //! Every caller of one key gets the same bytes until `expires_in` ticks down a second, so the
 //! cache-hit path shares one buffer instead of escaping a kilobyte of token into fresh JSON for
@@ -11,6 +12,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 
 use crate::policy::profile::Profile;
@@ -28,15 +30,26 @@ pub fn json(
     now: SystemTime,
 ) -> serde_json::Result<Bytes> {
     let expires_in = token.remaining(now).as_secs();
-    if let Some(latest) = token.served.rendering.load().as_ref()
+    shared(&token.served.rendering, expires_in, || {
+        serde_json::to_vec(&TokenResponse::new(token, key, profile, now))
+    })
+}
+
+/// The bytes in `slot` if they were rendered for `expires_in`, else `render`'s, which take their
+/// place. `render` must give `expires_in` as the answer's seconds left.
+pub fn shared(
+    slot: &ArcSwapOption<Rendering>,
+    expires_in: u64,
+    render: impl FnOnce() -> serde_json::Result<Vec<u8>>,
+) -> serde_json::Result<Bytes> {
+    if let Some(latest) = slot.load().as_ref()
         && latest.expires_in == expires_in
     {
         return Ok(latest.bytes.clone());
     }
-    let answer = TokenResponse::new(token, key, profile, now);
-    let bytes = Bytes::from(serde_json::to_vec(&answer)?);
-    token.served.rendering.store(Some(Arc::new(Rendering {
-        expires_in: answer.expires_in,
+    let bytes = Bytes::from(render()?);
+    slot.store(Some(Arc::new(Rendering {
+        expires_in,
         bytes: bytes.clone(),
     })));
     Ok(bytes)
@@ -89,6 +102,26 @@ mod tests {
         let later = json(&token, &key, &profile, t0 + Duration::from_millis(1500)).unwrap();
         assert_eq!(parsed(&later)["expires_in"], 118);
         assert_eq!(parsed(&later)["access_token"], "value-a");
+    }
+
+    #[test]
+    fn the_texas_answer_has_a_slot_of_its_own() {
+        let (profile, key) = altinn();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let token = token("value-a", t0, 120);
+        let ours = json(&token, &key, &profile, t0).unwrap();
+        let mut renders = 0;
+        let mut texas = || {
+            shared(&token.served.texas_rendering, 120, || {
+                renders += 1;
+                Ok(b"{\"texas\":1}".to_vec())
+            })
+            .unwrap()
+        };
+        assert_eq!(texas().as_ref(), b"{\"texas\":1}", "not the other answer");
+        assert_eq!(texas().as_ref(), b"{\"texas\":1}");
+        assert_eq!(renders, 1, "rendered once for the same seconds left");
+        assert_eq!(json(&token, &key, &profile, t0).unwrap(), ours);
     }
 
     #[test]

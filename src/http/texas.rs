@@ -22,6 +22,7 @@ use crate::policy::org::OrgNumber;
 use crate::policy::profile::ON_DEMAND;
 
 use super::auth::Caller;
+use super::bodies;
 use super::limits::{MAX_BODY_BYTES, too_large};
 use super::on_demand::parse_exchange;
 use super::problem::{ApiError, Problem};
@@ -171,15 +172,30 @@ async fn serve(
     }
     let token = token_for(state, &caller, &key).await?;
     let now = state.broker().clock().now();
-    let mut response = Json(TexasTokenResponse {
-        access_token: token.value.expose().to_owned(),
-        expires_in: token.remaining(now).as_secs(),
-        token_type: "Bearer",
+    let expires_in = token.remaining(now).as_secs();
+    // Every caller of this token in the same second gets the same bytes.
+    let body = bodies::shared(&token.served.texas_rendering, expires_in, || {
+        serde_json::to_vec(&TexasTokenResponse {
+            access_token: token.value.expose().to_owned(),
+            expires_in,
+            token_type: "Bearer",
+        })
     })
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    .map_err(|e| {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Internal error",
+            format!("the answer could not be written as JSON: {e}"),
+        )
+    })?;
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

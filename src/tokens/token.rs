@@ -43,6 +43,8 @@ pub struct Token {
 pub struct Served {
     /// The latest rendering of the answer, shared by every caller in the same second.
     pub rendering: ArcSwapOption<Rendering>,
+    /// The same for texas's answer (`POST /api/v1/token`), which has its own shape.
+    pub texas_rendering: ArcSwapOption<Rendering>,
     /// The callers already named in an audit line for this token (bounded by [`MAX_AUDITED`]).
     audited: ArcSwap<Vec<Arc<str>>>,
 }
