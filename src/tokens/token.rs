@@ -45,6 +45,9 @@ pub struct Served {
     pub rendering: ArcSwapOption<Rendering>,
     /// The same for texas's answer (`POST /api/v1/token`), which has its own shape.
     pub texas_rendering: ArcSwapOption<Rendering>,
+    /// `Bearer <token>` as the egress proxy sends it (made on its first use; `None`: the token
+    /// cannot be a header value).
+    pub bearer: std::sync::OnceLock<Option<axum::http::HeaderValue>>,
     /// The callers already named in an audit line for this token (bounded by [`MAX_AUDITED`]).
     audited: ArcSwap<Vec<Arc<str>>>,
 }

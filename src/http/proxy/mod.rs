@@ -542,15 +542,19 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// `Authorization: Bearer <token>`, marked sensitive; `None` if the token cannot be a header.
+/// Made once per token and shared by every request that sends it.
 fn bearer(token: &Token) -> Option<header::HeaderValue> {
-    const PREFIX: &[u8] = b"Bearer ";
-    let secret = token.value.expose().as_bytes();
-    let mut text = Vec::with_capacity(PREFIX.len() + secret.len());
-    text.extend_from_slice(PREFIX);
-    text.extend_from_slice(secret);
-    let mut value = header::HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
-    value.set_sensitive(true);
-    Some(value)
+    let made = token.served.bearer.get_or_init(|| {
+        const PREFIX: &[u8] = b"Bearer ";
+        let secret = token.value.expose().as_bytes();
+        let mut text = Vec::with_capacity(PREFIX.len() + secret.len());
+        text.extend_from_slice(PREFIX);
+        text.extend_from_slice(secret);
+        let mut value = header::HeaderValue::from_maybe_shared(Bytes::from(text)).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    });
+    made.clone()
 }
 
 /// The upstream's answer as the caller's: status, headers minus hop-by-hop ones and with no
@@ -674,5 +678,37 @@ mod tests {
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept", "x-custom"]);
+    }
+
+    fn token(value: &str) -> Token {
+        Token::new(
+            crate::key::secret::Secret::new(value),
+            std::time::SystemTime::now(),
+            Duration::from_secs(60),
+            "altinn:instances.read".into(),
+        )
+    }
+
+    #[test]
+    fn the_bearer_value_is_made_once_per_token_and_marked_sensitive() {
+        let first = token("value-a");
+        let sent = bearer(&first).unwrap();
+        assert_eq!(sent.as_bytes(), b"Bearer value-a");
+        assert!(sent.is_sensitive());
+        let again = bearer(&first).unwrap();
+        assert_eq!(
+            again.as_bytes().as_ptr(),
+            sent.as_bytes().as_ptr(),
+            "one shared value"
+        );
+        // A refreshed token has its own value, never its predecessor's.
+        assert_eq!(
+            bearer(&token("value-b")).unwrap().as_bytes(),
+            b"Bearer value-b"
+        );
+        // A token that cannot be a header value is refused every time.
+        let broken = token("value\nwith a newline");
+        assert!(bearer(&broken).is_none());
+        assert!(bearer(&broken).is_none());
     }
 }
