@@ -4,7 +4,9 @@
 local body = os.getenv("BENCH_TOKEN_BODY")
 local report = os.getenv("BENCH_WRK_REPORT")
 if not body or body == "" or not report or report == "" then
-  error("bench/wrk-post-token.lua needs BENCH_TOKEN_BODY and BENCH_WRK_REPORT (bench/run.sh sets both)")
+  -- error() would only be reported: wrk would go on sending GETs.
+  io.stderr:write("bench/wrk-post-token.lua needs BENCH_TOKEN_BODY and BENCH_WRK_REPORT (bench/run.sh sets both)\n")
+  os.exit(2)
 end
 wrk.method = "POST"
 wrk.body = body
