@@ -6,6 +6,7 @@
 #   bench/run.sh --keys-only       # only step (7), many keys (about 3 minutes; BENCH_KEYS_QUIET=0: 40 s)
 #   bench/run.sh --proxy-only      # only step (6), the egress proxy beside nginx (about 4 minutes)
 #   bench/run.sh --identity-only   # only step (8), workload token vs API key (about 1 minute)
+#   TEXAS_BIN=/path/to/texas bench/run.sh --texas-only   # only step (9), beside texas (about 4 minutes)
 #
 # Runs only on 127.0.0.1 (broker :18080, baseline :18081), in `env: local` (the embedded
 # simulator: no credentials, no network). Installs oha into bench/.tools on first use. Prints one
@@ -21,13 +22,27 @@
 # served on 127.0.0.1:18083 by python3 -m http.server; key and token made with openssl) and with
 # X-Api-Key, wrk -t1 at 16 connections, the two taking turns each round.
 #
+# Step (9) measures the broker beside nais/texas, whose POST /api/v1/token it also serves. This
+# script only runs a texas binary you give it in TEXAS_BIN; it never fetches or builds texas. Build
+# it yourself: clone https://github.com/nais/texas and run `cargo build --release` there (the
+# binary is target/release/texas). texas gets a Maskinporten client of its own (client id
+# texas-bench, a key made by `maskinporten-broker keygen`, listed in maskinporten_clients) on the
+# broker's embedded simulator, so both fetch their tokens from the same simulator and cache them
+# (tokens of an hour, so every measured request is a cache hit). texas listens on
+# 127.0.0.1:18084 (probes :18085), RUST_LOG=warn (as log.level: warn), its OTLP export pointed at
+# 127.0.0.1:9. At 1, 16 and 64 connections, wrk -t1 in turn: POST /api/v1/token with the same
+# JSON body (bench/wrk-post-token.lua) to the broker and to texas, and GET /token/admin (the same
+# scopes) to the broker; each with the server's CPU time per request. The full run includes step
+# (9) only when TEXAS_BIN is set.
+#
 # Knobs (environment): BENCH_SECONDS (5, per run), BENCH_ROUNDS (5 runs per load point, taking
 # turns; the median counts, and each ratio is given with its min-max over the rounds),
 # BENCH_PIN (1: servers on CPU 0, load generators on CPU 1), BENCH_REFRESH_SECONDS (50),
 # BENCH_BURST (1000), BENCH_BODY_SIZE (baseline body in --baseline-only mode; otherwise the
 # broker's measured answer size), BENCH_KEYS (2000 keys in step 7; 0 skips it),
 # BENCH_KEYS_LIFETIME (30, seconds, the simulator's token lifetime in step 7), BENCH_KEYS_QUIET
-# (1: step 7 also waits with no traffic to count upstream calls after the callers stop).
+# (1: step 7 also waits with no traffic to count upstream calls after the callers stop),
+# TEXAS_BIN (a texas binary for step 9; unset: the full run skips step 9).
 # CARGO_TARGET_DIR is honoured (the binaries are built and run from there).
 set -euo pipefail
 
@@ -73,6 +88,17 @@ PROXY_CONNECTIONS=(1 16 64)
 TOKEN_LIFETIME_SECONDS=20
 # Step (8), workload token vs API key.
 IDENTITY_CONNECTIONS=16
+# Step (9), the broker beside texas: a texas binary the user built (never built here).
+TEXAS_BIN=${TEXAS_BIN:-}
+TEXAS_URL=http://127.0.0.1:18084
+TEXAS_PROBE_URL=http://127.0.0.1:18085
+TEXAS_CONNECTIONS=(1 16 64)
+TEXAS_CLIENT_ID=texas-bench
+# Tokens of an hour in step (9): texas keeps a token for half its life below 120 s and the
+# broker refreshes ahead, so with an hour neither fetches during the runs (only hits are measured).
+TEXAS_TOKEN_LIFETIME=3600s
+# The request both get: the admin profile's scopes, in texas's JSON.
+TEXAS_BODY='{"identity_provider":"maskinporten","target":"altinn:authentication/systemregister.write altinn:authentication/systemuser.request.read altinn:authentication/systemuser.request.write"}'
 
 MODE=full
 case "${1:-}" in
@@ -81,9 +107,17 @@ case "${1:-}" in
   --keys-only) MODE=keys ;;
   --proxy-only) MODE=proxy ;;
   --identity-only) MODE=identity ;;
-  -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
-  *) echo "usage: $0 [--baseline-only | --keys-only | --proxy-only | --identity-only]" >&2; exit 2 ;;
+  --texas-only) MODE=texas ;;
+  -h | --help) sed -n '2,/^set -euo/{/^#/p}' "$0"; exit 0 ;;
+  *) echo "usage: $0 [--baseline-only | --keys-only | --proxy-only | --identity-only | --texas-only]" >&2; exit 2 ;;
 esac
+# Step (9) runs a texas binary the user built; say how before anything starts.
+if [[ -n $TEXAS_BIN || $MODE == texas ]] && [[ ! -x $TEXAS_BIN ]]; then
+  echo "$0: step (9) needs TEXAS_BIN=/path/to/texas, an executable texas binary (now: '${TEXAS_BIN}')." >&2
+  echo "Build texas yourself: git clone https://github.com/nais/texas && cd texas && cargo build --release" >&2
+  echo "(the binary is target/release/texas), then: TEXAS_BIN=\$PWD/target/release/texas $0 --texas-only" >&2
+  exit 2
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/broker-bench.XXXXXX")
 STARTED=()     # pids of everything this script started
@@ -131,8 +165,8 @@ fi
 
 # ---- tools and builds ------------------------------------------------------------------------
 
-if [[ $MODE == proxy || $MODE == identity ]]; then
-  OHA_NAME="oha not used"  # steps (6) and (8) run wrk only
+if [[ $MODE == proxy || $MODE == identity || $MODE == texas ]]; then
+  OHA_NAME="oha not used"  # steps (6), (8) and (9) run wrk only
 else
   if [[ ! -x $OHA ]]; then
     log "installing oha $OHA_VERSION into bench/.tools (once; a few minutes)"
@@ -174,7 +208,7 @@ WRK_VERSION=$({ wrk -v 2>&1 || true; } | head -n 1 | awk '{ print $1, $2 }')  # 
 log "$WRK_VERSION"
 
 log "building release binaries"
-if [[ $MODE != keys && $MODE != identity ]]; then
+if [[ $MODE != keys && $MODE != identity && $MODE != texas ]]; then
   (cd "$ROOT" && cargo build --release --locked --example bench_baseline)
 fi
 if [[ $MODE != baseline ]]; then
@@ -247,12 +281,13 @@ load() {
 }
 
 # wrk_load NAME URL CONNECTIONS: wrk with one thread for SECONDS_PER_POINT at CONNECTIONS, the
-# JSON line of bench/wrk-report.lua to $WORK/NAME.wrk.json.
+# JSON line of bench/wrk-report.lua to $WORK/NAME.wrk.json. WRK_SCRIPT may name another script
+# that reports the same way (bench/wrk-post-token.lua).
 wrk_load() {
   local name=$1 url=$2 c=$3 seconds=${4:-$SECONDS_PER_POINT}
   log "load: $name with wrk ($c connections, ${seconds}s)"
   timeout $((seconds + 60)) "${ON_LOAD_CPU[@]}" wrk -t1 -c "$c" -d "${seconds}s" \
-    -s "$BENCH/wrk-report.lua" "$url" | tail -n 1 >"$WORK/$name.wrk.json"
+    -s "${WRK_SCRIPT:-$BENCH/wrk-report.lua}" "$url" | tail -n 1 >"$WORK/$name.wrk.json"
 }
 
 # load_urls NAME FILE CONNECTIONS: as load, each request to a random URL of FILE.
@@ -537,9 +572,92 @@ YAML
   stop_pid "$jwks_pid"
 }
 
+# texas_series: step (9). A key and client for texas on the broker's embedded simulator (as a
+# second entry of maskinporten_clients, so the simulator registers it), the broker with
+# on_demand.scopes for the texas request and hour-long tokens, texas on TEXAS_URL against the same
+# simulator; then at each of TEXAS_CONNECTIONS, ROUNDS rounds of wrk -t1 in turn: POST
+# /api/v1/token to the broker, the same POST to texas, GET /token/admin to the broker, each run's
+# server CPU time recorded next to its wrk report. Stops what it started.
+texas_series() {
+  local dir="$WORK/texas" c round name pid url script before kid issuer jwk texas_pid
+  mkdir -p "$dir"
+  port_free "$TEXAS_URL" || die "something already listens on $TEXAS_URL"
+  port_free "$TEXAS_PROBE_URL" || die "something already listens on $TEXAS_PROBE_URL"
+  # texas's private key: a JWKS of one RS256 key, written by the broker's own keygen.
+  "$BROKER_BIN" --config "$BENCH/broker.yaml" keygen --add-to "$dir/texas.jwks.json" >"$dir/keygen.log" 2>&1 ||
+    die "maskinporten-broker keygen failed; see $dir/keygen.log"
+  kid=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["keys"][0]["kid"])' "$dir/texas.jwks.json") ||
+    die "no kid in $dir/texas.jwks.json"
+  {
+    cat "$BENCH/broker.yaml"
+    cat <<YAML
+# Step (9): texas's POST /api/v1/token body asks for the admin profile's scopes.
+on_demand:
+  scopes: ["altinn:*"]
+# texas's client, registered with the embedded simulator (no profile uses it).
+maskinporten_clients:
+  texas:
+    client_id: $TEXAS_CLIENT_ID
+    kid: $kid
+    key: {path: $dir/texas.jwks.json}
+YAML
+  } >"$dir/broker.yaml"
+  BROKER_CONFIG="$dir/broker.yaml" start_broker BROKER__LOCAL__TOKEN_LIFETIME="$TEXAS_TOKEN_LIFETIME"
+  # The embedded simulator's issuer (a loopback port chosen at start), as the broker lists it.
+  issuer=$(curl -fsS --max-time 5 "$BROKER_URL/readyz" | python3 -c '
+import json, sys
+clients = json.load(sys.stdin)["maskinporten_clients"]
+print(next(c["issuer"] for c in clients if c["name"] == sys.argv[1]))' texas) ||
+    die "GET $BROKER_URL/readyz did not list the texas client's issuer; see $WORK/broker.log"
+  [[ $issuer == http://127.0.0.1:* ]] || die "the simulator's issuer $issuer is not on 127.0.0.1"
+  jwk=$(python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1]))["keys"][0]))' "$dir/texas.jwks.json")
+  # texas with nothing of the caller's environment but PATH: only its Maskinporten provider.
+  start texas "${ON_SERVER_CPU[@]}" env -i PATH="$PATH" \
+    BIND_ADDRESS="${TEXAS_URL#http://}" PROBE_BIND_ADDRESS="${TEXAS_PROBE_URL#http://}" \
+    MASKINPORTEN_ENABLED=true MASKINPORTEN_CLIENT_ID="$TEXAS_CLIENT_ID" MASKINPORTEN_CLIENT_JWK="$jwk" \
+    MASKINPORTEN_WELL_KNOWN_URL="${issuer}.well-known/oauth-authorization-server" \
+    RUST_LOG=warn OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:9 "$TEXAS_BIN"
+  texas_pid=$LAST_PID
+  wait_healthy "$TEXAS_PROBE_URL" "$texas_pid"
+  # Warm both caches, and check that each answers the request with a token.
+  for url in "$BROKER_URL" "$TEXAS_URL"; do
+    curl -fsS --max-time 30 -H 'Content-Type: application/json' --data-binary "$TEXAS_BODY" \
+      "$url/api/v1/token" | python3 -c 'import json, sys; assert json.load(sys.stdin)["access_token"]' ||
+      die "POST $url/api/v1/token gave no token; see $WORK/broker.log and $WORK/texas.log"
+  done
+  curl -fsS --max-time 30 -o /dev/null "$BROKER_URL/token/admin" ||
+    die "the broker did not serve /token/admin; see $WORK/broker.log"
+  local upstream_before
+  upstream_before=$(metric broker_upstream_requests_total target=maskinporten)
+  for c in "${TEXAS_CONNECTIONS[@]}"; do
+    for round in $(seq "$ROUNDS"); do
+      for target in "texas_broker_post:$BROKER_PID:post:$BROKER_URL/api/v1/token" \
+        "texas_texas_post:$texas_pid:post:$TEXAS_URL/api/v1/token" \
+        "texas_broker_get:$BROKER_PID:get:$BROKER_URL/token/admin"; do
+        IFS=: read -r name pid script url <<<"$target"  # url keeps its own colons
+        if [[ $script == post ]]; then script=$BENCH/wrk-post-token.lua; else script=$BENCH/wrk-report.lua; fi
+        before=$(tree_cpu_ticks "$pid")
+        BENCH_TOKEN_BODY=$TEXAS_BODY BENCH_WRK_REPORT=$BENCH/wrk-report.lua WRK_SCRIPT=$script \
+          wrk_load "${name}_c${c}_r$round" "$url" "$c"
+        record "${name}_c${c}_r${round}_cpu_ticks" "$(($(tree_cpu_ticks "$pid") - before))"
+      done
+    done
+  done
+  record texas_broker_upstream "$(($(metric broker_upstream_requests_total target=maskinporten) - upstream_before))"
+  record texas_bin "$TEXAS_BIN"
+  record texas_connections "${TEXAS_CONNECTIONS[*]}"
+  record texas_token_lifetime "$TEXAS_TOKEN_LIFETIME"
+  record clk_tck "$(getconf CLK_TCK)"
+  stop_pid "$texas_pid"
+  stop_pid "$BROKER_PID"
+}
+
 SERVERS=()
 if [[ $MODE == identity ]]; then
   identity_series
+fi
+if [[ $MODE == texas ]]; then
+  texas_series
 fi
 if [[ $MODE == proxy ]]; then
   start_broker
@@ -573,6 +691,8 @@ if [[ $MODE == full ]]; then
   stop_pid "$BROKER_PID"
   # (8) a workload token beside an API key, on a broker of its own.
   identity_series
+  # (9) the broker beside texas, when the user gave a texas binary.
+  if [[ -n $TEXAS_BIN ]]; then texas_series; fi
 fi
 # The same burst as (3), for reference: a burst of new connections costs this much anyway.
 burst baseline_burst "$BASELINE_URL/token/altinn" "$BURST"
@@ -749,6 +869,8 @@ rows = [
 ]
 if r("mode") == "identity":
     rows[2] = ("identity runs", f"median of {r('rounds')} runs of {r('seconds')} s, workload token and API key taking turns", "", "")
+if r("mode") == "texas":
+    rows[2] = ("texas runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, broker POST, texas POST and broker GET taking turns", "", "")
 if r("mode") == "proxy":
     rows[2] = ("proxy runs", f"median of {r('rounds')} runs of {r('seconds')} s per point, proxy, nginx and direct taking turns; upstream body {r('proxy_body_bytes')} bytes", "", "")
 if r("mode") in ("full", "baseline"):
@@ -797,7 +919,7 @@ def burst_latency(run):
 def answers(run):
     return "n/a" if not run else "{} / {}".format(*ok(run))
 
-rows += [] if r("mode") in ("keys", "proxy", "identity") else [
+rows += [] if r("mode") in ("keys", "proxy", "identity", "texas") else [
     ("(3) cold burst: requests / connections", f"{r('burst')} / {r('burst')}",
      f"{r('burst')} / {r('burst')}", ""),
     ("(3) cold burst: total time ms", fmt(total_ms(burst)), fmt(total_ms(base_burst)),
@@ -888,6 +1010,41 @@ if r("identity_connections"):
                  fmt(werr[0]), fmt(werr[1]), "0 / 0 expected"))
     rows.append(("(8) identity cache hits / misses (the token verified once)",
                  f"{r('identity_cache_hits')} / {r('identity_cache_misses')}", "", "1 miss expected"))
+if r("texas_connections"):
+    # (9) the broker beside texas: the same POST /api/v1/token to both, and the broker's GET
+    # /token/admin (the same scopes) against texas's POST; texas has no GET route.
+    rows.append(("(9) texas", f"{r('texas_bin')}; tokens of {r('texas_token_lifetime')} from the broker's simulator (neither refreshes during the runs)", "", ""))
+    rows.append(("(9) the broker's Maskinporten calls during the runs (all hits)", r("texas_broker_upstream"), "", "0 expected"))
+    for c in r("texas_connections").split():
+        runs = {n: per_round(wrk, f"texas_{n}_c{c}") for n in ("broker_post", "texas_post", "broker_get")}
+        med = lambda n, f: median(f(x) for x in runs[n] if x)
+        bp, tp, bg = (med(n, wrk_rps) for n in ("broker_post", "texas_post", "broker_get"))
+        post_target = None if c == "1" else 1.5
+        rows.append((f"(9) POST /api/v1/token, broker / texas, {c} conn, wrk: req/s", fmt(bp), fmt(tp),
+                     ratio(bp, tp) + spread(runs["broker_post"], runs["texas_post"], wrk_rps, post_target)))
+        rows.append((f"(9) GET /token/admin (broker) / POST (texas), {c} conn, wrk: req/s", fmt(bg), fmt(tp),
+                     ratio(bg, tp) + spread(runs["broker_get"], runs["texas_post"], wrk_rps, 1.3)))
+        lat = {n: [med(n, lambda run, q=q: wrk_ms(run, q)) for q in ("p50", "p99")] for n in runs}
+        rows.append((
+            f"(9) POST broker / texas, {c} conn, wrk: p50 / p99 ms (broker GET: {' / '.join(fmt(v, 2) for v in lat['broker_get'])})",
+            " / ".join(fmt(v, 2) for v in lat["broker_post"]),
+            " / ".join(fmt(v, 2) for v in lat["texas_post"]),
+            ratio(lat["broker_post"][1], lat["texas_post"][1]) + " (p99)"
+            + spread(runs["broker_post"], runs["texas_post"], lambda x: wrk_ms(x, "p99"), None,
+                     higher_is_better=False),
+        ))
+        cpu = {n: [cpu_us(f"texas_{n}", c, i + 1, run) for i, run in enumerate(runs[n])] for n in runs}
+        for n, label in (("broker_post", "POST"), ("broker_get", "GET /token/admin")):
+            pairs = [a / b for a, b in zip(cpu[n], cpu["texas_post"]) if a and b]
+            rows.append((
+                f"(9) broker {label} / texas POST, {c} conn: server CPU µs per request (user + system)",
+                fmt(median(cpu[n]), 1), fmt(median(cpu["texas_post"]), 1),
+                ratio(median(cpu[n]), median(cpu["texas_post"]))
+                + (f" ({min(pairs):.2f}–{max(pairs):.2f})" if pairs else ""),
+            ))
+        werr = [sum(x["non2xx"] + x["errors"] for x in runs[n] if x) for n in runs]
+        rows.append((f"(9) {c} conn, wrk: non-2xx answers and socket errors (broker GET: {werr[2]})",
+                     fmt(werr[0]), fmt(werr[1]), "0 / 0 expected"))
 if r("mode") in ("full", "baseline"):
     rows += [
         ("(5) idle RSS (cache warm)", mib(r("broker_idle_rss_kib")), mib(r("baseline_idle_rss_kib")), ""),
