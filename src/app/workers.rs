@@ -18,6 +18,9 @@ use tokio::sync::oneshot;
 
 /// At most this many workers, whatever the machine reports.
 const MAX_WORKERS: usize = 64;
+/// Blocking threads (PKCS#11 calls) of all workers together: tokio's default for one runtime,
+/// shared out, so that more workers do not mean more threads.
+const BLOCKING_THREADS: usize = 512;
 
 /// The running workers.
 pub(crate) struct Workers {
@@ -46,7 +49,10 @@ impl Workers {
         let logs_to = tracing::dispatcher::get_default(tracing::Dispatch::clone);
         for index in 0..count {
             let logs_to = logs_to.clone();
-            let runtime = Builder::new_current_thread().enable_all().build()?;
+            let runtime = Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(BLOCKING_THREADS.div_ceil(count))
+                .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
