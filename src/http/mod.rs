@@ -7,6 +7,7 @@ pub mod consent;
 pub mod front;
 pub mod health;
 pub mod introspect;
+mod lanes;
 pub mod limits;
 pub mod metrics;
 pub mod on_demand;
@@ -140,7 +141,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router behind the front door ([`front`]): request id, span, size limits, a deadline of
+/// The router, and in front of it the two busiest routes ([`lanes`]), behind the front door
+/// ([`front`]): request id, span, size limits, a deadline of
 /// `request_timeout`, a 500 problem for a handler that panics and sensitive marks on credential
 /// headers, for every request. Wrapped once around the router rather than with
 /// `Router::layer`, which would clone the whole stack for every request.
@@ -151,7 +153,9 @@ pub fn service(
 + Clone
 + Send
 + 'static {
-    front::FrontLayer::new(request_timeout).layer(router(state))
+    let routes = route_paths();
+    let lanes = lanes::Lanes::new(router(state.clone()), state, &routes);
+    front::FrontLayer::new(request_timeout).layer(lanes)
 }
 
 /// 404 for routes that do not exist.
