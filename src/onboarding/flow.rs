@@ -442,6 +442,25 @@ pub fn api_for(generation: &Generation, system: &System) -> Result<RegisterApi, 
     ))
 }
 
+/// The running broker's JSON answer, read to at most [`crate::body::MAX_UPSTREAM_BODY`]; the
+/// error is a sentence.
+async fn json_of(mut response: reqwest::Response) -> Result<(reqwest::StatusCode, Value), String> {
+    let status = response.status();
+    let limit = crate::body::MAX_UPSTREAM_BODY;
+    let bytes = crate::body::read(&mut response, limit)
+        .await
+        .map_err(|e| match e {
+            crate::body::BodyError::Transport(e) => format!("HTTP {status}, unreadable: {e}"),
+            crate::body::BodyError::TooLarge => format!(
+                "HTTP {status}, an answer over {}",
+                crate::body::shown(limit)
+            ),
+        })?;
+    let body =
+        serde_json::from_slice(&bytes).map_err(|e| format!("HTTP {status}, not JSON: {e}"))?;
+    Ok((status, body))
+}
+
 impl RunningBroker {
     /// `GET /token/{profile}[?org=]` of the running broker: its JSON answer.
     pub(crate) async fn token(
@@ -468,11 +487,7 @@ impl RunningBroker {
             .send()
             .await
             .map_err(|e| remote(self.not_running(e)))?;
-        let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .map_err(|e| remote(format!("HTTP {status}, not JSON: {e}")))?;
+        let (status, body) = json_of(response).await.map_err(remote)?;
         if status.is_success() {
             Ok(body)
         } else {
@@ -499,12 +514,58 @@ impl RunningBroker {
             .base
             .join("readyz")
             .map_err(|e| remote(e.to_string()))?;
-        let body: Value = async { self.http.get(url).send().await?.json().await }
+        let response = self
+            .http
+            .get(url)
+            .send()
             .await
             .map_err(|e| remote(self.not_running(e)))?;
+        let (_, body) = json_of(response).await.map_err(remote)?;
         field_of(&body, "altinn_platform")
             .as_str()
             .and_then(|p| Url::parse(p).ok())
             .ok_or_else(|| remote("its /readyz names no altinn_platform".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::{Body, Bytes};
+
+    /// A "running broker" on 127.0.0.1 whose every answer is `body` (a stream, no length).
+    async fn broker_answering(chunks: usize) -> RunningBroker {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let app = axum::Router::new().fallback(move || async move {
+            let mut parts: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(
+                b"{\"altinn_platform\":\"http://127.0.0.1:9/\",\"x\":\"",
+            ))];
+            parts.extend((0..chunks).map(|_| Ok(Bytes::from(vec![b'a'; 64 * 1024]))));
+            parts.push(Ok(Bytes::from_static(b"\"}")));
+            Body::from_stream(futures::stream::iter(parts))
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        RunningBroker {
+            base,
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            api_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_running_brokers_answers_are_read_to_a_bound() {
+        // Within the bound: read and used.
+        let small = broker_answering(2).await;
+        assert_eq!(
+            small.altinn_platform().await.unwrap().as_str(),
+            "http://127.0.0.1:9/"
+        );
+        // 2 MiB streamed without a length: refused at 1 MiB, by both reads.
+        let large = broker_answering(32).await;
+        let refused = large.altinn_platform().await.unwrap_err().to_string();
+        assert!(refused.contains("an answer over 1 MiB"), "{refused}");
+        let refused = large.token("admin", None).await.unwrap_err().to_string();
+        assert!(refused.contains("an answer over 1 MiB"), "{refused}");
     }
 }
