@@ -11,7 +11,6 @@
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
@@ -30,9 +29,9 @@ pub(crate) struct Workers {
 
 struct Worker {
     handle: Handle,
-    /// Dropped to end the worker.
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Dropped with the worker, which ends its thread: it is not joined, as the drop may run on
+    /// an async task.
+    _stop: oneshot::Sender<()>,
 }
 
 impl Workers {
@@ -55,7 +54,7 @@ impl Workers {
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
-            let thread = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("broker-worker-{index}"))
                 .spawn(move || {
                     let _logs_to = tracing::dispatcher::set_default(&logs_to);
@@ -68,8 +67,7 @@ impl Workers {
                 })?;
             workers.push(Worker {
                 handle,
-                stop: Some(stop),
-                thread: Some(thread),
+                _stop: stop,
             });
         }
         Ok(Workers {
@@ -85,19 +83,6 @@ impl Workers {
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         drop(self.workers[index].handle.spawn(task));
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for worker in &mut self.workers {
-            drop(worker.stop.take());
-        }
-        // The threads end on their own once their runtime has shut down; they are not joined
-        // here, as this may run on an async task.
-        for worker in &mut self.workers {
-            drop(worker.thread.take());
-        }
     }
 }
 
