@@ -13,13 +13,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
 
 use crate::policy::profile::Profile;
 use crate::tokens::cache::CacheKey;
 use crate::tokens::token::{Rendering, Token};
 
 use crate::tokens::answer::TokenResponse;
+
+use super::problem::Problem;
 
 /// The JSON answer for `token` (cached for `key`) at `now`: the shared one if it is still exact,
 /// else a new one, which becomes the shared one.
@@ -33,6 +37,26 @@ pub fn json(
     shared(&token.served.rendering, expires_in, || {
         serde_json::to_vec(&TokenResponse::new(token, key, profile, now))
     })
+}
+
+/// A token answer: `body` as `content_type`, never to be stored by a cache on the way. Built
+/// directly: `(headers, body).into_response()` would first set a content type of its own.
+pub fn no_store(content_type: &'static str, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The 500 for an answer that could not be written as JSON.
+pub fn unwritable(e: serde_json::Error) -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal error",
+        format!("the answer could not be written as JSON: {e}"),
+    )
 }
 
 /// The bytes in `slot` if they were rendered for `expires_in`, else `render`'s, which take their

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
 use crate::policy::profile::Profile;
@@ -15,7 +15,7 @@ use crate::tokens::token::{Token, rfc3339};
 
 use super::auth::Caller;
 use super::bodies;
-use super::problem::{ApiError, Problem};
+use super::problem::ApiError;
 use super::state::AppState;
 
 /// The longest a caller waits for an upstream before getting a 504 (retries included).
@@ -117,20 +117,8 @@ pub(super) fn answer(
         let text = Bytes::copy_from_slice(token.value.expose().as_bytes());
         ("text/plain; charset=utf-8", text)
     } else {
-        let json = bodies::json(token, key, profile, now).map_err(|e| {
-            Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                format!("the answer could not be written as JSON: {e}"),
-            )
-        })?;
+        let json = bodies::json(token, key, profile, now).map_err(bodies::unwritable)?;
         ("application/json", json)
     };
-    // Built directly: `(headers, body).into_response()` would first set a content type of its own.
-    let mut response = Response::new(axum::body::Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    Ok(bodies::no_store(content_type, body))
 }

@@ -181,22 +181,8 @@ async fn serve(
             token_type: "Bearer",
         })
     })
-    .map_err(|e| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "Internal error",
-            format!("the answer could not be written as JSON: {e}"),
-        )
-    })?;
-    let mut response = Response::new(Body::from(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    .map_err(bodies::unwritable)?;
+    Ok(bodies::no_store("application/json", body))
 }
 
 fn bad_request(detail: impl Into<String>) -> ApiError {
