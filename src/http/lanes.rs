@@ -68,7 +68,7 @@ fn lane(fixed_under_token: &[String], method: &Method, path: &str) -> Lane {
         // The router's four proxy routes take a non-empty name and any depth below it, but not
         // an empty segment (`//`): that path it answers itself.
         let name = after.split('/').next().unwrap_or_default();
-        if !name.is_empty() && !after.contains("//") && proxies(method) {
+        if !name.is_empty() && !after.contains("//") && proxy::METHODS.contains(method) {
             return Lane::Proxy;
         }
     }
@@ -80,21 +80,6 @@ enum Lane {
     Token,
     Proxy,
     Router,
-}
-
-/// The methods the proxy's routes take (`http/mod.rs` `proxy_methods`); TRACE, CONNECT and any
-/// other method go to the router, which answers 405.
-fn proxies(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::PATCH,
-        Method::DELETE,
-        Method::OPTIONS,
-    ]
-    .contains(method)
 }
 
 impl Service<Request<Body>> for Lanes {

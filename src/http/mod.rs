@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use tower::{Layer, Service};
@@ -80,17 +80,17 @@ fn table() -> OpenApiRouter<AppState> {
         .route("/proxy/{name}/{rest}/{*more}", proxy_methods())
 }
 
-/// The proxy's handler for the methods its `#[utoipa::path]` names, at the depths OpenAPI cannot
-/// spell: TRACE (it would echo the request, token included, back) and CONNECT are a 405 at every
-/// depth.
+/// The proxy's handler for [`proxy::METHODS`] (which `http/lanes.rs` takes too), at the depths
+/// OpenAPI cannot spell: TRACE (it would echo the request, token included, back) and CONNECT are
+/// a 405 at every depth.
 fn proxy_methods() -> MethodRouter<AppState> {
-    let methods = MethodFilter::GET
-        .or(MethodFilter::HEAD)
-        .or(MethodFilter::POST)
-        .or(MethodFilter::PUT)
-        .or(MethodFilter::PATCH)
-        .or(MethodFilter::DELETE)
-        .or(MethodFilter::OPTIONS);
+    let filter = |method: &Method| {
+        MethodFilter::try_from(method.clone()).expect("the proxy's methods are standard ones")
+    };
+    let [first, rest @ ..] = &proxy::METHODS;
+    let methods = rest
+        .iter()
+        .fold(filter(first), |methods, method| methods.or(filter(method)));
     on(methods, proxy::forward)
 }
 

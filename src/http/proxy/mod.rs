@@ -46,6 +46,17 @@ use super::state::AppState;
 
 /// Largest request body buffered so it can be sent again after a 401.
 pub const REPLAY_LIMIT: u64 = 1024 * 1024;
+/// The methods the proxy forwards (its `#[utoipa::path]` names the same). TRACE would echo the
+/// request, token included, back; CONNECT would tunnel: both, like any other method, are a 405.
+pub const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 /// The header a caller names the system user's organisation with.
 pub const ORG_HEADER: HeaderName = HeaderName::from_static("x-broker-org");
 
