@@ -13,7 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use url::Url;
 
-use super::client::{Target, UpstreamError};
+use super::altinn_api::{AltinnApi, CallError};
+use super::client::UpstreamError;
 use super::register::field_of;
 use crate::key::secret::Secret;
 
@@ -118,40 +119,23 @@ impl ConsentApi {
         token: &Secret,
         body: Option<&Value>,
     ) -> Result<(u16, Value), ConsentApiError> {
-        let mut request = self
-            .http
-            .request(method, url)
-            .bearer_auth(token.expose())
-            .header(reqwest::header::ACCEPT, "application/json")
-            .timeout(self.timeout);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let target = Target::Altinn;
-        let transport = |e: reqwest::Error| UpstreamError::from_transport(target, &e, self.timeout);
-        let started = std::time::Instant::now();
-        let mut response = request.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let bytes = match crate::body::read(&mut response, MAX_ANSWER_BYTES).await {
-            Ok(bytes) => bytes,
-            Err(crate::body::BodyError::Transport(e)) => return Err(transport(e).into()),
-            Err(crate::body::BodyError::TooLarge) => {
+        let api = AltinnApi {
+            http: &self.http,
+            timeout: self.timeout,
+            limit: MAX_ANSWER_BYTES,
+            log: "Altinn consent call",
+        };
+        let (status, bytes) = match api.send(method, url, call, token, body).await {
+            Ok(answer) => answer,
+            Err(CallError::Upstream(e)) => return Err(e.into()),
+            Err(CallError::TooLarge) => {
                 return Err(invalid(
                     call,
                     format!("the answer is larger than {MAX_ANSWER_BYTES} bytes"),
                 ));
             }
         };
-        tracing::debug!(
-            call,
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "Altinn consent call"
-        );
         let text = String::from_utf8_lossy(&bytes);
-        if status == 429 || status >= 500 {
-            return Err(UpstreamError::from_status(target, status, None, "").into());
-        }
         if !(200..300).contains(&status) {
             return Err(refusal(call, status, &text));
         }

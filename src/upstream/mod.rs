@@ -4,6 +4,7 @@
 //! Nothing here knows about caches or HTTP routes.
 
 pub(crate) mod altinn;
+mod altinn_api;
 pub(crate) mod client;
 pub(crate) mod clock;
 pub(crate) mod consent;
