@@ -5,21 +5,23 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::pool::Returning;
+
 pin_project_lite::pin_project! {
-    /// `Incoming` with a deadline.
+    /// An upstream's answer body with a deadline.
     pub(super) struct Deadline {
         #[pin]
-        body: Incoming,
+        body: Returning,
         #[pin]
         sleep: Sleep,
     }
 }
 
 impl Deadline {
-    pub(super) fn new(body: Incoming, deadline: Instant) -> Deadline {
+    pub(super) fn new(body: Returning, deadline: Instant) -> Deadline {
         Deadline {
             body,
             sleep: tokio::time::sleep_until(deadline),

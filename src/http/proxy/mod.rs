@@ -18,6 +18,7 @@
 pub(crate) mod client;
 mod deadline;
 pub(crate) mod path;
+mod pool;
 pub(crate) mod route;
 pub(crate) mod table;
 
@@ -200,10 +201,7 @@ async fn forward_to(
     let mut sent = vec![token.clone()];
     if answer.status == StatusCode::UNAUTHORIZED {
         // The token is replaced either way, so the next request has a fresh one.
-        let fresh = state
-            .tokens
-            .invalidate(&key, &token, caller.budget())
-            .await?;
+        let fresh = Box::pin(state.tokens.invalidate(&key, &token, caller.budget())).await?;
         if fresh.value != token.value && body.replayable() {
             tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
             answer = exchange.send(&mut body, &fresh).await?;
@@ -435,16 +433,19 @@ impl Exchange<'_> {
         let started = Instant::now();
         let result = match self.client {
             ProxyClient::Direct(client) => self.direct(client, headers, outgoing).await,
-            ProxyClient::Forwarded(client) => self.forwarded(client, headers, outgoing).await,
+            // Boxed: reqwest's future is not carried by every direct request's.
+            ProxyClient::Forwarded(client) => {
+                Box::pin(self.forwarded(client, headers, outgoing)).await
+            }
         };
         crate::telemetry::meters::proxy_upstream(&self.route.name, started.elapsed());
         result.map_err(|problem| body.fault().unwrap_or(problem).into())
     }
 
-    /// Through hyper-util's pooled client; the route's timeout covers the answer's body too.
+    /// Through this thread's pooled connections; the route's timeout covers the answer's body too.
     async fn direct(
         &self,
-        client: &client::PerThread,
+        client: &pool::PerThread,
         headers: HeaderMap,
         outgoing: Outgoing,
     ) -> Result<Answer, Problem> {
