@@ -145,6 +145,12 @@ async fn upstream_handler(State(state): State<Arc<UpstreamState>>, request: Requ
             format!("you sent {bearer}"),
         )
             .into_response(),
+        // The head at once, a first chunk, then nothing (the body never ends).
+        "/api/stall-body" => {
+            let chunks = futures::stream::once(async { Ok::<_, std::io::Error>("first;") })
+                .chain(futures::stream::pending());
+            Body::from_stream(chunks).into_response()
+        }
         "/api/stream-down" => {
             let state = state.clone();
             let chunks = futures::stream::once(async { Ok::<_, std::io::Error>("first;") }).chain(
@@ -629,6 +635,20 @@ async fn a_slow_upstream_is_a_504_and_an_unreachable_one_a_502() {
     assert!(body["detail"].as_str().unwrap().contains("300ms"), "{body}");
     let body = problem(env.get("/proxy/dead/x").await, 502).await;
     assert_eq!(body["route"], "dead");
+}
+
+#[tokio::test]
+async fn an_answer_body_still_arriving_when_the_route_timeout_ends_is_cut_there() {
+    let (env, _up) = start().await;
+    let started = std::time::Instant::now();
+    // `slow` has a 300 ms timeout; the upstream sends its head and a first chunk at once.
+    let answer = env.get("/proxy/slow/stall-body").await;
+    assert_eq!(answer.status(), 200);
+    let read = tokio::time::timeout(Duration::from_secs(5), answer.bytes()).await;
+    assert!(read.expect("the body ends").is_err(), "cut, not ended");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
 #[tokio::test]

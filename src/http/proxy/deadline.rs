@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use super::pool::Returning;
 
@@ -15,17 +15,14 @@ pin_project_lite::pin_project! {
     pub(super) struct Deadline {
         #[pin]
         body: Returning,
-        #[pin]
-        sleep: Sleep,
+        sleep: Pin<Box<Sleep>>,
     }
 }
 
 impl Deadline {
-    pub(super) fn new(body: Returning, deadline: Instant) -> Deadline {
-        Deadline {
-            body,
-            sleep: tokio::time::sleep_until(deadline),
-        }
+    /// `body`, cut when `sleep` (the exchange's timer, armed when its request was sent) ends.
+    pub(super) fn new(body: Returning, sleep: Pin<Box<Sleep>>) -> Deadline {
+        Deadline { body, sleep }
     }
 }
 
@@ -46,7 +43,7 @@ impl Body for Deadline {
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        match this.sleep.poll(cx) {
+        match this.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimedOut)))),
             Poll::Pending => Poll::Pending,
         }

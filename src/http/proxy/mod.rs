@@ -32,6 +32,7 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Method, StatusCode, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use futures::future::Either;
 use url::Url;
 
 use client::ProxyClient;
@@ -151,7 +152,10 @@ pub async fn forward(
 /// `/proxy/{name}/{rest}` → (name, rest), from the raw path (still percent-encoded).
 fn split(path: &str) -> (&str, &str) {
     let after = path.strip_prefix("/proxy/").unwrap_or("");
-    after.split_once('/').unwrap_or((after, ""))
+    match after.bytes().position(|b| b == b'/') {
+        Some(i) => (&after[..i], &after[i + 1..]),
+        None => (after, ""),
+    }
 }
 
 async fn forward_to(
@@ -302,6 +306,10 @@ impl RequestBody {
             .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > max_body) {
             return Err(too_large(max_body).into());
+        }
+        if body.is_end_stream() {
+            // No body (a GET, say): nothing to read, and no timer to arm.
+            return Ok(RequestBody::Buffered(Bytes::new()));
         }
         let replay_limit = REPLAY_LIMIT.min(max_body);
         if body.size_hint().exact().is_some_and(|n| n <= replay_limit) {
@@ -457,18 +465,20 @@ impl Exchange<'_> {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = headers;
-        let deadline = tokio::time::Instant::now() + self.route.timeout;
-        let answer = match tokio::time::timeout_at(deadline, client.request(request)).await {
-            Err(_) => return Err(self.timeout_problem()),
-            Ok(Err(e)) if timed_out(&e) => return Err(self.timeout_problem()),
-            Ok(Err(e)) => return Err(self.unreachable_problem(&e)),
-            Ok(Ok(answer)) => answer,
+        // One timer for the whole exchange: it bounds the answer's head here, then its body.
+        let mut timer = Box::pin(tokio::time::sleep(self.route.timeout));
+        let sent = client.request(request);
+        let answer = match futures::future::select(std::pin::pin!(sent), timer.as_mut()).await {
+            Either::Right(_) => return Err(self.timeout_problem()),
+            Either::Left((Err(e), _)) if timed_out(&e) => return Err(self.timeout_problem()),
+            Either::Left((Err(e), _)) => return Err(self.unreachable_problem(&e)),
+            Either::Left((Ok(answer), _)) => answer,
         };
         let (parts, incoming) = answer.into_parts();
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
-            body: Body::new(deadline::Deadline::new(incoming, deadline)),
+            body: Body::new(deadline::Deadline::new(incoming, timer)),
         })
     }
 
