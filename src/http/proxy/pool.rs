@@ -105,7 +105,12 @@ impl PerThread {
             return Err(SendError::NoOrigin);
         };
         if !request.headers().contains_key(header::HOST) {
-            let host = host_header(&uri, https).ok_or(SendError::NoOrigin)?;
+            let default = if https { 443 } else { 80 };
+            let port = uri.port_u16().filter(|&p| p != default);
+            let host = uri
+                .host()
+                .and_then(|host| host_value(host, port))
+                .ok_or(SendError::NoOrigin)?;
             request.headers_mut().insert(header::HOST, host);
         }
         *request.uri_mut() = origin_form(&uri);
@@ -349,14 +354,12 @@ fn origin_form(uri: &Uri) -> Uri {
     }
 }
 
-/// `host` or `host:port` (the port only when it is not the scheme's default).
-fn host_header(uri: &Uri, https: bool) -> Option<HeaderValue> {
-    let host = uri.host()?;
-    match uri.port_u16() {
-        Some(port) if port != if https { 443 } else { 80 } => {
-            HeaderValue::try_from(format!("{host}:{port}")).ok()
-        }
-        _ => HeaderValue::try_from(host).ok(),
+/// The `Host` value: `host`, or `host:port` when `port` (not the scheme's default) is given.
+/// The route table makes each route's with it once; a request sent without one gets it here.
+pub(super) fn host_value(host: &str, port: Option<u16>) -> Option<HeaderValue> {
+    match port {
+        Some(port) => HeaderValue::try_from(format!("{host}:{port}")).ok(),
+        None => HeaderValue::try_from(host).ok(),
     }
 }
 
@@ -436,13 +439,18 @@ mod tests {
         Arc::new(ProxyClient::build(&HttpClientSettings::default()).unwrap())
     }
 
-    /// Sends on `client` and reads the answer to its end.
-    async fn get(client: &ProxyClient, url: &str) {
+    /// A GET of `url` on `client`'s pool, its answer's body not read yet.
+    async fn answer(client: &ProxyClient, url: &str) -> Response<Returning> {
         let ProxyClient::Direct(client) = client else {
             panic!("no forward proxy is configured: the client is direct");
         };
         let request = Request::get(url).body(Body::empty()).unwrap();
-        let answer = client.request(request).await.unwrap();
+        client.request(request).await.unwrap()
+    }
+
+    /// Sends on `client` and reads the answer to its end.
+    async fn get(client: &ProxyClient, url: &str) {
+        let answer = answer(client, url).await;
         assert_eq!(answer.status(), StatusCode::OK);
         let body = axum::body::to_bytes(Body::new(answer.into_body()), 1024).await;
         assert_eq!(body.unwrap(), "ok");
@@ -492,6 +500,22 @@ mod tests {
                     }
                     // Let the connection's task see the answer's end.
                     tokio::task::yield_now().await;
+                })
+            }),
+        );
+    }
+
+    /// Moves `worker`'s clock on by `by` (its timers fire as they would have), then lets it run
+    /// in real time again.
+    fn advance_clock(worker: &mpsc::Sender<(Order, mpsc::Sender<()>)>, by: Duration) {
+        on(
+            worker,
+            Box::new(move |runtime| {
+                runtime.block_on(async {
+                    tokio::time::pause();
+                    tokio::time::advance(by).await;
+                    tokio::task::yield_now().await;
+                    tokio::time::resume();
                 })
             }),
         );
@@ -563,12 +587,7 @@ mod tests {
             &thread,
             Box::new(move |runtime| {
                 runtime.block_on(async {
-                    let ProxyClient::Direct(direct) = &*c else {
-                        panic!("direct");
-                    };
-                    let request = Request::get(u.as_str()).body(Body::empty()).unwrap();
-                    let answer = direct.request(request).await.unwrap();
-                    drop(answer);
+                    drop(answer(&c, &u).await);
                     tokio::task::yield_now().await;
                 })
             }),
@@ -589,14 +608,10 @@ mod tests {
             &thread,
             Box::new(move |runtime| {
                 runtime.block_on(async {
-                    let ProxyClient::Direct(direct) = &*c else {
-                        panic!("direct");
-                    };
                     // All answers held at once: each request needs a connection of its own.
                     let mut answers = Vec::new();
                     for _ in 0..over {
-                        let request = Request::get(u.as_str()).body(Body::empty()).unwrap();
-                        answers.push(direct.request(request).await.unwrap());
+                        answers.push(answer(&c, &u).await);
                     }
                     for answer in answers {
                         let body = Body::new(answer.into_body());
@@ -619,31 +634,11 @@ mod tests {
         let client = direct();
         let thread = worker();
         send(&thread, &client, &url, 1);
-        on(
-            &thread,
-            Box::new(|runtime| {
-                runtime.block_on(async {
-                    tokio::time::pause();
-                    tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
-                    tokio::task::yield_now().await;
-                    tokio::time::resume();
-                })
-            }),
-        );
+        advance_clock(&thread, IDLE_TIMEOUT - Duration::from_secs(1));
         // Not yet: idle for less than the timeout.
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(seen.ended.load(Ordering::SeqCst), 0);
-        on(
-            &thread,
-            Box::new(|runtime| {
-                runtime.block_on(async {
-                    tokio::time::pause();
-                    tokio::time::advance(IDLE_TIMEOUT).await;
-                    tokio::task::yield_now().await;
-                    tokio::time::resume();
-                })
-            }),
-        );
+        advance_clock(&thread, IDLE_TIMEOUT);
         seen.wait_ended(1);
         send(&thread, &client, &url, 1);
         assert_eq!(seen.accepted(), 2);

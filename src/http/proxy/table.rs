@@ -10,6 +10,7 @@ use axum::http::HeaderValue;
 use url::Url;
 
 use crate::http::proxy::client::ProxyClient;
+use crate::http::proxy::pool::host_value;
 use crate::http::proxy::route::ProxyRoute;
 use crate::policy::org::OrgNumber;
 
@@ -40,7 +41,8 @@ impl Proxy {
         let mut resolved = HashMap::new();
         for r in routes {
             let base = r.base_url(local_base);
-            let host = host_header(&base);
+            // (`Url::port` leaves out the scheme's default port.)
+            let host = base.host_str().and_then(|h| host_value(h, base.port()));
             resolved.insert(
                 r.name.clone(),
                 Route {
@@ -76,15 +78,4 @@ impl Proxy {
         names.sort_unstable();
         names
     }
-}
-
-/// `host` or `host:port` (the port only when it is not the scheme's default), as hyper-util's
-/// client writes `Host` when a request has none.
-fn host_header(base: &Url) -> Option<HeaderValue> {
-    let host = base.host_str()?;
-    let value = match base.port() {
-        Some(port) => HeaderValue::try_from(format!("{host}:{port}")),
-        None => HeaderValue::try_from(host),
-    };
-    value.ok()
 }
