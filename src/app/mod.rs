@@ -482,6 +482,8 @@ impl App {
         raise_and_log_connection_limits(&server_settings);
         built.state.token_files.spawn(&built.state.tokens, &stop);
         let keeper = spawn_keeper(&started, &built, &stop).await?;
+        // Histogram samples are folded into buckets whether or not anyone scrapes /metrics.
+        tokio::spawn(crate::telemetry::meters::keep_bounded(stop.clone()));
         let signal = stop.clone();
         let workers = workers::Workers::per_core().map_err(StartError::Workers)?;
         let server = tokio::spawn(async move {

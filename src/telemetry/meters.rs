@@ -116,6 +116,24 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// How often recorded histogram samples are folded into their buckets. The exporter keeps every
+/// sample (about 16 bytes) until a scrape or an upkeep folds it, so a broker that nobody scrapes
+/// would grow with every proxied request; with this, it holds at most one interval's worth.
+pub(crate) const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Fold the histograms' samples into their buckets every [`UPKEEP_INTERVAL`], until `stop`.
+pub(crate) async fn keep_bounded(stop: tokio_util::sync::CancellationToken) {
+    let handle = install();
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
 fn install_recorder() -> PrometheusHandle {
     let builder = match PrometheusBuilder::new()
         // Both latency histograms: token upstreams and proxied upstreams.
