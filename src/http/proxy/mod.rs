@@ -201,18 +201,21 @@ async fn forward_to(
         uri: &url,
         headers,
     };
-    let mut answer = exchange.send(&mut body, &token).await?;
-    let mut sent = vec![token.clone()];
+    let answer = exchange.send(&mut body, &token).await?;
     if answer.status == StatusCode::UNAUTHORIZED {
         // The token is replaced either way, so the next request has a fresh one.
         let fresh = Box::pin(state.tokens.invalidate(&key, &token, caller.budget())).await?;
         if fresh.value != token.value && body.replayable() {
             tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
-            answer = exchange.send(&mut body, &fresh).await?;
-            sent.push(fresh);
+            let again = exchange.send(&mut body, &fresh).await?;
+            return Ok(into_response(again, &route.name, &[token, fresh]));
         }
     }
-    Ok(into_response(answer, &route.name, &sent))
+    Ok(into_response(
+        answer,
+        &route.name,
+        std::slice::from_ref(&token),
+    ))
 }
 
 /// The organisation of a request: the route's fixed one, or the `X-Broker-Org` header.
@@ -387,6 +390,7 @@ struct Exchange<'a> {
     client: &'a ProxyClient,
     route: &'a Route,
     method: &'a Method,
+    /// The path and query sent, on the route's origin.
     uri: &'a Uri,
     /// What is forwarded of the caller's headers (built once, copied into each request sent).
     headers: HeaderMap,
@@ -467,7 +471,7 @@ impl Exchange<'_> {
         *request.headers_mut() = headers;
         // One timer for the whole exchange: it bounds the answer's head here, then its body.
         let mut timer = Box::pin(tokio::time::sleep(self.route.timeout));
-        let sent = client.request(request);
+        let sent = client.request(&self.route.base, request);
         let answer = match futures::future::select(std::pin::pin!(sent), timer.as_mut()).await {
             Either::Right(_) => return Err(self.timeout_problem()),
             Either::Left((Err(e), _)) if timed_out(&e) => return Err(self.timeout_problem()),
@@ -489,7 +493,8 @@ impl Exchange<'_> {
         headers: HeaderMap,
         outgoing: Outgoing,
     ) -> Result<Answer, Problem> {
-        let url = Url::parse(&self.uri.to_string())
+        let origin = &self.route.base[..url::Position::BeforePath];
+        let url = Url::parse(&format!("{origin}{}", self.uri))
             .map_err(|_| bad_request(path::PathError::BadCharacter.to_string()))?;
         let mut request = reqwest::Request::new(self.method.clone(), url);
         *request.timeout_mut() = Some(self.route.timeout);

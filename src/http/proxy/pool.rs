@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::http::uri::Scheme;
 use axum::http::{HeaderValue, Request, Response, Uri, header};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
@@ -28,6 +27,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::time::Instant;
 use tower::ServiceExt;
+use url::Url;
 
 /// Idle connections kept per origin and thread; past it, the oldest is closed.
 pub(crate) const MAX_IDLE_PER_ORIGIN: usize = 64;
@@ -60,7 +60,7 @@ impl std::fmt::Display for SendError {
         f.write_str(match self {
             SendError::Connect(_) => "could not connect",
             SendError::Exchange(_) => "the exchange failed",
-            SendError::NoOrigin => "no http or https origin in the request's URI",
+            SendError::NoOrigin => "the upstream URL has no http or https origin",
         })
     }
 }
@@ -89,32 +89,29 @@ impl PerThread {
         }
     }
 
-    /// Send `request` (an absolute URI) on one of this thread's idle connections to its
-    /// origin, or on a new one. Sets `Host` from the URI when the request has none.
+    /// Send `request` (its URI the path and query only, as written on the wire) to the origin
+    /// of `upstream` (its scheme, host and port; its path is not read), on one of this thread's
+    /// idle connections to it or on a new one. Sets `Host` from `upstream` when the request has
+    /// none.
     pub(crate) async fn request(
         &self,
+        upstream: &Url,
         mut request: Request<Body>,
     ) -> Result<Response<Returning>, SendError> {
-        let uri = request.uri().clone();
-        let https = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTPS => true,
-            Some(s) if *s == Scheme::HTTP => false,
+        let https = match upstream.scheme() {
+            "https" => true,
+            "http" => false,
             _ => return Err(SendError::NoOrigin),
         };
-        let Some(authority) = uri.authority().map(|a| a.as_str()) else {
-            return Err(SendError::NoOrigin);
-        };
         if !request.headers().contains_key(header::HOST) {
-            let default = if https { 443 } else { 80 };
-            let port = uri.port_u16().filter(|&p| p != default);
-            let host = uri
-                .host()
-                .and_then(|host| host_value(host, port))
+            // (`Url::port` leaves out the scheme's default port.)
+            let host = upstream
+                .host_str()
+                .and_then(|host| host_value(host, upstream.port()))
                 .ok_or(SendError::NoOrigin)?;
             request.headers_mut().insert(header::HOST, host);
         }
-        *request.uri_mut() = origin_form(&uri);
-        let origin = self.origin(https, authority);
+        let origin = self.origin(https, upstream.authority());
         while let Some(mut sender) = checkout(self.id, origin) {
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
@@ -128,7 +125,7 @@ impl PerThread {
             }
         }
         // Boxed: the rare path's future (TCP, TLS, handshake) is not carried by every request's.
-        let mut sender = Box::pin(self.connect(uri)).await?;
+        let mut sender = Box::pin(self.connect(upstream)).await?;
         let answer = sender
             .send_request(request)
             .await
@@ -166,7 +163,9 @@ impl PerThread {
         })
     }
 
-    async fn connect(&self, uri: Uri) -> Result<http1::SendRequest<Body>, SendError> {
+    async fn connect(&self, upstream: &Url) -> Result<http1::SendRequest<Body>, SendError> {
+        let uri = Uri::try_from(&upstream[..url::Position::BeforePath])
+            .map_err(|_| SendError::NoOrigin)?;
         let io = self
             .connector
             .clone()
@@ -342,18 +341,6 @@ impl Drop for Returning {
     }
 }
 
-/// The request target hyper writes: the path and query only.
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(path) if path.as_str() != "/" => {
-            let mut parts = axum::http::uri::Parts::default();
-            parts.path_and_query = Some(path.clone());
-            Uri::from_parts(parts).unwrap_or_default()
-        }
-        _ => Uri::from_static("/"),
-    }
-}
-
 /// The `Host` value: `host`, or `host:port` when `port` (not the scheme's default) is given.
 /// The route table makes each route's with it once; a request sent without one gets it here.
 pub(super) fn host_value(host: &str, port: Option<u16>) -> Option<HeaderValue> {
@@ -444,8 +431,11 @@ mod tests {
         let ProxyClient::Direct(client) = client else {
             panic!("no forward proxy is configured: the client is direct");
         };
-        let request = Request::get(url).body(Body::empty()).unwrap();
-        client.request(request).await.unwrap()
+        let request = Request::get("/").body(Body::empty()).unwrap();
+        client
+            .request(&Url::parse(url).unwrap(), request)
+            .await
+            .unwrap()
     }
 
     /// Sends on `client` and reads the answer to its end.
