@@ -11,6 +11,7 @@ mod clients;
 pub mod commands;
 pub mod consent;
 mod follow;
+mod heap;
 pub mod keys;
 pub mod onboarding;
 mod serve;
@@ -489,6 +490,8 @@ impl App {
         let server = tokio::spawn(async move {
             serve::serve(listener, service, &server_settings, tls, workers, signal).await;
         });
+        // The router and its OpenAPI document are built: what that took is free now.
+        heap::give_back_free_memory();
         Ok(App {
             addr,
             state: built.state,
