@@ -193,6 +193,8 @@ async fn forward_to(
         headers.insert(header::HOST, host.clone());
     }
     let token = token_for(state, &caller, &key).await?;
+    // In the map before it is copied for a send: a copy has no room to spare for one more.
+    headers.insert(header::AUTHORIZATION, authorization(route, &token)?);
     let client = state.proxy.client();
     let exchange = Exchange {
         client: &client,
@@ -201,13 +203,13 @@ async fn forward_to(
         uri: &url,
         headers,
     };
-    let answer = exchange.send(&mut body, &token).await?;
+    let answer = exchange.send(&mut body, None).await?;
     if answer.status == StatusCode::UNAUTHORIZED {
         // The token is replaced either way, so the next request has a fresh one.
         let fresh = Box::pin(state.tokens.invalidate(&key, &token, caller.budget())).await?;
         if fresh.value != token.value && body.replayable() {
             tracing::info!(route = %route.name, profile = %key.profile, "the upstream refused the token (401): sending once more with a fresh one");
-            let again = exchange.send(&mut body, &fresh).await?;
+            let again = exchange.send(&mut body, Some(&fresh)).await?;
             return Ok(into_response(again, &route.name, &[token, fresh]));
         }
     }
@@ -392,7 +394,8 @@ struct Exchange<'a> {
     method: &'a Method,
     /// The path and query sent, on the route's origin.
     uri: &'a Uri,
-    /// What is forwarded of the caller's headers (built once, copied into each request sent).
+    /// What is forwarded of the caller's headers, with the first token's `Authorization` (built
+    /// once, copied into each request sent).
     headers: HeaderMap,
 }
 
@@ -411,22 +414,17 @@ struct Answer {
 }
 
 impl Exchange<'_> {
-    async fn send(&self, body: &mut RequestBody, token: &Token) -> Result<Answer, ApiError> {
-        let Some(authorization) = bearer(token) else {
-            return Err(Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "proxy-token-unusable",
-                "Token unusable",
-                format!(
-                    "the token of profile {:?} cannot be sent in an Authorization header",
-                    self.route.profile
-                ),
-            )
-            .with("route", self.route.name.as_str())
-            .into());
-        };
+    /// Send once: with the headers as built, whose Authorization carries the first token, or
+    /// with `fresh`'s in its place (the retry after a 401).
+    async fn send(
+        &self,
+        body: &mut RequestBody,
+        fresh: Option<&Token>,
+    ) -> Result<Answer, ApiError> {
         let mut headers = self.headers.clone();
-        headers.insert(header::AUTHORIZATION, authorization);
+        if let Some(token) = fresh {
+            headers.insert(header::AUTHORIZATION, authorization(self.route, token)?);
+        }
         let outgoing = match body {
             RequestBody::Buffered(bytes) => Outgoing::Bytes(bytes.clone()),
             RequestBody::Streamed {
@@ -566,6 +564,23 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         source = cause.source();
     }
     false
+}
+
+/// The `Authorization` header of `token`, or a 502 if the token cannot be a header value.
+fn authorization(route: &Route, token: &Token) -> Result<header::HeaderValue, ApiError> {
+    bearer(token).ok_or_else(|| {
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "proxy-token-unusable",
+            "Token unusable",
+            format!(
+                "the token of profile {:?} cannot be sent in an Authorization header",
+                route.profile
+            ),
+        )
+        .with("route", route.name.as_str())
+        .into()
+    })
 }
 
 /// `Authorization: Bearer <token>`, marked sensitive; `None` if the token cannot be a header.

@@ -117,6 +117,13 @@ fn check_rest(rest: &str) -> Result<(), PathError> {
 }
 
 fn check_segment(raw: &[u8]) -> Result<(), PathError> {
+    // Most segments are plain names: printable ASCII with a letter or digit, nothing to decode,
+    // no `;parameters`. Such a segment passes every rule below (it cannot be only dots and
+    // whitespace), so one pass over its bytes is all it needs.
+    let plain = |b: &u8| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\');
+    if raw.iter().all(plain) && raw.iter().any(u8::is_ascii_alphanumeric) {
+        return Ok(());
+    }
     if !raw.contains(&b'%') {
         // Nothing to decode: the first round's checks are all there is (no copy).
         if raw.contains(&b'\\') {
