@@ -16,7 +16,9 @@ use crate::policy::org::OrgNumber;
 
 /// The routes (fixed at start) and the HTTP client they share (rebuilt at each reload).
 pub struct Proxy {
-    pub(crate) routes: HashMap<String, Route>,
+    /// By name; foldhash, not SipHash: the names are configured, and a caller's path can only
+    /// look them up, never add one.
+    pub(crate) routes: HashMap<String, Route, foldhash::fast::RandomState>,
     client: ArcSwap<ProxyClient>,
 }
 
@@ -38,7 +40,7 @@ impl Proxy {
     /// HTTP client of their own (`client.rs`: rustls, `http_client` settings, redirects never
     /// followed).
     pub fn new(routes: &[ProxyRoute], local_base: Option<&Url>, client: ProxyClient) -> Proxy {
-        let mut resolved = HashMap::new();
+        let mut resolved = HashMap::default();
         for r in routes {
             let base = r.base_url(local_base);
             // (`Url::port` leaves out the scheme's default port.)
