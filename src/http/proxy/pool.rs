@@ -104,11 +104,7 @@ impl PerThread {
             _ => return Err(SendError::NoOrigin),
         };
         if !request.headers().contains_key(header::HOST) {
-            // (`Url::port` leaves out the scheme's default port.)
-            let host = upstream
-                .host_str()
-                .and_then(|host| host_value(host, upstream.port()))
-                .ok_or(SendError::NoOrigin)?;
+            let host = host_value(upstream).ok_or(SendError::NoOrigin)?;
             request.headers_mut().insert(header::HOST, host);
         }
         let origin = self.origin(https, upstream.authority());
@@ -341,10 +337,12 @@ impl Drop for Returning {
     }
 }
 
-/// The `Host` value: `host`, or `host:port` when `port` (not the scheme's default) is given.
-/// The route table makes each route's with it once; a request sent without one gets it here.
-pub(super) fn host_value(host: &str, port: Option<u16>) -> Option<HeaderValue> {
-    match port {
+/// The `Host` value for `upstream`: its host, with `:port` when the port is not the scheme's
+/// default (`Url::port` leaves that out). The route table makes each route's with it once; a
+/// request sent without one gets it here.
+pub(super) fn host_value(upstream: &Url) -> Option<HeaderValue> {
+    let host = upstream.host_str()?;
+    match upstream.port() {
         Some(port) => HeaderValue::try_from(format!("{host}:{port}")).ok(),
         None => HeaderValue::try_from(host).ok(),
     }

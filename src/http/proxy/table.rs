@@ -43,8 +43,7 @@ impl Proxy {
         let mut resolved = HashMap::default();
         for r in routes {
             let base = r.base_url(local_base);
-            // (`Url::port` leaves out the scheme's default port.)
-            let host = base.host_str().and_then(|h| host_value(h, base.port()));
+            let host = host_value(&base);
             resolved.insert(
                 r.name.clone(),
                 Route {
